@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything portwright needs on a fresh Debian/Ubuntu machine (run as root), idempotently:
+# the system tools it drives and measures with, and a venv at .venv with the package installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "bootstrap: run as root (sudo bash scripts/bootstrap.sh)" >&2; exit 1; fi
+PKGS=(iproute2 nftables iptables conntrack procps iperf3 wrk nginx-light curl netcat-openbsd socat
+      dnsutils busybox-static docker.io containernetworking-plugins podman python3-venv sysstat)
+missing=()
+for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# nginx-light starts a service on port 80 when installed; portwright runs its own nginx in sandboxes.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+pkill -x nginx 2>/dev/null || true
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "bootstrap: ok ($(.venv/bin/python --version), portwright $(.venv/bin/portwright --version 2>/dev/null || echo '?'))"

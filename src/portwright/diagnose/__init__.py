@@ -1,0 +1,1 @@
+"""portwright.diagnose."""

@@ -1,0 +1,98 @@
+"""The data model shared by every layer: frozen, slotted dataclasses and no I/O.
+
+A ``Mapping`` is one concrete published port after allocation: one protocol, one host
+address (``0.0.0.0``/``::`` for "any"), one host port, one sandbox address and port.
+A ``-p 8080:80`` on a dual-stack host becomes two Mappings (v4 and v6 halves) with the same
+host port. Publishers (nat, proxy, host, ebpf) consume lists of Mappings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Proto = Literal["tcp", "udp", "sctp"]
+PROTOS: tuple[Proto, ...] = ("tcp", "udp", "sctp")
+PublishMode = Literal["nat", "proxy"]
+PUBLISH_MODES: tuple[str, ...] = ("nat", "proxy")
+
+ANY4 = ipaddress.IPv4Address("0.0.0.0")
+ANY6 = ipaddress.IPv6Address("::")
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One published port: host_ip:host_port/proto -> container_ip:container_port."""
+
+    proto: Proto
+    host_ip: IPAddress  # ANY4 / ANY6 for all addresses of that family
+    host_port: int
+    container_ip: IPAddress  # may be v4 behind a v6 host_ip (proxy bridges families)
+    container_port: int
+
+    @property
+    def family(self) -> int:
+        return self.host_ip.version
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host_ip.is_unspecified
+
+    @property
+    def loopback(self) -> bool:
+        return self.host_ip.is_loopback
+
+    def host_binding(self) -> str:
+        """Docker's rendering of the host side: ``0.0.0.0:8080`` or ``[::1]:8080``."""
+        h = f"[{self.host_ip}]" if self.host_ip.version == 6 else str(self.host_ip)
+        return f"{h}:{self.host_port}"
+
+    def docker_format(self) -> str:
+        """``0.0.0.0:8080->80/tcp``, as in docker ps' PORTS column."""
+        return f"{self.host_binding()}->{self.container_port}/{self.proto}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"proto": self.proto, "host_ip": str(self.host_ip), "host_port": self.host_port,
+                "container_ip": str(self.container_ip), "container_port": self.container_port}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Mapping:
+        proto = str(d["proto"])
+        if proto not in PROTOS:
+            raise ValueError(f"bad proto {proto!r}")
+        return cls(proto=proto,  # type: ignore[arg-type]
+                   host_ip=ipaddress.ip_address(str(d["host_ip"])),
+                   host_port=int(str(d["host_port"])),
+                   container_ip=ipaddress.ip_address(str(d["container_ip"])),
+                   container_port=int(str(d["container_port"])))
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A bridge network as recorded in state."""
+
+    name: str
+    bridge: str
+    subnet4: ipaddress.IPv4Network
+    gateway4: ipaddress.IPv4Address
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    internal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A sandbox as recorded in state (what exists, or is being created)."""
+
+    id: str  # 12 hex chars, like Docker's short IDs; tags every kernel object we create
+    name: str
+    network: str  # network name, or "host" / "none"
+    netns: str | None  # /run/netns/pw-<name>, None for host networking
+    veth: str | None  # host-side veth name
+    ip4: ipaddress.IPv4Address | None = None
+    ip6: ipaddress.IPv6Address | None = None
+    mac: str | None = None
+    publish_mode: str = "nat"
+    mappings: tuple[Mapping, ...] = field(default=())
