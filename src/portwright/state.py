@@ -1,0 +1,240 @@
+"""Persistent state: what portwright created and who owns it (SQLite, WAL, one transaction per change).
+
+Intent is recorded before kernel objects are created, so that a reconcile pass can remove the
+leftovers of a sandbox whose supervisor died at any point. Lives under /run/portwright (tmpfs:
+a reboot clears the kernel objects and the state together); PORTWRIGHT_STATE_DIR overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import Conflict, NeedRoot, NotFound
+from .model import Mapping, Network, Sandbox
+
+DEFAULT_DIR = "/run/portwright"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE,
+    subnet4 TEXT NOT NULL UNIQUE, gateway4 TEXT NOT NULL,
+    subnet6 TEXT UNIQUE, gateway6 TEXT, internal INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, network TEXT NOT NULL,
+    netns TEXT, veth TEXT, ip4 TEXT, ip6 TEXT, mac TEXT,
+    publish_mode TEXT NOT NULL DEFAULT 'nat', status TEXT NOT NULL,
+    supervisor_pid INTEGER, supervisor_start INTEGER, cmd_pid INTEGER,
+    cmd TEXT NOT NULL, spec TEXT NOT NULL DEFAULT '{}', exit_code INTEGER,
+    log_path TEXT, created REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS sandbox_ip4 ON sandboxes(network, ip4) WHERE ip4 IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS sandbox_ip6 ON sandboxes(network, ip6) WHERE ip6 IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ports (
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+    proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL,
+    container_ip TEXT NOT NULL, container_port INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ports_by_port ON ports(proto, host_port);
+"""
+
+
+def state_dir() -> str:
+    return os.environ.get("PORTWRIGHT_STATE_DIR", DEFAULT_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    """A sandbox row: the model plus its lifecycle fields."""
+
+    sandbox: Sandbox
+    status: str  # creating | running | exited | removing
+    supervisor_pid: int | None
+    supervisor_start: int | None
+    cmd_pid: int | None
+    cmd: tuple[str, ...]
+    spec: dict[str, object]
+    exit_code: int | None
+    log_path: str | None
+    created: float
+
+    @property
+    def id(self) -> str:
+        return self.sandbox.id
+
+    @property
+    def name(self) -> str:
+        return self.sandbox.name
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: distinguishes a live supervisor from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data.rsplit(")", 1)[1].split()[19])
+
+
+def pid_alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    st = proc_start_time(pid)
+    if st is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    return start is None or st == start
+
+
+class State:
+    """A handle on the state database. Cheap to create; every method is one transaction."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.dir = directory or state_dir()
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        except PermissionError:
+            raise NeedRoot(f"writing state under {self.dir}") from None
+        self.path = os.path.join(self.dir, "state.db")
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        with self.tx():
+            for stmt in SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    self.db.execute(stmt)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: one writer at a time, so allocation (IPs, ports) is race-free."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # ---- networks
+    def add_network(self, net: Network) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?)",
+                (net.name, net.bridge, str(net.subnet4), str(net.gateway4),
+                 str(net.subnet6) if net.subnet6 else None, str(net.gateway6) if net.gateway6 else None,
+                 int(net.internal), time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"network {net.name!r} (or its bridge/subnet) already exists; "
+                           "pick another name or subnet") from None
+
+    @staticmethod
+    def _network(row: sqlite3.Row) -> Network:
+        return Network(name=row["name"], bridge=row["bridge"],
+                       subnet4=ipaddress.IPv4Network(row["subnet4"]),
+                       gateway4=ipaddress.IPv4Address(row["gateway4"]),
+                       subnet6=ipaddress.IPv6Network(row["subnet6"]) if row["subnet6"] else None,
+                       gateway6=ipaddress.IPv6Address(row["gateway6"]) if row["gateway6"] else None,
+                       internal=bool(row["internal"]))
+
+    def networks(self) -> list[Network]:
+        return [self._network(r) for r in self.db.execute("SELECT * FROM networks ORDER BY created")]
+
+    def network(self, name: str) -> Network:
+        row = self.db.execute("SELECT * FROM networks WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"network {name!r} not found; list networks with 'portwright network ls'")
+        return self._network(row)
+
+    def find_network(self, name: str) -> Network | None:
+        row = self.db.execute("SELECT * FROM networks WHERE name=?", (name,)).fetchone()
+        return self._network(row) if row else None
+
+    def remove_network(self, name: str) -> None:
+        self.db.execute("DELETE FROM networks WHERE name=?", (name,))
+
+    # ---- sandboxes
+    def _record(self, row: sqlite3.Row) -> SandboxRecord:
+        maps = tuple(
+            Mapping.from_json(dict(r)) for r in self.db.execute(
+                "SELECT proto, host_ip, host_port, container_ip, container_port FROM ports "
+                "WHERE sandbox_id=? ORDER BY rowid", (row["id"],)))
+        sb = Sandbox(id=row["id"], name=row["name"], network=row["network"], netns=row["netns"],
+                     veth=row["veth"],
+                     ip4=ipaddress.IPv4Address(row["ip4"]) if row["ip4"] else None,
+                     ip6=ipaddress.IPv6Address(row["ip6"]) if row["ip6"] else None,
+                     mac=row["mac"], publish_mode=row["publish_mode"], mappings=maps)
+        return SandboxRecord(sandbox=sb, status=row["status"], supervisor_pid=row["supervisor_pid"],
+                             supervisor_start=row["supervisor_start"], cmd_pid=row["cmd_pid"],
+                             cmd=tuple(json.loads(row["cmd"])), spec=json.loads(row["spec"]),
+                             exit_code=row["exit_code"], log_path=row["log_path"], created=row["created"])
+
+    def insert_sandbox(self, sb: Sandbox, cmd: list[str], spec: dict[str, object], status: str = "creating",
+                       log_path: str | None = None) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO sandboxes (id, name, network, netns, veth, ip4, ip6, mac, publish_mode, status,"
+                " cmd, spec, log_path, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (sb.id, sb.name, sb.network, sb.netns, sb.veth, str(sb.ip4) if sb.ip4 else None,
+                 str(sb.ip6) if sb.ip6 else None, sb.mac, sb.publish_mode, status, json.dumps(cmd),
+                 json.dumps(spec), log_path, time.time()))
+        except sqlite3.IntegrityError as e:
+            if "name" in str(e):
+                raise Conflict(f"a sandbox named {sb.name!r} already exists; remove it with "
+                               f"'portwright rm -f {sb.name}' or choose another --name") from None
+            raise
+
+    def update_sandbox(self, sid: str, **fields: object) -> None:
+        if not fields:
+            return
+        cols = ", ".join(f"{k}=?" for k in fields)
+        vals = [str(v) if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address) else v
+                for v in fields.values()]
+        self.db.execute(f"UPDATE sandboxes SET {cols} WHERE id=?", (*vals, sid))
+
+    def set_ports(self, sid: str, mappings: list[Mapping]) -> None:
+        self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
+        self.db.executemany(
+            "INSERT INTO ports VALUES (?,?,?,?,?,?)",
+            [(sid, m.proto, str(m.host_ip), m.host_port, str(m.container_ip), m.container_port)
+             for m in mappings])
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        return [self._record(r) for r in self.db.execute("SELECT * FROM sandboxes ORDER BY created")]
+
+    def find_sandbox(self, name_or_id: str) -> SandboxRecord | None:
+        row = self.db.execute("SELECT * FROM sandboxes WHERE name=? OR id=?", (name_or_id, name_or_id)).fetchone()
+        if row is None and len(name_or_id) >= 3:
+            rows = self.db.execute("SELECT * FROM sandboxes WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return self._record(row) if row else None
+
+    def sandbox(self, name_or_id: str) -> SandboxRecord:
+        rec = self.find_sandbox(name_or_id)
+        if rec is None:
+            raise NotFound(f"no sandbox named {name_or_id!r}; list them with 'portwright ps -a'")
+        return rec
+
+    def remove_sandbox(self, sid: str) -> None:
+        self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
+        self.db.execute("DELETE FROM sandboxes WHERE id=?", (sid,))
+
+    def all_ports(self) -> list[tuple[str, Mapping]]:
+        return [(r["sandbox_id"], Mapping.from_json(dict(r))) for r in self.db.execute(
+            "SELECT sandbox_id, proto, host_ip, host_port, container_ip, container_port FROM ports")]
