@@ -1,16 +1,19 @@
-"""Who holds a socket: the kernel's socket tables (/proc/net/*) joined with /proc/PID/fd.
+"""Who holds a socket: the kernel's socket tables joined with /proc/PID/fd.
 
-Used before publishing (to name the owner of a port that is taken) and by diagnostics. Reads
-the socket tables of the calling thread's network namespace.
+Used before publishing (to name the owner of a port that is taken) and by diagnostics. The
+tables come from sock_diag netlink (``ss``'s source: exact, and it reports IPV6_V6ONLY) with
+/proc/net/{tcp,udp}[6] as the fallback. Both read the network namespace of the calling
+*thread*, so diagnostics can read another namespace from a thread that has entered it.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model import IPAddress
 
@@ -32,6 +35,14 @@ class Listener:
     port: int
     inode: int
     processes: tuple[Process, ...] = ()
+    v6only: bool | None = None  # IPV6_V6ONLY of a v6 socket when sock_diag told us; None = unknown
+
+    @property
+    def accepts_v4(self) -> bool:
+        """Does this socket take IPv4 traffic? (v4 sockets, and dual-stack ``::`` sockets)."""
+        if self.ip.version == 4:
+            return True
+        return self.ip.is_unspecified and self.v6only is False
 
     @property
     def binding(self) -> str:
@@ -93,23 +104,125 @@ def process(pid: int) -> Process | None:
     return Process(pid, comm, cmdline)
 
 
+# ---- sock_diag netlink (linux/inet_diag.h, linux/sock_diag.h)
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+INET_DIAG_SKV6ONLY = 11
+_TCP_STATE_LISTEN = 10
+_TCP_STATE_CLOSE = 7  # an unconnected UDP socket
+_NLMSG_HDR = struct.Struct("=IHHII")
+# inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes, zeroed)
+_REQ = struct.Struct("=BBBxI48x")
+# inet_diag_msg: family, state, timer, retrans, sport(be), dport(be), src[16], dst[16], if,
+# cookie[2], expires, rqueue, wqueue, uid, inode
+_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+
+
+def parse_diag_messages(data: bytes) -> tuple[list[tuple[IPAddress, int, int, bool | None]], bool]:
+    """Decode one recv() of a sock_diag dump: ([(ip, port, inode, v6only)], done)."""
+    out: list[tuple[IPAddress, int, int, bool | None]] = []
+    off = 0
+    while off + _NLMSG_HDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
+        if length < _NLMSG_HDR.size:
+            break
+        body = data[off + _NLMSG_HDR.size: off + length]
+        off += (length + 3) & ~3
+        if mtype == NLMSG_DONE:
+            return out, True
+        if mtype == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else errno.EIO
+            raise OSError(code, os.strerror(code))
+        if mtype != SOCK_DIAG_BY_FAMILY or len(body) < _MSG.size:
+            continue
+        fam, _state, _t, _r, sport, _dport, src, _dst, _if, _ck, _e, _rq, _wq, _uid, inode = \
+            _MSG.unpack_from(body)
+        port = int.from_bytes(sport, "big")
+        ip: IPAddress = (ipaddress.IPv4Address(src[:4]) if fam == socket.AF_INET
+                         else ipaddress.IPv6Address(src))
+        v6only: bool | None = None
+        aoff = _MSG.size
+        while aoff + 4 <= len(body):
+            alen, atype = struct.unpack_from("=HH", body, aoff)
+            if alen < 4:
+                break
+            if atype == INET_DIAG_SKV6ONLY and alen >= 5:
+                v6only = bool(body[aoff + 4])
+            aoff += (alen + 3) & ~3
+        out.append((ip, port, inode, v6only))
+    return out, False
+
+
+def diag_dump(proto: str, family: int) -> list[tuple[IPAddress, int, int, bool | None]]:
+    """Listening TCP / unconnected UDP sockets of one family, by sock_diag in this thread's netns."""
+    ipproto = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
+    states = 1 << (_TCP_STATE_LISTEN if proto == "tcp" else _TCP_STATE_CLOSE)
+    req = _REQ.pack(family, ipproto, 0, states)
+    hdr = _NLMSG_HDR.pack(_NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as s:
+        s.settimeout(5)
+        s.sendto(hdr + req, (0, 0))
+        out: list[tuple[IPAddress, int, int, bool | None]] = []
+        while True:
+            got, done = parse_diag_messages(s.recv(1 << 16))
+            out.extend(got)
+            if done:
+                return out
+
+
+def _proc_table(proto: str, suffix: str) -> list[tuple[IPAddress, int, int, bool | None]]:
+    # thread-self: the table of this thread's namespace (/proc/net follows the thread-group leader).
+    for base in ("/proc/thread-self/net", "/proc/net"):
+        try:
+            with open(f"{base}/{proto}{suffix}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        return [(ip, port, inode, None) for ip, port, inode in parse_proc_net(text, proto)]
+    return []
+
+
+def raw_listeners(protos: tuple[str, ...] = ("tcp", "udp")) -> list[tuple[str, IPAddress, int, int, bool | None]]:
+    """(proto, ip, port, inode, v6only) for every listener in this thread's namespace, no processes."""
+    raw: list[tuple[str, IPAddress, int, int, bool | None]] = []
+    for proto in protos:
+        if proto not in ("tcp", "udp"):
+            continue
+        for fam, suffix in ((socket.AF_INET, ""), (socket.AF_INET6, "6")):
+            try:
+                rows = diag_dump(proto, fam)
+            except OSError:  # no sock_diag (module absent, seccomp): the /proc text has the same rows
+                rows = _proc_table(proto, suffix)
+            raw.extend((proto, *r) for r in rows)
+    return raw
+
+
+def attach_processes(raw: list[tuple[str, IPAddress, int, int, bool | None]],
+                     by_inode: dict[int, list[int]] | None = None) -> list[Listener]:
+    """Join raw socket rows with the processes holding each inode (inodes are host-global)."""
+    if by_inode is None:
+        by_inode = socket_inodes_by_pid()
+    out = []
+    for proto, ip, port, inode, v6only in raw:
+        procs = tuple(p for p in (process(pid) for pid in sorted(set(by_inode.get(inode, ())))) if p)
+        out.append(Listener(proto, ip, port, inode, procs, v6only))
+    return out
+
+
 def listeners(protos: tuple[str, ...] = ("tcp", "udp"), with_processes: bool = True) -> list[Listener]:
     """Every listening TCP and bound UDP socket in this network namespace."""
-    raw: list[tuple[str, IPAddress, int, int]] = []
-    for proto in protos:
-        for suffix in ("", "6"):
-            try:
-                with open(f"/proc/net/{proto}{suffix}") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            raw.extend((proto, ip, port, inode) for ip, port, inode in parse_proc_net(text, proto))
-    by_inode = socket_inodes_by_pid() if with_processes else {}
-    out = []
-    for proto, ip, port, inode in raw:
-        procs = tuple(p for p in (process(pid) for pid in sorted(set(by_inode.get(inode, ())))) if p)
-        out.append(Listener(proto, ip, port, inode, procs))
-    return out
+    raw = raw_listeners(protos)
+    if not with_processes:
+        return [Listener(p, ip, port, inode, (), v6) for p, ip, port, inode, v6 in raw]
+    return attach_processes(raw)
+
+
+def with_processes(lns: list[Listener], by_inode: dict[int, list[int]]) -> list[Listener]:
+    """Fill in the holders of listeners that were read without them."""
+    return [replace(ln, processes=tuple(p for p in (process(pid) for pid in sorted(set(by_inode.get(ln.inode, ()))))
+                                        if p)) for ln in lns]
 
 
 def overlaps(a: IPAddress, b: IPAddress) -> bool:

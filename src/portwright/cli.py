@@ -1,0 +1,381 @@
+"""The ``portwright`` command line: Docker's surface (run, ps, port, inspect, exec, stop, rm,
+logs, network ...) over the engine. Every PortwrightError becomes one line on stderr and a
+non-zero exit code; no traceback reaches the user for bad input or a failed kernel operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .engine import Engine
+from .errors import BadInput, NotFound, PortwrightError
+from .model import PUBLISH_MODES, Network
+from .state import SandboxRecord, State, pid_alive
+
+# Subcommands contributed by other packages: module path of a register(subparsers) function.
+PLUGIN_MODULES: tuple[str, ...] = ("portwright.bench.cli", "portwright.diagnose.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, Docker-like, exit 2
+        self.exit(2, f"portwright: {message}; see '{self.prog} --help'\n")
+
+
+def _print_table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("   ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _ago(ts: float) -> str:
+    d = max(0, int(time.time() - ts))
+    for unit, secs in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if d >= secs:
+            n = d // secs
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return f"{d} seconds ago"
+
+
+def network_json(n: Network) -> dict[str, Any]:
+    return {"Name": n.name, "Driver": "bridge", "Bridge": n.bridge, "Internal": n.internal,
+            "EnableIPv6": n.subnet6 is not None,
+            "IPAM": {"Config": [{"Subnet": str(n.subnet4), "Gateway": str(n.gateway4)}]
+                     + ([{"Subnet": str(n.subnet6), "Gateway": str(n.gateway6)}] if n.subnet6 else [])}}
+
+
+def ports_text(rec: SandboxRecord) -> str:
+    return ", ".join(m.docker_format() for m in rec.sandbox.mappings)
+
+
+def status_text(rec: SandboxRecord) -> str:
+    if rec.status == "exited":
+        return f"Exited ({rec.exit_code if rec.exit_code is not None else '?'})"
+    return rec.status.capitalize() if rec.status != "running" else f"Up ({_ago(rec.created).replace(' ago', '')})"
+
+
+def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
+    sb = rec.sandbox
+    net = state.find_network(sb.network) if sb.network not in ("host", "none") else None
+    return {
+        "Id": sb.id, "Name": sb.name, "Created": rec.created, "PublishMode": sb.publish_mode,
+        "Config": {"Cmd": list(rec.cmd), "Env": rec.spec.get("env", []), "ExposedPorts": rec.spec.get("expose", [])},
+        "State": {"Status": rec.status, "Running": rec.status == "running", "Pid": rec.cmd_pid,
+                  "SupervisorPid": rec.supervisor_pid, "ExitCode": rec.exit_code},
+        "LogPath": rec.log_path,
+        "NetworkSettings": {
+            "Network": sb.network, "SandboxKey": sb.netns, "HostVeth": sb.veth,
+            "IPAddress": str(sb.ip4) if sb.ip4 else "", "GlobalIPv6Address": str(sb.ip6) if sb.ip6 else "",
+            "Gateway": str(net.gateway4) if net and sb.ip4 else "",
+            "IPv6Gateway": str(net.gateway6) if net and net.gateway6 and sb.ip6 else "",
+            "IPPrefixLen": net.subnet4.prefixlen if net else 0, "MacAddress": sb.mac or "",
+            "Bridge": net.bridge if net else "",
+            "Ports": [m.to_json() for m in sb.mappings],
+        },
+    }
+
+
+# ---------------------------------------------------------------------- handlers
+def cmd_network(args: argparse.Namespace) -> int:
+    eng = Engine()
+    if args.net_cmd == "create":
+        n = eng.create_network(args.name, subnet=args.subnet, ipv6=args.ipv6, subnet6=args.subnet6,
+                               internal=args.internal)
+        print(n.name)
+    elif args.net_cmd == "ls":
+        nets = eng.state.networks()
+        if args.format == "json":
+            print(json.dumps([network_json(n) for n in nets], indent=2))
+        else:
+            _print_table([[n.name, n.bridge, str(n.subnet4), str(n.subnet6 or ""), "yes" if n.internal else ""]
+                          for n in nets], ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "INTERNAL"])
+    elif args.net_cmd == "inspect":
+        print(json.dumps([network_json(eng.state.network(n)) for n in args.names], indent=2))
+    elif args.net_cmd == "rm":
+        for n in args.names:
+            eng.remove_network(n)
+            print(n)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .supervisor import RunOptions, run, start_detached
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    opts = RunOptions(cmd=cmd, name=args.name, network=args.network, publish=args.publish or [],
+                      publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
+                      publish_mode=args.publish_mode, detach=args.detach, proxy_protocol=args.proxy_protocol)
+    opts.validate()
+    if args.detach:
+        print(start_detached(opts))
+        return 0
+    return run(opts)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    st = State()
+    recs = [r for r in st.sandboxes() if args.all or r.status != "exited"]
+    if args.format == "json":
+        print(json.dumps([inspect_json(r, st) for r in recs], indent=2))
+        return 0
+    rows = [[r.id, " ".join(r.cmd)[:30], _ago(r.created), status_text(r), ports_text(r), r.name] for r in recs]
+    _print_table(rows, ["SANDBOX ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    st = State()
+    out = [inspect_json(st.sandbox(n), st) for n in args.names]
+    if args.format == "json" and len(out) == 1:
+        print(json.dumps(out[0], indent=2))
+    else:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    rec = State().sandbox(args.name)
+    maps = list(rec.sandbox.mappings)
+    if args.port:
+        port, _, proto = args.port.partition("/")
+        if not port.isdigit():
+            raise BadInput(f"port {args.port!r}: expected PORT[/PROTO], e.g. 80/tcp")
+        maps = [m for m in maps if m.container_port == int(port) and (not proto or m.proto == proto)]
+        if not maps:
+            raise NotFound(f"no public port '{args.port}' published for {rec.name}")
+        for m in maps:
+            print(m.host_binding())
+        return 0
+    for m in maps:
+        print(f"{m.container_port}/{m.proto} -> {m.host_binding()}")
+    return 0
+
+
+def _netns_for_exec(args: argparse.Namespace) -> str | None:
+    if args.pid is not None or args.container is not None:
+        from .diagnose.nsenter import netns_path_for
+
+        return netns_path_for(pid=args.pid, container=args.container)
+    if not args.name:
+        raise BadInput("exec: give a sandbox NAME, --pid PID or --container NAME")
+    rec = State().sandbox(args.name)
+    if rec.status != "running":
+        raise BadInput(f"sandbox {rec.name!r} is not running; start a new one with 'portwright run'")
+    return rec.sandbox.netns
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .kernel import netns
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
+    path = _netns_for_exec(args)
+    pre: Callable[[], None] | None = (lambda: netns.setns(path)) if path else None  # type: ignore[arg-type]
+    try:
+        return subprocess.call(cmd, preexec_fn=pre)
+    except FileNotFoundError:
+        raise BadInput(f"exec: command {cmd[0]!r} not found") from None
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    eng = Engine()
+    for n in args.names:
+        eng.stop(n, timeout=args.time)
+        print(n)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    eng = Engine()
+    failed = 0
+    for n in args.names:
+        try:
+            eng.remove(n, force=args.force)
+            print(n)
+        except PortwrightError as e:
+            print(f"portwright: {e}", file=sys.stderr)
+            failed = e.exit_code
+    return failed
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    rec = State().sandbox(args.name)
+    if not rec.log_path:
+        raise BadInput(f"sandbox {rec.name!r} ran in the foreground; its output went to the terminal")
+    try:
+        with open(rec.log_path, "rb") as f:
+            sys.stdout.buffer.write(f.read())
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .supervisor import query_stats
+
+    st = State()
+    rec = st.sandbox(args.name)
+    stats = query_stats(st, rec.id) if pid_alive(rec.supervisor_pid, rec.supervisor_start) else {}
+    if args.format == "json":
+        print(json.dumps(stats, indent=2))
+        return 0
+    if not stats:
+        print(f"{rec.name}: no userland counters (publish mode {rec.sandbox.publish_mode}; kernel NAT "
+              "paths are counted by conntrack, not by portwright)")
+        return 0
+    keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "errors"]
+    _print_table([[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
+                 ["MAPPING", *(c.upper() for c in keys)])
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    eng = Engine()
+    cleaned = eng.reconcile()
+    removed = []
+    for r in eng.state.sandboxes():
+        if r.status == "exited":
+            eng.remove(r.id)
+            removed.append(r.name)
+    for n in cleaned:
+        print(f"cleaned up after dead supervisor: {n}")
+    for n in removed:
+        print(f"removed exited sandbox: {n}")
+    return 0
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from .supervisor import supervise_main
+
+    return supervise_main(sys.argv[sys.argv.index("_supervise") + 1:])
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="portwright", description="Publish sandbox ports by NAT, proxy or host networking; "
+                "measure each; tell who owns a port.")
+    p.add_argument("--version", action="version", version=f"portwright {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    net = sub.add_parser("network", help="manage bridge networks")
+    nsub = net.add_subparsers(dest="net_cmd", metavar="CMD", required=True, parser_class=_Parser)
+    c = nsub.add_parser("create", help="create a network")
+    c.add_argument("name")
+    c.add_argument("--subnet")
+    c.add_argument("--ipv6", action="store_true")
+    c.add_argument("--subnet6")
+    c.add_argument("--internal", action="store_true", help="no egress to the host's other interfaces")
+    ls = nsub.add_parser("ls", help="list networks")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ins = nsub.add_parser("inspect", help="show networks as JSON")
+    ins.add_argument("names", nargs="+")
+    rm = nsub.add_parser("rm", help="remove networks")
+    rm.add_argument("names", nargs="+")
+    net.set_defaults(func=cmd_network)
+
+    r = sub.add_parser("run", help="run a command in a new sandbox")
+    r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("--name")
+    r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
+    r.add_argument("-p", "--publish", action="append", metavar="SPEC",
+                   help="[ip:][hostPort[-end]:]containerPort[-end][/proto]")
+    r.add_argument("-P", "--publish-all", action="store_true")
+    r.add_argument("--expose", action="append", metavar="PORT[-END][/PROTO]")
+    r.add_argument("-e", "--env", action="append", metavar="K=V")
+    r.add_argument("--publish-mode", default="nat", choices=PUBLISH_MODES)
+    r.add_argument("--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend")
+    r.add_argument("cmd", nargs=argparse.REMAINDER)
+    r.set_defaults(func=cmd_run)
+
+    ps = sub.add_parser("ps", help="list sandboxes")
+    ps.add_argument("-a", "--all", action="store_true")
+    ps.add_argument("--format", choices=["table", "json"], default="table")
+    ps.set_defaults(func=cmd_ps)
+
+    i = sub.add_parser("inspect", help="show sandboxes as JSON")
+    i.add_argument("names", nargs="+")
+    i.add_argument("--format", choices=["json"], default="json")
+    i.set_defaults(func=cmd_inspect)
+
+    pt = sub.add_parser("port", help="list a sandbox's published ports")
+    pt.add_argument("name")
+    pt.add_argument("port", nargs="?")
+    pt.set_defaults(func=cmd_port)
+
+    e = sub.add_parser("exec", help="run a command in a sandbox's (or container's, or process's) network namespace")
+    e.add_argument("name", nargs="?")
+    e.add_argument("--pid", type=int, help="enter the network namespace of this process")
+    e.add_argument("--container", help="enter the network namespace of this Docker container")
+    e.add_argument("cmd", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_exec)
+
+    s = sub.add_parser("stop", help="stop sandboxes")
+    s.add_argument("names", nargs="+")
+    s.add_argument("-t", "--time", type=float, default=10.0)
+    s.set_defaults(func=cmd_stop)
+
+    rmp = sub.add_parser("rm", help="remove sandboxes")
+    rmp.add_argument("-f", "--force", action="store_true")
+    rmp.add_argument("names", nargs="+")
+    rmp.set_defaults(func=cmd_rm)
+
+    lg = sub.add_parser("logs", help="show a detached sandbox's output")
+    lg.add_argument("name")
+    lg.set_defaults(func=cmd_logs)
+
+    stt = sub.add_parser("stats", help="per-mapping counters of a sandbox's userland publishing")
+    stt.add_argument("name")
+    stt.add_argument("--format", choices=["table", "json"], default="table")
+    stt.set_defaults(func=cmd_stats)
+
+    pr = sub.add_parser("prune", help="clean up after dead supervisors and remove exited sandboxes")
+    pr.set_defaults(func=cmd_prune)
+
+    sv = sub.add_parser("_supervise")
+    sv.add_argument("rest", nargs=argparse.REMAINDER)
+    sv.set_defaults(func=cmd_supervise)
+
+    import importlib
+
+    for mod in PLUGIN_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        m.register(sub)
+    return p
+
+
+NO_RECONCILE = {"_supervise", "bench", None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command not in NO_RECONCILE and os.geteuid() == 0:
+            Engine().reconcile()
+        return int(args.func(args) or 0)
+    except PortwrightError as e:
+        print(f"portwright: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

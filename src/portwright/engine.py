@@ -1,0 +1,235 @@
+"""The engine: networks, and the parts of the sandbox lifecycle that outlive a supervisor.
+
+Network create/remove, the reconcile pass that clears up after dead supervisors, and the
+exact-once teardown of a sandbox's kernel objects. The live part of a sandbox (setup, CMD,
+publishing, waiting) is in supervisor.py. Teardown never stops at the first error: it goes on
+and reports every failure at the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import time
+from contextlib import ExitStack
+
+from . import ipam
+from .errors import BadInput, Conflict, KernelError, NeedRoot, NotFound, PortwrightError
+from .firewall import nft
+from .kernel import netlink, sysctl
+from .model import Network
+from .spec import check_name
+from .state import SandboxRecord, State, pid_alive
+
+DEFAULT_NETWORK = "pw0"
+RESERVED_NETWORK_NAMES = ("host", "none", "bridge", "default")
+NETNS_PREFIX = "pw-"
+OWNER_PREFIX = "pw:"
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise NeedRoot(what)
+
+
+def owner_tag(sandbox_id: str) -> str:
+    """The comment every kernel object of a sandbox carries (nft elements, rules)."""
+    return OWNER_PREFIX + sandbox_id
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+class Engine:
+    def __init__(self, state: State | None = None) -> None:
+        self.state = state or State()
+
+    # ------------------------------------------------------------------ networks
+    def create_network(self, name: str, subnet: str | None = None, ipv6: bool = False,
+                       subnet6: str | None = None, internal: bool = False) -> Network:
+        require_root("creating a network")
+        check_name(name)
+        if name in RESERVED_NETWORK_NAMES:
+            raise BadInput(f"network name {name!r} is reserved; choose another name")
+        if self.state.find_network(name):
+            raise Conflict(f"network {name!r} already exists; remove it with 'portwright network rm {name}'")
+        if subnet6 and not ipv6:
+            ipv6 = True
+        if ipv6 and not sysctl.ipv6_enabled():
+            raise BadInput("--ipv6: IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1)")
+        with ExitStack() as stack:
+            with self.state.tx():
+                used = [ipaddress.ip_network(p, strict=False) for p in netlink.used_prefixes()]
+                mine = self.state.networks()
+                used += [n.subnet4 for n in mine] + [n.subnet6 for n in mine if n.subnet6]
+                if subnet:
+                    net4 = ipam.parse_subnet(subnet, 4, "--subnet")
+                    clash = ipam.overlapping(net4, used)
+                    if clash is not None:
+                        raise Conflict(f"--subnet {net4} overlaps {clash}, already in use on this host; "
+                                       "choose a free range (e.g. within 198.18.0.0/15)")
+                else:
+                    net4 = ipam.carve4(u for u in used if u.version == 4)  # type: ignore[misc]
+                net6 = None
+                if ipv6:
+                    if subnet6:
+                        net6 = ipam.parse_subnet(subnet6, 6, "--subnet6")
+                        clash = ipam.overlapping(net6, used)
+                        if clash is not None:
+                            raise Conflict(f"--subnet6 {net6} overlaps {clash}, already in use; choose "
+                                           "a free range (e.g. within 2001:2::/48)")
+                    else:
+                        net6 = ipam.carve6(u for u in used if u.version == 6)  # type: ignore[misc]
+                bridge = "pw-" + secrets.token_hex(4)
+                net = Network(name=name, bridge=bridge, subnet4=net4,  # type: ignore[arg-type]
+                              gateway4=ipam.gateway(net4),  # type: ignore[arg-type]
+                              subnet6=net6, gateway6=ipam.gateway(net6) if net6 else None,  # type: ignore[arg-type]
+                              internal=internal)
+                self.state.add_network(net)
+            stack.callback(self._forget_network, name)
+            addrs = [f"{net.gateway4}/{net.subnet4.prefixlen}"]
+            if net.subnet6 is not None:
+                addrs.append(f"{net.gateway6}/{net.subnet6.prefixlen}")
+            netlink.create_bridge(bridge, addrs)
+            stack.callback(netlink.delete_link, bridge)
+            sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
+            if not internal:
+                sysctl.ensure(sysctl.IP_FORWARD, "1")
+            if net.subnet6 is not None and not internal:
+                sysctl.ensure(sysctl.IP6_FORWARD, "1")
+            nft.ensure_base()
+            nft.add_network(net)
+            stack.callback(nft.remove_network, name)
+            self.sync_docker_user()
+            stack.pop_all()
+        return net
+
+    def _forget_network(self, name: str) -> None:
+        with self.state.tx():
+            self.state.remove_network(name)
+
+    def ensure_network(self, name: str) -> Network:
+        net = self.state.find_network(name)
+        if net is not None:
+            return net
+        if name != DEFAULT_NETWORK:
+            raise NotFound(f"network {name!r} not found; create it with 'portwright network create {name}' "
+                           "or list them with 'portwright network ls'")
+        try:
+            return self.create_network(DEFAULT_NETWORK, ipv6=sysctl.ipv6_enabled())
+        except Conflict:
+            # Another concurrent run created it first.
+            return self.state.network(DEFAULT_NETWORK)
+
+    def remove_network(self, name: str) -> None:
+        require_root("removing a network")
+        net = self.state.network(name)
+        users = [r.name for r in self.state.sandboxes() if r.sandbox.network == name and r.status != "exited"]
+        if users:
+            raise Conflict(f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
+                           "remove them first ('portwright rm -f NAME')")
+        errors: list[str] = []
+        for step, fn in (("nft", lambda: nft.remove_network(name)),
+                         ("bridge", lambda: netlink.delete_link(net.bridge))):
+            try:
+                fn()
+            except PortwrightError as e:
+                errors.append(f"{step}: {e}")
+        with self.state.tx():
+            for r in self.state.sandboxes():
+                if r.sandbox.network == name:
+                    self.state.remove_sandbox(r.id)
+            self.state.remove_network(name)
+        self.sync_docker_user()
+        if errors:
+            raise KernelError(f"removing network {name}", "; ".join(errors))
+
+    def sync_docker_user(self) -> None:
+        """Keep Docker's DOCKER-USER hook accepting our bridges (Docker's FORWARD policy is DROP)."""
+        try:
+            nft.docker_user_sync([n.bridge for n in self.state.networks()])
+        except PortwrightError:
+            pass
+
+    # ------------------------------------------------------------------ sandboxes
+    def teardown(self, rec: SandboxRecord) -> list[str]:
+        """Remove every kernel object a sandbox may have; errors are collected, not raised."""
+        errors: list[str] = []
+        sb = rec.sandbox
+        try:
+            nft.unpublish(owner_tag(sb.id))
+        except PortwrightError as e:
+            errors.append(f"nft: {e}")
+        if sb.veth:
+            try:
+                netlink.delete_link(sb.veth)
+            except PortwrightError as e:
+                errors.append(f"veth {sb.veth}: {e}")
+        if sb.netns:
+            try:
+                netlink.netns_delete(os.path.basename(sb.netns))
+            except PortwrightError as e:
+                errors.append(f"netns {sb.netns}: {e}")
+        return errors
+
+    def mark_exited(self, rec: SandboxRecord, exit_code: int | None) -> None:
+        with self.state.tx():
+            if rec.spec.get("detach"):
+                self.state.set_ports(rec.id, [])
+                self.state.update_sandbox(rec.id, status="exited", exit_code=exit_code, ip4=None, ip6=None,
+                                          supervisor_pid=None, cmd_pid=None)
+            else:
+                self.state.remove_sandbox(rec.id)
+
+    def reconcile(self) -> list[str]:
+        """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner)."""
+        cleaned = []
+        for rec in self.state.sandboxes():
+            if rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                continue
+            if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
+                continue  # just being recorded by a live process that has not set its pid yet
+            self.teardown(rec)
+            if rec.cmd_pid and pid_alive(rec.cmd_pid, None):
+                try:
+                    os.killpg(rec.cmd_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.mark_exited(rec, None)
+            cleaned.append(rec.name)
+        return cleaned
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        rec = self.state.sandbox(name)
+        if rec.status == "exited":
+            return
+        if pid_alive(rec.supervisor_pid, rec.supervisor_start):
+            assert rec.supervisor_pid is not None
+            os.kill(rec.supervisor_pid, signal.SIGTERM)
+            deadline = time.time() + timeout + 5
+            while time.time() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                time.sleep(0.05)
+            if pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                os.kill(rec.supervisor_pid, signal.SIGKILL)
+                time.sleep(0.1)
+        self.reconcile()
+
+    def remove(self, name: str, force: bool = False) -> None:
+        rec = self.state.sandbox(name)
+        if rec.status != "exited":
+            if not force:
+                raise Conflict(f"sandbox {rec.name!r} is {rec.status}; stop it first or use 'portwright rm -f'")
+            self.stop(name)
+        rec2 = self.state.find_sandbox(rec.id)
+        if rec2 is not None:
+            self.teardown(rec2)
+            with self.state.tx():
+                self.state.remove_sandbox(rec.id)
+        if rec.log_path:
+            try:
+                os.unlink(rec.log_path)
+            except OSError:
+                pass

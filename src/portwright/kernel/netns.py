@@ -1,0 +1,59 @@
+"""Entering network namespaces: setns(2) through libc (Python 3.11 has no os.setns).
+
+setns applies to the calling thread only, so it is used in a forked child (preexec) or a
+dedicated short-lived thread, never on a long-lived thread that serves other work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..errors import KernelError
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+T = TypeVar("T")
+
+
+def setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise KernelError(f"setns({path})", os.strerror(err), err)
+    finally:
+        os.close(fd)
+
+
+def preexec_enter(path: str) -> Callable[[], None]:
+    """A subprocess preexec_fn that moves the child into the namespace at path."""
+
+    def enter() -> None:
+        setns(path)
+        os.setsid()
+
+    return enter
+
+
+def run_in(path: str, fn: Callable[[], T]) -> T:
+    """Run fn in a fresh thread that has entered the namespace at path; return its result."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            setns(path)
+            box["result"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="pw-netns")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]

@@ -1,0 +1,146 @@
+"""Port allocation and the Publisher interface.
+
+Allocation turns parsed ``-p``/``-P`` requests into concrete Mappings and binds a socket for
+each one while the state database is locked, so the kernel (a real bind) and our own records
+agree and two concurrent ``run``s can never be handed the same host port. The IPv4 and IPv6
+halves of one request always get the same host port. A Publisher then makes the mappings
+carry traffic (nat: nftables maps; proxy: the userland relay) and undoes it at teardown.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import BadInput, PortInUse
+from ..kernel import sockets as ksockets
+from ..kernel import sysctl
+from ..model import ANY4, ANY6, IPAddress, Mapping, Proto
+from ..spec import ExposeSpec, PortSpec
+from .reserve import bind_socket
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where published traffic goes: the sandbox's addresses."""
+
+    ip4: ipaddress.IPv4Address | None
+    ip6: ipaddress.IPv6Address | None
+
+
+class Publisher(Protocol):
+    """One publishing mechanism. publish() receives bound sockets it now owns."""
+
+    name: str
+
+    def publish(self, owner: str, bound: Sequence[tuple[Mapping, socket.socket]]) -> None: ...
+
+    def unpublish(self) -> list[str]:
+        """Undo everything; return error descriptions instead of raising (teardown goes on)."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, int]]: ...
+
+
+def publish_all_specs(expose: Sequence[ExposeSpec]) -> list[PortSpec]:
+    """-P: every exposed port gets a free ephemeral host port."""
+    out = []
+    for e in expose:
+        out.append(PortSpec(host_ip=None, host=None, container=e.ports, proto=e.proto,
+                            text=f"{e.ports}/{e.proto}"))
+    return out
+
+
+def host_ips(spec: PortSpec, target: Target, ipv6_host: bool) -> list[tuple[IPAddress, IPAddress]]:
+    """(host address, container address) for each family half of one spec."""
+    if spec.host_ip is not None:
+        if spec.host_ip.version == 4:
+            if target.ip4 is None:
+                raise BadInput(f"-p {spec.text}: the sandbox has no IPv4 address")
+            return [(spec.host_ip, target.ip4)]
+        if not ipv6_host:
+            raise BadInput(f"-p {spec.text}: IPv6 is disabled on this host; publish on an IPv4 address")
+        dst6: IPAddress | None = target.ip6 or target.ip4
+        assert dst6 is not None
+        return [(spec.host_ip, dst6)]
+    halves: list[tuple[IPAddress, IPAddress]] = []
+    if target.ip4 is not None:
+        halves.append((ANY4, target.ip4))
+    if ipv6_host:
+        dst = target.ip6 or target.ip4
+        if dst is not None:
+            halves.append((ANY6, dst))
+    return halves
+
+
+def _owner_text(proto: str, ip: IPAddress, port: int, known: Sequence[tuple[str, Mapping]]) -> str:
+    for owner, m in known:
+        if m.proto == proto and m.host_port == port and ksockets.overlaps(m.host_ip, ip):
+            return owner
+    return ksockets.describe_owner(proto, port, ip)
+
+
+def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int
+              ) -> tuple[list[socket.socket], tuple[IPAddress, OSError] | None]:
+    socks: list[socket.socket] = []
+    for hip, _ in halves:
+        try:
+            socks.append(bind_socket(proto, hip, port))
+        except OSError as e:
+            for s in socks:
+                s.close()
+            return [], (hip, e)
+    return socks, None
+
+
+def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[str, Mapping]],
+             ipv6_host: bool | None = None) -> list[tuple[Mapping, socket.socket]]:
+    """Bind a socket for every mapping the specs ask for. ``known`` lists (owner description,
+    mapping) already published by others, to name them on a clash. All-or-nothing."""
+    if ipv6_host is None:
+        ipv6_host = sysctl.ipv6_enabled()
+    lo, hi = sysctl.local_port_range()
+    reserved = sysctl.reserved_ports()
+    out: list[tuple[Mapping, socket.socket]] = []
+    taken_here: set[tuple[str, int]] = set()
+    try:
+        for spec in specs:
+            for cport, candidates in spec.requests():
+                halves = host_ips(spec, target, ipv6_host)
+                ephemeral = not candidates
+                pool = candidates or tuple(p for p in range(lo, hi + 1) if p not in reserved)
+                last_err: tuple[IPAddress, OSError, int] | None = None
+                for port in pool:
+                    if (spec.proto, port) in taken_here and (ephemeral or len(pool) > 1):
+                        continue
+                    socks, err = _try_bind(spec.proto, halves, port)
+                    if err is None:
+                        for (hip, cip), s in zip(halves, socks):
+                            out.append((Mapping(spec.proto, hip, port, cip, cport), s))
+                        taken_here.add((spec.proto, port))
+                        break
+                    hip, e = err
+                    if e.errno == errno.EADDRNOTAVAIL:
+                        raise BadInput(f"-p {spec.text}: {hip} is not an address of this host; "
+                                       "use one of its addresses (see 'ip addr') or omit the IP")
+                    if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                        raise BadInput(f"-p {spec.text}: cannot bind {hip} port {port}: {e.strerror}")
+                    last_err = (hip, e, port)
+                else:
+                    if last_err is None:
+                        raise BadInput(f"-p {spec.text}: no host port left to try")
+                    hip, _, port = last_err
+                    binding = f"[{hip}]:{port}" if hip.version == 6 else f"{hip}:{port}"
+                    if len(pool) == 1:
+                        raise PortInUse(f"{binding}/{spec.proto}", _owner_text(spec.proto, hip, port, known))
+                    raise PortInUse(f"{spec.text} (every port in the range)",
+                                    "other sockets; widen the range")
+    except BaseException:
+        for _, s in out:
+            s.close()
+        raise
+    return out

@@ -1,0 +1,41 @@
+"""Userland proxy publisher: one in-process relay (portwright.proxy) serves every binding.
+
+The supervisor hands the bound sockets from allocation to a single ProxyServer, so 1 or 10,000
+published ports cost one process, unlike docker-proxy's one process per port and family.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+from ..model import Mapping
+
+
+class ProxyPublisher:
+    name = "proxy"
+
+    def __init__(self, proxy_protocol: bool = False, udp_idle_timeout: float = 90.0) -> None:
+        self.proxy_protocol = proxy_protocol
+        self.udp_idle_timeout = udp_idle_timeout
+        self.proxy: object | None = None
+
+    def publish(self, owner: str, bound: Sequence[tuple[Mapping, socket.socket]]) -> None:
+        from ..proxy.server import ProxyServer
+
+        srv = ProxyServer([m for m, _ in bound], sockets=dict(bound), proxy_protocol=self.proxy_protocol,
+                          udp_idle_timeout=self.udp_idle_timeout)
+        srv.start()
+        self.proxy = srv
+
+    def unpublish(self) -> list[str]:
+        if self.proxy is None:
+            return []
+        try:
+            self.proxy.stop()  # type: ignore[attr-defined]
+        except Exception as e:
+            return [f"proxy stop: {e}"]
+        return []
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return self.proxy.stats() if self.proxy is not None else {}  # type: ignore[attr-defined]

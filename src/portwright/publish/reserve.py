@@ -1,0 +1,61 @@
+"""Host-port reservation sockets: hold a port so nothing else can take it, serve nothing.
+
+A listening (TCP) or bound (UDP) socket with a classic-BPF filter that drops every packet, as
+current Docker does: the port shows in ``ss -ntlp`` under the sandbox's portwright supervisor,
+no host program can bind it, and a stray packet that NAT did not rewrite is dropped instead of
+being half-accepted by a socket that would never answer (dockerd's placeholder pitfall).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from ..model import IPAddress
+
+SO_ATTACH_FILTER = 26  # include/uapi/asm-generic/socket.h
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_DROP_ALL = struct.pack("HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: "return 0" = drop
+
+
+def _attach_drop_all(s: socket.socket) -> None:
+    import ctypes
+
+    buf = ctypes.create_string_buffer(_DROP_ALL)
+    prog = struct.pack("HL", 1, ctypes.addressof(buf))
+    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+    s._pw_filter = buf  # type: ignore[attr-defined]  # keep the program alive with the socket
+
+
+def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True) -> socket.socket:
+    """A socket bound to ip:port/proto (IPV6_V6ONLY for v6), listening for stream protocols.
+
+    Raises OSError (EADDRINUSE etc.) for the caller to turn into PortInUse with the owner.
+    """
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    if proto == "udp":
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+    elif proto == "sctp":
+        s = socket.socket(fam, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    else:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if not ip.is_loopback and not ip.is_unspecified:
+            # Binding a specific non-local address would fail; the engine checks that first.
+            pass
+        s.bind((str(ip), port))
+        if listen and proto != "udp":
+            s.listen(4096)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def make_placeholder(s: socket.socket) -> socket.socket:
+    """Turn a bound socket into a drop-everything reservation."""
+    _attach_drop_all(s)
+    return s

@@ -1,0 +1,397 @@
+"""The supervisor: one process per sandbox that creates it, runs CMD, holds its ports, tears down.
+
+``run`` in the foreground *is* the supervisor; ``run -d`` starts ``python -m portwright
+_supervise NAME`` in a new session and waits on a pipe for "ok" or the one-line error. The
+supervisor records intent in state before each kernel object, so a supervisor killed at any
+moment leaves a record the reconcile pass can clear. It owns the reservation sockets and the
+proxy (so ``ss -ntlp`` names ``portwright`` and the sandbox), and serves stats on a unix socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+
+from . import ipam
+from .engine import DEFAULT_NETWORK, NETNS_PREFIX, Engine, new_id, owner_tag, require_root
+from .errors import BadInput, Conflict, PortInUse, PortwrightError
+from .kernel import netlink, netns, sysctl
+from .kernel import sockets as ksockets
+from .model import PUBLISH_MODES, Mapping, Sandbox
+from .publish.base import Publisher, Target, allocate, publish_all_specs
+from .spec import check_name, parse_env, parse_expose, parse_publish
+from .state import State, proc_start_time
+
+STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
+PR_SET_NAME = 15
+
+
+@dataclass(slots=True)
+class RunOptions:
+    cmd: list[str]
+    name: str | None = None
+    network: str = DEFAULT_NETWORK
+    publish: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    expose: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    publish_mode: str = "nat"
+    detach: bool = False
+    proxy_protocol: bool = False
+
+    def validate(self) -> None:
+        """Everything that can be checked without touching the kernel; raises BadInput."""
+        if not self.cmd:
+            raise BadInput("no command given; usage: portwright run [OPTIONS] -- CMD [ARG...]")
+        if self.name is not None:
+            check_name(self.name)
+        for p in self.publish:
+            parse_publish(p)
+        for e in self.expose:
+            parse_expose(e)
+        for e in self.env:
+            parse_env(e)
+        if self.publish_mode not in PUBLISH_MODES:
+            raise BadInput(f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}")
+        if self.network == "host" and (self.publish or self.publish_all):
+            raise BadInput("published ports are discarded when using host network mode; drop -p/-P "
+                           "(the command's ports are the host's ports) or use a bridge network")
+        if self.network == "none" and (self.publish or self.publish_all):
+            raise BadInput("--network none has no interface to publish on; drop -p/-P or use a bridge network")
+        exe = self.cmd[0]
+        found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
+        if not found:
+            raise BadInput(f"command {exe!r} not found or not executable; give a program on PATH or an absolute path")
+
+
+def set_process_name(name: str) -> None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except OSError:
+        pass
+
+
+def control_path(state: State, sid: str) -> str:
+    return os.path.join(state.dir, "ctl", f"{sid}.sock")
+
+
+def query_stats(state: State, sid: str) -> dict[str, dict[str, int]]:
+    """Ask a running supervisor for its per-mapping counters."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(control_path(state, sid))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return json.loads(data or b"{}")  # type: ignore[no-any-return]
+    except OSError:
+        return {}
+    finally:
+        s.close()
+
+
+class Supervisor:
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.engine = Engine()
+        self.state = self.engine.state
+        self.publisher: Publisher | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stop_requested = threading.Event()
+        self.exit_code: int | None = None
+
+    # -------------------------------------------------------------- setup
+    def setup(self) -> str:
+        """Create everything; on any error, roll back and re-raise. Returns the sandbox id."""
+        o = self.opts
+        o.validate()
+        require_root("portwright run")
+        specs = [parse_publish(p) for p in o.publish]
+        expose = [parse_expose(e) for e in o.expose]
+        if o.publish_all:
+            specs += publish_all_specs(expose)
+        env = dict(os.environ)
+        env.update(parse_env(e) for e in o.env)
+        self.engine.reconcile()
+        sid = new_id()
+        name = o.name or f"pw_{sid[:8]}"
+        if self.state.find_sandbox(name) is not None:
+            raise Conflict(
+                f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
+                "or choose another --name")
+        host = o.network == "host"
+        none = o.network == "none"
+        net = None if host or none else self.engine.ensure_network(o.network)
+        if host:
+            self._check_host_expose(expose)
+        with ExitStack() as stack:
+            # 1. Record intent (and take addresses) before creating anything.
+            ns_name = None if host else NETNS_PREFIX + name
+            veth = None if net is None else "pwv" + sid[:11]
+            with self.state.tx():
+                ip4 = ip6 = None
+                if net is not None:
+                    others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
+                    ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
+                    if net.subnet6 is not None:
+                        ip6 = ipam.next_address(net.subnet6, [s.ip6 for s in others if s.ip6])
+                sb = Sandbox(id=sid, name=name, network=o.network, netns=netlink.netns_path(ns_name) if ns_name else None,
+                             veth=veth, ip4=ip4, ip6=ip6,  # type: ignore[arg-type]
+                             mac=ipam.mac_for(ip4, sid) if net else None,  # type: ignore[arg-type]
+                             publish_mode=o.publish_mode)
+                log_path = os.path.join(self.state.dir, "logs", f"{sid}.log") if o.detach else None
+                self.state.insert_sandbox(sb, o.cmd, spec=asdict(o), log_path=log_path)
+                self.state.update_sandbox(sid, supervisor_pid=os.getpid(),
+                                          supervisor_start=proc_start_time(os.getpid()))
+            self.sandbox = sb
+            stack.callback(self._forget, sid)
+            # 2. Namespace, veth, addresses, routes.
+            if ns_name is not None:
+                stack.callback(netlink.netns_delete, ns_name)
+                netlink.netns_add(ns_name)
+                if net is not None and veth is not None:
+                    stack.callback(netlink.delete_link, veth)
+                    netlink.create_veth(veth, ns_name, net.bridge, sb.mac)
+                    netlink.configure_sandbox_ns(
+                        ns_name, f"{ip4}/{net.subnet4.prefixlen}", str(net.gateway4),
+                        f"{ip6}/{net.subnet6.prefixlen}" if ip6 and net.subnet6 else None,
+                        str(net.gateway6) if ip6 else None)
+                else:
+                    netlink.ip("link", "set", "lo", "up", ns=ns_name)
+                self._sandbox_sysctls(sb.netns)  # type: ignore[arg-type]
+            # 3. Ports: allocate under the state lock (a real bind is the kernel's check).
+            if specs:
+                with self.state.tx():
+                    known = []
+                    for r in self.state.sandboxes():
+                        for m in r.sandbox.mappings:
+                            known.append((f"sandbox {r.name!r} ({r.id})", m))
+                    bound = allocate(specs, Target(ip4, ip6), known)
+                    self.state.set_ports(sid, [m for m, _ in bound])
+                stack.callback(lambda: [s.close() for _, s in bound])
+                self.publisher = self._make_publisher()
+                stack.callback(self._unpublish)
+                self.publisher.publish(owner_tag(sid), bound)
+            # 4. The command.
+            self._start_child(env, log_path)
+            self.state.update_sandbox(sid, status="running", cmd_pid=self.child.pid)  # type: ignore[union-attr]
+            self._serve_control()
+            stack.pop_all()
+        return sid
+
+    def _forget(self, sid: str) -> None:
+        with self.state.tx():
+            self.state.remove_sandbox(sid)
+
+    def _unpublish(self) -> None:
+        if self.publisher is not None:
+            self.publisher.unpublish()
+            self.publisher = None
+
+    def _make_publisher(self) -> Publisher:
+        if self.opts.publish_mode == "proxy":
+            from .publish.proxy import ProxyPublisher
+
+            return ProxyPublisher(proxy_protocol=self.opts.proxy_protocol)
+        from .publish.nat import NatPublisher
+
+        return NatPublisher()
+
+    def _check_host_expose(self, expose: list) -> None:  # type: ignore[type-arg]
+        for e in expose:
+            for port in e.ports:
+                for ln in ksockets.holders(e.proto, port):
+                    who = ksockets.describe_owner(e.proto, port, ln.ip)
+                    raise PortInUse(f"{ln.binding}/{e.proto} (exposed with --network host)", who)
+
+    @staticmethod
+    def _sandbox_sysctls(ns_path: str) -> None:
+        def inner() -> None:
+            # Like Docker: servers in a sandbox may bind ports below 1024 without extra caps.
+            try:
+                sysctl.write(sysctl.UNPRIV_PORT_START, "0")
+            except PortwrightError:
+                pass
+
+        netns.run_in(ns_path, inner)
+
+    def _start_child(self, env: dict[str, str], log_path: str | None) -> None:
+        o = self.opts
+        out = None
+        if log_path:
+            out = open(log_path, "ab", buffering=0)
+        preexec = netns.preexec_enter(self.sandbox.netns) if self.sandbox.netns else os.setsid
+        try:
+            self.child = subprocess.Popen(
+                o.cmd, env=env, preexec_fn=preexec, stdin=subprocess.DEVNULL if o.detach else None,
+                stdout=out, stderr=subprocess.STDOUT if out else None, close_fds=True)
+        except OSError as e:
+            raise BadInput(f"cannot start {o.cmd[0]!r}: {e.strerror}") from None
+        finally:
+            if out is not None:
+                out.close()
+
+    def _serve_control(self) -> None:
+        path = control_path(self.state, self.sandbox.id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(8)
+        self.ctl = srv
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    stats = self.publisher.stats() if self.publisher is not None else {}
+                    try:
+                        conn.sendall(json.dumps(stats).encode())
+                    except OSError:
+                        pass
+
+        threading.Thread(target=loop, name="pw-control", daemon=True).start()
+
+    # -------------------------------------------------------------- run
+    def wait(self) -> int:
+        """Wait for CMD (forwarding signals) and return its exit code (128+N for a signal)."""
+        assert self.child is not None
+        child = self.child
+        term_at: list[float] = []
+
+        def forward(signum: int, _frame: object) -> None:
+            if self.opts.detach or signum == signal.SIGTERM:
+                self.stop_requested.set()
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
+            if not term_at:
+                term_at.append(time.monotonic())
+
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(s, forward)
+        while True:
+            try:
+                rc = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if term_at and time.monotonic() - term_at[0] > STOP_GRACE_SECONDS:
+                    try:
+                        os.killpg(child.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        # Reap anything CMD left behind in its process group.
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return 128 - rc if rc < 0 else rc
+
+    def teardown(self, exit_code: int | None) -> list[str]:
+        errors: list[str] = []
+        if getattr(self, "ctl", None) is not None:
+            self.ctl.close()
+            try:
+                os.unlink(control_path(self.state, self.sandbox.id))
+            except OSError:
+                pass
+        if self.publisher is not None:
+            errors += self.publisher.unpublish()
+            self.publisher = None
+        rec = self.state.find_sandbox(self.sandbox.id)
+        if rec is not None:
+            errors += self.engine.teardown(rec)
+            self.engine.mark_exited(rec, exit_code)
+        return errors
+
+
+def run(opts: RunOptions, ready_fd: int | None = None) -> int:
+    """The whole lifecycle. With ready_fd, report "ok ID" or "err CODE MESSAGE" through it."""
+    set_process_name("portwright")
+    sup = Supervisor(opts)
+    try:
+        sid = sup.setup()
+    except PortwrightError as e:
+        if ready_fd is not None:
+            os.write(ready_fd, f"err {e.exit_code} {e}\n".encode())
+            os.close(ready_fd)
+            return e.exit_code
+        raise
+    except BaseException as e:
+        if ready_fd is not None:
+            os.write(ready_fd, f"err 1 internal error: {type(e).__name__}: {e}\n".encode())
+            os.close(ready_fd)
+        raise
+    if ready_fd is not None:
+        os.write(ready_fd, f"ok {sid}\n".encode())
+        os.close(ready_fd)
+    code: int | None = None
+    try:
+        code = sup.wait()
+    finally:
+        errs = sup.teardown(code)
+        for e in errs:
+            print(f"portwright: teardown: {e}", file=sys.stderr)
+    return code
+
+
+def supervise_main(argv: list[str]) -> int:
+    """Entry of ``python -m portwright _supervise NAME --ready-fd N`` (options as JSON on stdin)."""
+    ready_fd = int(argv[argv.index("--ready-fd") + 1])
+    opts = RunOptions(**json.loads(sys.stdin.read()))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    return run(opts, ready_fd)
+
+
+def start_detached(opts: RunOptions) -> str:
+    """Spawn a supervisor in its own session; return the sandbox id or raise its error."""
+    from .errors import PortwrightError as PE
+
+    r, w = os.pipe()
+    name = opts.name or "sandbox"
+    state = State()
+    log = open(os.path.join(state.dir, "logs", "supervisors.log"), "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portwright", "_supervise", name, "--ready-fd", str(w)],
+        stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(w,), start_new_session=True,
+        close_fds=True)
+    os.close(w)
+    log.close()
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(asdict(opts)).encode())
+    proc.stdin.close()
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    msg = data.decode().strip()
+    if msg.startswith("ok "):
+        return msg[3:]
+    if msg.startswith("err "):
+        _, code, text = msg.split(" ", 2)
+        err = PE(text)
+        err.exit_code = int(code)
+        raise err
+    proc.wait(timeout=10)
+    raise PE(f"the supervisor exited before the sandbox was ready (exit {proc.returncode}); "
+             f"see {os.path.join(state.dir, 'logs', 'supervisors.log')}")
