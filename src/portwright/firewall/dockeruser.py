@@ -1,0 +1,85 @@
+"""Coexistence with dockerd: ACCEPT rules for our bridges in Docker's DOCKER-USER chain.
+
+dockerd sets the iptables filter FORWARD policy to DROP. Netfilter drops a packet that any
+base chain drops, so our own ``inet portwright`` forward chain cannot let published traffic
+through on such a host by itself. Docker documents one hook for this: the DOCKER-USER chain,
+jumped to first from FORWARD. ``docker_user_sync`` keeps exactly one ACCEPT rule per direction
+per portwright bridge there, each tagged with the iptables comment "portwright", and removes
+them all when given no bridges. Our nft forward chain still does the real filtering (only
+published ports in, isolation between networks); these rules only stop Docker's policy from
+overriding it. No other Docker chain is ever touched, and nothing is created when DOCKER-USER
+does not exist (no dockerd, or dockerd without iptables management).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from portwright.errors import KernelError, NeedRoot
+
+CHAIN = "DOCKER-USER"
+COMMENT = "portwright"
+TOOLS = ("iptables", "ip6tables")  # the same backend dockerd uses (iptables-nft on Debian 12)
+NETNS_ENV = "PORTWRIGHT_FW_NETNS"
+
+
+def _run(tool: str, args: list[str], netns: str | None) -> subprocess.CompletedProcess[str]:
+    argv = [tool, "-w", "10", *args]
+    ns = netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
+    if ns:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def rule_specs(bridges: Sequence[str]) -> list[list[str]]:
+    """The rules we want in DOCKER-USER, in ``iptables -S`` order so they compare exactly."""
+    specs: list[list[str]] = []
+    for br in sorted(set(bridges)):
+        for flag in ("-i", "-o"):
+            specs.append([flag, br, "-m", "comment", "--comment", COMMENT, "-j", "ACCEPT"])
+    return specs
+
+
+def _ours(listing: str) -> list[list[str]]:
+    """Our rules in an ``iptables -S DOCKER-USER`` listing (recognised by the comment)."""
+    out: list[list[str]] = []
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if len(words) > 2 and words[:2] == ["-A", CHAIN] and "--comment" in words:
+            if words[words.index("--comment") + 1] == COMMENT:
+                out.append(words[2:])
+    return out
+
+
+def docker_user_sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
+    """Make DOCKER-USER (v4 and v6, where it exists) accept exactly our ``bridges``; idempotent.
+
+    With an empty list every rule we added is removed. Rules are inserted at the top, ahead of
+    Docker's trailing RETURN and of any user rule that would drop them.
+    """
+    want = rule_specs(bridges)
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            continue  # no such tool: dockerd cannot have made the chain with it either
+        listing = _run(tool, ["-t", "filter", "-S", CHAIN], netns)
+        if listing.returncode != 0:
+            if "Permission denied" in listing.stderr or "Operation not permitted" in listing.stderr:
+                raise NeedRoot(f"reading {tool} chain {CHAIN}")
+            continue  # the chain does not exist: dockerd is not managing this family
+        have = _ours(listing.stdout)
+        for spec in have:
+            if spec not in want:
+                _checked(tool, ["-t", "filter", "-D", CHAIN, *spec], netns)
+        for spec in reversed(want):
+            if spec not in have:
+                _checked(tool, ["-t", "filter", "-I", CHAIN, "1", *spec], netns)
+
+
+def _checked(tool: str, args: list[str], netns: str | None) -> None:
+    p = _run(tool, args, netns)
+    if p.returncode != 0:
+        raise KernelError(f"{tool} {' '.join(args)}", p.stderr or f"exit status {p.returncode}")

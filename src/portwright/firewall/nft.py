@@ -1,0 +1,243 @@
+"""Applies the firewall layer to the kernel: nft transactions, table reads, conntrack flushes.
+
+``rules`` builds the commands; this module runs them with ``nft -j -f -`` (one atomic
+transaction per call), reads ``nft -j list table inet portwright`` back, and flushes stale UDP
+conntrack entries with ``conntrack -D``. It holds no state: the owner tags in the table are
+the record, so ``unpublish`` and ``owners`` work after a crash with nothing else to go on.
+
+Every function takes ``netns``: when given (or when ``PORTWRIGHT_FW_NETNS`` is set) the tools
+run under ``ip netns exec NETNS``, so tests can work on a throwaway namespace's table without
+touching the host's.
+
+nft 1.0.6 (Debian 12) cannot parse a map with a concatenated data type ("addr . port") from
+JSON: it silently creates a plain set. ``run`` therefore creates such maps first with one
+``nft -f -`` text transaction (``add`` is idempotent and an empty map changes no packet), then
+applies the whole JSON batch atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from portwright.errors import Conflict, KernelError, MissingTool, NeedRoot, PortInUse
+from portwright.firewall import rules
+from portwright.firewall.dockeruser import docker_user_sync
+from portwright.model import Mapping, Network
+
+__all__ = ["run", "table_json", "ensure_base", "add_network", "remove_network", "publish", "unpublish",
+           "owners", "networks", "remove_table", "flush_conntrack", "docker_user_sync", "NETNS_ENV"]
+
+NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
+NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
+
+
+def _netns(netns: str | None) -> str | None:
+    return netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
+
+
+def _exec(argv: list[str], netns: str | None, *, tool: str, package: str, input: str | None = None,
+          timeout: float = NFT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    if shutil.which(argv[0]) is None:
+        raise MissingTool(tool, package)
+    ns = _netns(netns)
+    if ns:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    try:
+        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise KernelError(" ".join(argv[:4]), f"timed out after {timeout:.0f}s") from e
+
+
+def _nft_error(p: subprocess.CompletedProcess[str], what: str) -> KernelError | NeedRoot:
+    detail = " ".join(line.strip() for line in (p.stderr or "").splitlines() if line.strip()
+                      and not set(line.strip()) <= {"^", "~"})
+    if "Operation not permitted" in detail:
+        return NeedRoot(f"changing nftables ({what})")
+    if p.returncode < 0:
+        detail = f"nft crashed with signal {-p.returncode}. {detail}"
+    return KernelError(what, detail or f"exit status {p.returncode}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Transactions and reads
+# ------------------------------------------------------------------------------------------------
+
+def _concat_map_text(cmd: dict[str, Any]) -> str | None:
+    """``add map`` with a concatenated data type, as nft text (see the module docstring)."""
+    body = cmd.get("add", {}).get("map")
+    if not isinstance(body, dict) or not isinstance(body.get("map"), list):
+        return None
+    key = body["type"] if isinstance(body["type"], list) else [body["type"]]
+    return (f"add map {body['family']} {body['table']} {body['name']} "
+            f"{{ type {' . '.join(key)} : {' . '.join(body['map'])} ; }}")
+
+
+def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
+    """Apply ``cmds`` as ONE atomic nft transaction (nothing changes if any command fails)."""
+    if not cmds:
+        return
+    prelude = [t for t in (_concat_map_text(c) for c in cmds) if t]
+    if prelude:
+        tables = sorted({(c["add"]["map"]["family"], c["add"]["map"]["table"]) for c in cmds
+                         if _concat_map_text(c)})
+        text = "\n".join([*(f"add table {f} {t}" for f, t in tables), *prelude]) + "\n"
+        p = _exec(["nft", "-f", "-"], netns, tool="nft", package="nftables", input=text)
+        if p.returncode != 0:
+            raise _nft_error(p, "nft add map")
+        cmds = [c for c in cmds if not _concat_map_text(c)]
+    payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
+    p = _exec(["nft", "-j", "-f", "-"], netns, tool="nft", package="nftables", input=payload)
+    if p.returncode != 0:
+        raise _nft_error(p, "nft -j -f -")
+
+
+def table_json(*, netns: str | None = None) -> dict[str, Any]:
+    """``nft -j list table inet portwright``, parsed; ``{}`` when the table does not exist."""
+    p = _exec(["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns, tool="nft", package="nftables")
+    if p.returncode != 0:
+        if "No such file or directory" in p.stderr:
+            return {}
+        raise _nft_error(p, "nft list table inet portwright")
+    data = json.loads(p.stdout)
+    if not isinstance(data, dict):
+        raise KernelError("nft -j list table", "output is not a JSON object")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------
+# Table, networks
+# ------------------------------------------------------------------------------------------------
+
+def ensure_base(*, netns: str | None = None) -> None:
+    """Create (or refresh) the table, chains, sets, maps and fixed rules; keeps all elements."""
+    run(rules.base_commands(), netns=netns)
+
+
+def add_network(net: Network, *, netns: str | None = None) -> None:
+    """Install ``net``'s rules, replacing any it already had (one transaction)."""
+    current = table_json(netns=netns)
+    cmds = rules.base_commands() if not current else []
+    cmds += rules.remove_network_commands(net.name, current) + rules.network_commands(net)
+    run(cmds, netns=netns)
+
+
+def remove_network(name: str, *, netns: str | None = None) -> None:
+    """Remove the rules and bridge element of network ``name``; a no-op if it has none."""
+    current = table_json(netns=netns)
+    if current:
+        run(rules.remove_network_commands(name, current), netns=netns)
+
+
+def networks(*, netns: str | None = None) -> set[str]:
+    return rules.networks(table_json(netns=netns))
+
+
+# ------------------------------------------------------------------------------------------------
+# Publishing
+# ------------------------------------------------------------------------------------------------
+
+def publish(owner: str, mappings: Sequence[Mapping], *, netns: str | None = None,
+            flush_udp: bool = True) -> None:
+    """Publish ``owner``'s NAT-capable mappings (one transaction), then un-stick UDP clients.
+
+    Refuses, before changing anything, a binding another owner already holds (``PortInUse``
+    naming that owner). With ``flush_udp``, conntrack entries of the published UDP ports are
+    deleted afterwards, so a client that sent before the rule existed is not stuck on the old
+    (un-NATed) entry (Docker #8795).
+    """
+    cmds = rules.publish_commands(owner, mappings)  # validates before touching anything
+    if not cmds:
+        return
+    udp_ports = sorted({m.host_port for m in mappings if m.proto == "udp" and rules.nat_capable(m)})
+    if flush_udp and udp_ports and shutil.which("conntrack") is None:
+        raise MissingTool("conntrack", "conntrack")
+    current = table_json(netns=netns)
+    clashes = rules.conflicts(owner, mappings, current)
+    if clashes:
+        m, other = clashes[0]
+        raise PortInUse(f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)")
+    if not current:
+        cmds = rules.base_commands() + cmds
+    run(cmds, netns=netns)
+    if flush_udp and udp_ports:
+        flush_conntrack_ports("udp", udp_ports, netns=netns)
+
+
+def unpublish(owner: str, *, netns: str | None = None) -> None:
+    """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left)."""
+    current = table_json(netns=netns)
+    if current:
+        run(rules.unpublish_commands(owner, current), netns=netns)
+
+
+def owners(*, netns: str | None = None) -> set[str]:
+    """Every owner tag present in the table (reconcile removes those of dead owners)."""
+    return rules.owners(table_json(netns=netns))
+
+
+def remove_table(*, netns: str | None = None, force: bool = False) -> None:
+    """Delete the whole table. Refused while an owner or a network still has entries there."""
+    current = table_json(netns=netns)
+    if not current:
+        return
+    if not force:
+        left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
+        if left:
+            raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
+                           f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
+    run(rules.table_commands_delete(), netns=netns)
+
+
+# ------------------------------------------------------------------------------------------------
+# conntrack
+# ------------------------------------------------------------------------------------------------
+
+_DPORT = re.compile(r"\bdport=(\d+)")
+_NOTHING_DELETED = "0 flow entries have been deleted"
+
+
+def flush_conntrack(proto: str, port: int, *, netns: str | None = None) -> None:
+    """Delete conntrack entries whose original destination port is ``port`` (IPv4 and IPv6).
+
+    Finding none is not an error.
+    """
+    for family in ("ipv4", "ipv6"):
+        p = _exec(["conntrack", "-D", "-f", family, "-p", proto, "--orig-port-dst", str(port)], netns,
+                  tool="conntrack", package="conntrack", timeout=30)
+        if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
+            if "Operation not permitted" in p.stderr:
+                raise NeedRoot("flushing conntrack entries")
+            raise KernelError(f"conntrack -D -p {proto} --orig-port-dst {port}", p.stderr)
+
+
+def _ports_with_entries(proto: str, ports: Iterable[int], netns: str | None) -> set[int]:
+    wanted = set(ports)
+    found: set[int] = set()
+    for family in ("ipv4", "ipv6"):
+        p = _exec(["conntrack", "-L", "-f", family, "-p", proto], netns, tool="conntrack",
+                  package="conntrack", timeout=30)
+        if p.returncode != 0:
+            if "Operation not permitted" in p.stderr:
+                raise NeedRoot("listing conntrack entries")
+            raise KernelError(f"conntrack -L -p {proto}", p.stderr)
+        for line in p.stdout.splitlines():
+            m = _DPORT.search(line)  # the first dport= is the original direction's
+            if m and int(m.group(1)) in wanted:
+                found.add(int(m.group(1)))
+    return found
+
+
+def flush_conntrack_ports(proto: str, ports: Sequence[int], *, netns: str | None = None) -> None:
+    """``flush_conntrack`` for many ports: one listing per family, deletions only where needed."""
+    if len(ports) <= 2:
+        for port in ports:
+            flush_conntrack(proto, port, netns=netns)
+        return
+    for port in sorted(_ports_with_entries(proto, ports, netns)):
+        flush_conntrack(proto, port, netns=netns)
