@@ -1,0 +1,278 @@
+"""The CNI commands: ADD, DEL, CHECK, VERSION, STATUS and GC over a small kernel backend.
+
+This module decides *what* each command does; ``protocol`` says how the runtime speaks and
+``kernel`` (the real backend) touches nftables, sysctls and holder processes. The backend is an
+interface so that the command logic (conflicts, rollback, idempotent DEL, GC selection) is
+tested without root against a fake, the way portmap tests its rule generation.
+
+The record of what an attachment owns is the kernel itself: nft elements and rules tagged
+``cni:<containerID>:<ifname>``, and holder processes carrying that tag in their command line.
+DEL and GC therefore work with no prevResult, no netns and no portwright state directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from collections.abc import Mapping as AbcMapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import KernelError, MissingTool, NeedRoot, PortInUse, PortwrightError
+from ..model import Mapping
+from . import protocol as p
+from .holder import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one attachment needs in the kernel, derived from config + prevResult."""
+
+    owner: str
+    nat: tuple[Mapping, ...]  # published through the shared nftables maps
+    bindings: tuple[Binding, ...]  # sockets its holder opens (placeholders and relay listeners)
+    bridge: str | None  # the host bridge the container hangs off (for hairpin / localhost)
+
+
+class Backend(Protocol):
+    """The kernel operations the commands need; ``kernel.NftBackend`` is the real one."""
+
+    def nat_capable(self, m: Mapping) -> bool: ...
+    def published(self) -> dict[str, list[Mapping]]: ...  # owner tag -> its NAT mappings
+    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None, snat: bool) -> None: ...
+    def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
+    def flush_conntrack(self, proto: str, port: int) -> None: ...
+    def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None: ...  # problem text or None
+    def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None: ...
+    def holders(self) -> dict[str, tuple[int, str]]: ...  # owner tag -> (pid, network)
+    def stop_holder(self, owner: str) -> None: ...  # idempotent
+    def check_host_port(self, m: Mapping) -> None: ...  # PortInUse if a host socket holds it
+    def netns_exists(self, path: str) -> bool: ...
+    def status(self) -> str | None: ...  # why ADD cannot work right now, or None
+
+
+def _needs_relay(m: Mapping, nat_capable: bool, reserve: bool) -> bool:
+    """Bindings only a userland relay can serve: ``[::1]`` (and, when we hold the port anyway,
+    the ``[::]`` wildcard, whose socket only ever sees ::1 traffic because NAT takes the rest)."""
+    if m.host_ip.version == 6 and m.host_ip.is_loopback:
+        return True
+    if reserve and m.host_ip.version == 6 and m.host_ip.is_unspecified:
+        return True
+    return not nat_capable
+
+
+def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
+    owner = p.owner_tag(env.container_id, env.ifname)
+    mappings = p.to_mappings(conf.port_mappings, p.container_addresses(conf.prev_result))
+    nat: list[Mapping] = []
+    bindings: list[Binding] = []
+    for m in mappings:
+        capable = backend.nat_capable(m)
+        if capable:
+            nat.append(m)
+        relay = _needs_relay(m, capable, conf.reserve_host_port)
+        if relay or conf.reserve_host_port:
+            bindings.append(Binding(m.proto, str(m.host_ip), m.host_port,
+                                    str(m.container_ip) if relay else "",
+                                    m.container_port if relay else 0))
+    for b in bindings:
+        if b.to_ip and b.proto != "tcp":
+            raise p.CniError(p.E_INVALID_CONFIG, f"hostIP {b.ip} for {b.port}/{b.proto} cannot be NATed by the "
+                             "kernel and portwright relays only TCP there; use 127.0.0.1 for UDP/SCTP")
+    hosts = p.host_interfaces(conf.prev_result)
+    return Plan(owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None)
+
+
+def _overlap(a: Mapping, b: Mapping) -> bool:
+    if a.proto != b.proto or a.host_port != b.host_port or a.family != b.family:
+        return False
+    return a.host_ip == b.host_ip or a.wildcard or b.wildcard
+
+
+def find_conflict(pl: Plan, published: AbcMapping[str, Sequence[Mapping]]) -> tuple[Mapping, str] | None:
+    """The first of our mappings another owner's live mapping already holds, with that owner."""
+    wanted = list(pl.nat) + [Mapping(b.proto, ipaddress.ip_address(b.ip), b.port, ipaddress.ip_address(b.ip), b.port)  # type: ignore[arg-type]
+                             for b in pl.bindings if b.to_ip]
+    for other, theirs in published.items():
+        if other == pl.owner:
+            continue
+        for m in wanted:
+            for t in theirs:
+                if _overlap(m, t):
+                    return m, other
+    return None
+
+
+def describe_owner(tag: str) -> str:
+    a = p.parse_owner_tag(tag)
+    if a is None:
+        return f"portwright sandbox {tag}"
+    return f"container {a.container_id[:12]} ({a.ifname})"
+
+
+def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
+    if not backend.netns_exists(env.netns):
+        raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; pass the path of "
+                         "the container's network namespace (e.g. /var/run/netns/NAME)")
+    result = p.passthrough_result(conf)
+    pl = plan(env, conf, backend)
+    # A repeated ADD (a runtime retrying after a timeout) replaces the earlier attempt.
+    _teardown(pl.owner, backend)
+    if not pl.nat and not pl.bindings:
+        return result
+    clash = find_conflict(pl, backend.published())
+    if clash is not None:
+        m, other = clash
+        err = PortInUse(f"{m.host_binding()}/{m.proto}", describe_owner(other))
+        raise p.CniError(p.E_PORT_IN_USE, str(err))
+    if not conf.reserve_host_port:
+        # Nobody will hold the ports (the runtime binds them after ADD), but a host program that
+        # already listens there would silently lose its traffic to the DNAT: refuse instead.
+        for m in pl.nat:
+            backend.check_host_port(m)
+    with ExitStack() as undo:
+        if pl.bindings:
+            backend.start_holder(pl.owner, conf.name, pl.bindings)
+            undo.callback(backend.stop_holder, pl.owner)
+        if pl.nat:
+            undo.callback(backend.unpublish, pl.owner)
+            backend.publish(pl.owner, pl.nat, pl.bridge, conf.snat)
+            for proto, port in sorted({(m.proto, m.host_port) for m in pl.nat if m.proto == "udp"}):
+                # A client that sent before the mapping existed has a conntrack entry aimed at the
+                # host; flush it so its next datagram is DNATed (Docker issue 8795).
+                backend.flush_conntrack(proto, port)
+        undo.pop_all()
+    return result
+
+
+def _teardown(owner: str, backend: Backend) -> list[str]:
+    """Remove everything tagged ``owner``; keep going past errors and return them."""
+    errors: list[str] = []
+    for what, fn in (("nft entries", backend.unpublish), ("holder process", backend.stop_holder)):
+        try:
+            fn(owner)
+        except Exception as e:  # teardown goes on; the caller reports every failure
+            errors.append(f"{what} of {owner}: {e}")
+    return errors
+
+
+def cmd_del(env: p.Env, conf: p.Config, backend: Backend) -> None:
+    errors = _teardown(p.owner_tag(env.container_id, env.ifname), backend)
+    if errors:
+        raise p.CniError(p.E_KERNEL, "DEL could not remove everything; fix the cause and run DEL again",
+                         "; ".join(errors))
+
+
+def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
+    if not backend.netns_exists(env.netns):
+        raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; the container is gone")
+    pl = plan(env, conf, backend)
+    live = backend.published().get(pl.owner, [])
+    missing = [m for m in pl.nat if m not in live]
+    if missing:
+        raise p.CniError(p.E_CHECK_FAILED, f"port mapping {missing[0].docker_format()} of "
+                         f"{describe_owner(pl.owner)} is missing from nftables table inet portwright; "
+                         "delete and re-add the container (DEL then ADD) to restore it",
+                         "missing: " + ", ".join(m.docker_format() for m in missing))
+    if pl.bindings and pl.owner not in backend.holders():
+        raise p.CniError(p.E_CHECK_FAILED, f"the portwright holder process of {describe_owner(pl.owner)} is "
+                         "gone, so its host ports are unreserved; delete and re-add the container")
+    if pl.nat and pl.bridge:
+        problem = backend.check_bridge(pl.owner, pl.bridge, conf.snat)
+        if problem:
+            raise p.CniError(p.E_CHECK_FAILED, problem)
+
+
+def gc_targets(valid: Sequence[p.Attachment], network: str, owners: set[str],
+               holders: AbcMapping[str, tuple[int, str]]) -> list[str]:
+    """The CNI owners GC removes: not a valid attachment, and not held for another network."""
+    keep = {p.owner_tag(a.container_id, a.ifname) for a in valid}
+    out = []
+    for owner in sorted(owners | set(holders)):
+        if p.parse_owner_tag(owner) is None or owner in keep:
+            continue
+        held = holders.get(owner)
+        if held is not None and held[1] and held[1] != network:
+            continue  # another CNI network's attachment: its own GC decides
+        out.append(owner)
+    return out
+
+
+def cmd_gc(conf: p.Config, backend: Backend) -> None:
+    if conf.valid_attachments is None:
+        raise p.CniError(p.E_INVALID_CONFIG, "GC got no cni.dev/valid-attachments; pass the list of "
+                         "attachments that are still valid (an empty list removes them all)")
+    targets = gc_targets(conf.valid_attachments, conf.name, set(backend.published()), backend.holders())
+    errors: list[str] = []
+    for owner in targets:
+        errors.extend(_teardown(owner, backend))
+    if errors:
+        raise p.CniError(p.E_KERNEL, f"GC could not remove {len(errors)} stale resources; run GC again",
+                         "; ".join(errors))
+
+
+def cmd_status(backend: Backend) -> None:
+    problem = backend.status()
+    if problem:
+        raise p.CniError(p.E_PLUGIN_NOT_AVAILABLE, problem)
+
+
+def _from_portwright(e: PortwrightError) -> p.CniError:
+    if isinstance(e, PortInUse):
+        return p.CniError(p.E_PORT_IN_USE, str(e))
+    if isinstance(e, MissingTool):
+        return p.CniError(p.E_MISSING_TOOL, str(e))
+    if isinstance(e, NeedRoot):
+        return p.CniError(p.E_NEED_ROOT, str(e))
+    if isinstance(e, KernelError):
+        return p.CniError(p.E_KERNEL, str(e), e.detail)
+    return p.CniError(p.E_INVALID_CONFIG, str(e))
+
+
+def run(environ: AbcMapping[str, str], stdin: bytes, backend_factory: Callable[[], Backend]) -> tuple[int, str]:
+    """One plugin invocation: (exit status, stdout text). Never raises."""
+    version = p.error_version(stdin)
+    try:
+        env = p.parse_env(environ)
+        if env.command == "VERSION":
+            try:
+                version = p.negotiate_version(json.loads(stdin or b"{}"))
+            except (p.CniError, ValueError, TypeError, AttributeError):
+                pass  # a runtime probing versions gets our list in our newest version
+            return 0, json.dumps(p.version_result(version))
+        conf = p.parse_config(stdin, env.command)
+        version = conf.cni_version
+        backend = backend_factory()
+        if env.command == "ADD":
+            return 0, json.dumps(cmd_add(env, conf, backend))
+        if env.command == "DEL":
+            cmd_del(env, conf, backend)
+        elif env.command == "CHECK":
+            cmd_check(env, conf, backend)
+        elif env.command == "GC":
+            cmd_gc(conf, backend)
+        elif env.command == "STATUS":
+            cmd_status(backend)
+        return 0, ""
+    except p.CniError as e:
+        return 1, json.dumps(e.to_json(version))
+    except PortwrightError as e:
+        return 1, json.dumps(_from_portwright(e).to_json(version))
+    except Exception as e:  # the runtime must always get the spec's error JSON
+        return 1, json.dumps(p.CniError(p.E_INTERNAL, f"portwright-cni internal error: {type(e).__name__}: "
+                                        f"{e}; please report it", repr(e)).to_json(version))
+
+
+def main() -> None:
+    from .kernel import NftBackend
+
+    stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    code, out = run(os.environ, stdin, NftBackend)
+    if out:
+        sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+    sys.exit(code)
