@@ -1,0 +1,449 @@
+"""ProxyServer: one process (one object) serving every published port of a sandbox.
+
+Docker runs one docker-proxy process per port and address family, so a 1,000-port range costs
+2,000 processes. Here a single ProxyServer holds any number of listeners and relays them from a
+few event-loop threads:
+
+- ``loops`` epoll threads (one per CPU, at most 2 by default). Every TCP listener is registered
+  in every loop with EPOLLEXCLUSIVE, so one loop wakes per incoming connection and accepted
+  connections spread over the loops without SO_REUSEPORT (which another root process could join).
+  splice() and the other syscalls release the GIL, so loops overlap in the kernel.
+- UDP listeners and their flow tables live in loop 0 only (one owner, no locks).
+- Counters are plain lists per mapping per loop, written only by their loop and summed by
+  ``stats()``.
+
+The supervisor runs this in-process; the docker-proxy drop-in (``dockerproxy.py``) runs it for
+one mapping.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import errno
+import logging
+import os
+import resource
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from ..errors import KernelError, PortInUse
+from ..model import IPAddress, Mapping
+from . import proxyproto
+from .tcp import (
+    ACTIVE,
+    COUNTER_NAMES,
+    ERRORS,
+    RELAY_EVENTS,
+    TOTAL,
+    PipePool,
+    TcpRelay,
+)
+from .udp import UdpListener, enable_pktinfo
+
+log = logging.getLogger("portwright.proxy")
+
+Handler = Callable[[int, int], None]
+#: Listen backlog; the kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
+#: Connections accepted per listener wake-up before other sockets get a turn.
+ACCEPT_BATCH = 64
+#: File descriptors the server wants: 2 per relayed connection plus listeners and pipes.
+WANT_NOFILE = 1 << 17
+_SWEEP_EVERY = 1.0
+
+
+def _proto_number(proto: str) -> int:
+    if proto == "tcp":
+        return socket.IPPROTO_TCP
+    if proto == "udp":
+        return socket.IPPROTO_UDP
+    return int(getattr(socket, "IPPROTO_SCTP", 132))
+
+
+def describe_owner(proto: str, port: int, ip: IPAddress) -> str:
+    """Who holds a port (pid and command), as the kernel's socket tables tell."""
+    try:
+        from ..kernel import sockets as ksockets
+
+        return ksockets.describe_owner(proto, port, ip)
+    except Exception:  # noqa: BLE001 - any failure falls back to a plain, still-true answer
+        return f"another socket (see: ss -lnp sport = :{port})"
+
+
+def open_listener(m: Mapping) -> socket.socket:
+    """Bind (and for stream protocols, listen on) the host side of one mapping."""
+    fam = socket.AF_INET if m.family == 4 else socket.AF_INET6
+    stype = socket.SOCK_DGRAM if m.proto == "udp" else socket.SOCK_STREAM
+    try:
+        s = socket.socket(fam, stype | socket.SOCK_NONBLOCK, _proto_number(m.proto))
+    except OSError as e:
+        if m.proto == "sctp":
+            raise KernelError(f"opening an SCTP socket for {m.docker_format()}",
+                              f"{e.strerror}: this kernel has no SCTP support (try: modprobe sctp), "
+                              "or publish the port as tcp/udp", e.errno) from None
+        raise KernelError(f"socket() for {m.docker_format()}", str(e.strerror), e.errno) from None
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            # "::" serves IPv6 only; the IPv4 half is its own Mapping with its own socket.
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _tune(s, m)
+        s.bind((str(m.host_ip), m.host_port))
+        if stype == socket.SOCK_STREAM:
+            s.listen(BACKLOG)
+    except OSError as e:
+        s.close()
+        raise bind_error(m, e) from None
+    return s
+
+
+def _tune(s: socket.socket, m: Mapping) -> None:
+    if m.proto == "tcp":
+        # Inherited by every accepted socket on Linux: no per-connection setsockopt.
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    elif m.proto == "udp" and m.wildcard:
+        enable_pktinfo(s)
+
+
+def bind_error(m: Mapping, e: OSError) -> Exception:
+    binding = f"{m.host_binding()}/{m.proto}"
+    if e.errno == errno.EADDRINUSE:
+        return PortInUse(binding, describe_owner(m.proto, m.host_port, m.host_ip))
+    if e.errno == errno.EADDRNOTAVAIL:
+        return KernelError(f"bind {binding}", f"{m.host_ip} is not an address of this host; "
+                           "publish on one that `ip addr` lists, or on 0.0.0.0 / ::", e.errno)
+    if e.errno == errno.EACCES:
+        return KernelError(f"bind {binding}", "permission denied: ports below 1024 need root "
+                           "(or CAP_NET_BIND_SERVICE)", e.errno)
+    return KernelError(f"bind {binding}", str(e.strerror), e.errno)
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE so that 10,000+ connections (2 fds each) fit; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANT_NOFILE
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:  # root may raise the hard limit up to fs.nr_open
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            want = hard
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+class _Listener:
+    """A TCP (or SCTP) listener as seen by one loop."""
+
+    __slots__ = ("loop", "mapping", "sock", "ctr", "backend", "bfamily", "proxy_protocol", "bproto")
+
+    def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
+                 proxy_protocol: bool) -> None:
+        self.loop = loop
+        self.mapping = mapping
+        self.sock = sock
+        self.ctr = ctr
+        self.backend = (str(mapping.container_ip), mapping.container_port)
+        self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
+        self.bproto = _proto_number(mapping.proto)
+        self.proxy_protocol = proxy_protocol
+
+    def on_event(self, fd: int, ev: int) -> None:
+        lsock = self.sock
+        loop = self.loop
+        ctr = self.ctr
+        accept = lsock._accept  # type: ignore[attr-defined]  # (fd, addr) without a socket object
+        lfam, ltype, lproto = lsock.family, socket.SOCK_STREAM, lsock.proto
+        bfam, bproto, backend = self.bfamily, self.bproto, self.backend
+        tcp = bproto == socket.IPPROTO_TCP
+        for _ in range(ACCEPT_BATCH):
+            try:
+                cfd, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    loop.overloaded(e)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone
+            c = socket.socket(lfam, ltype, lproto, cfd)
+            c.setblocking(False)
+            try:
+                b = socket.socket(bfam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, bproto)
+            except OSError as e:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                c.close()
+                ctr[ERRORS] += 1
+                loop.overloaded(e)
+                return
+            if tcp:
+                b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            hdr = b""
+            if self.proxy_protocol:
+                hdr = proxyproto.encode("tcp", addr, c.getsockname())
+            ctr[ACTIVE] += 1
+            ctr[TOTAL] += 1
+            relay = TcpRelay(loop, ctr, c, b, hdr)
+            err = b.connect_ex(backend)
+            if err and err != errno.EINPROGRESS:
+                ctr[ERRORS] += 1
+                loop.log_backend_error(relay, err)
+                loop.handlers[relay.bfd] = relay.on_event  # abort() forgets both fds
+                loop.handlers[relay.cfd] = relay.on_event
+                relay.abort()
+                continue
+            loop.watch_relay(relay)
+
+
+class EventLoop:
+    """One epoll loop in its own thread."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.ep = select.epoll()
+        self.handlers: dict[int, Handler] = {}
+        self.stale: set[int] = set()
+        self.pipes = PipePool()
+        self.udp: list[UdpListener] = []
+        self.listeners: list[_Listener] = []
+        self.now = time.monotonic()
+        self.stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ep.register(self._wake_r, select.EPOLLIN)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._last_log = 0.0
+        self.crashed: BaseException | None = None
+
+    # registration helpers (called from the loop thread, or before the thread starts)
+    def watch(self, fd: int, handler: Handler, level_triggered: bool = False,
+              exclusive: bool = False) -> None:
+        mask = select.EPOLLIN
+        if not level_triggered:
+            mask |= select.EPOLLET
+        if exclusive:
+            mask |= select.EPOLLEXCLUSIVE
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
+
+    def watch_relay(self, relay: TcpRelay) -> None:
+        h = relay.on_event
+        self.handlers[relay.cfd] = h
+        self.handlers[relay.bfd] = h
+        self.ep.register(relay.cfd, RELAY_EVENTS)
+        self.ep.register(relay.bfd, RELAY_EVENTS)
+
+    def forget(self, fd: int) -> None:
+        """Called before the fd is closed (close() removes it from epoll by itself)."""
+        if self.handlers.pop(fd, None) is not None:
+            self.stale.add(fd)
+
+    def overloaded(self, e: OSError) -> None:
+        self._rate_log(logging.WARNING, "proxy cannot take more connections now: %s", e.strerror)
+
+    def log_backend_error(self, relay: TcpRelay, err: int) -> None:
+        self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
+
+    def _rate_log(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            self._last_log = now
+            log.log(level, msg, *args)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        poll = self.ep.poll
+        handlers = self.handlers
+        stale = self.stale
+        wake_fd = self._wake_r
+        udp = self.udp
+        timeout = _SWEEP_EVERY if udp else -1.0
+        next_sweep = time.monotonic() + _SWEEP_EVERY
+        try:
+            while not self.stopping:
+                events = poll(timeout)
+                if udp:
+                    self.now = now = time.monotonic()
+                    if now >= next_sweep:
+                        next_sweep = now + _SWEEP_EVERY
+                        for u in udp:
+                            u.sweep(now)
+                for fd, ev in events:
+                    if stale and fd in stale:
+                        continue
+                    h = handlers.get(fd)
+                    if h is not None:
+                        try:
+                            h(fd, ev)
+                        except Exception:  # noqa: BLE001 - one bad connection never stops the loop
+                            log.exception("proxy loop %d: handler failed", self.index)
+                            relay = getattr(h, "__self__", None)
+                            if isinstance(relay, TcpRelay):
+                                relay.abort()
+                    elif fd == wake_fd:
+                        try:
+                            os.read(wake_fd, 64)
+                        except OSError:
+                            pass
+                if stale:
+                    stale.clear()
+        except BaseException as e:  # noqa: BLE001 - reported by stop()
+            self.crashed = e
+            log.exception("proxy loop %d crashed", self.index)
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        relays = {getattr(h, "__self__", None) for h in list(self.handlers.values())}
+        for r in relays:
+            if isinstance(r, TcpRelay):
+                r.close()
+        for u in self.udp:
+            u.close()
+        self.pipes.close()
+        self.ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class ProxyServer:
+    """Serves every given Mapping from one process.
+
+    ``sockets`` hands over pre-bound sockets (dockerd 28+'s ``-use-listen-fd``, or the
+    supervisor's reservation sockets) instead of binding here; they are then owned by the server.
+    """
+
+    def __init__(self, mappings: Sequence[Mapping], *, proxy_protocol: bool = False,
+                 udp_idle_timeout: float = 90.0,
+                 sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
+                 loops: int | None = None) -> None:
+        if udp_idle_timeout <= 0:
+            raise ValueError(f"udp_idle_timeout {udp_idle_timeout} must be positive seconds")
+        seen: set[Mapping] = set()
+        self.mappings: list[Mapping] = []
+        for m in mappings:
+            if m not in seen:
+                seen.add(m)
+                self.mappings.append(m)
+        self.proxy_protocol = proxy_protocol
+        self.udp_idle_timeout = udp_idle_timeout
+        self._given = dict(sockets or {})
+        n = loops if loops is not None else min(2, os.cpu_count() or 1)
+        self._nloops = max(1, n)
+        self._loops: list[EventLoop] = []
+        self._socks: dict[Mapping, socket.socket] = {}
+        self._ctrs: list[dict[Mapping, list[int]]] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    @property
+    def listeners(self) -> dict[Mapping, socket.socket]:
+        """The bound socket of each mapping (after start)."""
+        return dict(self._socks)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                raise RuntimeError("ProxyServer.start() called twice")
+            self._started = True
+            raise_nofile()
+            try:
+                for m in self.mappings:
+                    given = self._given.get(m)
+                    if given is not None:
+                        self._socks[m] = self._adopt(m, given)
+                    else:
+                        self._socks[m] = open_listener(m)
+            except BaseException:
+                self._close_listeners()
+                raise
+            for i in range(self._nloops):
+                loop = EventLoop(i, f"pw-proxy-{i}")
+                self._loops.append(loop)
+                ctrs: dict[Mapping, list[int]] = {}
+                self._ctrs.append(ctrs)
+                for m, s in self._socks.items():
+                    ctr = [0] * len(COUNTER_NAMES)
+                    ctrs[m] = ctr
+                    if m.proto == "udp":
+                        if i == 0:
+                            u = UdpListener(loop, m, s, ctr, self.proxy_protocol, self.udp_idle_timeout)
+                            loop.udp.append(u)
+                            loop.watch(s.fileno(), u.on_event, level_triggered=True)
+                    else:
+                        lst = _Listener(loop, m, s, ctr, self.proxy_protocol)
+                        loop.listeners.append(lst)
+                        loop.watch(s.fileno(), lst.on_event, level_triggered=True,
+                                   exclusive=self._nloops > 1)
+            for loop in self._loops:
+                loop.thread.start()
+
+    @staticmethod
+    def _adopt(m: Mapping, s: socket.socket) -> socket.socket:
+        try:
+            s.setblocking(False)
+            _tune(s, m)
+            if m.proto != "udp":
+                s.listen(BACKLOG)
+        except OSError as e:
+            s.close()
+            raise KernelError(f"adopting the listening socket for {m.docker_format()}",
+                              str(e.strerror), e.errno) from None
+        return s
+
+    def _close_listeners(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        for m, s in self._given.items():
+            if m not in self._socks:
+                s.close()
+        self._socks.clear()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for loop in self._loops:
+                loop.stopping = True
+                loop.wake()
+            for loop in self._loops:
+                if loop.thread.is_alive() and loop.thread is not threading.current_thread():
+                    loop.thread.join(timeout=10)
+            self._close_listeners()
+
+    def __enter__(self) -> ProxyServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per mapping, keyed by ``Mapping.docker_format()``."""
+        out: dict[str, dict[str, int]] = {}
+        for m in self.mappings:
+            tot = [0] * len(COUNTER_NAMES)
+            for ctrs in self._ctrs:
+                c = ctrs.get(m)
+                if c is not None:
+                    for i, v in enumerate(c):
+                        tot[i] += v
+            out[m.docker_format()] = dict(zip(COUNTER_NAMES, tot, strict=True))
+        return out
+
+    def healthy(self) -> bool:
+        """True while every loop thread runs (false after a crash or stop)."""
+        return bool(self._loops) and all(lp.thread.is_alive() for lp in self._loops)

@@ -1,0 +1,284 @@
+"""The TCP relay: one accepted client, one backend connection, bytes moved by splice(2).
+
+Owns the per-connection state machine that the event loops in ``server.py`` drive. It is written
+for connection rate first (see DESIGN.md: per-connection cost decides a proxy's rate):
+
+- every socket is registered once, edge-triggered, for IN|OUT|RDHUP and never modified again;
+  OUT only matters after a write hit a full buffer (the ``blocked`` flag), so needless OUT bits
+  cost one test, not a syscall;
+- bytes go socket -> pipe -> socket with ``os.splice`` (no copy into Python); a pipe is borrowed
+  from a per-loop pool only while bytes are in flight, so 10,000 idle connections hold no pipes;
+- a short read means "drained" unless the peer also half-closed (RDHUP), which saves the extra
+  EAGAIN read per wake-up;
+- EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
+- a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
+- backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
+  is not read again until the destination drains, so the sender's TCP window closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import EventLoop
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+EPOLLRDHUP = select.EPOLLRDHUP
+EPOLLET = select.EPOLLET
+#: Every relayed socket is registered with this mask exactly once.
+RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+_READ_EV = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
+_EOF_EV = EPOLLRDHUP | EPOLLHUP | EPOLLERR
+
+#: Pipe capacity. Larger pipes move more per splice call on bulk transfers; pages are allocated
+#: only as bytes arrive, so an idle pooled pipe costs almost nothing.
+PIPE_SIZE = 1 << 20
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_splice = os.splice
+
+# Counter slots, shared with server.py (a plain list per mapping per loop is the cheapest counter).
+ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS = range(6)
+COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "errors")
+
+
+class PipePool:
+    """Reusable non-blocking pipes of ``PIPE_SIZE``; only empty pipes come back to the pool."""
+
+    __slots__ = ("free", "cap", "size")
+
+    def __init__(self, cap: int = 256, size: int = PIPE_SIZE) -> None:
+        self.free: list[tuple[int, int]] = []
+        self.cap = cap
+        self.size = size
+
+    def get(self) -> tuple[int, int]:
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+        except OSError:
+            pass  # above fs.pipe-max-size without CAP_SYS_RESOURCE: the default 64 KiB still works
+        return r, w
+
+    def put(self, pipe: tuple[int, int]) -> None:
+        if len(self.free) < self.cap:
+            self.free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self.free:
+            r, w = self.free.pop()
+            os.close(r)
+            os.close(w)
+
+
+class Half:
+    """One direction of a relay: src socket -> (pipe) -> dst socket."""
+
+    __slots__ = ("src", "dst", "dsock", "pipe", "fill", "blocked", "eof", "done", "slot")
+
+    def __init__(self, src: int, dst: int, dsock: socket.socket, slot: int) -> None:
+        self.src = src
+        self.dst = dst
+        self.dsock = dsock
+        self.pipe: tuple[int, int] | None = None
+        self.fill = 0  # bytes sitting in the pipe, not yet written to dst
+        self.blocked = False  # dst was full; wait for its OUT edge
+        self.eof = False  # src sent FIN
+        self.done = False  # FIN passed on to dst
+        self.slot = slot  # BYTES_IN or BYTES_OUT
+
+
+class RelayError(Exception):
+    """A socket of the relay failed (reset, broken pipe): the relay is aborted."""
+
+
+class TcpRelay:
+    """A client socket and its backend, relayed in both directions inside one event loop."""
+
+    __slots__ = ("loop", "ctr", "c", "b", "cfd", "bfd", "up", "down", "connected", "hdr",
+                 "c_ready", "closed")
+
+    def __init__(self, loop: EventLoop, ctr: list[int], client: socket.socket,
+                 backend: socket.socket, header: bytes) -> None:
+        self.loop = loop
+        self.ctr = ctr
+        self.c = client
+        self.b = backend
+        self.cfd = client.fileno()
+        self.bfd = backend.fileno()
+        self.up = Half(self.cfd, self.bfd, backend, BYTES_IN)
+        self.down = Half(self.bfd, self.cfd, client, BYTES_OUT)
+        self.connected = False
+        self.hdr = header  # PROXY header still to send, b"" when none
+        self.c_ready = False  # client bytes arrived before the backend connection completed
+        self.closed = False
+
+    # -- event entry point ---------------------------------------------------------------------
+    def on_event(self, fd: int, ev: int) -> None:
+        try:
+            if fd == self.cfd:
+                if ev & _READ_EV:
+                    if self.connected and not self.hdr:
+                        if not self.up.blocked:
+                            self._pump(self.up, ev & _EOF_EV)
+                    else:
+                        self.c_ready = True
+                        if ev & EPOLLERR:
+                            self._client_error()
+                            return
+                if ev & EPOLLOUT and self.down.blocked:
+                    self._pump(self.down, 1)
+            else:
+                if not self.connected:
+                    if not ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                        return
+                    if not self._finish_connect():
+                        return
+                    if self.c_ready or self.hdr:
+                        self._pump(self.up, 1)
+                elif ev & EPOLLOUT and self.up.blocked:
+                    self._pump(self.up, 1)
+                if ev & _READ_EV and not self.down.blocked:
+                    self._pump(self.down, ev & _EOF_EV)
+            if self.up.done and self.down.done:
+                self.close()
+        except RelayError:
+            self.abort()
+
+    # -- connection setup ----------------------------------------------------------------------
+    def _finish_connect(self) -> bool:
+        err = self.b.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            # Backend refused, unreachable or gone: the client must see a reset, not an EOF, so
+            # that it knows nothing was served (Docker #38682).
+            self.ctr[ERRORS] += 1
+            self.loop.log_backend_error(self, err)
+            self.abort()
+            return False
+        self.connected = True
+        if self.hdr:
+            try:
+                n = self.b.send(self.hdr)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                raise RelayError(str(e)) from e
+            self.hdr = self.hdr[n:]
+            if self.hdr:
+                self.up.blocked = True
+        return True
+
+    def _client_error(self) -> None:
+        self.abort()
+
+    # -- data path -----------------------------------------------------------------------------
+    def _pump(self, h: Half, drain: int) -> None:
+        """Move what src has to dst until src is drained, dst is full, or src hit EOF."""
+        if self.hdr and h is self.up:  # a PROXY header is still partly unsent: it goes first
+            try:
+                n = h.dsock.send(self.hdr)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                raise RelayError(str(e)) from e
+            self.hdr = self.hdr[n:]
+            if self.hdr:
+                return
+            h.blocked = False
+        ctr = self.ctr
+        pipe = h.pipe
+        try:
+            if h.fill:
+                assert pipe is not None
+                try:
+                    m = _splice(pipe[0], h.dst, h.fill, None, None, SPLICE_FLAGS)
+                except BlockingIOError:
+                    h.blocked = True
+                    return
+                h.fill -= m
+                ctr[h.slot] += m
+                if h.fill:
+                    h.blocked = True
+                    return
+            h.blocked = False
+            if not h.eof:
+                if pipe is None:
+                    pipe = h.pipe = self.loop.pipes.get()
+                src, dst, pr, pw = h.src, h.dst, pipe[0], pipe[1]
+                while True:
+                    try:
+                        n = _splice(src, pw, PIPE_SIZE, None, None, SPLICE_FLAGS)
+                    except BlockingIOError:
+                        break
+                    if n == 0:
+                        h.eof = True
+                        break
+                    try:
+                        m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
+                    except BlockingIOError:
+                        m = 0
+                    ctr[h.slot] += m
+                    if m < n:
+                        h.fill = n - m
+                        h.blocked = True
+                        return
+                    if n < PIPE_SIZE and not drain:
+                        break
+            if h.eof and not h.done:
+                h.done = True
+                try:
+                    h.dsock.shutdown(socket.SHUT_WR)
+                except OSError as e:
+                    if e.errno != errno.ENOTCONN:
+                        raise
+        except OSError as e:
+            raise RelayError(str(e)) from e
+        if pipe is not None:
+            h.pipe = None
+            self.loop.pipes.put(pipe)
+
+    # -- teardown ------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Reset both sides (SO_LINGER 0) and forget the relay."""
+        if self.closed:
+            return
+        for s in (self.c, self.b):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.loop
+        loop.forget(self.cfd)
+        loop.forget(self.bfd)
+        self.ctr[ACTIVE] -= 1
+        for h in (self.up, self.down):
+            if h.pipe is not None:
+                if h.fill:  # bytes still inside: the pipe cannot be reused
+                    os.close(h.pipe[0])
+                    os.close(h.pipe[1])
+                else:
+                    loop.pipes.put(h.pipe)
+                h.pipe = None
+        self.c.close()
+        self.b.close()

@@ -1,0 +1,196 @@
+"""The UDP relay: one listening socket per mapping and a flow table keyed by client address.
+
+UDP has no connection, so a proxy must invent one. Each client address gets its own connected
+socket toward the backend (a "flow"); the backend's replies arriving on it go back to that
+client. Flows that stay silent longer than the idle timeout (90 s by default, as conntrack's
+"assured" UDP timeout) are dropped. Datagrams up to 65,507 bytes pass whole.
+
+On a wildcard listener the reply must leave from the address the client sent to, or a
+multi-homed host answers from the wrong source and the client drops it; the destination is read
+with IP_PKTINFO / IPV6_PKTINFO and set again on the reply. A backend that is not up yet answers
+with ICMP port unreachable, which shows up as ECONNREFUSED on the flow socket: it is counted and
+ignored, so the flow works as soon as the backend starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from . import proxyproto
+from .tcp import BYTES_IN, BYTES_OUT, ERRORS, TOTAL, UDP_FLOWS
+
+if TYPE_CHECKING:
+    from ..model import Mapping
+    from .server import EventLoop
+
+MAX_DATAGRAM = 65535  # receive buffer: the largest UDP payload over IPv4 is 65,507, IPv6 65,527
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant
+_CMSG_SPACE = socket.CMSG_SPACE(20)  # room for in6_pktinfo (20 bytes) or in_pktinfo (12)
+_BATCH = 64  # datagrams handled per wake-up before giving other sockets a turn
+#: Flow sockets get a receive buffer that holds several maximum-size datagrams.
+FLOW_RCVBUF = 1 << 20
+
+
+def enable_pktinfo(sock: socket.socket) -> None:
+    """Ask the kernel to report each datagram's destination address (wildcard listeners)."""
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+
+
+class UdpFlow:
+    """One client's connected socket toward the backend."""
+
+    __slots__ = ("listener", "client", "sock", "fd", "cmsg", "last", "hdr")
+
+    def __init__(self, listener: UdpListener, client: tuple[object, ...], sock: socket.socket,
+                 cmsg: list[tuple[int, int, bytes]], hdr: bytes, now: float) -> None:
+        self.listener = listener
+        self.client = client
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.cmsg = cmsg  # ancillary data that makes replies leave from the right address
+        self.last = now
+        self.hdr = hdr  # PROXY v2 header prepended to each datagram, b"" when off
+
+    def on_event(self, fd: int, ev: int) -> None:
+        lst = self.listener
+        ctr = lst.ctr
+        out = lst.sock
+        recv = self.sock.recv
+        for _ in range(_BATCH):
+            try:
+                data = recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                ctr[ERRORS] += 1  # backend not (yet) listening: ICMP unreachable, keep the flow
+                continue
+            except OSError:
+                ctr[ERRORS] += 1
+                continue
+            self.last = lst.loop.now
+            try:
+                if self.cmsg:
+                    out.sendmsg([data], self.cmsg, 0, self.client)
+                else:
+                    out.sendto(data, self.client)
+                ctr[BYTES_OUT] += len(data)
+            except OSError:
+                ctr[ERRORS] += 1
+
+    def close(self) -> None:
+        self.listener.loop.forget(self.fd)
+        self.sock.close()
+
+
+class UdpListener:
+    """A bound UDP socket for one Mapping, with its flow table."""
+
+    __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "backend",
+                 "bfamily", "proxy_protocol", "idle_timeout", "local")
+
+    def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
+                 proxy_protocol: bool, idle_timeout: float) -> None:
+        self.loop = loop
+        self.mapping = mapping
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ctr = ctr
+        self.flows: dict[tuple[object, ...], UdpFlow] = {}
+        self.pktinfo = mapping.wildcard
+        self.backend = (str(mapping.container_ip), mapping.container_port)
+        self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
+        self.proxy_protocol = proxy_protocol
+        self.idle_timeout = idle_timeout
+        self.local = sock.getsockname()
+
+    def on_event(self, fd: int, ev: int) -> None:
+        sock = self.sock
+        ctr = self.ctr
+        flows = self.flows
+        for _ in range(_BATCH):
+            try:
+                data, anc, _flags, client = sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
+            except BlockingIOError:
+                return
+            except OSError:
+                ctr[ERRORS] += 1
+                continue
+            flow = flows.get(client)
+            if flow is None:
+                try:
+                    flow = self._new_flow(client, anc)
+                except OSError:
+                    ctr[ERRORS] += 1
+                    continue
+            flow.last = self.loop.now
+            if flow.hdr:
+                data = flow.hdr + data
+            try:
+                flow.sock.send(data)
+                ctr[BYTES_IN] += len(data) - len(flow.hdr)
+            except ConnectionRefusedError:
+                # The previous datagram drew an ICMP port unreachable; this one was not sent.
+                # Retry once: the error was consumed, and the backend may be up by now.
+                ctr[ERRORS] += 1
+                try:
+                    flow.sock.send(data)
+                    ctr[BYTES_IN] += len(data) - len(flow.hdr)
+                except OSError:
+                    pass
+            except OSError:
+                ctr[ERRORS] += 1  # EAGAIN (backend socket full) or EMSGSIZE: dropped, as UDP may
+
+    def _new_flow(self, client: tuple[object, ...], anc: list[tuple[int, int, bytes]]) -> UdpFlow:
+        cmsg: list[tuple[int, int, bytes]] = []
+        local: tuple[str, int] = (str(self.local[0]), int(self.local[1]))
+        for level, kind, payload in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+                _ifindex, spec_dst, addr = struct.unpack("=i4s4s", payload[:12])
+                # Reply from the address the client wrote to; let routing pick the interface.
+                cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, addr, bytes(4)))]
+                local = (socket.inet_ntop(socket.AF_INET, addr), local[1])
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(payload) >= 20:
+                addr6, ifindex = struct.unpack("=16si", payload[:20])
+                ip6 = ipaddress.IPv6Address(addr6)
+                keep_if = ifindex if (ip6.is_link_local or ip6.is_loopback) else 0
+                cmsg = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16si", addr6, keep_if))]
+                local = (str(ip6), local[1])
+        s = socket.socket(self.bfamily, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FLOW_RCVBUF)
+            s.connect(self.backend)
+        except OSError:
+            s.close()
+            raise
+        hdr = b""
+        if self.proxy_protocol:
+            hdr = proxyproto.encode("udp", (str(client[0]), int(str(client[1]))), local)
+        flow = UdpFlow(self, client, s, cmsg, hdr, self.loop.now)
+        self.flows[client] = flow
+        self.loop.watch(flow.fd, flow.on_event, level_triggered=True)
+        self.ctr[TOTAL] += 1
+        self.ctr[UDP_FLOWS] = len(self.flows)
+        return flow
+
+    def sweep(self, now: float) -> None:
+        """Drop flows idle for longer than the timeout."""
+        limit = now - self.idle_timeout
+        stale = [k for k, f in self.flows.items() if f.last < limit]
+        for k in stale:
+            self.flows.pop(k).close()
+        if stale:
+            self.ctr[UDP_FLOWS] = len(self.flows)
+
+    def close(self) -> None:
+        for f in self.flows.values():
+            f.close()
+        self.flows.clear()
+        self.ctr[UDP_FLOWS] = 0
+
+

@@ -1,0 +1,237 @@
+"""Test helpers for the proxy: a backend namespace and small real servers to run inside it.
+
+``backend_ns()`` creates a throwaway network namespace joined to the host by a veth pair, with
+addresses from a random /29 of 198.19.250.0/23 and a /64 of 2001:2:fa00::/48 (benchmarking
+ranges; checked against the host's routes so parallel test runs do not collide). It yields a
+``Backend`` that starts servers inside the namespace and removes everything afterwards.
+
+The servers are plain Python run with ``ip netns exec``: an epoll TCP server (echo, with a
+summary line after the client's EOF, optionally reporting a PROXY v2 header) that can hold tens
+of thousands of connections, and a UDP echo server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from conftest import sh
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+
+TCP_SERVER = r'''
+import json, os, resource, select, socket, sys
+sys.path.insert(0, SRC)
+from portwright.proxy import proxyproto
+fam = socket.AF_INET6 if ":" in HOST else socket.AF_INET
+_h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (_h, _h))
+ls = socket.socket(fam, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((HOST, PORT)); ls.listen(4096); ls.setblocking(False)
+ep = select.epoll(); ep.register(ls.fileno(), select.EPOLLIN)
+conns = {}  # fd -> [sock, count, header_buf or None, peer]
+print("ready", flush=True)
+while True:
+    for fd, ev in ep.poll():
+        if fd == ls.fileno():
+            while True:
+                try:
+                    c, peer = ls.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False)
+                conns[c.fileno()] = [c, 0, b"" if PP else None, peer]
+                ep.register(c.fileno(), select.EPOLLIN)
+            continue
+        st = conns[fd]; c = st[0]
+        try:
+            data = c.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            data = None
+        if data is None:
+            ep.unregister(fd); c.close(); del conns[fd]; continue
+        if st[2] is not None and data:
+            st[2] += data
+            try:
+                h = proxyproto.decode(st[2])
+            except ValueError:
+                if len(st[2]) < 232:
+                    continue
+                h = None
+            info = {"peer": [st[3][0], st[3][1]]}
+            if h is not None:
+                info.update(proto=h.proto, src=[str(h.src[0]), h.src[1]], dst=[str(h.dst[0]), h.dst[1]])
+                data = st[2][h.length:]
+            else:
+                data = st[2]
+            st[2] = None
+            c.setblocking(True); c.sendall((json.dumps(info) + "\n").encode()); c.setblocking(False)
+        if data:
+            st[1] += len(data)
+            if ECHO:
+                c.setblocking(True); c.sendall(data); c.setblocking(False)
+        else:
+            c.setblocking(True)
+            try:
+                c.sendall(("EOF %d\n" % st[1]).encode())
+            except OSError:
+                pass
+            ep.unregister(fd); c.close(); del conns[fd]
+'''
+
+UDP_SERVER = r'''
+import json, socket, sys
+sys.path.insert(0, SRC)
+from portwright.proxy import proxyproto
+fam = socket.AF_INET6 if ":" in HOST else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind((HOST, PORT))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(65535)
+    if PP:
+        h = proxyproto.decode(data)
+        info = {"peer": [peer[0], peer[1]], "src": [str(h.src[0]), h.src[1]], "dst": [str(h.dst[0]), h.dst[1]],
+                "len": len(data) - h.length}
+        s.sendto(json.dumps(info).encode(), peer)
+    else:
+        s.sendto(data, peer)
+'''
+
+
+@dataclass
+class Backend:
+    """A namespace reachable from the host at ``ip4``/``ip6`` (the host side is ``host4``/``host6``)."""
+
+    ns: str
+    veth: str
+    host4: ipaddress.IPv4Address
+    ip4: ipaddress.IPv4Address
+    host6: ipaddress.IPv6Address
+    ip6: ipaddress.IPv6Address
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self, code: str, host: str, port: int, *, proxy_protocol: bool = False,
+              echo: bool = True) -> subprocess.Popen[str]:
+        prelude = (f"SRC = {os.path.abspath(SRC)!r}\nHOST = {host!r}\nPORT = {port}\n"
+                   f"PP = {proxy_protocol}\nECHO = {echo}\n")
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", prelude + code],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            err = p.stderr.read() if p.stderr else ""
+            raise RuntimeError(f"backend server did not start: {line!r} {err}")
+        return p
+
+    def tcp_server(self, port: int, *, v6: bool = False, proxy_protocol: bool = False,
+                   echo: bool = True) -> subprocess.Popen[str]:
+        return self.start(TCP_SERVER, "::" if v6 else "0.0.0.0", port, proxy_protocol=proxy_protocol,
+                          echo=echo)
+
+    def udp_server(self, port: int, *, v6: bool = False, proxy_protocol: bool = False) -> subprocess.Popen[str]:
+        return self.start(UDP_SERVER, "::" if v6 else "0.0.0.0", port, proxy_protocol=proxy_protocol)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                p.wait(timeout=5)
+            for f in (p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
+        self.procs.clear()
+
+
+def _free_subnet() -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    used = []
+    for line in sh("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
+        word = line.split()[0] if line.split() else ""
+        if word in ("local", "broadcast", "unreachable", "blackhole", "prohibit"):
+            word = line.split()[1]
+        with contextlib.suppress(ValueError):
+            used.append(ipaddress.IPv4Network(word, strict=False))
+    pool = list(ipaddress.IPv4Network("198.19.250.0/23").subnets(new_prefix=29))
+    random.shuffle(pool)
+    for net in pool:
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            sub6 = ipaddress.IPv6Network(f"2001:2:fa00:{int(net.network_address) & 0xFFFF:x}::/64")
+            return net, sub6
+    raise RuntimeError("no free /29 left in 198.19.250.0/23 for a test backend")
+
+
+@contextlib.contextmanager
+def backend_ns() -> Iterator[Backend]:
+    tag = secrets.token_hex(3)
+    ns, veth = f"pwt-pb-{tag}", f"pwtb{tag}"
+    net4, net6 = _free_subnet()
+    host4, ip4 = net4.network_address + 1, net4.network_address + 2
+    host6, ip6 = net6.network_address + 1, net6.network_address + 2
+    be = Backend(ns, veth, host4, ip4, host6, ip6)
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "addr", "add", f"{host4}/29", "dev", veth)
+        sh("ip", "-6", "addr", "add", f"{host6}/64", "dev", veth, "nodad")
+        sh("ip", "link", "set", veth, "up")
+        sh("ip", "addr", "add", f"{ip4}/29", "dev", "eth0", ns=ns)
+        sh("ip", "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad", ns=ns)
+        sh("ip", "link", "set", "eth0", "up", ns=ns)
+        sh("ip", "link", "set", "lo", "up", ns=ns)
+        sh("ip", "route", "add", "default", "via", str(host4), ns=ns)
+        sh("ip", "-6", "route", "add", "default", "via", str(host6), ns=ns)
+        yield be
+    finally:
+        be.stop_all()
+        sh("ip", "link", "del", veth, check=False)
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:
+    """A port that is free on the host for both families right now."""
+    for _ in range(100):
+        with socket.socket(family, kind) as s:
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(fam, k) as t:
+                        if fam == socket.AF_INET6:
+                            t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        t.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port found")
+
+
+def wait_until(pred: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
