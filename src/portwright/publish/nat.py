@@ -9,6 +9,7 @@ whichever way it resolves. All other reservation sockets drop everything they re
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Sequence
 
@@ -44,7 +45,15 @@ class NatPublisher:
         if proxied:
             from ..proxy.server import ProxyServer
 
-            srv = ProxyServer(list(proxied), sockets=proxied)
+            # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
+            # has one, so "localhost" reaches the same server whichever way it resolves (most
+            # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
+            v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
+                  for m, _ in bound if m.container_ip.version == 4}
+            relay = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
+                                                                  m.container_ip)): s
+                     for m, s in proxied.items()}
+            srv = ProxyServer(list(relay), sockets=relay)
             srv.start()
             self.proxy = srv
         if nat:

@@ -23,8 +23,9 @@ def _attach_drop_all(s: socket.socket) -> None:
 
     buf = ctypes.create_string_buffer(_DROP_ALL)
     prog = struct.pack("HL", 1, ctypes.addressof(buf))
+    # The kernel copies the program during setsockopt; buf only has to outlive this call.
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
-    s._pw_filter = buf  # type: ignore[attr-defined]  # keep the program alive with the socket
+    del buf
 
 
 def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True) -> socket.socket:
@@ -43,9 +44,6 @@ def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True) -> so
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if not ip.is_loopback and not ip.is_unspecified:
-            # Binding a specific non-local address would fail; the engine checks that first.
-            pass
         s.bind((str(ip), port))
         if listen and proto != "udp":
             s.listen(4096)

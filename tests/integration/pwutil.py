@@ -1,0 +1,86 @@
+"""Helpers for driving the real CLI from integration tests and checking what is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SERVERS = Path(__file__).parent / "servers"
+
+
+def pw(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "portwright", *args], capture_output=True, text=True,
+                       timeout=timeout, env=os.environ.copy())
+    if check and p.returncode != 0:
+        raise AssertionError(f"portwright {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def inspect(name: str) -> dict[str, Any]:
+    return json.loads(pw("inspect", name).stdout)  # type: ignore[no-any-return]
+
+
+def uniq(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def link_names() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {link["ifname"] for link in json.loads(out)}
+
+
+def nft_owner_elements(owner: str) -> list[Any]:
+    p = subprocess.run(["nft", "-j", "list", "table", "inet", "portwright"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return []
+    found = []
+    for obj in json.loads(p.stdout)["nftables"]:
+        for kind in ("map", "set"):
+            if kind in obj:
+                for e in obj[kind].get("elem", []) or []:
+                    if owner in json.dumps(e):
+                        found.append(e)
+        if "rule" in obj and owner in json.dumps(obj["rule"].get("comment", "")):
+            found.append(obj["rule"])
+    return found
+
+
+def wait_tcp(ns: str | None, host: str, port: int, timeout: float = 10) -> None:
+    """Wait until something accepts on host:port (optionally from inside netns ns)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        cmd = ["nc", "-z", "-w", "1", host, str(port)]
+        if ns:
+            cmd = ["ip", "netns", "exec", ns, *cmd]
+        if subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing accepted on {host}:{port} within {timeout}s")
+
+
+def tcp_ask(host: str, port: int, line: str = "hi", timeout: float = 5) -> str:
+    """Send a line, half-close, read everything: returns the server's full reply."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.decode()
