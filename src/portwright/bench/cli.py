@@ -1,0 +1,200 @@
+"""``portwright bench``: the argparse surface of the benchmark and its top-level flow.
+
+Owns option parsing, root and signal handling, and the order of things: header, lab setup,
+interleaved runs (or ``--scale``), teardown in ``finally`` (SIGINT/SIGTERM/SIGHUP included, and a
+second Ctrl-C cannot interrupt it), then the table, the ratios, and the --json/--plot/--html
+files. ``register(subparsers)`` adds the subcommand; the handler returns the exit code:
+0 when every run succeeded, 1 when any run failed (the table says which), 130 on interrupt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from ..errors import BadInput, NeedRoot
+from . import report
+from .placement import PLACEMENTS
+from .scale import SIZES, run_scale, scale_table
+from .scenarios import MECHANISMS, SCENARIOS, Config, Lab, machine_info, run_bench
+
+DEFAULTS = Config()
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure host, nat, proxy, direct and Docker's own publishing side by side",
+        description=("Runs the seed article's experiment on this machine (iperf3 -P 10 through every "
+                     "publishing mechanism, CPU read from /proc/stat) plus connection-rate and "
+                     "keep-alive scenarios, interleaved over rounds. With no options it takes about "
+                     "4-5 minutes on 2 CPUs and cleans up everything it created."))
+    p.add_argument("--mechanisms", default=",".join(DEFAULTS.mechanisms),
+                   help=f"comma-separated subset of {','.join(MECHANISMS)} (default: all)")
+    p.add_argument("--placement", default="local",
+                   help="where the client runs: local, external or both (default: local, as the article)")
+    p.add_argument("--scenarios", default=",".join(DEFAULTS.scenarios),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--duration", type=float, default=DEFAULTS.duration,
+                   help=f"seconds per run (default {DEFAULTS.duration:g})")
+    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
+                   help=f"interleaved rounds (default {DEFAULTS.rounds})")
+    p.add_argument("--streams", type=int, default=DEFAULTS.streams, help="iperf3 -P (default 10)")
+    p.add_argument("--connections", type=int, default=DEFAULTS.connections, help="wrk -c (default 32)")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="wrk -t (default 2)")
+    p.add_argument("--json", metavar="FILE", help="write every raw sample and the aggregates as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write the chart (.png or .svg)")
+    p.add_argument("--html", metavar="FILE", help="write a one-page report with chart and table")
+    p.add_argument("--scale", action="store_true",
+                   help="instead: publish 1, 100, 1,000 and 10,000 ports under each publisher and "
+                        "report setup/teardown time, first vs last port throughput and memory")
+    p.add_argument("--scale-sizes", default=",".join(str(n) for n in SIZES),
+                   help="port counts for --scale (default 1,100,1000,10000)")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=handle)
+
+
+def _list(text: str, opt: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BadInput(f"{opt}: give a comma-separated list")
+    return items
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    placements = ["local", "external"] if args.placement == "both" else _list(args.placement, "--placement")
+    for pl in placements:
+        if pl not in PLACEMENTS:
+            raise BadInput(f"--placement {args.placement}: use local, external or both")
+    cfg = Config(mechanisms=_list(args.mechanisms, "--mechanisms"), placements=placements,
+                 scenarios=_list(args.scenarios, "--scenarios"), duration=args.duration,
+                 rounds=args.rounds, streams=args.streams, connections=args.connections,
+                 threads=args.threads)
+    cfg.validate()
+    return cfg
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in _list(text, "--scale-sizes"))
+    except ValueError as e:
+        raise BadInput(f"--scale-sizes {text}: give whole numbers such as 1,100,1000") from e
+    if any(not 1 <= n <= 20000 for n in sizes):
+        raise BadInput(f"--scale-sizes {text}: each size must be between 1 and 20000")
+    return sizes
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg"):
+        raise BadInput(f"--plot {args.plot}: give a file name ending in .png or .svg")
+    for opt in ("json", "plot", "html"):
+        path = getattr(args, opt)
+        if path:
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                raise BadInput(f"--{opt} {path}: directory {d} does not exist; create it or pick another path")
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+@contextmanager
+def _signals() -> Iterator[None]:
+    def raise_stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop()
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s in old:
+        signal.signal(s, raise_stop)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _uninterruptible() -> Iterator[None]:
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for s in old:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def handle(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NeedRoot("portwright bench (namespaces, nftables, iptables)")
+    _check_outputs(args)
+    cfg = config_from_args(args)
+    sizes = _sizes(args.scale_sizes) if args.scale else ()
+    err = sys.stderr
+    machine = machine_info()
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench: {msg}", file=err, flush=True)
+
+    if args.scale:
+        cfg.mechanisms = []
+    conf = cfg.to_json()
+    print("\n".join(report.header_lines(machine, conf)), flush=True)
+    lab = Lab(cfg, log)
+    run: dict[str, Any] | None = None
+    scale_rows: list[dict[str, Any]] | None = None
+    interrupted = False
+    try:
+        with _signals():
+            if args.scale:
+                lab.create_network()
+                scale_rows = run_scale(lab, sizes, log=log)
+            else:
+                log("setting up sandboxes and peers")
+                lab.open()
+                run = run_bench(cfg, lab, open(os.devnull, "w") if args.quiet else err)  # noqa: SIM115
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        with _uninterruptible():
+            log("cleaning up")
+            cleanup_errors = lab.close()
+        for e in cleanup_errors:
+            print(f"bench: cleanup: {e}", file=err)
+    if interrupted:
+        print("bench: interrupted; everything it created has been removed", file=err)
+        return 130
+    if scale_rows is not None:
+        doc: dict[str, Any] = {"schema": report.SCHEMA, "machine": machine, "config": conf, "scale": scale_rows,
+                               "samples": [], "summary": [], "headline": []}
+        print(scale_table(scale_rows))
+        failed = any(not r.get("ok") and not str(r.get("error", "")).startswith("skipped") for r in scale_rows)
+    else:
+        assert run is not None
+        doc = report.document(machine, conf, run)
+        print(report.table(doc["summary"], doc["skipped"]))
+        print()
+        print(report.headline_text(doc["headline"]))
+        failed = any(not s.get("ok") for s in run["samples"])
+    _write_outputs(args, doc)
+    return 1 if failed or cleanup_errors else 0
+
+
+def _write_outputs(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+    if args.plot and doc["summary"]:
+        from . import plot
+        plot.write(args.plot, doc["summary"], report.header_lines(doc["machine"], doc["config"])[0])
+    if args.html:
+        from . import html
+        html.write(args.html, doc)

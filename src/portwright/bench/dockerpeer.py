@@ -1,0 +1,251 @@
+"""Docker's own machinery as benchmark peers, run standalone against a portwright sandbox.
+
+Owns two peers:
+
+* ``DockerProxy``: the real ``/usr/sbin/docker-proxy`` binary, one process per published port as
+  dockerd runs it. dockerd hands it a pipe on fd 3 and waits for ``0\\n`` (ready) or an error
+  text; we do the same, so a failure to bind is reported, not guessed.
+* ``DockerIptables``: the iptables rule shape dockerd 20.10 installs for ``userland-proxy: false``
+  (DNAT in a DOCKER chain jumped to from PREROUTING/OUTPUT for local destinations, MASQUERADE for
+  local sources and hairpin, the FORWARD accept chain), installed through ``iptables`` (which is
+  iptables-nft on Debian 12) into chains with a private ``PWB`` prefix so that it never touches
+  Docker's own chains. Everything it adds is removed again, in reverse order, on ``remove()``.
+
+Neither needs dockerd; that keeps the comparison on the data path and off the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..errors import KernelError, MissingTool
+
+DOCKER_PROXY = "/usr/sbin/docker-proxy"
+READY_TIMEOUT_S = 10.0
+
+
+def docker_proxy_available() -> str | None:
+    """None when usable, else the one-line reason naming the package."""
+    if not os.access(DOCKER_PROXY, os.X_OK):
+        return f"{DOCKER_PROXY} not found; install it with: apt-get install docker.io"
+    return None
+
+
+def iptables_available() -> str | None:
+    if shutil.which("iptables") is None:
+        return "iptables not found; install it with: apt-get install iptables"
+    return None
+
+
+def docker_proxy_command(host_ip: str, host_port: int, container_ip: str, container_port: int,
+                         proto: str = "tcp") -> list[str]:
+    """The argv dockerd 20.10 uses for one published port."""
+    return [DOCKER_PROXY, "-proto", proto, "-host-ip", host_ip, "-host-port", str(host_port),
+            "-container-ip", container_ip, "-container-port", str(container_port)]
+
+
+class DockerProxy:
+    """A set of docker-proxy processes (one per port), started and stopped together."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def start(self, host_ip: str, host_port: int, container_ip: str, container_port: int) -> None:
+        if not os.access(DOCKER_PROXY, os.X_OK):
+            raise MissingTool(DOCKER_PROXY, "docker.io")
+        r, w = os.pipe()
+        try:
+            def child_setup() -> None:
+                os.dup2(w, 3)  # dockerd's contract: the readiness pipe is fd 3
+            proc = subprocess.Popen(
+                docker_proxy_command(host_ip, host_port, container_ip, container_port),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(3,), preexec_fn=child_setup, start_new_session=True)
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        os.close(w)
+        self.procs.append(proc)
+        try:
+            msg = _read_ready(r, READY_TIMEOUT_S)
+        finally:
+            os.close(r)
+        if msg != "0":
+            raise KernelError(f"docker-proxy on port {host_port}",
+                              msg or "exited before reporting ready")
+
+    def stop(self) -> list[str]:
+        errors: list[str] = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                errors.append(f"docker-proxy pid {p.pid} ignored SIGTERM and was killed")
+        self.procs.clear()
+        return errors
+
+
+def _read_ready(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        if b"\n" in buf:
+            break
+    return buf.decode(errors="replace").strip()
+
+
+# ---- iptables: dockerd 20.10's userland-proxy=false shape ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One published TCP port: host_port -> container_ip:container_port."""
+
+    host_port: int
+    container_ip: str
+    container_port: int
+
+
+@dataclass
+class IptablesShape:
+    """The rules as (table, argv-after-table) lists; pure, so it can be checked without root."""
+
+    chains: list[tuple[str, str]] = field(default_factory=list)  # (table, chain) we create
+    rules: list[tuple[str, list[str]]] = field(default_factory=list)  # in install order
+
+
+def docker_shape(prefix: str, bridge: str, subnet: str, forwards: list[Forward]) -> IptablesShape:
+    """dockerd 20.10's nat+filter rules for one bridge, with our chain names.
+
+    ``prefix`` replaces Docker's chain names (DOCKER -> {prefix}, DOCKER-USER -> {prefix}-U, ...)
+    so that nothing here collides with a running dockerd.
+    """
+    dn, du, i1, i2 = prefix, f"{prefix}-U", f"{prefix}-I1", f"{prefix}-I2"
+    s = IptablesShape()
+    s.chains = [("nat", dn), ("filter", dn), ("filter", du), ("filter", i1), ("filter", i2)]
+    nat = s.rules
+    nat.append(("nat", ["-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", dn]))
+    nat.append(("nat", ["-A", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", dn]))
+    nat.append(("nat", ["-A", "POSTROUTING", "-o", bridge, "-m", "addrtype", "--src-type", "LOCAL",
+                        "-j", "MASQUERADE"]))
+    nat.append(("nat", ["-A", "POSTROUTING", "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]))
+    for f in forwards:
+        nat.append(("nat", ["-A", "POSTROUTING", "-s", f"{f.container_ip}/32", "-d", f"{f.container_ip}/32",
+                            "-p", "tcp", "-m", "tcp", "--dport", str(f.container_port), "-j", "MASQUERADE"]))
+    for f in forwards:
+        nat.append(("nat", ["-A", dn, "-p", "tcp", "-m", "tcp", "--dport", str(f.host_port), "-j", "DNAT",
+                            "--to-destination", f"{f.container_ip}:{f.container_port}"]))
+    s.rules.append(("filter", ["-A", du, "-j", "RETURN"]))
+    s.rules.append(("filter", ["-A", i1, "-i", bridge, "!", "-o", bridge, "-j", i2]))
+    s.rules.append(("filter", ["-A", i1, "-j", "RETURN"]))
+    s.rules.append(("filter", ["-A", i2, "-o", bridge, "-j", "DROP"]))
+    s.rules.append(("filter", ["-A", i2, "-j", "RETURN"]))
+    for f in forwards:
+        s.rules.append(("filter", ["-A", dn, "-d", f"{f.container_ip}/32", "!", "-i", bridge, "-o", bridge,
+                                   "-p", "tcp", "-m", "tcp", "--dport", str(f.container_port), "-j", "ACCEPT"]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-j", du]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-j", i1]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate",
+                               "RELATED,ESTABLISHED", "-j", "ACCEPT"]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-o", bridge, "-j", dn]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]))
+    s.rules.append(("filter", ["-A", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]))
+    return s
+
+
+def restore_text(shape: IptablesShape) -> str:
+    """The shape as one ``iptables-restore --noflush`` transaction (both tables)."""
+    out: list[str] = []
+    for table in ("nat", "filter"):
+        out.append(f"*{table}")
+        out.extend(f":{c} - [0:0]" for t, c in shape.chains if t == table)
+        out.extend(" ".join(args) for t, args in shape.rules if t == table)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+class DockerIptables:
+    """Installs a docker_shape() atomically and removes exactly what it installed."""
+
+    def __init__(self, shape: IptablesShape, bridge: str) -> None:
+        self.shape = shape
+        self.bridge = bridge
+        self.installed = False
+        self._old_localnet: str | None = None
+
+    def install(self) -> None:
+        if shutil.which("iptables-restore") is None:
+            raise MissingTool("iptables-restore", "iptables")
+        # dockerd sets route_localnet on its bridge so that 127.0.0.1:P can be DNATed out of it.
+        path = f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet"
+        try:
+            with open(path, encoding="ascii") as f:
+                self._old_localnet = f.read().strip()
+            with open(path, "w", encoding="ascii") as f:
+                f.write("1")
+        except OSError as e:
+            raise KernelError(f"setting {path}", str(e), e.errno) from e
+        p = subprocess.run(["iptables-restore", "-w", "--noflush"], input=restore_text(self.shape),
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            self._restore_localnet()
+            raise KernelError("iptables-restore (Docker's rule shape)", p.stderr or p.stdout)
+        self.installed = True
+
+    def remove(self) -> list[str]:
+        errors: list[str] = []
+        if self.installed:
+            # Delete the jumps and rules in built-in chains one by one, then flush/delete ours.
+            lines: list[str] = []
+            own = {c for _, c in self.shape.chains}
+            for table in ("nat", "filter"):
+                lines.append(f"*{table}")
+                for t, args in reversed(self.shape.rules):
+                    if t == table and args[1] not in own:
+                        lines.append(" ".join(["-D", *args[1:]]))
+                lines.extend(f"-F {c}" for t, c in self.shape.chains if t == table)
+                lines.extend(f"-X {c}" for t, c in self.shape.chains if t == table)
+                lines.append("COMMIT")
+            p = subprocess.run(["iptables-restore", "-w", "--noflush"], input="\n".join(lines) + "\n",
+                               capture_output=True, text=True, timeout=300)
+            if p.returncode != 0:
+                errors.append(f"removing Docker's rule shape failed: {(p.stderr or p.stdout).strip()}")
+            else:
+                self.installed = False
+        errors.extend(self._restore_localnet())
+        return errors
+
+    def _restore_localnet(self) -> list[str]:
+        if self._old_localnet is None:
+            return []
+        try:
+            with open(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet", "w", encoding="ascii") as f:
+                f.write(self._old_localnet)
+        except OSError as e:
+            if os.path.exists(f"/sys/class/net/{self.bridge}"):
+                return [f"restoring route_localnet on {self.bridge}: {e}"]
+        self._old_localnet = None
+        return []

@@ -1,0 +1,514 @@
+"""The benchmark run: mechanisms x client placements x scenarios, interleaved over rounds.
+
+Owns the lab (a bench network, the server sandboxes, Docker's peers, the external client) and the
+measurement loop. Sandboxes are driven only through the ``portwright`` CLI (see driver.py). Each
+sample samples /proc/stat and the publisher processes around one client run and keeps the tool's
+raw result; a failed run is recorded as failed with its reason and no number. Everything the lab
+creates is torn down in ``close()``, which the CLI calls from ``finally`` (also on Ctrl-C/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ..errors import BadInput, Conflict, KernelError, MissingTool, PortwrightError
+from . import cpu, iperf3, wrk
+from .dockerpeer import (
+    DockerIptables,
+    DockerProxy,
+    Forward,
+    docker_proxy_available,
+    docker_shape,
+    iptables_available,
+)
+from .driver import Portwright
+from .placement import PLACEMENTS, ExternalClient
+from .servers import HTTP_PORT, IPERF_PORT, ports_listening, server_command
+from .stats import efficiency
+
+MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    tool: str  # "iperf3" | "wrk"
+    unit: str
+    title: str
+    reverse: bool = False
+    close: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "bulk-in": Scenario("bulk-in", "iperf3", "Gbit/s", "bulk TCP, client to server (article's ingress)"),
+    "bulk-out": Scenario("bulk-out", "iperf3", "Gbit/s", "bulk TCP, server to client (iperf3 -R)",
+                         reverse=True),
+    "conn": Scenario("conn", "wrk", "req/s", "short connections (HTTP, Connection: close)", close=True),
+    "rr": Scenario("rr", "wrk", "req/s", "request/response over keep-alive connections"),
+}
+
+# Seconds per run beyond --duration (process start, connection setup, pauses); used for the
+# time-left estimate only until real runs have been timed.
+RUN_OVERHEAD_S = 1.0
+SETTLE_S = 0.3  # pause between runs so one run's tail does not spill into the next window
+# Subnets for the bench network: a random /24 out of 198.19.200-239 (benchmarking range).
+SUBNET_THIRD_OCTETS = range(200, 240)
+
+
+@dataclass
+class Config:
+    mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS))
+    placements: list[str] = field(default_factory=lambda: ["local"])
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    duration: float = 3.0
+    rounds: int = 3
+    streams: int = 10
+    connections: int = 32
+    threads: int = 2
+
+    def validate(self) -> None:
+        for m in self.mechanisms:
+            if m not in MECHANISMS:
+                raise BadInput(f"--mechanisms: unknown mechanism {m!r}; choose from {', '.join(MECHANISMS)}")
+        for p in self.placements:
+            if p not in PLACEMENTS:
+                raise BadInput(f"--placement: unknown placement {p!r}; choose from {', '.join(PLACEMENTS)}")
+        for s in self.scenarios:
+            if s not in SCENARIOS:
+                raise BadInput(f"--scenarios: unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+        if not self.mechanisms or not self.placements or not self.scenarios:
+            raise BadInput("--mechanisms/--placement/--scenarios: give at least one of each")
+        if not 1 <= self.duration <= 3600:
+            raise BadInput(f"--duration {self.duration:g}: give whole seconds between 1 and 3600")
+        if not 1 <= self.rounds <= 100:
+            raise BadInput(f"--rounds {self.rounds}: give a number between 1 and 100")
+        if not 1 <= self.streams <= 128:
+            raise BadInput(f"--streams {self.streams}: give a number between 1 and 128")
+        if not 1 <= self.connections <= 10000 or not 1 <= self.threads <= self.connections:
+            raise BadInput("--connections/--threads: need 1 <= threads <= connections <= 10000")
+
+    def to_json(self) -> dict[str, object]:
+        return {"mechanisms": self.mechanisms, "placements": self.placements, "scenarios": self.scenarios,
+                "duration_s": self.duration, "rounds": self.rounds, "iperf3_streams": self.streams,
+                "wrk_connections": self.connections, "wrk_threads": self.threads}
+
+    def planned_runs(self, mechanisms: list[str]) -> int:
+        return self.rounds * len(self.placements) * len(self.scenarios) * len(mechanisms)
+
+
+def machine_info() -> dict[str, object]:
+    snap = cpu.read_proc_stat()
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            mem_kib = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    os_name = ""
+    try:
+        with open("/etc/os-release", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    os_name = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return {"cpus": cpu.cpu_count(snap), "cpu_model": model, "kernel": platform.release(),
+            "os": os_name, "mem_mib": mem_kib // 1024, "hostname": platform.node(),
+            "iperf3": _version(["iperf3", "--version"]), "wrk": _version(["wrk", "-v"]),
+            "nginx": _version(["nginx", "-v"])}
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "missing"
+    text = (p.stdout + p.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def free_port_block(size: int, low: int = 20000, high: int = 29000, tries: int = 50) -> int:
+    """A base port with ``size`` consecutive TCP ports free on the host (bind-tested)."""
+    for _ in range(tries):
+        base = random.randrange(low, high - size)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("0.0.0.0", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise Conflict(f"no block of {size} free TCP ports in {low}-{high}; free some ports and retry")
+
+
+@dataclass
+class Target:
+    """Where a client goes for one mechanism, and which processes do the publishing."""
+
+    mechanism: str
+    iperf_port: int
+    http_port: int
+    local_addr: str
+    external_addr: str
+    publisher_pids: Callable[[], list[int]] = lambda: []
+    activate: Callable[[], None] = lambda: None
+    deactivate: Callable[[], list[str]] = lambda: []
+
+    def addr(self, placement: str) -> str:
+        return self.local_addr if placement == "local" else self.external_addr
+
+
+class Lab:
+    """Creates the bench's world, and removes all of it in ``close()`` (idempotent)."""
+
+    def __init__(self, config: Config, log: Callable[[str], None], pw: Portwright | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.pw = pw or Portwright()
+        self.tag = secrets.token_hex(3)
+        self.network = f"pwb{self.tag}"
+        self.sandboxes: list[str] = []
+        self.server_pids: list[int] = []
+        self.tmp = tempfile.mkdtemp(prefix=f"pwb-{self.tag}-")
+        self.targets: dict[str, Target] = {}
+        self.skipped: dict[str, str] = {}
+        self.external: ExternalClient | None = None
+        self.docker_proxy: DockerProxy | None = None
+        self.docker_iptables: DockerIptables | None = None
+        self.network_created = False
+        self.subnet = ""
+        self.bridge = ""
+        self.sandbox_info: dict[str, dict[str, object]] = {}
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        want = self.config.mechanisms
+        for m, why in (("docker-proxy", docker_proxy_available()), ("docker-iptables", iptables_available())):
+            if m in want and why:
+                self.skipped[m] = why
+                self.log(f"skipping {m}: {why}")
+        for tool, pkg in (("iperf3", "iperf3"), ("wrk", "wrk"), ("nginx", "nginx-light")):
+            if shutil.which(tool) is None:
+                raise MissingTool(tool, pkg)
+        if "external" in self.config.placements:
+            self.external = ExternalClient(self.tag)
+            self.external.create()
+        ext = self.external.host_addr if self.external else ""
+        need_net = any(m in want for m in MECHANISMS if m != "host")
+        base = free_port_block(10)
+        if need_net:
+            self.create_network()
+        if "host" in want:
+            self._start("host", "host", base, base + 1, [], None)
+            self.targets["host"] = Target("host", base, base + 1, "127.0.0.1", ext)
+        for i, mode in ((2, "nat"), (4, "proxy")):
+            if mode in want:
+                hp_i, hp_h = base + i, base + i + 1
+                name = self._start(mode, self.network, IPERF_PORT, HTTP_PORT,
+                                   [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"], mode)
+                sup = self._supervisor(name)
+                sup_pids: list[int] = [sup] if sup else []
+                self.targets[mode] = Target(mode, hp_i, hp_h, "127.0.0.1", ext,
+                                            publisher_pids=_const(sup_pids))
+        peers = [m for m in ("direct", "docker-proxy", "docker-iptables") if m in want and m not in self.skipped]
+        if peers:
+            name = self._start("plain", self.network, IPERF_PORT, HTTP_PORT, [], None)
+            ip = str(self.sandbox_info[name]["ip"])
+            if "direct" in peers:
+                self.targets["direct"] = Target("direct", IPERF_PORT, HTTP_PORT, ip, ip)
+            if "docker-proxy" in peers:
+                dp = DockerProxy()
+                self.docker_proxy = dp
+                dp.start("0.0.0.0", base + 6, ip, IPERF_PORT)
+                dp.start("0.0.0.0", base + 7, ip, HTTP_PORT)
+                self.targets["docker-proxy"] = Target("docker-proxy", base + 6, base + 7, "127.0.0.1", ext,
+                                                      publisher_pids=lambda: dp.pids)
+            if "docker-iptables" in peers:
+                self.bridge = _bridge_for(ip)
+                shape = docker_shape(f"PWB-{self.tag.upper()}", self.bridge, self.subnet,
+                                     [Forward(base + 8, ip, IPERF_PORT), Forward(base + 9, ip, HTTP_PORT)])
+                dip = DockerIptables(shape, self.bridge)
+                self.docker_iptables = dip
+                # Installed only around its own runs, so its FORWARD rules never sit on the
+                # other mechanisms' paths.
+                self.targets["docker-iptables"] = Target(
+                    "docker-iptables", base + 8, base + 9, "127.0.0.1", ext,
+                    activate=dip.install, deactivate=dip.remove)
+
+    def create_network(self) -> None:
+        octets = list(SUBNET_THIRD_OCTETS)
+        random.shuffle(octets)
+        last: PortwrightError | None = None
+        for third in octets[:8]:
+            subnet = f"198.19.{third}.0/24"
+            try:
+                self.pw.network_create(self.network, subnet)
+            except (Conflict, KernelError, BadInput) as e:
+                last = e
+                continue
+            self.network_created = True
+            self.subnet = subnet
+            return
+        assert last is not None
+        raise last
+
+    def _start(self, role: str, network: str, iperf_port: int, http_port: int, publish: list[str],
+               mode: str | None) -> str:
+        name = f"pwb{self.tag}-{role}"
+        cmd = server_command(os.path.join(self.tmp, role), iperf_port, http_port)
+        self.sandboxes.append(name)
+        self.pw.run(name, network, cmd, publish=publish, mode=mode)
+        info = self.pw.inspect(name)
+        self.sandbox_info[name] = {"ip": info.ip, "pid": info.pid, "supervisor_pid": info.supervisor_pid,
+                                   "ports": list(info.ports)}
+        if info.pid:
+            self.server_pids.append(info.pid)
+        self._wait_listening(name, [iperf_port, http_port], host=(network == "host"))
+        if info.pid:
+            self.server_pids.extend(p for p in cpu.descendants(info.pid) if p != info.pid)
+        return name
+
+    def _supervisor(self, name: str) -> int | None:
+        sup = self.sandbox_info[name].get("supervisor_pid")
+        return int(str(sup)) if sup else None
+
+    def _wait_listening(self, name: str, ports: list[int], host: bool, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        out = ""
+        while time.monotonic() < deadline:
+            try:
+                if host:
+                    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, timeout=10).stdout
+                else:
+                    out = self.pw.exec(name, ["ss", "-Hltn"])
+            except PortwrightError:
+                out = ""
+            if ports_listening(out, ports):
+                return
+            time.sleep(0.2)
+        raise KernelError(f"starting iperf3 and nginx in sandbox {name}",
+                          f"ports {ports} not listening after {timeout:.0f}s")
+
+    # ---- teardown ------------------------------------------------------------------------
+
+    def close(self) -> list[str]:
+        errors: list[str] = []
+        if self.docker_proxy is not None:
+            errors += self.docker_proxy.stop()
+            self.docker_proxy = None
+        if self.docker_iptables is not None:
+            errors += self.docker_iptables.remove()
+            self.docker_iptables = None
+        for name in reversed(self.sandboxes):
+            self.pw.rm_quiet(name, errors)
+        self.sandboxes.clear()
+        _reap(self.server_pids, self.tmp)
+        self.server_pids.clear()
+        if self.network_created:
+            try:
+                self.pw.network_rm(self.network)
+            except PortwrightError as e:
+                errors.append(str(e))
+            self.network_created = False
+        if self.external is not None:
+            errors += self.external.remove()
+            self.external = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return errors
+
+
+def _const(pids: list[int]) -> Callable[[], list[int]]:
+    def get() -> list[int]:
+        return list(pids)
+    return get
+
+
+def _bridge_for(ip: str) -> str:
+    p = subprocess.run(["ip", "-j", "route", "get", ip], capture_output=True, text=True, timeout=10)
+    try:
+        dev = str(json.loads(p.stdout)[0]["dev"])
+    except (ValueError, IndexError, KeyError) as e:
+        raise KernelError(f"ip route get {ip}", p.stderr or str(e)) from e
+    return dev
+
+
+def _reap(pids: list[int], marker: str) -> None:
+    """Kill server processes that outlived their sandbox (only ours: cmdline names our temp dir
+    or is an iperf3 we started)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline or cmdline.startswith("iperf3\0-s"):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+
+
+# ---- one measured run ----------------------------------------------------------------------
+
+def run_once(target: Target, scenario: Scenario, placement: str, config: Config, lua_script: str,
+             external: ExternalClient | None) -> dict[str, object]:
+    """Run one client against one target, sampling CPU and the publisher around it."""
+    addr = target.addr(placement)
+    if scenario.tool == "iperf3":
+        cmd = iperf3.client_command(addr, target.iperf_port, config.streams, config.duration, scenario.reverse)
+        cmd[1:1] = ["--connect-timeout", "3000"]
+    else:
+        host = f"[{addr}]" if ":" in addr else addr
+        cmd = wrk.client_command(f"http://{host}:{target.http_port}/", config.duration, config.connections,
+                                 config.threads, scenario.close, lua_script)
+    if placement == "external" and external is not None:
+        cmd = external.wrap(cmd)
+    sample: dict[str, object] = {"mechanism": target.mechanism, "scenario": scenario.name,
+                                 "placement": placement, "unit": scenario.unit, "command": cmd}
+    pids = target.publisher_pids()
+    try:
+        target.activate()
+    except PortwrightError as e:
+        sample.update(ok=False, error=str(e), value=None, efficiency=None)
+        return sample
+    try:
+        pub0 = cpu.read_proc_cost(pids) if pids else None
+        s0 = cpu.read_proc_stat()
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=config.duration + 30,
+                               stdin=subprocess.DEVNULL)
+            out, err, rc = p.stdout, p.stderr, p.returncode
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err, rc = f"client timed out after {config.duration + 30:.0f}s", -1
+        t1 = time.monotonic()
+        s1 = cpu.read_proc_stat()
+        pub1 = cpu.read_proc_cost(pids) if pids else None
+    finally:
+        deact_errors = target.deactivate()
+    window = t1 - t0
+    use = cpu.usage(s0, s1)
+    ncpu = cpu.cpu_count(s1)
+    busy = use["all"].busy if "all" in use else None
+    result: iperf3.IperfResult | wrk.WrkResult
+    value: float | None
+    if scenario.tool == "iperf3":
+        result = iperf3.parse(out, rc, err)
+        value = result.gbit_per_second
+    else:
+        result = wrk.parse(out, rc, err)
+        value = result.requests_per_second
+    error = result.error
+    if deact_errors:
+        error = (error + "; " if error else "") + "; ".join(deact_errors)
+    sample.update(
+        ok=result.ok and not deact_errors, error=error, value=value if result.ok else None,
+        window_s=window,
+        cpu={"ncpu": ncpu, "busy": busy,
+             "all": use["all"].to_json() if "all" in use else None,
+             "per_cpu": [u.to_json() for k, u in sorted(use.items()) if k != "all"]},
+        efficiency=efficiency(value, busy, ncpu) if result.ok else None,
+        tool=result.to_json(),
+    )
+    if pub0 is not None and pub1 is not None:
+        dt = pub1.cpu_seconds - pub0.cpu_seconds
+        sample["publisher"] = {"pids": list(pub1.pids), "cpu_seconds": dt,
+                               "cpu_fraction": dt / window if window > 0 else None,
+                               "pss_kib": pub1.pss_kib}
+    elif pids:
+        sample["publisher"] = {"pids": pids, "error": "publisher process not readable"}
+    return sample
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+class Progress:
+    """One status line on stderr: mechanism, round, scenario and the time left."""
+
+    def __init__(self, total: int, per_run_s: float, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.per_run = per_run_s
+        self.t0 = time.monotonic()
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def left_s(self) -> float:
+        if self.done:
+            per = (time.monotonic() - self.t0) / self.done
+        else:
+            per = self.per_run
+        return per * (self.total - self.done)
+
+    def show(self, rnd: int, rounds: int, placement: str, scenario: str, mechanism: str) -> None:
+        left = int(self.left_s())
+        line = (f"bench: round {rnd}/{rounds} · {placement} · {scenario} · {mechanism} "
+                f"· run {self.done + 1}/{self.total} · ~{left // 60}:{left % 60:02d} left")
+        self._write(line)
+
+    def _write(self, line: str) -> None:
+        w = self.stream.write
+        if self.tty:
+            w("\r\x1b[K" + line)
+        else:
+            w(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, object]:
+    """Interleave mechanisms (A B C A B C ...) within each scenario, for ``config.rounds`` rounds."""
+    mechs = [m for m in config.mechanisms if m in lab.targets]
+    lua = os.path.join(lab.tmp, "report.lua")
+    with open(lua, "w", encoding="ascii") as f:
+        f.write(wrk.LUA_DONE_HOOK)
+    samples: list[dict[str, object]] = []
+    prog = Progress(config.planned_runs(mechs), config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
+    started = time.time()
+    try:
+        for rnd in range(1, config.rounds + 1):
+            for placement in config.placements:
+                for sname in config.scenarios:
+                    for m in mechs:
+                        prog.show(rnd, config.rounds, placement, sname, m)
+                        s = run_once(lab.targets[m], SCENARIOS[sname], placement, config, lua, lab.external)
+                        s["round"] = rnd
+                        samples.append(s)
+                        prog.done += 1
+                        time.sleep(SETTLE_S)
+    finally:
+        prog.finish()
+    return {"started": started, "finished": time.time(), "samples": samples,
+            "mechanisms": mechs, "skipped": dict(lab.skipped)}
