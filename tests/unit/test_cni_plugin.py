@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 
@@ -43,7 +44,9 @@ class FakeBackend:
             out.setdefault(k, [])
         return out
 
-    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None, snat: bool) -> None:
+    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
+                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
+        self.subnets = list(subnets)
         self.elements[owner] = list(mappings)
         if self.fail_publish:
             raise p.CniError(p.E_KERNEL, "nft said no")
@@ -111,6 +114,7 @@ def test_add_publishes_and_returns_prev_result() -> None:
     assert out["ips"] == PREV["ips"] and out["cniVersion"] == "1.0.0"
     assert [m.docker_format() for m in be.elements[OWNER]] == ["0.0.0.0:8080->80/tcp"]
     assert be.bridges[OWNER] == "pwtcni0"
+    assert be.subnets == [ipaddress.ip_network("198.18.200.0/24")]
     # Reservation on by default: one placeholder (no relay target) per mapping.
     assert be.held[OWNER][2] == (Binding("tcp", "0.0.0.0", 8080),)
 

@@ -36,6 +36,7 @@ class Plan:
     nat: tuple[Mapping, ...]  # published through the shared nftables maps
     bindings: tuple[Binding, ...]  # sockets its holder opens (placeholders and relay listeners)
     bridge: str | None  # the host bridge the container hangs off (for hairpin / localhost)
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # on that bridge
 
 
 class Backend(Protocol):
@@ -43,7 +44,8 @@ class Backend(Protocol):
 
     def nat_capable(self, m: Mapping) -> bool: ...
     def published(self) -> dict[str, list[Mapping]]: ...  # owner tag -> its NAT mappings
-    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None, snat: bool) -> None: ...
+    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
+                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None: ...
     def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
     def flush_conntrack(self, proto: str, port: int) -> None: ...
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None: ...  # problem text or None
@@ -84,7 +86,8 @@ def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
             raise p.CniError(p.E_INVALID_CONFIG, f"hostIP {b.ip} for {b.port}/{b.proto} cannot be NATed by the "
                              "kernel and portwright relays only TCP there; use 127.0.0.1 for UDP/SCTP")
     hosts = p.host_interfaces(conf.prev_result)
-    return Plan(owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None)
+    return Plan(owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None,
+                p.container_subnets(conf.prev_result))
 
 
 def _overlap(a: Mapping, b: Mapping) -> bool:
@@ -140,7 +143,7 @@ def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
             undo.callback(backend.stop_holder, pl.owner)
         if pl.nat:
             undo.callback(backend.unpublish, pl.owner)
-            backend.publish(pl.owner, pl.nat, pl.bridge, conf.snat)
+            backend.publish(pl.owner, pl.nat, pl.bridge, pl.subnets, conf.snat)
             for proto, port in sorted({(m.proto, m.host_port) for m in pl.nat if m.proto == "udp"}):
                 # A client that sent before the mapping existed has a conntrack entry aimed at the
                 # host; flush it so its next datagram is DNATed (Docker issue 8795).

@@ -338,6 +338,29 @@ def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
     return ContainerAddrs(ip4, ip6)
 
 
+def container_subnets(prev: AbcMapping[str, Any] | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The on-link subnets of the container's addresses in ``prevResult`` (for hairpin SNAT)."""
+    if not prev:
+        return ()
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    interfaces = prev.get("interfaces") or []
+    for entry in prev.get("ips") or []:
+        if not isinstance(entry, dict):
+            continue
+        idx = entry.get("interface")
+        if isinstance(idx, int) and isinstance(interfaces, list) and 0 <= idx < len(interfaces):
+            itf = interfaces[idx]
+            if not isinstance(itf, dict) or not itf.get("sandbox"):
+                continue
+        try:
+            net = ipaddress.ip_interface(str(entry.get("address", ""))).network
+        except ValueError:
+            continue
+        if net not in out:
+            out.append(net)
+    return tuple(out)
+
+
 def host_interfaces(prev: AbcMapping[str, Any] | None) -> tuple[str, ...]:
     """Names of host-side interfaces in ``prevResult`` (no ``sandbox``), e.g. the bridge."""
     if not prev:

@@ -1,0 +1,273 @@
+"""The real CNI backend: the shared nftables maps, bridge extras, sysctls and holder processes.
+
+Publishing goes through ``firewall.nft`` exactly as ``portwright run`` does, with the owner tag
+``cni:<containerID>:<ifname>`` on every map element. What portwright's own bridges get from the
+firewall's per-network rules, a CNI bridge it did not create (``cni0`` from the reference
+``bridge`` plugin) does not have; so for each attachment this module adds, to the same table
+and under the same owner tag (so ``nft.unpublish`` removes them too):
+
+* masquerade of host-local sources DNATed to the container (127.0.0.1 and the host's own
+  addresses: the container must answer through the host, and 127.0.0.1 is no source on a wire);
+* masquerade of hairpin traffic (from the bridge back into the bridge) DNATed to the container;
+* ``route_localnet=1`` on the bridge, so the kernel routes a DNATed 127.0.0.1 out of it at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import KernelError, NeedRoot, PortInUse
+from ..firewall import nft, rules
+from ..kernel import sockets as ksockets
+from ..kernel import sysctl
+from ..model import Mapping
+from . import protocol as p
+from .holder import HOLDER_MODULE, Binding, holder_pids
+
+# The regular chain, jumped to from the table's srcnat postrouting hook, that holds per-network
+# masquerade rules. Our per-attachment rules go there too: it is never flushed by ensure_base.
+EXTRA_CHAIN = rules.CHAIN_NET_POSTROUTING
+HOLDER_READY_TIMEOUT = 10.0  # seconds for a holder to bind its sockets
+HOLDER_STOP_TIMEOUT = 3.0
+
+
+def _m(cond_left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": cond_left, "right": right}}
+
+
+def bridge_rule_commands(owner: str, bridge: str, mappings: Sequence[Mapping],
+                         subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[dict[str, Any]]:
+    """Masquerade rules for one attachment on a bridge portwright did not create (pure).
+
+    Each is narrowed to the container's address, so it only ever touches traffic the
+    attachment's own mappings DNATed, and tagged with the owner for exact removal. Hairpin
+    matches the client by its subnet, not by ``iifname``: with br_netfilter loaded (dockerd
+    loads it) a DNAT back into the same bridge is bridged, and postrouting sees no input
+    interface at all.
+    """
+    tag = rules.owner_tag(owner)
+    ct_dnat = _m({"ct": {"key": "status"}}, "dnat", "in")
+    out_br = _m({"meta": {"key": "oifname"}}, bridge)
+    cmds: list[dict[str, Any]] = []
+    for cip in sorted({m.container_ip for m in mappings}, key=lambda a: (a.version, int(a))):
+        fam = "ip" if cip.version == 4 else "ip6"
+        to_c = _m({"payload": {"protocol": fam, "field": "daddr"}}, str(cip))
+        variants = [
+            # host -> 127.0.0.1:P or -> own address:P, DNATed in output.
+            [_m({"fib": {"result": "type", "flags": ["saddr"]}}, "local")],
+        ]
+        # container on this bridge -> host address:P -> back into this bridge (hairpin).
+        variants += [[_m({"payload": {"protocol": fam, "field": "saddr"}},
+                         {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}})]
+                     for n in subnets if n.version == cip.version]
+        for extra in variants:
+            cmds.append({"add": {"rule": {"family": rules.FAMILY, "table": rules.TABLE, "chain": EXTRA_CHAIN,
+                                          "expr": [out_br, to_c, ct_dnat, *extra, {"masquerade": None}],
+                                          "comment": tag}}})
+    return cmds
+
+
+def _owner_rules(table: dict[str, Any], owner: str) -> list[dict[str, Any]]:
+    tag = rules.owner_tag(owner)
+    out = []
+    for item in table.get("nftables", []):
+        r = item.get("rule") if isinstance(item, dict) else None
+        if isinstance(r, dict) and r.get("comment") == tag and r.get("table") == rules.TABLE:
+            out.append(r)
+    return out
+
+
+def _is_bridge(name: str) -> bool:
+    return os.path.isdir(f"/sys/class/net/{name}/bridge")
+
+
+class NftBackend:
+    """Backend of the commands in ``plugin`` over the live kernel."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            raise NeedRoot("portwright-cni (nftables and sysctl changes)")
+        self._table: dict[str, Any] | None = None
+
+    def _live(self) -> dict[str, Any]:
+        if self._table is None:
+            self._table = nft.table_json()  # {} when the table does not exist yet
+        return self._table
+
+    def nat_capable(self, m: Mapping) -> bool:
+        return rules.nat_capable(m)
+
+    def published(self) -> dict[str, list[Mapping]]:
+        out: dict[str, list[Mapping]] = {}
+        for e in rules.published(self._live()):
+            out.setdefault(e.owner or "an untagged nftables element", []).append(e.mapping())
+        # Owners with only rules (or hashed long tags) still count, so GC and DEL see them.
+        for tag in rules.owners(self._live()):
+            out.setdefault(tag, [])
+        return out
+
+    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
+                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
+        self._table = None
+        nft.ensure_base()
+        # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
+        nft.publish(owner, mappings, flush_udp=False)
+        if bridge and snat and _is_bridge(bridge) and bridge not in self._portwright_bridges():
+            if any(m.host_ip.version == 4 for m in mappings):
+                sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
+            nft.run(bridge_rule_commands(owner, bridge, mappings, subnets))
+
+    def _portwright_bridges(self) -> set[str]:
+        names = set()
+        for item in self._live().get("nftables", []):
+            s = item.get("set") if isinstance(item, dict) else None
+            if isinstance(s, dict) and s.get("name") == rules.SET_BRIDGES and s.get("table") == rules.TABLE:
+                for e in s.get("elem", []):
+                    val = e.get("elem", {}).get("val") if isinstance(e, dict) else e
+                    if isinstance(val, str):
+                        names.add(val)
+        return names
+
+    def unpublish(self, owner: str) -> None:
+        self._table = None
+        try:
+            nft.unpublish(owner)
+        finally:
+            self._table = None
+
+    def flush_conntrack(self, proto: str, port: int) -> None:
+        nft.flush_conntrack(proto, port)
+
+    def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None:
+        if not snat or not _is_bridge(bridge) or bridge in self._portwright_bridges():
+            return None
+        if sysctl.read(sysctl.ROUTE_LOCALNET.format(dev=bridge)) != "1":
+            return (f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
+                    "container; delete and re-add the container to restore it")
+        if not _owner_rules(self._live(), owner):
+            return (f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
+                    "table inet portwright; delete and re-add the container to restore them")
+        return None
+
+    def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
+        r, w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", HOLDER_MODULE, "--owner", owner, "--network", network,
+                 "--ready-fd", str(w), "--bindings", json.dumps([b.to_json() for b in bindings])],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(w,), close_fds=True, start_new_session=True, cwd="/")
+        except OSError as e:
+            os.close(r)
+            raise KernelError("starting the portwright-cni holder process", str(e), e.errno) from None
+        finally:
+            os.close(w)
+        try:
+            line = _read_ready(r)
+        finally:
+            os.close(r)
+        if line.startswith("OK"):
+            return
+        self._kill(proc.pid)
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[1] == "EADDRINUSE":
+            b = next((x for x in bindings if x.text == parts[2]), None)
+            owner_text = ksockets.describe_owner(b.proto, b.port, ipaddress.ip_address(b.ip)) if b else "another socket"
+            raise PortInUse(parts[2], owner_text)
+        if len(parts) >= 3 and parts[1] == "EADDRNOTAVAIL":
+            raise p.CniError(p.E_INVALID_CONFIG, f"hostIP of {parts[2]} is not an address of this host; use one "
+                             "of the host's addresses, or leave hostIP empty for all")
+        raise KernelError("the portwright-cni holder process", line.strip() or "exited before binding its ports")
+
+    @staticmethod
+    def _kill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + HOLDER_STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                if not _alive(pid):  # not our child (DEL runs in a later process): read /proc
+                    return
+            time.sleep(0.01)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def holders(self) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        for pid, tag in holder_pids():
+            out[tag] = (pid, _holder_network(pid))
+        return out
+
+    def stop_holder(self, owner: str) -> None:
+        for pid, _ in list(holder_pids(owner)):
+            self._kill(pid)
+
+    def check_host_port(self, m: Mapping) -> None:
+        if not ksockets.port_free(m.proto, m.host_ip, m.host_port):
+            raise PortInUse(f"{m.host_binding()}/{m.proto}", ksockets.describe_owner(m.proto, m.host_port, m.host_ip))
+
+    def netns_exists(self, path: str) -> bool:
+        return bool(path) and os.path.exists(path)
+
+    def status(self) -> str | None:
+        if shutil.which("nft") is None:
+            return "nft is not available; install it with: apt-get install nftables"
+        try:
+            nft.ensure_base()
+        except Exception as e:
+            return f"cannot create nftables table inet portwright: {e}"
+        return None
+
+
+def _read_ready(fd: int) -> str:
+    """The holder's one status line, waiting at most HOLDER_READY_TIMEOUT (the runtime waits
+    for us, so a stuck holder must not hang it)."""
+    deadline = time.monotonic() + HOLDER_READY_TIMEOUT
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "ERR ETIMEDOUT holder did not report within the timeout"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 512)
+        if not chunk:  # the holder exited (or closed the pipe) without a status line
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _holder_network(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        return args[args.index(b"--network") + 1].decode()
+    except (OSError, ValueError, IndexError):
+        return ""
