@@ -98,7 +98,7 @@ def process(pid: int) -> Process | None:
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
         with open(f"/proc/{pid}/cmdline", "rb") as fb:
-            cmdline = fb.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            cmdline = " ".join(fb.read().replace(b"\0", b" ").decode(errors="replace").split())
     except OSError:
         return None
     return Process(pid, comm, cmdline)
