@@ -32,15 +32,16 @@ def uniq(prefix: str = "t") -> str:
 
 
 def netns_names() -> set[str]:
+    """portwright's namespaces (pw-NAME); other tools' namespaces may come and go meanwhile."""
     try:
-        return set(os.listdir("/run/netns"))
+        return {n for n in os.listdir("/run/netns") if n.startswith("pw-")}
     except FileNotFoundError:
         return set()
 
 
 def link_names() -> set[str]:
     out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return {link["ifname"] for link in json.loads(out)}
+    return {link["ifname"] for link in json.loads(out) if link["ifname"].startswith(("pw-", "pwv"))}
 
 
 def nft_owner_elements(owner: str) -> list[Any]:

@@ -302,8 +302,12 @@ def network_commands(net: Network) -> list[Cmd]:
         cmds.append(_rule(CHAIN_NET_FORWARD, [iif, to_our_bridges, _DROP], tag))
     # Hairpin: a sandbox reaching a published port of its own bridge (itself or a neighbour).
     # Without masquerade the server would answer the client directly over the bridge and the
-    # client, expecting the host address, would drop the reply.
-    cmds.append(_rule(CHAIN_NET_POSTROUTING, [iif, oif, _CT_DNAT, _MASQ], tag))
+    # client, expecting the host address, would drop the reply. Matched on the source subnet,
+    # not on iifname: the input interface is not known in the postrouting hook.
+    for hp_net in [net.subnet4] + ([net.subnet6] if net.subnet6 is not None else []):
+        hp_fam = "ip" if hp_net.version == 4 else "ip6"
+        cmds.append(_rule(CHAIN_NET_POSTROUTING,
+                          [_match(_payload(hp_fam, "saddr"), _prefix(hp_net)), oif, _CT_DNAT, _MASQ], tag))
     if not net.internal:
         # Egress: the subnet leaves through the host's address. Traffic into our own bridges is
         # not rewritten, so a sandbox on another network keeps its address at a published port.

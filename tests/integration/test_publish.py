@@ -1,0 +1,220 @@
+"""Published ports carry traffic on every path a user tries, in every publish mode.
+
+Parametrized over the publishers (nat, proxy) so every mechanism passes the same behaviour
+tests: external clients (a separate namespace routed to the host), the host itself on
+127.0.0.1, [::1], localhost and its own addresses, other sandboxes and the same sandbox
+(hairpin), for TCP and UDP, IPv4 and IPv6. Also: source addresses, loopback-only bindings,
+port conflicts, and nothing left after rm or after kill -9 + reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import External, sh
+from pwutil import SERVERS, inspect, netns_names, nft_owner_elements, pw, tcp_ask, uniq, wait_tcp
+
+pytestmark = pytest.mark.integration
+MODES = ["nat", "proxy"]
+CPORT = 7000
+
+
+@dataclass
+class Published:
+    name: str
+    mode: str
+    port: int
+    lo_port: int
+    udp_port: int
+    ip4: str
+    ip6: str
+    id: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[str]:
+    name = uniq("pub")
+    pw("network", "create", name, "--ipv6")
+    yield name
+    for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
+        if rec["NetworkSettings"]["Network"] == name:
+            pw("rm", "-f", rec["Name"], check=False)
+    pw("network", "rm", name, check=False)
+
+
+def start(network: str, mode: str, extra: list[str] | None = None) -> Published:
+    name = uniq(mode)
+    port, lo_port, udp_port = free_port(), free_port(), free_port()
+    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode,
+       "-p", f"{port}:{CPORT}", "-p", f"127.0.0.1:{lo_port}:{CPORT}", "-p", f"{udp_port}:{CPORT}/udp",
+       *(extra or []), "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    info = inspect(name)
+    ns = info["NetworkSettings"]
+    wait_tcp(None, ns["IPAddress"], CPORT)
+    return Published(name, mode, port, lo_port, udp_port, ns["IPAddress"], ns["GlobalIPv6Address"], info["Id"])
+
+
+@pytest.fixture(params=MODES)
+def pub(request: pytest.FixtureRequest, network: str) -> Iterator[Published]:
+    p = start(network, request.param)
+    yield p
+    pw("rm", "-f", p.name, check=False)
+
+
+def udp_ask(host: str, port: int, size: int = 5, ns: str | None = None) -> str:
+    code = (
+        "import socket,sys\n"
+        f"h,p,n={host!r},{port},{size}\n"
+        "s=socket.socket(socket.AF_INET6 if ':' in h else socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.settimeout(1)\n"
+        "for i in range(5):\n"
+        "    s.sendto(b'x'*n,(h,p))\n"
+        "    try:\n"
+        "        print(s.recv(65535).decode().strip()); break\n"
+        "    except socket.timeout: pass\n"
+    )
+    return sh(sys.executable, "-c", code, ns=ns, check=False).stdout.strip()
+
+
+def peer_of(reply: str) -> str:
+    assert reply.startswith("PEER "), reply
+    return reply.split()[1]
+
+
+def test_host_local_paths(pub: Published, external: External) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", str(external.host4), str(external.host6)):
+        reply = tcp_ask(host, pub.port, "local")
+        assert reply.startswith("PEER ") and reply.endswith("BYE 0\n"), (host, reply)
+    assert "PEER" in tcp_ask("127.0.0.1", pub.lo_port)
+    for host in ("127.0.0.1", "::1", str(external.host4)):
+        assert udp_ask(host, pub.udp_port).startswith("PEER "), host
+
+
+def test_external_client_keeps_source_address(pub: Published, external: External) -> None:
+    for host, client in ((external.host4, external.addr4), (external.host6, external.addr6)):
+        code = f"import sys; sys.path.insert(0, {str(SERVERS.parent)!r}); from pwutil import tcp_ask; print(tcp_ask({str(host)!r}, {pub.port}, 'ext'))"
+        reply = sh(sys.executable, "-c", code, ns=external.ns).stdout
+        if pub.mode == "nat":
+            assert peer_of(reply) == str(client)  # kernel NAT keeps the client's address
+        else:
+            assert peer_of(reply) in (pub.ip4, pub.ip6) or "PEER" in reply  # a proxy shows itself
+    assert udp_ask(str(external.host4), pub.udp_port, ns=external.ns).startswith("PEER ")
+
+
+def test_loopback_binding_unreachable_from_outside(pub: Published, external: External) -> None:
+    # A neighbour that routes 127.0.0.1 to the host (Docker #45610): drop the local 127/8 route
+    # in the external namespace and point 127.0.0.1 at the host.
+    sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", ns=external.ns)
+    sh("sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1", ns=external.ns)
+    sh("ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local", ns=external.ns)
+    sh("ip", "route", "add", "127.0.0.1/32", "via", str(external.host4), "dev", "eth0", ns=external.ns)
+    r = sh("nc", "-z", "-w", "2", "127.0.0.1", str(pub.lo_port), ns=external.ns, check=False)
+    assert r.returncode != 0
+    # ... while the same namespace does reach the wildcard mapping.
+    assert sh("nc", "-z", "-w", "2", str(external.host4), str(pub.port), ns=external.ns, check=False).returncode == 0
+
+
+def test_from_other_sandbox_and_hairpin(pub: Published, network: str, external: External) -> None:
+    code = f"import sys; sys.path.insert(0, {str(SERVERS.parent)!r}); from pwutil import tcp_ask; print(tcp_ask(sys.argv[1], {pub.port}, 'hp'))"
+    other = uniq("o")
+    pw("run", "-d", "--name", other, "--network", network, "--", "sleep", "60")
+    try:
+        for ns in (f"pw-{other}", f"pw-{pub.name}"):  # another sandbox, then the same one (hairpin)
+            reply = sh(sys.executable, "-c", code, str(external.host4), ns=ns).stdout
+            assert "PEER" in reply and "BYE 0" in reply, (ns, reply)
+    finally:
+        pw("rm", "-f", other)
+
+
+def test_udp_large_datagram(pub: Published) -> None:
+    assert udp_ask("127.0.0.1", pub.udp_port, size=60000) .endswith(" 60000")
+
+
+def test_port_refused_to_second_sandbox_and_host_program(pub: Published, network: str) -> None:
+    before = netns_names()
+    r = pw("run", "-d", "--network", network, "-p", f"{pub.port}:80", "--", "sleep", "5", check=False)
+    assert r.returncode != 0 and pub.name in r.stderr and "already in use" in r.stderr
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    s.listen()
+    taken = s.getsockname()[1]
+    try:
+        r = pw("run", "-d", "--network", network, "-p", f"{taken}:80", "--", "sleep", "5", check=False)
+        assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr
+    finally:
+        s.close()
+    assert netns_names() == before
+    # A host program cannot take a published port either.
+    with pytest.raises(OSError):
+        with socket.socket() as s2:
+            s2.bind(("0.0.0.0", pub.port))
+
+
+def test_ss_names_portwright_and_sandbox(pub: Published) -> None:
+    out = sh("ss", "-Htlnp", f"sport = :{pub.port}").stdout
+    assert '"portwright"' in out
+    sup = inspect(pub.name)["State"]["SupervisorPid"]
+    assert f"pid={sup}" in out
+    with open(f"/proc/{sup}/cmdline", "rb") as f:
+        assert pub.name.encode() in f.read()
+
+
+def test_rm_and_kill9_leave_nothing(network: str) -> None:
+    for mode in MODES:
+        p = start(network, mode)
+        if mode == "nat":
+            assert nft_owner_elements(f"pw:{p.id}")
+        pw("rm", "-f", p.name)
+        assert nft_owner_elements(f"pw:{p.id}") == []
+        p = start(network, mode)
+        sup = inspect(p.name)["State"]["SupervisorPid"]
+        os.kill(sup, signal.SIGKILL)
+        time.sleep(0.3)
+        pw("prune")
+        assert nft_owner_elements(f"pw:{p.id}") == [] and f"pw-{p.name}" not in netns_names()
+        # The port is free again.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", p.port))
+
+
+def test_publish_all_and_ranges(network: str) -> None:
+    name = uniq("P")
+    pw("run", "-d", "--name", name, "--network", network, "-P", "--expose", f"{CPORT}", "--expose", "7001-7002/udp",
+       "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    try:
+        maps = inspect(name)["NetworkSettings"]["Ports"]
+        lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        assert {(m["proto"], m["container_port"]) for m in maps} == {("tcp", CPORT), ("udp", 7001), ("udp", 7002)}
+        assert all(lo <= m["host_port"] <= hi for m in maps)
+        tcp = [m for m in maps if m["proto"] == "tcp"]
+        assert len({m["host_port"] for m in tcp}) == 1  # v4 and v6 halves share one port
+        wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
+        assert "PEER" in tcp_ask("127.0.0.1", tcp[0]["host_port"])
+    finally:
+        pw("rm", "-f", name)
+
+
+def test_proxy_counters_move(network: str) -> None:
+    p = start(network, "proxy")
+    try:
+        tcp_ask("127.0.0.1", p.port, "x" * 100)
+        stats = json.loads(pw("stats", p.name, "--format", "json").stdout)
+        key = f"0.0.0.0:{p.port}->{CPORT}/tcp"
+        assert stats[key]["total"] >= 1 and stats[key]["bytes_in"] >= 100 and stats[key]["bytes_out"] > 0
+    finally:
+        pw("rm", "-f", p.name)
