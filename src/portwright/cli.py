@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .engine import Engine
@@ -25,15 +25,15 @@ PLUGIN_MODULES: tuple[str, ...] = ("portwright.bench.cli", "portwright.diagnose.
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, Docker-like, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, Docker-like, exit 2
         self.exit(2, f"portwright: {message}; see '{self.prog} --help'\n")
 
 
 def _print_table(rows: list[list[str]], headers: list[str]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("   ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _ago(ts: float) -> str:
@@ -183,7 +183,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
     path = _netns_for_exec(args)
-    pre: Callable[[], None] | None = (lambda: netns.setns(path)) if path else None  # type: ignore[arg-type]
+    pre: Callable[[], None] | None = (lambda: netns.setns(path)) if path else None
     try:
         return subprocess.call(cmd, preexec_fn=pre)
     except FileNotFoundError:

@@ -72,7 +72,7 @@ class Engine:
                         raise Conflict(f"--subnet {net4} overlaps {clash}, already in use on this host; "
                                        "choose a free range (e.g. within 198.18.0.0/15)")
                 else:
-                    net4 = ipam.carve4(u for u in used if u.version == 4)  # type: ignore[misc]
+                    net4 = ipam.carve4(u for u in used if u.version == 4)
                 net6 = None
                 if ipv6:
                     if subnet6:
@@ -82,7 +82,7 @@ class Engine:
                             raise Conflict(f"--subnet6 {net6} overlaps {clash}, already in use; choose "
                                            "a free range (e.g. within 2001:2::/48)")
                     else:
-                        net6 = ipam.carve6(u for u in used if u.version == 6)  # type: ignore[misc]
+                        net6 = ipam.carve6(u for u in used if u.version == 6)
                 bridge = "pw-" + secrets.token_hex(4)
                 net = Network(name=name, bridge=bridge, subnet4=net4,  # type: ignore[arg-type]
                               gateway4=ipam.gateway(net4),  # type: ignore[arg-type]
@@ -132,12 +132,14 @@ class Engine:
             raise Conflict(f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
                            "remove them first ('portwright rm -f NAME')")
         errors: list[str] = []
-        for step, fn in (("nft", lambda: nft.remove_network(name)),
-                         ("bridge", lambda: netlink.delete_link(net.bridge))):
-            try:
-                fn()
-            except PortwrightError as e:
-                errors.append(f"{step}: {e}")
+        try:
+            nft.remove_network(name)
+        except PortwrightError as e:
+            errors.append(f"nft: {e}")
+        try:
+            netlink.delete_link(net.bridge)
+        except PortwrightError as e:
+            errors.append(f"bridge: {e}")
         with self.state.tx():
             for r in self.state.sandboxes():
                 if r.sandbox.network == name:

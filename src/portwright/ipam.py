@@ -70,14 +70,14 @@ def gateway(net: AnyNet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def next_address(net: AnyNet, used: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
                  ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The lowest free host address after the gateway (released addresses are reused)."""
-    taken = set(used)
-    taken.add(gateway(net))
-    last = net.broadcast_address if net.version == 4 else net.network_address + min(net.num_addresses - 1, 1 << 20)
-    addr = net.network_address + 2
-    while addr < last:
-        if addr not in taken:
-            return addr
-        addr += 1
+    taken = {int(a) for a in used if a.version == net.version}
+    taken.add(int(gateway(net)))
+    first = int(net.network_address) + 2
+    # IPv4: up to the broadcast address; IPv6: the first million addresses are plenty.
+    last = int(net.broadcast_address) if net.version == 4 else first + min(net.num_addresses - 3, 1 << 20)
+    for n in range(first, last):
+        if n not in taken:
+            return ipaddress.ip_address(n) if net.version == 4 else ipaddress.IPv6Address(n)
     raise Conflict(f"network {net} has no free address left; remove a sandbox or use a larger subnet")
 
 

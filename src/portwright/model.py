@@ -62,7 +62,7 @@ class Mapping:
         proto = str(d["proto"])
         if proto not in PROTOS:
             raise ValueError(f"bad proto {proto!r}")
-        return cls(proto=proto,  # type: ignore[arg-type]
+        return cls(proto=proto,
                    host_ip=ipaddress.ip_address(str(d["host_ip"])),
                    host_port=int(str(d["host_port"])),
                    container_ip=ipaddress.ip_address(str(d["container_ip"])),

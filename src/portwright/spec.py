@@ -61,11 +61,10 @@ class PortSpec:
 
     def requests(self) -> list[tuple[int, tuple[int, ...]]]:
         """(container_port, candidate host ports) pairs; an empty candidate tuple = ephemeral."""
-        out: list[tuple[int, tuple[int, ...]]] = []
         if self.host is None:
             return [(c, ()) for c in self.container]
         if len(self.host) == len(self.container):
-            return [(c, (h,)) for c, h in zip(self.container, self.host)]
+            return [(c, (h,)) for c, h in zip(self.container, self.host, strict=True)]
         return [(self.container.start, tuple(self.host))]
 
 
@@ -97,7 +96,7 @@ def _proto(text: str, whole: str) -> Proto:
     p = text.lower()
     if p not in PROTOS:
         raise BadInput(f"-p {whole}: unknown protocol {text!r}; use tcp, udp or sctp")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def parse_ip(text: str, whole: str) -> IPAddress:

@@ -27,7 +27,7 @@ from .engine import DEFAULT_NETWORK, NETNS_PREFIX, Engine, new_id, owner_tag, re
 from .errors import BadInput, Conflict, PortInUse, PortwrightError
 from .kernel import netlink, netns, sysctl
 from .kernel import sockets as ksockets
-from .model import PUBLISH_MODES, Mapping, Sandbox
+from .model import PUBLISH_MODES, Sandbox
 from .publish.base import Publisher, Target, allocate, publish_all_specs
 from .spec import check_name, parse_env, parse_expose, parse_publish
 from .state import State, proc_start_time
@@ -72,6 +72,11 @@ class RunOptions:
         found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
         if not found:
             raise BadInput(f"command {exe!r} not found or not executable; give a program on PATH or an absolute path")
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
 
 
 def set_process_name(name: str) -> None:
@@ -178,9 +183,9 @@ class Supervisor:
                     for r in self.state.sandboxes():
                         for m in r.sandbox.mappings:
                             known.append((f"sandbox {r.name!r} ({r.id})", m))
-                    bound = allocate(specs, Target(ip4, ip6), known)
+                    bound = allocate(specs, Target(ip4, ip6), known)  # type: ignore[arg-type]
                     self.state.set_ports(sid, [m for m, _ in bound])
-                stack.callback(lambda: [s.close() for _, s in bound])
+                stack.callback(_close_all, [s for _, s in bound])
                 self.publisher = self._make_publisher()
                 stack.callback(self._unpublish)
                 self.publisher.publish(owner_tag(sid), bound)
@@ -348,9 +353,8 @@ def run(opts: RunOptions, ready_fd: int | None = None) -> int:
     try:
         code = sup.wait()
     finally:
-        errs = sup.teardown(code)
-        for e in errs:
-            print(f"portwright: teardown: {e}", file=sys.stderr)
+        for problem in sup.teardown(code):
+            print(f"portwright: teardown: {problem}", file=sys.stderr)
     return code
 
 

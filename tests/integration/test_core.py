@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pwutil import inspect, link_names, netns_names, pw, uniq, wait_tcp
 
 from conftest import sh
-from pwutil import inspect, link_names, netns_names, pw, uniq, wait_tcp
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import External, sh
 from pwutil import SERVERS, inspect, netns_names, nft_owner_elements, pw, tcp_ask, uniq, wait_tcp
+
+from conftest import External, sh
 
 pytestmark = pytest.mark.integration
 MODES = ["nat", "proxy"]

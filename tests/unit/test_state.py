@@ -38,7 +38,7 @@ def test_roundtrip(tmp_path: os.PathLike[str]) -> None:
     assert st.all_ports() == []
 
 
-def _allocate(directory: str, n: int, out: "multiprocessing.Queue[str]") -> None:
+def _allocate(directory: str, n: int, out: multiprocessing.Queue[str]) -> None:
     st = State(directory)
     for i in range(n):
         with st.tx():

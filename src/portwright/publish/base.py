@@ -119,7 +119,7 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
                         continue
                     socks, err = _try_bind(spec.proto, halves, port)
                     if err is None:
-                        for (hip, cip), s in zip(halves, socks):
+                        for (hip, cip), s in zip(halves, socks, strict=True):
                             out.append((Mapping(spec.proto, hip, port, cip, cport), s))
                         taken_here.add((spec.proto, port))
                         break
