@@ -579,6 +579,8 @@ def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
             w.trace.append(line)
             return Outcome("drop", r, owner=r.comment, trace=tuple(w.trace), assumed=tuple(w.assumed))
         if r.verdict == "dnat":
+            if r.to_family is not None and r.to_family != w.p.daddr.version:
+                continue  # "dnat ip to" in an inet chain does nothing to IPv6 packets, and vice versa
             if r.lookup:
                 m = w.rs.maps.get((r.family, r.table, r.lookup.name))
                 el = map_lookup(m, r.lookup.keys, w.p) if m else None
@@ -589,8 +591,6 @@ def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
                 w.trace.append(line + (f" [{el.comment}]" if el.comment else ""))
                 return Outcome("dnat", r, addr, port or w.p.dport, el.comment or r.comment,
                                tuple(w.trace), tuple(w.assumed))
-            if r.to_family is not None and r.to_family != w.p.daddr.version:
-                continue
             w.trace.append(line)
             return Outcome("dnat", r, r.to_addr, r.to_port or w.p.dport, r.comment,
                            tuple(w.trace), tuple(w.assumed))

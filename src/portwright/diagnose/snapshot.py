@@ -149,6 +149,13 @@ class Snapshot:
                 ln is not None and ln.ip.version == 6 and (ln.ip.is_loopback or ln.ip.is_unspecified))
             if proxied:
                 to = (m.container_ip, m.container_port) if m else None
+                if m is not None and rec.sandbox.publish_mode != "proxy":
+                    # the nat publisher relays [::1]/[::] to the sandbox's IPv4 address when it has one
+                    for v4 in rec.sandbox.mappings:
+                        if (v4.container_ip.version == 4 and v4.proto == m.proto and v4.host_port == m.host_port
+                                and v4.container_port == m.container_port):
+                            to = (v4.container_ip, v4.container_port)
+                            break
                 return Holder(PW_PROXY, sandbox=rec.name, proxy_to=to, **base)  # type: ignore[arg-type]
             return Holder(PW_RESERVATION, sandbox=rec.name, **base)  # type: ignore[arg-type]
         argv0 = os.path.basename(proc.cmdline.split(" ", 1)[0]) if proc.cmdline else ""

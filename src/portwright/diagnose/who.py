@@ -147,6 +147,15 @@ def best_listener(lns: list[Listener], proto: str, ip: IPAddress, port: int) -> 
     return None
 
 
+def accepts(ln: Listener, ip: IPAddress) -> bool:
+    """Would a socket bound like ln receive a connection to ip (same port)?"""
+    if ln.ip == ip:
+        return True
+    if ln.ip.is_unspecified:
+        return ln.ip.version == ip.version or (ip.version == 4 and ln.v6only is not True)
+    return ip.version == 4 and ln.ip.version == 6 and ln.ip.ipv4_mapped == ip
+
+
 def inner_of(snap: Snapshot, target: Endpoint, proto: str, port: int) -> Inner:
     if target.kind not in ("sandbox", "container"):
         return Inner(note="")
@@ -156,12 +165,7 @@ def inner_of(snap: Snapshot, target: Endpoint, proto: str, port: int) -> Inner:
         lns = snap.inner(target.netns)
     except PortwrightError as e:
         return Inner(note=f"could not read sockets inside {target.name}: {e}")
-    hits = [ln for ln in lns if ln.proto == proto and ln.port == port
-            and (ln.ip == target.ip or ln.ip.is_unspecified
-                 or (target.ip.version == 4 and ln.ip.version == 6 and ln.ip.ipv4_mapped == target.ip))]
-    if target.ip.version == 4:
-        hits = [ln for ln in hits if ln.ip.version == 4 or ln.accepts_v4 or ln.ip.ipv4_mapped == target.ip
-                or ln.v6only is None]
+    hits = [ln for ln in lns if ln.proto == proto and ln.port == port and accepts(ln, target.ip)]
     if not hits:
         return Inner(note=f"nothing listens on {fmt_ep(target.ip, port)}/{proto} inside {target.name}: "
                           "connections are refused there")
