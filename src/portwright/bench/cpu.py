@@ -161,12 +161,17 @@ class ProcCost:
     pss_kib: int
 
 
-def read_proc_cost(pids: list[int]) -> ProcCost | None:
-    """Sum CPU time and PSS over ``pids`` and their descendants; None if none is alive."""
+def read_proc_cost(pids: list[int], exclude: list[int] | None = None) -> ProcCost | None:
+    """Sum CPU time and PSS over ``pids`` and their descendants, leaving out the trees rooted
+    at ``exclude`` (a sandbox's own command is a child of its supervisor but not a publisher).
+    None if no process is alive."""
+    skip: set[int] = set()
+    for x in exclude or []:
+        skip.update(descendants(x))
     every: list[int] = []
     for p in pids:
         for d in descendants(p):
-            if d not in every:
+            if d not in every and d not in skip:
                 every.append(d)
     ticks = 0
     pss = 0

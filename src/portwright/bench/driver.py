@@ -68,8 +68,10 @@ class Portwright:
     def call(self, *args: str, timeout: float = 120) -> str:
         cmd = [self.binary, *args]
         try:
+            # cwd "/": a stray module in the caller's directory must not shadow the stdlib in
+            # the portwright processes (python puts the cwd first on sys.path for -m).
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, cwd="/")
         except subprocess.TimeoutExpired as e:
             raise KernelError(f"portwright {' '.join(args[:2])}", f"timed out after {timeout:.0f}s") from e
         if p.returncode != 0:

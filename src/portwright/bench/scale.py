@@ -137,7 +137,7 @@ def _one(lab: Lab, shape: str, n: int, seconds: float, streams: int, row: dict[s
             row["setup_s"] = time.monotonic() - t0
             row["setup_note"] = "one iptables-restore transaction (dockerd runs one iptables call per rule)"
         try:
-            cost = cpu.read_proc_cost(pids) if pids else None
+            cost = cpu.read_proc_cost(pids, [info.pid] if info.pid else []) if pids else None
             if cost is not None:
                 row["pss_kib"] = cost.pss_kib
             first = _iperf(h_first, seconds, streams)

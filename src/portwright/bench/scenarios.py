@@ -62,7 +62,12 @@ SCENARIOS: dict[str, Scenario] = {
 # Seconds per run beyond --duration (process start, connection setup, pauses); used for the
 # time-left estimate only until real runs have been timed.
 RUN_OVERHEAD_S = 1.0
+WARMUP_S = 1.0
 SETTLE_S = 0.3  # pause between runs so one run's tail does not spill into the next window
+# An external client has no route to a sandbox's own address, and portwright's firewall (like
+# Docker's FORWARD chain) drops unpublished ingress into its bridges: "direct" is local only.
+EXTERNAL_DIRECT_SKIP = ("an external client cannot dial a sandbox address; only published ports "
+                        "reach sandboxes (use --placement local for the direct baseline)")
 # Subnets for the bench network: a random /24 out of 198.19.200-239 (benchmarking range).
 SUBNET_THIRD_OCTETS = range(200, 240)
 
@@ -177,6 +182,7 @@ class Target:
     local_addr: str
     external_addr: str
     publisher_pids: Callable[[], list[int]] = lambda: []
+    exclude_pids: list[int] = field(default_factory=list)  # the sandbox command's tree
     activate: Callable[[], None] = lambda: None
     deactivate: Callable[[], list[str]] = lambda: []
 
@@ -235,8 +241,10 @@ class Lab:
                                    [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"], mode)
                 sup = self._supervisor(name)
                 sup_pids: list[int] = [sup] if sup else []
+                cmd_pid = self.sandbox_info[name].get("pid")
                 self.targets[mode] = Target(mode, hp_i, hp_h, "127.0.0.1", ext,
-                                            publisher_pids=_const(sup_pids))
+                                            publisher_pids=_const(sup_pids),
+                                            exclude_pids=[int(str(cmd_pid))] if cmd_pid else [])
         peers = [m for m in ("direct", "docker-proxy", "docker-iptables") if m in want and m not in self.skipped]
         if peers:
             name = self._start("plain", self.network, IPERF_PORT, HTTP_PORT, [], None)
@@ -399,7 +407,7 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
         sample.update(ok=False, error=str(e), value=None, efficiency=None)
         return sample
     try:
-        pub0 = cpu.read_proc_cost(pids) if pids else None
+        pub0 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
         s0 = cpu.read_proc_stat()
         t0 = time.monotonic()
         try:
@@ -411,7 +419,7 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
             err, rc = f"client timed out after {config.duration + 30:.0f}s", -1
         t1 = time.monotonic()
         s1 = cpu.read_proc_stat()
-        pub1 = cpu.read_proc_cost(pids) if pids else None
+        pub1 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
     finally:
         deact_errors = target.deactivate()
     window = t1 - t0
@@ -470,7 +478,8 @@ class Progress:
 
     def show(self, rnd: int, rounds: int, placement: str, scenario: str, mechanism: str) -> None:
         left = int(self.left_s())
-        line = (f"bench: round {rnd}/{rounds} · {placement} · {scenario} · {mechanism} "
+        stage = "warm-up" if rnd == 0 else f"round {rnd}/{rounds}"
+        line = (f"bench: {stage} · {placement} · {scenario} · {mechanism} "
                 f"· run {self.done + 1}/{self.total} · ~{left // 60}:{left % 60:02d} left")
         self._write(line)
 
@@ -491,17 +500,34 @@ class Progress:
 def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, object]:
     """Interleave mechanisms (A B C A B C ...) within each scenario, for ``config.rounds`` rounds."""
     mechs = [m for m in config.mechanisms if m in lab.targets]
+    skipped = dict(lab.skipped)
+    if "external" in config.placements and "direct" in mechs:
+        skipped["direct (external client)"] = EXTERNAL_DIRECT_SKIP
     lua = os.path.join(lab.tmp, "report.lua")
     with open(lua, "w", encoding="ascii") as f:
         f.write(wrk.LUA_DONE_HOOK)
     samples: list[dict[str, object]] = []
-    prog = Progress(config.planned_runs(mechs), config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
+    planned = config.planned_runs(mechs)
+    if "external" in config.placements and "direct" in mechs:
+        planned -= config.rounds * len(config.scenarios)
+    prog = Progress(planned, config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
     started = time.time()
     try:
+        # Warm-up, not recorded: one short keep-alive run per path, so that the first mechanism
+        # of round 1 does not pay for cold caches, ARP and conntrack setup on everyone's behalf.
+        for placement in config.placements:
+            for m in mechs:
+                if placement == "external" and m == "direct":
+                    continue
+                prog.show(0, config.rounds, placement, "rr", m)
+                warm = Config(duration=WARMUP_S, connections=config.connections, threads=config.threads)
+                run_once(lab.targets[m], SCENARIOS["rr"], placement, warm, lua, lab.external)
         for rnd in range(1, config.rounds + 1):
             for placement in config.placements:
                 for sname in config.scenarios:
                     for m in mechs:
+                        if placement == "external" and m == "direct":
+                            continue
                         prog.show(rnd, config.rounds, placement, sname, m)
                         s = run_once(lab.targets[m], SCENARIOS[sname], placement, config, lua, lab.external)
                         s["round"] = rnd
@@ -511,4 +537,4 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
     finally:
         prog.finish()
     return {"started": started, "finished": time.time(), "samples": samples,
-            "mechanisms": mechs, "skipped": dict(lab.skipped)}
+            "mechanisms": mechs, "skipped": skipped}
