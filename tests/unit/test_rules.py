@@ -281,3 +281,31 @@ def test_bad_bridge_name_is_refused() -> None:
     bad = Network(name="x", bridge="a-very-long-bridge-name", subnet4=WEB.subnet4, gateway4=WEB.gateway4)
     with pytest.raises(BadInput, match="bridge name 'a-very-long-bridge-name'"):
         rules.network_commands(bad)
+
+
+# --- nft.py pieces that need no root -------------------------------------------------------------
+
+def test_missing_nft_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from portwright.errors import MissingTool
+    from portwright.firewall import nft
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingTool, match="apt-get install nftables"):
+        nft.run(rules.base_commands())
+    with pytest.raises(MissingTool, match="apt-get install conntrack"):
+        nft.flush_conntrack("udp", 53)
+
+
+def test_concat_maps_are_created_as_text_for_nft_1_0_6() -> None:
+    # nft 1.0.6's JSON parser turns a map with an "addr . port" data type into a plain set, so
+    # run() creates those maps with a text prelude; pin exactly what it sends.
+    from portwright.firewall import nft
+
+    texts = [t for t in (nft._concat_map_text(c) for c in rules.base_commands()) if t]
+    assert texts == [
+        "add map inet portwright pub4_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service ; }",
+        "add map inet portwright pub4_any { type inet_proto . inet_service : ipv4_addr . inet_service ; }",
+        "add map inet portwright pub6_addr { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service ; }",
+        "add map inet portwright pub6_any { type inet_proto . inet_service : ipv6_addr . inet_service ; }",
+    ]
+    assert all(nft._concat_map_text(c) is None for c in rules.publish_commands(OWNER_A, MAPPINGS))
