@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ from .state import State, proc_start_time
 
 STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
 PR_SET_NAME = 15
+FD_LIMIT_TARGET = 1 << 20  # root may raise the hard limit up to fs.nr_open
 
 
 @dataclass(slots=True)
@@ -183,9 +185,10 @@ class Supervisor:
                     for r in self.state.sandboxes():
                         for m in r.sandbox.mappings:
                             known.append((f"sandbox {r.name!r} ({r.id})", m))
-                    bound = allocate(specs, Target(ip4, ip6), known)  # type: ignore[arg-type]
+                    bound = allocate(specs, Target(ip4, ip6), known,  # type: ignore[arg-type]
+                                     dual_stack=o.publish_mode == "nat")
                     self.state.set_ports(sid, [m for m, _ in bound])
-                stack.callback(_close_all, [s for _, s in bound])
+                stack.callback(_close_all, [s for _, s in bound if s is not None])
                 self.publisher = self._make_publisher()
                 stack.callback(self._unpublish)
                 self.publisher.publish(owner_tag(sid), bound)
@@ -329,9 +332,28 @@ class Supervisor:
         return errors
 
 
+def raise_fd_limit() -> None:
+    """Two sockets per published port (v4 and v6) plus relayed connections: 10,000 ports need far
+    more than the usual soft limit of 1,024 descriptors, so take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            target = min(int(f.read()), FD_LIMIT_TARGET)
+    except OSError:
+        target = hard
+    for limit in (max(target, hard), hard):
+        try:
+            if soft < limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+            return
+        except (ValueError, OSError):
+            continue
+
+
 def run(opts: RunOptions, ready_fd: int | None = None) -> int:
     """The whole lifecycle. With ready_fd, report "ok ID" or "err CODE MESSAGE" through it."""
     set_process_name("portwright")
+    raise_fd_limit()
     sup = Supervisor(opts)
     try:
         sid = sup.setup()

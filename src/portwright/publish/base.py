@@ -32,12 +32,16 @@ class Target:
     ip6: ipaddress.IPv6Address | None
 
 
+Bound = list[tuple[Mapping, socket.socket | None]]
+
+
 class Publisher(Protocol):
-    """One publishing mechanism. publish() receives bound sockets it now owns."""
+    """One publishing mechanism. publish() receives the bound sockets, which it now owns. A
+    mapping's socket is None when another mapping's dual-stack socket holds its port."""
 
     name: str
 
-    def publish(self, owner: str, bound: Sequence[tuple[Mapping, socket.socket]]) -> None: ...
+    def publish(self, owner: str, bound: Bound) -> None: ...
 
     def unpublish(self) -> list[str]:
         """Undo everything; return error descriptions instead of raising (teardown goes on)."""
@@ -84,28 +88,38 @@ def _owner_text(proto: str, ip: IPAddress, port: int, known: Sequence[tuple[str,
     return ksockets.describe_owner(proto, port, ip)
 
 
-def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int
-              ) -> tuple[list[socket.socket], tuple[IPAddress, OSError] | None]:
-    socks: list[socket.socket] = []
+def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
+              ) -> tuple[list[socket.socket | None], tuple[IPAddress, OSError] | None]:
+    if dual and [h for h, _ in halves] == [ANY4, ANY6]:
+        # One dual-stack [::]:P socket holds the port in both families: half the descriptors,
+        # so 10,000 published ports fit in a 20,000-descriptor limit.
+        try:
+            return [None, bind_socket(proto, ANY6, port, v6only=False)], None
+        except OSError as e:
+            return [], (ANY6, e)
+    socks: list[socket.socket | None] = []
     for hip, _ in halves:
         try:
             socks.append(bind_socket(proto, hip, port))
         except OSError as e:
             for s in socks:
-                s.close()
+                if s is not None:
+                    s.close()
             return [], (hip, e)
     return socks, None
 
 
 def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[str, Mapping]],
-             ipv6_host: bool | None = None) -> list[tuple[Mapping, socket.socket]]:
+             ipv6_host: bool | None = None, dual_stack: bool = False) -> Bound:
     """Bind a socket for every mapping the specs ask for. ``known`` lists (owner description,
-    mapping) already published by others, to name them on a clash. All-or-nothing."""
+    mapping) already published by others, to name them on a clash. All-or-nothing. With
+    dual_stack, a wildcard request's two halves share one ``[::]:P`` socket (kept on the v6
+    half; the v4 half's socket is None)."""
     if ipv6_host is None:
         ipv6_host = sysctl.ipv6_enabled()
     lo, hi = sysctl.local_port_range()
     reserved = sysctl.reserved_ports()
-    out: list[tuple[Mapping, socket.socket]] = []
+    out: Bound = []
     taken_here: set[tuple[str, int]] = set()
     try:
         for spec in specs:
@@ -117,7 +131,7 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
                 for port in pool:
                     if (spec.proto, port) in taken_here and (ephemeral or len(pool) > 1):
                         continue
-                    socks, err = _try_bind(spec.proto, halves, port)
+                    socks, err = _try_bind(spec.proto, halves, port, dual_stack)
                     if err is None:
                         for (hip, cip), s in zip(halves, socks, strict=True):
                             out.append((Mapping(spec.proto, hip, port, cip, cport), s))
@@ -141,6 +155,7 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
                                     "other sockets; widen the range")
     except BaseException:
         for _, s in out:
-            s.close()
+            if s is not None:
+                s.close()
         raise
     return out

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Sequence
 
 from ..firewall import nft, rules
 from ..model import Mapping
+from .base import Bound
 from .reserve import make_placeholder
 
 
@@ -35,12 +35,12 @@ class NatPublisher:
         self.sockets: list[socket.socket] = []
         self.proxy: object | None = None
 
-    def publish(self, owner: str, bound: Sequence[tuple[Mapping, socket.socket]]) -> None:
+    def publish(self, owner: str, bound: Bound) -> None:
         self.owner = owner
         nat = [m for m, _ in bound if rules.nat_capable(m)]
-        proxied = {m: s for m, s in bound if needs_proxy(m)}
+        proxied = {m: s for m, s in bound if needs_proxy(m) and s is not None}
         for m, s in bound:
-            if m not in proxied:
+            if m not in proxied and s is not None:
                 self.sockets.append(make_placeholder(s))
         if proxied:
             from ..proxy.server import ProxyServer

@@ -6,10 +6,7 @@ published ports cost one process, unlike docker-proxy's one process per port and
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Sequence
-
-from ..model import Mapping
+from .base import Bound
 
 
 class ProxyPublisher:
@@ -20,10 +17,11 @@ class ProxyPublisher:
         self.udp_idle_timeout = udp_idle_timeout
         self.proxy: object | None = None
 
-    def publish(self, owner: str, bound: Sequence[tuple[Mapping, socket.socket]]) -> None:
+    def publish(self, owner: str, bound: Bound) -> None:
         from ..proxy.server import ProxyServer
 
-        srv = ProxyServer([m for m, _ in bound], sockets=dict(bound), proxy_protocol=self.proxy_protocol,
+        socks = {m: s for m, s in bound if s is not None}
+        srv = ProxyServer([m for m, _ in bound], sockets=socks, proxy_protocol=self.proxy_protocol,
                           udp_idle_timeout=self.udp_idle_timeout)
         srv.start()
         self.proxy = srv

@@ -28,8 +28,9 @@ def _attach_drop_all(s: socket.socket) -> None:
     del buf
 
 
-def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True) -> socket.socket:
-    """A socket bound to ip:port/proto (IPV6_V6ONLY for v6), listening for stream protocols.
+def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True, v6only: bool = True) -> socket.socket:
+    """A socket bound to ip:port/proto, listening for stream protocols. An IPv6 socket is
+    IPV6_V6ONLY unless v6only is False: then ``[::]:P`` holds the port in both families.
 
     Raises OSError (EADDRINUSE etc.) for the caller to turn into PortInUse with the owner.
     """
@@ -43,7 +44,7 @@ def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True) -> so
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         s.bind((str(ip), port))
         if listen and proto != "udp":
             s.listen(4096)
