@@ -79,6 +79,8 @@ while True:
                 data = st[2]
             st[2] = None
             c.setblocking(True); c.sendall((json.dumps(info) + "\n").encode()); c.setblocking(False)
+            if not data:
+                continue
         if data:
             st[1] += len(data)
             if ECHO:
