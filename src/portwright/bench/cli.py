@@ -26,6 +26,7 @@ from .scale import SIZES, run_scale, scale_table
 from .scenarios import MECHANISMS, SCENARIOS, Config, Lab, machine_info, run_bench
 
 DEFAULTS = Config()
+SCALE_SECONDS = 2.0  # per iperf3 run in --scale (first and last port of each shape and size)
 
 
 def register(subparsers: Any) -> None:
@@ -41,8 +42,8 @@ def register(subparsers: Any) -> None:
                    help="where the client runs: local, external or both (default: local, as the article)")
     p.add_argument("--scenarios", default=",".join(DEFAULTS.scenarios),
                    help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
-    p.add_argument("--duration", type=float, default=DEFAULTS.duration,
-                   help=f"seconds per run (default {DEFAULTS.duration:g})")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"seconds per run (default {DEFAULTS.duration:g}; {SCALE_SECONDS:g} with --scale)")
     p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
                    help=f"interleaved rounds (default {DEFAULTS.rounds})")
     p.add_argument("--streams", type=int, default=DEFAULTS.streams, help="iperf3 -P (default 10)")
@@ -73,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if pl not in PLACEMENTS:
             raise BadInput(f"--placement {args.placement}: use local, external or both")
     cfg = Config(mechanisms=_list(args.mechanisms, "--mechanisms"), placements=placements,
-                 scenarios=_list(args.scenarios, "--scenarios"), duration=args.duration,
+                 scenarios=_list(args.scenarios, "--scenarios"),
+                 duration=DEFAULTS.duration if args.duration is None else args.duration,
                  rounds=args.rounds, streams=args.streams, connections=args.connections,
                  threads=args.threads)
     cfg.validate()
@@ -156,7 +158,8 @@ def handle(args: argparse.Namespace) -> int:
         with _signals():
             if args.scale:
                 lab.create_network()
-                scale_rows = run_scale(lab, sizes, log=log)
+                secs = SCALE_SECONDS if args.duration is None else cfg.duration
+                scale_rows = run_scale(lab, sizes, seconds=secs, log=log)
             else:
                 log("setting up sandboxes and peers")
                 lab.open()
