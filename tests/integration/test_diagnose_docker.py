@@ -213,7 +213,7 @@ def test_docker_publications(docker_env: Dockerd, request: pytest.FixtureRequest
     assert netns_path_for(container=name) == f"/proc/{cont.pid}/ns/net"
 
 
-def test_docker_host_network_and_stale_proxy(docker_env: Dockerd, request: pytest.FixtureRequest) -> None:
+def test_docker_host_network_undeclared_port(docker_env: Dockerd, request: pytest.FixtureRequest) -> None:
     d = docker_env
     hostnet = run_web(d, network="host", port=29010)
     wait_http("http://127.0.0.1:29010/")
