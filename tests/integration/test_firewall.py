@@ -424,9 +424,9 @@ def test_many_ports_first_and_last_work(topo: Topo, owner: str) -> None:
     assert owner not in rules.owners(after)
 
 
+@pytest.mark.parametrize("topo", ["dockerd-layout"], indirect=True)
 def test_docker_user_sync_is_needed_idempotent_and_removable(topo: Topo, owner: str) -> None:
-    if not topo.docker_layout:
-        pytest.skip("needs the dockerd-layout variant")
+    assert topo.docker_layout
     nft.publish(owner, both("tcp", 8780, 80), netns=topo.host)
 
     def ours(tool: str) -> list[str]:
