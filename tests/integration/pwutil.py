@@ -44,6 +44,14 @@ def link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out) if link["ifname"].startswith(("pw-", "pwv"))}
 
 
+def bridge_ports(network: str) -> set[str]:
+    """The interfaces enslaved to a portwright network's bridge (its sandboxes' veths)."""
+    nets = json.loads(pw("network", "inspect", network).stdout)
+    out = subprocess.run(["ip", "-j", "link", "show", "master", nets[0]["Bridge"]], capture_output=True,
+                         text=True, check=True).stdout
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
 def nft_owner_elements(owner: str) -> list[Any]:
     p = subprocess.run(["nft", "-j", "list", "table", "inet", "portwright"], capture_output=True, text=True)
     if p.returncode != 0:

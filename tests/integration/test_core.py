@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pwutil import inspect, link_names, netns_names, pw, uniq, wait_tcp
+from pwutil import bridge_ports, inspect, link_names, netns_names, pw, uniq, wait_tcp
 
 from conftest import sh
 
@@ -47,12 +47,16 @@ def test_network_lifecycle() -> None:
         addrs = json.loads(sh("ip", "-j", "addr", "show", "dev", mine["Bridge"]).stdout)[0]["addr_info"]
         assert {"198.18.201.1", str(subnet6.network_address + 1)} <= {a["local"] for a in addrs}
         # An overlapping subnet and a duplicate name are refused, with nothing created.
-        before = link_names()
+        before = pw("network", "ls").stdout
         r = pw("network", "create", uniq("n"), "--subnet", "198.18.201.128/25", check=False)
         assert r.returncode != 0 and "overlaps" in r.stderr and r.stderr.count("\n") == 1
         r = pw("network", "create", name, check=False)
         assert r.returncode != 0 and "already exists" in r.stderr
-        assert link_names() == before
+        assert pw("network", "ls").stdout == before
+        # No second bridge got an address in that range.
+        addrs = json.loads(sh("ip", "-j", "-4", "addr", "show").stdout)
+        assert [a["ifname"] for a in addrs if any(i["local"].startswith("198.18.201.") for i in a["addr_info"])] \
+            == [mine["Bridge"]]
     finally:
         pw("network", "rm", name)
     assert mine["Bridge"] not in link_names()
@@ -197,12 +201,14 @@ BAD_RUNS = [
 
 @pytest.mark.parametrize("extra, fragment", BAD_RUNS)
 def test_bad_input_one_line_nothing_left(net: str, extra: list[str], fragment: str) -> None:
-    before = (netns_names(), link_names(), pw("ps", "-a").stdout)
-    args = ["run", "-d", "--name", uniq("bad")] + (extra if "--network" in extra else ["--network", net, *extra])
+    name = uniq("bad")
+    before = (bridge_ports(net), pw("ps", "-a").stdout)
+    args = ["run", "-d", "--name", name] + (extra if "--network" in extra else ["--network", net, *extra])
     r = pw(*args, "--", "sleep", "5", check=False)
     assert r.returncode != 0
     assert fragment in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert (netns_names(), link_names(), pw("ps", "-a").stdout) == before
+    assert f"pw-{name}" not in netns_names()
+    assert (bridge_ports(net), pw("ps", "-a").stdout) == before
 
 
 def test_missing_command_and_duplicate_name(net: str) -> None:

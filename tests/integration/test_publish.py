@@ -146,19 +146,24 @@ def test_udp_large_datagram(pub: Published) -> None:
 
 
 def test_port_refused_to_second_sandbox_and_host_program(pub: Published, network: str) -> None:
-    before = netns_names()
-    r = pw("run", "-d", "--network", network, "-p", f"{pub.port}:80", "--", "sleep", "5", check=False)
+    second, third = uniq("second"), uniq("third")
+    r = pw("run", "-d", "--name", second, "--network", network, "-p", f"{pub.port}:80", "--", "sleep", "5",
+           check=False)
     assert r.returncode != 0 and pub.name in r.stderr and "already in use" in r.stderr
     s = socket.socket()
     s.bind(("0.0.0.0", 0))
     s.listen()
     taken = s.getsockname()[1]
     try:
-        r = pw("run", "-d", "--network", network, "-p", f"{taken}:80", "--", "sleep", "5", check=False)
+        r = pw("run", "-d", "--name", third, "--network", network, "-p", f"{taken}:80", "--", "sleep", "5",
+               check=False)
         assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr
     finally:
         s.close()
-    assert netns_names() == before
+    # Nothing of the failed runs is left: no namespace, no state row.
+    assert not {f"pw-{second}", f"pw-{third}"} & netns_names()
+    names = pw("ps", "-a").stdout
+    assert second not in names and third not in names
     # A host program cannot take a published port either.
     with pytest.raises(OSError):
         with socket.socket() as s2:

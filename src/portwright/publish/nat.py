@@ -57,11 +57,9 @@ class NatPublisher:
             srv.start()
             self.proxy = srv
         if nat:
+            # One transaction; it also flushes the published UDP ports' conntrack entries, so a
+            # client that sent before the rule existed is not stuck on the host (Docker #8795).
             nft.publish(owner, nat)
-            for proto, port in sorted({(m.proto, m.host_port) for m in nat if m.proto == "udp"}):
-                # A client that sent before the rule existed has a conntrack entry pointing at
-                # the host itself; flush it so its next datagram is DNATed (Docker #8795).
-                nft.flush_conntrack(proto, port)
 
     def unpublish(self) -> list[str]:
         errs: list[str] = []
