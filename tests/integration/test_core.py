@@ -227,3 +227,20 @@ def test_not_root_is_one_line() -> None:
                         sys.executable, "-m", "portwright", "network", "create", "zz"],
                        capture_output=True, text=True, env={**os.environ, "PORTWRIGHT_STATE_DIR": "/tmp/pw-nobody"})
     assert r.returncode != 0 and "root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_tool_names_package(tmp_path: os.PathLike[str]) -> None:
+    # A PATH with iproute2 but no nft: creating a network must say which package to install,
+    # and roll back the bridge it had already made.
+    bindir = os.path.join(str(tmp_path), "bin")
+    os.mkdir(bindir)
+    for tool in ("ip", "sysctl", "iptables", "ip6tables"):
+        src = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if src:
+            os.symlink(src, os.path.join(bindir, tool))
+    name = uniq("m")
+    before = pw("network", "ls").stdout
+    r = subprocess.run([sys.executable, "-m", "portwright", "network", "create", name],
+                       capture_output=True, text=True, env={**os.environ, "PATH": bindir})
+    assert r.returncode != 0 and "apt-get install nftables" in r.stderr and "Traceback" not in r.stderr
+    assert pw("network", "ls").stdout == before
