@@ -57,7 +57,7 @@ class PipePool:
 
     __slots__ = ("free", "cap", "size")
 
-    def __init__(self, cap: int = 256, size: int = PIPE_SIZE) -> None:
+    def __init__(self, cap: int = 64, size: int = PIPE_SIZE) -> None:
         self.free: list[tuple[int, int]] = []
         self.cap = cap
         self.size = size
