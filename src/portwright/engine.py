@@ -202,6 +202,10 @@ class Engine:
                     pass
             self.mark_exited(rec, None)
             cleaned.append(rec.name)
+        if self.state.networks():
+            # dockerd may have started since our networks were made: its FORWARD policy is DROP,
+            # so make sure its DOCKER-USER hook accepts our bridges (idempotent, cheap).
+            self.sync_docker_user()
         return cleaned
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
