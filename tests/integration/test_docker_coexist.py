@@ -14,9 +14,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import External, sh
 from dockerutil import Dockerd, dockerd_running, ensure_image
 from pwutil import SERVERS, inspect, pw, tcp_ask, uniq, wait_tcp
+
+from conftest import External, sh
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
