@@ -57,9 +57,12 @@ def ports_text(rec: SandboxRecord) -> str:
 
 
 def status_text(rec: SandboxRecord) -> str:
+    """Docker's STATUS column: ``Up 5 minutes``, ``Exited (3)``, ``Creating``."""
     if rec.status == "exited":
         return f"Exited ({rec.exit_code if rec.exit_code is not None else '?'})"
-    return rec.status.capitalize() if rec.status != "running" else f"Up ({_ago(rec.created).replace(' ago', '')})"
+    if rec.status == "running":
+        return "Up " + _ago(rec.created).removesuffix(" ago")
+    return rec.status.capitalize()
 
 
 def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
@@ -180,6 +183,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if (args.pid is not None or args.container is not None) and args.name:
+        # With --pid/--container there is no sandbox NAME: the optional positional took the
+        # command's first word.
+        cmd = [args.name, *cmd]
+        args.name = None
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
     path = _netns_for_exec(args)
@@ -359,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-NO_RECONCILE = {"_supervise", "bench", None}
+# Diagnostics must see leftovers as they are (reconciling first would hide the stale state they
+# report); the supervisor and the benchmark manage their own sandboxes.
+NO_RECONCILE = {"_supervise", "bench", "who", "ports", "audit", None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
