@@ -158,6 +158,10 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> 
             lines.append(head)
             for r in sect:
                 lines.append(_row(r, bulk, art))
+            for r in sect:
+                if r["value"]["failed"] and r["value"]["median"] is not None:
+                    lines.append(f"  ! {r['mechanism']}: {r['value']['failed']}/{r['value']['n']} runs failed: "
+                                 + "; ".join(r["errors"]))
     if skipped:
         lines.append("")
         for m, why in skipped.items():

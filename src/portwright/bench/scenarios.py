@@ -183,6 +183,20 @@ class Target:
     external_addr: str
     publisher_pids: Callable[[], list[int]] = lambda: []
     exclude_pids: list[int] = field(default_factory=list)  # the sandbox command's tree
+    servers: dict[int, str] = field(default_factory=dict)  # pid -> comm of iperf3/nginx serving it
+
+    def dead_servers(self) -> list[str]:
+        """Servers that were running at setup and are gone now (e.g. killed by someone else)."""
+        gone = []
+        for pid, comm in self.servers.items():
+            try:
+                with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
+                    if f.read().strip() == comm:
+                        continue
+            except OSError:
+                pass
+            gone.append(f"{comm} (pid {pid})")
+        return gone
     activate: Callable[[], None] = lambda: None
     deactivate: Callable[[], list[str]] = lambda: []
 
@@ -211,6 +225,7 @@ class Lab:
         self.subnet = ""
         self.bridge = ""
         self.sandbox_info: dict[str, dict[str, object]] = {}
+        self.sandbox_servers: dict[str, dict[int, str]] = {}
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -269,6 +284,9 @@ class Lab:
                 self.targets["docker-iptables"] = Target(
                     "docker-iptables", base + 8, base + 9, "127.0.0.1", ext,
                     activate=dip.install, deactivate=dip.remove)
+        role = {"host": "host", "nat": "nat", "proxy": "proxy"}
+        for m, t in self.targets.items():
+            t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
 
     def create_network(self) -> None:
         octets = list(SUBNET_THIRD_OCTETS)
@@ -299,8 +317,20 @@ class Lab:
         if info.pid:
             self.server_pids.append(info.pid)
         self._wait_listening(name, [iperf_port, http_port], host=(network == "host"))
+        servers: dict[int, str] = {}
         if info.pid:
-            self.server_pids.extend(p for p in cpu.descendants(info.pid) if p != info.pid)
+            for p in cpu.descendants(info.pid):
+                if p == info.pid:
+                    continue
+                self.server_pids.append(p)
+                try:
+                    with open(f"/proc/{p}/comm", encoding="ascii", errors="replace") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    continue
+                if comm in ("iperf3", "nginx"):
+                    servers[p] = comm
+        self.sandbox_servers[name] = servers
         return name
 
     def _supervisor(self, name: str) -> int | None:
@@ -401,6 +431,11 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
     sample: dict[str, object] = {"mechanism": target.mechanism, "scenario": scenario.name,
                                  "placement": placement, "unit": scenario.unit, "command": cmd}
     pids = target.publisher_pids()
+    gone = target.dead_servers()
+    if gone:
+        sample.update(ok=False, value=None, efficiency=None,
+                      error=f"server {', '.join(gone)} is no longer running (killed from outside the bench?)")
+        return sample
     try:
         target.activate()
     except PortwrightError as e:
@@ -411,12 +446,12 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
         s0 = cpu.read_proc_stat()
         t0 = time.monotonic()
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=config.duration + 30,
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=config.duration + 15,
                                stdin=subprocess.DEVNULL)
             out, err, rc = p.stdout, p.stderr, p.returncode
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err, rc = f"client timed out after {config.duration + 30:.0f}s", -1
+            err, rc = f"client timed out after {config.duration + 15:.0f}s", -1
         t1 = time.monotonic()
         s1 = cpu.read_proc_stat()
         pub1 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
