@@ -216,10 +216,10 @@ def test_missing_command_and_duplicate_name(net: str) -> None:
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
     name = uniq("d")
     pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60")
-    before = netns_names()
+    ports_before = bridge_ports(net)
     r = pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60", check=False)
     assert r.returncode != 0 and "already exists" in r.stderr
-    assert netns_names() == before
+    assert bridge_ports(net) == ports_before and inspect(name)["State"]["Status"] == "running"
 
 
 def test_not_root_is_one_line() -> None:
