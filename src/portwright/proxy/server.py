@@ -41,7 +41,7 @@ from .tcp import (
     PipePool,
     TcpRelay,
 )
-from .udp import UdpListener, enable_pktinfo
+from .udp import UdpListener, tune_listener
 
 log = logging.getLogger("portwright.proxy")
 
@@ -105,8 +105,8 @@ def _tune(s: socket.socket, m: Mapping) -> None:
         # Inherited by every accepted socket on Linux: no per-connection setsockopt.
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    elif m.proto == "udp" and m.wildcard:
-        enable_pktinfo(s)
+    elif m.proto == "udp":
+        tune_listener(s, m.wildcard)
 
 
 def bind_error(m: Mapping, e: OSError) -> Exception:

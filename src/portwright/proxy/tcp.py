@@ -8,8 +8,8 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
   cost one test, not a syscall;
 - bytes go socket -> pipe -> socket with ``os.splice`` (no copy into Python); a pipe is borrowed
   from a per-loop pool only while bytes are in flight, so 10,000 idle connections hold no pipes;
-- a short read means "drained" unless the peer also half-closed (RDHUP), which saves the extra
-  EAGAIN read per wake-up;
+- a source is read until EAGAIN or EOF on every wake-up (edge-triggered epoll reports no edge
+  for bytes that are already queued);
 - EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
 - a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
@@ -38,7 +38,6 @@ EPOLLET = select.EPOLLET
 #: Every relayed socket is registered with this mask exactly once.
 RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 _READ_EV = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
-_EOF_EV = EPOLLRDHUP | EPOLLHUP | EPOLLERR
 
 #: Pipe capacity. Larger pipes move more per splice call on bulk transfers; pages are allocated
 #: only as bytes arrive, so an idle pooled pipe costs almost nothing.
@@ -135,14 +134,14 @@ class TcpRelay:
                 if ev & _READ_EV:
                     if self.connected and not self.hdr:
                         if not self.up.blocked:
-                            self._pump(self.up, ev & _EOF_EV)
+                            self._pump(self.up)
                     else:
                         self.c_ready = True
                         if ev & EPOLLERR:
                             self._client_error()
                             return
                 if ev & EPOLLOUT and self.down.blocked:
-                    self._pump(self.down, 1)
+                    self._pump(self.down)
             else:
                 if not self.connected:
                     if not ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
@@ -150,11 +149,11 @@ class TcpRelay:
                     if not self._finish_connect():
                         return
                     if self.c_ready or self.hdr:
-                        self._pump(self.up, 1)
+                        self._pump(self.up)
                 elif ev & EPOLLOUT and self.up.blocked:
-                    self._pump(self.up, 1)
+                    self._pump(self.up)
                 if ev & _READ_EV and not self.down.blocked:
-                    self._pump(self.down, ev & _EOF_EV)
+                    self._pump(self.down)
             if self.up.done and self.down.done:
                 self.close()
         except RelayError:
@@ -187,7 +186,7 @@ class TcpRelay:
         self.abort()
 
     # -- data path -----------------------------------------------------------------------------
-    def _pump(self, h: Half, drain: int) -> None:
+    def _pump(self, h: Half) -> None:
         """Move what src has to dst until src is drained, dst is full, or src hit EOF."""
         if self.hdr and h is self.up:  # a PROXY header is still partly unsent: it goes first
             try:
@@ -237,8 +236,9 @@ class TcpRelay:
                         h.fill = n - m
                         h.blocked = True
                         return
-                    if n < PIPE_SIZE and not drain:
-                        break
+                    # No "short read means drained" shortcut: a non-blocking splice stops when
+                    # the pipe runs out of slots, which can be far below PIPE_SIZE while the
+                    # socket still holds data, and edge-triggered epoll would never say so again.
             if h.eof and not h.done:
                 h.done = True
                 try:

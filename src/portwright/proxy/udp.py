@@ -34,6 +34,20 @@ _BATCH = 64  # datagrams handled per wake-up before giving other sockets a turn
 FLOW_RCVBUF = 1 << 20
 
 
+#: Listener receive buffer: room for bursts (SO_RCVBUFFORCE as root, else capped by rmem_max).
+LISTENER_RCVBUF = 4 << 20
+
+
+def tune_listener(sock: socket.socket, wildcard: bool) -> None:
+    """Big receive buffer, and the destination address of each datagram on wildcard sockets."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, LISTENER_RCVBUF)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RCVBUF)
+    if wildcard:
+        enable_pktinfo(sock)
+
+
 def enable_pktinfo(sock: socket.socket) -> None:
     """Ask the kernel to report each datagram's destination address (wildcard listeners)."""
     if sock.family == socket.AF_INET:
@@ -61,10 +75,11 @@ class UdpFlow:
         lst = self.listener
         ctr = lst.ctr
         out = lst.sock
-        recv = self.sock.recv
+        recv_into = self.sock.recv_into
+        buf, view = lst.buf, lst.view
         for _ in range(_BATCH):
             try:
-                data = recv(MAX_DATAGRAM)
+                n = recv_into(buf)
             except BlockingIOError:
                 return
             except ConnectionRefusedError:
@@ -76,10 +91,10 @@ class UdpFlow:
             self.last = lst.loop.now
             try:
                 if self.cmsg:
-                    out.sendmsg([data], self.cmsg, 0, self.client)
+                    out.sendmsg([view[:n]], self.cmsg, 0, self.client)
                 else:
-                    out.sendto(data, self.client)
-                ctr[BYTES_OUT] += len(data)
+                    out.sendto(view[:n], self.client)
+                ctr[BYTES_OUT] += n
             except OSError:
                 ctr[ERRORS] += 1
 
@@ -92,7 +107,7 @@ class UdpListener:
     """A bound UDP socket for one Mapping, with its flow table."""
 
     __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "backend",
-                 "bfamily", "proxy_protocol", "idle_timeout", "local")
+                 "bfamily", "proxy_protocol", "idle_timeout", "local", "buf", "view")
 
     def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
                  proxy_protocol: bool, idle_timeout: float) -> None:
@@ -108,19 +123,30 @@ class UdpListener:
         self.proxy_protocol = proxy_protocol
         self.idle_timeout = idle_timeout
         self.local = sock.getsockname()
+        # One receive buffer per listener, reused for every datagram both ways: no 64 KiB
+        # allocation per datagram. (Only this loop's thread touches it.)
+        self.buf = bytearray(MAX_DATAGRAM)
+        self.view = memoryview(self.buf)
 
     def on_event(self, fd: int, ev: int) -> None:
         sock = self.sock
         ctr = self.ctr
         flows = self.flows
+        buf, view = self.buf, self.view
+        pktinfo = self.pktinfo
+        anc: list[tuple[int, int, bytes]] = []
         for _ in range(_BATCH):
             try:
-                data, anc, _flags, client = sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
+                if pktinfo:
+                    n, anc, _flags, client = sock.recvmsg_into([buf], _CMSG_SPACE)
+                else:
+                    n, client = sock.recvfrom_into(buf)
             except BlockingIOError:
                 return
             except OSError:
                 ctr[ERRORS] += 1
                 continue
+            data: bytes | memoryview = view[:n]
             flow = flows.get(client)
             if flow is None:
                 try:
@@ -133,14 +159,14 @@ class UdpListener:
                 data = flow.hdr + data
             try:
                 flow.sock.send(data)
-                ctr[BYTES_IN] += len(data) - len(flow.hdr)
+                ctr[BYTES_IN] += n
             except ConnectionRefusedError:
                 # The previous datagram drew an ICMP port unreachable; this one was not sent.
                 # Retry once: the error was consumed, and the backend may be up by now.
                 ctr[ERRORS] += 1
                 try:
                     flow.sock.send(data)
-                    ctr[BYTES_IN] += len(data) - len(flow.hdr)
+                    ctr[BYTES_IN] += n
                 except OSError:
                     pass
             except OSError:
