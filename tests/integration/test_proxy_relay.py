@@ -305,3 +305,42 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime (clock ticks, 100/s)
+
+
+def _attach_drop_all(s: socket.socket) -> object:
+    """Attach a classic BPF "drop everything" filter, as a port reservation socket has."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    prog_insns = (SockFilter * 1)(SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0: drop
+    prog = SockFprog(1, prog_insns)
+    s.setsockopt(socket.SOL_SOCKET, 26, bytes(ctypes.string_at(ctypes.addressof(prog), ctypes.sizeof(prog))))
+    return prog_insns  # keep the instructions alive while the kernel copies them
+
+
+def test_adopts_reservation_sockets_even_with_a_drop_filter(be: Backend) -> None:
+    be.tcp_server(7010)
+    be.udp_server(7011)
+    p = free_port()
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("127.0.0.1", p))
+    t.listen(16)
+    u.bind(("127.0.0.1", p))
+    keep = (_attach_drop_all(t), _attach_drop_all(u))
+    maps = {M("tcp", "127.0.0.1", p, be.ip4, 7010): t, M("udp", "127.0.0.1", p, be.ip4, 7011): u}
+    with ProxyServer(list(maps), sockets=maps):
+        assert echo("127.0.0.1", p, b"adopted") == b"adoptedEOF 7\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(b"adopted", ("127.0.0.1", p))
+            assert c.recv(100) == b"adopted"
+    assert keep
+    assert t.fileno() == -1 and u.fileno() == -1  # the server owned and closed them

@@ -53,6 +53,7 @@ ACCEPT_BATCH = 64
 #: File descriptors the server wants: 2 per relayed connection plus listeners and pipes.
 WANT_NOFILE = 1 << 17
 _SWEEP_EVERY = 1.0
+SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 
 
 def _proto_number(proto: str) -> int:
@@ -394,6 +395,12 @@ class ProxyServer:
     def _adopt(m: Mapping, s: socket.socket) -> socket.socket:
         try:
             s.setblocking(False)
+            # A reservation socket may carry a drop-all filter (it held the port for NAT); as the
+            # proxy's listener it must see traffic. ENOENT just means there was none.
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            except OSError:
+                pass
             _tune(s, m)
             if m.proto != "udp":
                 s.listen(BACKLOG)
