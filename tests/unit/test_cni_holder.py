@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from portwright.cni import holder
-from portwright.cni.holder import Binding, Relay
+from portwright.cni.holder import Binding
 
 
 def _free_port() -> int:
@@ -79,11 +79,7 @@ def test_relay_carries_data_and_half_close(echo: int) -> None:
         pytest.skip("no IPv6 on this host")
     port = _free_port()
     b = Binding("tcp", "::1", port, "127.0.0.1", echo)
-    r = Relay()
-    r.add_listener(holder.open_socket(b, drop_all=False), b)
-    stop = threading.Event()
-    t = threading.Thread(target=lambda: [r.run_once(0.05) for _ in iter(stop.is_set, True)], daemon=True)
-    t.start()
+    srv = holder.start_relay([(b, holder.open_socket(b, drop_all=False))])
     try:
         payload = os.urandom(300_000)
         for _ in range(3):
@@ -94,10 +90,10 @@ def test_relay_carries_data_and_half_close(echo: int) -> None:
                 while chunk := c.recv(65536):
                     got += chunk
             assert got == payload[::-1]
+        stats = next(iter(srv.stats().values()))
+        assert stats["total"] == 3 and stats["bytes_in"] == 3 * len(payload)
     finally:
-        stop.set()
-        t.join(2)
-    assert r.connections() == 0
+        srv.stop()
 
 
 def test_binding_json_round_trip() -> None:
