@@ -232,11 +232,32 @@ class DockerIptables:
             p = subprocess.run(["iptables-restore", "-w", "--noflush"], input="\n".join(lines) + "\n",
                                capture_output=True, text=True, timeout=300)
             if p.returncode != 0:
-                errors.append(f"removing Docker's rule shape failed: {(p.stderr or p.stdout).strip()}")
-            else:
-                self.installed = False
+                # Someone changed the tables under us (a rule or chain is already gone): remove
+                # whatever is still there piece by piece, and only report what stays behind.
+                errors.append("Docker's rule shape was changed from outside while it was installed "
+                              f"({(p.stderr or p.stdout).strip().splitlines()[0]})")
+                errors.extend(self._remove_piecewise(own))
+            self.installed = False
         errors.extend(self._restore_localnet())
         return errors
+
+    def _remove_piecewise(self, own: set[str]) -> list[str]:
+        def ipt(table: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["iptables", "-w", "-t", table, *args], capture_output=True, text=True,
+                                  timeout=60)
+        for t, args in reversed(self.shape.rules):
+            if args[1] not in own:
+                ipt(t, "-D", *args[1:])  # absent already: nothing to do
+        left: list[str] = []
+        for t, c in self.shape.chains:
+            if ipt(t, "-n", "-L", c).returncode != 0:
+                continue  # chain gone already
+            ipt(t, "-F", c)
+            r = ipt(t, "-X", c)
+            if r.returncode != 0:
+                left.append(f"could not delete iptables chain {t}/{c}: {r.stderr.strip()}; "
+                            f"remove it with: iptables -t {t} -F {c}; iptables -t {t} -X {c}")
+        return left
 
     def _restore_localnet(self) -> list[str]:
         if self._old_localnet is None:
