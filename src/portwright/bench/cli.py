@@ -149,7 +149,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.scale:
         cfg.mechanisms = []
     conf = cfg.to_json()
-    print("\n".join(report.header_lines(machine, conf)), flush=True)
+    head = report.header_lines(machine, conf)
+    if args.scale:
+        head = [head[0], f"--scale: sizes {', '.join(f'{n:,}' for n in sizes)}; iperf3 -P 4 for "
+                f"{SCALE_SECONDS if args.duration is None else cfg.duration:g} s to the first and the last port"]
+    print("\n".join(head), flush=True)
     lab = Lab(cfg, log)
     run: dict[str, Any] | None = None
     scale_rows: list[dict[str, Any]] | None = None

@@ -63,7 +63,11 @@ def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> byt
         for x, r in zip(xs, sect, strict=True):
             if r[key]["median"] is None:
                 ax.text(x, 0, "failed", ha="center", va="bottom", color="red", rotation=90)
-            elif key == "efficiency" and r.get("ratio_vs_host"):
+            elif r[key]["failed"]:
+                ok = r[key]["n"] - r[key]["failed"]
+                ax.text(x, r[key]["median"] / 2, f"{ok}/{r[key]['n']} ok", ha="center", va="center",
+                        color="red", fontsize=8, rotation=90)
+            if r[key]["median"] is not None and key == "efficiency" and r.get("ratio_vs_host"):
                 rh = r["ratio_vs_host"]["median"]
                 if rh is not None:
                     ax.text(x, r[key]["median"], f"{rh:.2f}x", ha="center", va="bottom", fontsize=8)

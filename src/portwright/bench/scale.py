@@ -32,6 +32,9 @@ CONTAINER_BASE = 30000
 # 1,000 docker-proxy processes already hold hundreds of MiB; 10,000 would be ~10x that and
 # thousands of Go runtimes on 2 cores. Larger sizes are reported as skipped, with this reason.
 DOCKER_PROXY_CAP = 1000
+# Host ports for the ranges: below Linux's default ephemeral range (32768-60999), so that a
+# 10,000-port block is not interleaved with clients' source ports.
+HOST_LOW, HOST_HIGH = 10000, 32768
 
 
 def _servers(first: int, last: int) -> list[str]:
@@ -86,7 +89,7 @@ def _one(lab: Lab, shape: str, n: int, seconds: float, streams: int, row: dict[s
         row["error"] = f"skipped: {iptables_available()}"
         return
     c_first, c_last = CONTAINER_BASE, CONTAINER_BASE + n - 1
-    h_first = free_port_block(n, low=10000, high=29999)
+    h_first = free_port_block(n, low=HOST_LOW, high=HOST_HIGH)
     h_last = h_first + n - 1
     name = f"pwb{lab.tag}-scale-{shape}-{n}"
     publish: list[str] = []

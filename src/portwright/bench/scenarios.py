@@ -153,23 +153,50 @@ def _version(cmd: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
-def free_port_block(size: int, low: int = 20000, high: int = 29000, tries: int = 50) -> int:
-    """A base port with ``size`` consecutive TCP ports free on the host (bind-tested)."""
+def _ports_in_use() -> set[int]:
+    """Local TCP ports of every socket on the host (any state, IPv4 and IPv6), from /proc."""
+    used: set[int] = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 1:
+                        used.add(int(cols[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return used
+
+
+def free_port_block(size: int, low: int = 20000, high: int = 29000, tries: int = 20) -> int:
+    """A base port with ``size`` consecutive TCP ports free on the host: chosen among the gaps
+    between ports in use, then bind-tested (another process may take one in between)."""
     for _ in range(tries):
-        base = random.randrange(low, high - size)
+        used = sorted(p for p in _ports_in_use() if low <= p < high)
+        gaps: list[tuple[int, int]] = []
+        prev = low - 1
+        for p in [*used, high]:
+            if p - prev - 1 >= size:
+                gaps.append((prev + 1, p - size))  # any base in [a, b] fits
+            prev = p
+        if not gaps:
+            break
+        a, b = random.choice(gaps)
+        base = random.randint(a, b)
         socks: list[socket.socket] = []
         try:
-            for p in range(base, base + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("0.0.0.0", p))
+            for port in range(base, base + size):
+                sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sk)
+                sk.bind(("0.0.0.0", port))
             return base
         except OSError:
             continue
         finally:
-            for s in socks:
-                s.close()
-    raise Conflict(f"no block of {size} free TCP ports in {low}-{high}; free some ports and retry")
+            for sk in socks:
+                sk.close()
+    raise Conflict(f"no block of {size} free TCP ports in {low}-{high - 1}; free some ports and retry")
 
 
 @dataclass
