@@ -34,6 +34,7 @@ from ..model import IPAddress, Mapping
 from . import proxyproto
 from .tcp import (
     ACTIVE,
+    COPY_SIZE,
     COUNTER_NAMES,
     ERRORS,
     RELAY_EVENTS,
@@ -212,6 +213,8 @@ class EventLoop:
         self.handlers: dict[int, Handler] = {}
         self.stale: set[int] = set()
         self.pipes = PipePool()
+        self.buf = bytearray(COPY_SIZE)  # the small-message path's copy buffer (this thread only)
+        self.view = memoryview(self.buf)
         self.udp: list[UdpListener] = []
         self.listeners: list[_Listener] = []
         self.now = time.monotonic()

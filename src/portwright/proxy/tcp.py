@@ -6,10 +6,12 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
 - every socket is registered once, edge-triggered, for IN|OUT|RDHUP and never modified again;
   OUT only matters after a write hit a full buffer (the ``blocked`` flag), so needless OUT bits
   cost one test, not a syscall;
-- bytes go socket -> pipe -> socket with ``os.splice`` (no copy into Python); a pipe is borrowed
+- bulk bytes go socket -> pipe -> socket with ``os.splice`` (no copy into Python); a pipe is borrowed
   from a per-loop pool only while bytes are in flight, so 10,000 idle connections hold no pipes;
-- a source is read until EAGAIN or EOF on every wake-up (edge-triggered epoll reports no edge
-  for bytes that are already queued);
+- small messages (requests, responses) take one recv() into a per-loop buffer and one send(): a
+  short recv proves the socket drained, so no extra EAGAIN read; a read that fills the buffer
+  switches the direction to splice, which then reads until EAGAIN (edge-triggered epoll reports
+  no new edge for bytes already queued);
 - EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
 - a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
@@ -38,10 +40,14 @@ EPOLLET = select.EPOLLET
 #: Every relayed socket is registered with this mask exactly once.
 RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 _READ_EV = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
+_EOF_EV = EPOLLRDHUP | EPOLLHUP | EPOLLERR
 
 #: Pipe capacity. Larger pipes move more per splice call on bulk transfers; pages are allocated
 #: only as bytes arrive, so an idle pooled pipe costs almost nothing.
 PIPE_SIZE = 1 << 20
+#: The small-message path copies through one buffer of this size per loop; a read that fills it
+#: switches that direction to splice.
+COPY_SIZE = 1 << 16
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _splice = os.splice
@@ -88,12 +94,16 @@ class PipePool:
 class Half:
     """One direction of a relay: src socket -> (pipe) -> dst socket."""
 
-    __slots__ = ("src", "dst", "dsock", "pipe", "fill", "blocked", "eof", "done", "slot")
+    __slots__ = ("src", "dst", "ssock", "dsock", "pipe", "fill", "pend", "bulk", "blocked", "eof",
+                 "done", "slot")
 
-    def __init__(self, src: int, dst: int, dsock: socket.socket, slot: int) -> None:
+    def __init__(self, src: int, dst: int, ssock: socket.socket, dsock: socket.socket, slot: int) -> None:
         self.src = src
         self.dst = dst
+        self.ssock = ssock
         self.dsock = dsock
+        self.pend = b""  # bytes read with recv() that dst did not take yet (small-message path)
+        self.bulk = False  # the last read filled the copy buffer: use splice until it runs short
         self.pipe: tuple[int, int] | None = None
         self.fill = 0  # bytes sitting in the pipe, not yet written to dst
         self.blocked = False  # dst was full; wait for its OUT edge
@@ -120,8 +130,8 @@ class TcpRelay:
         self.b = backend
         self.cfd = client.fileno()
         self.bfd = backend.fileno()
-        self.up = Half(self.cfd, self.bfd, backend, BYTES_IN)
-        self.down = Half(self.bfd, self.cfd, client, BYTES_OUT)
+        self.up = Half(self.cfd, self.bfd, client, backend, BYTES_IN)
+        self.down = Half(self.bfd, self.cfd, backend, client, BYTES_OUT)
         self.connected = False
         self.hdr = header  # PROXY header still to send, b"" when none
         self.c_ready = False  # client bytes arrived before the backend connection completed
@@ -134,7 +144,7 @@ class TcpRelay:
                 if ev & _READ_EV:
                     if self.connected and not self.hdr:
                         if not self.up.blocked:
-                            self._pump(self.up)
+                            self._pump(self.up, ev & _EOF_EV)
                     else:
                         self.c_ready = True
                         if ev & EPOLLERR:
@@ -153,7 +163,7 @@ class TcpRelay:
                 elif ev & EPOLLOUT and self.up.blocked:
                     self._pump(self.up)
                 if ev & _READ_EV and not self.down.blocked:
-                    self._pump(self.down)
+                    self._pump(self.down, ev & _EOF_EV)
             if self.up.done and self.down.done:
                 self.close()
         except RelayError:
@@ -186,8 +196,11 @@ class TcpRelay:
         self.abort()
 
     # -- data path -----------------------------------------------------------------------------
-    def _pump(self, h: Half) -> None:
-        """Move what src has to dst until src is drained, dst is full, or src hit EOF."""
+    def _pump(self, h: Half, drain: int = 1) -> None:
+        """Move what src has to dst until src is drained, dst is full, or src hit EOF.
+
+        ``drain`` false means "this is a plain IN edge": a short read then ends the work.
+        """
         if self.hdr and h is self.up:  # a PROXY header is still partly unsent: it goes first
             try:
                 n = h.dsock.send(self.hdr)
@@ -202,6 +215,17 @@ class TcpRelay:
         ctr = self.ctr
         pipe = h.pipe
         try:
+            if h.pend:
+                try:
+                    m = h.dsock.send(h.pend)
+                except BlockingIOError:
+                    h.blocked = True
+                    return
+                ctr[h.slot] += m
+                h.pend = h.pend[m:]
+                if h.pend:
+                    h.blocked = True
+                    return
             if h.fill:
                 assert pipe is not None
                 try:
@@ -215,10 +239,40 @@ class TcpRelay:
                     h.blocked = True
                     return
             h.blocked = False
-            if not h.eof:
+            if not h.eof and not h.bulk:
+                # Small-message path (requests, responses, keep-alive): recv into the loop's
+                # buffer and send. recv() empties the receive queue up to the buffer size, so a
+                # read shorter than the buffer proves no data is left and saves the EAGAIN probe;
+                # only a FIN already announced by this wake-up (``drain``) needs one more read.
+                loop = self.loop
+                recv_into, send, buf, view = h.ssock.recv_into, h.dsock.send, loop.buf, loop.view
+                while True:
+                    try:
+                        n = recv_into(buf)
+                    except BlockingIOError:
+                        break
+                    if n == 0:
+                        h.eof = True
+                        break
+                    try:
+                        m = send(view[:n])
+                    except BlockingIOError:
+                        m = 0
+                    ctr[h.slot] += m
+                    if m < n:
+                        h.pend = bytes(view[m:n])
+                        h.blocked = True
+                        return
+                    if n == COPY_SIZE:
+                        h.bulk = True  # more is queued: switch to splice below
+                        break
+                    if not drain:
+                        break
+            if not h.eof and h.bulk:
                 if pipe is None:
                     pipe = h.pipe = self.loop.pipes.get()
                 src, dst, pr, pw = h.src, h.dst, pipe[0], pipe[1]
+                first = True
                 while True:
                     try:
                         n = _splice(src, pw, PIPE_SIZE, None, None, SPLICE_FLAGS)
@@ -227,6 +281,10 @@ class TcpRelay:
                     if n == 0:
                         h.eof = True
                         break
+                    if first:
+                        first = False
+                        if n < COPY_SIZE:
+                            h.bulk = False  # the stream went quiet: back to recv/send next time
                     try:
                         m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
                     except BlockingIOError:
@@ -236,9 +294,9 @@ class TcpRelay:
                         h.fill = n - m
                         h.blocked = True
                         return
-                    # No "short read means drained" shortcut: a non-blocking splice stops when
-                    # the pipe runs out of slots, which can be far below PIPE_SIZE while the
-                    # socket still holds data, and edge-triggered epoll would never say so again.
+                    # Read until EAGAIN: a non-blocking splice stops when the pipe runs out of
+                    # slots, possibly far below PIPE_SIZE while the socket still holds data, and
+                    # edge-triggered epoll would never report those bytes again.
             if h.eof and not h.done:
                 h.done = True
                 try:
