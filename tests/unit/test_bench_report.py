@@ -62,6 +62,9 @@ def test_median_over_rounds_and_spread() -> None:
     head = report.headline(list(rows.values()))
     nat_host = next(h for h in head if (h["a"], h["b"]) == ("nat", "host"))
     assert nat_host["ratio"] == pytest.approx(rows["nat"]["efficiency"]["median"] / rows["host"]["efficiency"]["median"])
+    paired = next(h for h in report.headline(list(rows.values()), s) if (h["a"], h["b"]) == ("nat", "host"))
+    assert paired["ratio"] == pytest.approx(0.5) and paired["rounds"] == 2
+    assert "nat vs host" in report.headline_text([paired]) and "[0.50-0.50]" in report.headline_text([paired])
 
 
 def _recorded_run() -> dict[str, Any]:

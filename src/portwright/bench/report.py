@@ -93,9 +93,11 @@ def _med(row: dict[str, Any] | None, key: str) -> float | None:
     return _f(row[key].get("median"))
 
 
-def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The closing note's ratios: nat vs host, proxy vs docker-proxy, nat vs Docker's iptables,
-    and the connection rates, each per placement. Ratios of efficiency for bulk, of rate for HTTP."""
+    and the connection rates, per placement. Bulk compares efficiency, HTTP compares requests/s.
+    With ``samples``, the ratio is the median of per-round ratios (the runs of one round are
+    minutes apart at most); without, the ratio of the medians."""
     out: list[dict[str, Any]] = []
     placements = sorted({r["placement"] for r in rows})
     pairs = (("nat", "host"), ("proxy", "docker-proxy"), ("nat", "docker-iptables"), ("proxy", "host"),
@@ -107,9 +109,27 @@ def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ra, rb = _find(rows, placement, scenario, a), _find(rows, placement, scenario, b)
                 if ra is None or rb is None:
                     continue
-                out.append({"placement": placement, "scenario": scenario, "a": a, "b": b, "measure": key,
-                            "ratio": ratio(_med(ra, key), _med(rb, key))})
+                item: dict[str, Any] = {"placement": placement, "scenario": scenario, "a": a, "b": b,
+                                        "measure": key}
+                if samples is None:
+                    item["ratio"] = ratio(_med(ra, key), _med(rb, key))
+                else:
+                    xa = _by_round(samples, placement, scenario, a, key)
+                    xb = _by_round(samples, placement, scenario, b, key)
+                    per = [ratio(xa[k], xb[k]) for k in xa if k in xb]
+                    summ = summarize(per)
+                    item["ratio"] = summ.median
+                    item["rounds"] = len([x for x in per if x is not None])
+                    item["min"], item["max"] = summ.low, summ.high
+                out.append(item)
     return out
+
+
+def _by_round(samples: list[dict[str, Any]], placement: str, scenario: str, mech: str,
+              key: str) -> dict[Any, float]:
+    return {s.get("round"): float(s[key]) for s in samples
+            if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, mech)
+            and s.get("ok") and s.get(key) is not None}
 
 
 # ---- text ----------------------------------------------------------------------------------
@@ -202,12 +222,16 @@ def _row(r: dict[str, Any], bulk: bool, art: bool) -> str:
 
 
 def headline_text(items: list[dict[str, Any]]) -> str:
-    lines = ["Ratios (bulk: efficiency, i.e. throughput per busy CPU; HTTP: requests/s):"]
+    lines = ["Ratios, median of per-round ratios [min-max] (bulk: efficiency, i.e. throughput per busy "
+             "CPU; HTTP: requests/s):"]
     for h in items:
         if h["a"] in ("docker-proxy", "docker-iptables") and h["b"] == "host":
             continue
+        rng = ""
+        if h.get("min") is not None and h.get("max") is not None and h.get("rounds", 0) > 1:
+            rng = f"  [{h['min']:.2f}-{h['max']:.2f}]"
         lines.append(f"  {h['placement']:<8} {h['scenario']:<8} {h['a']:>6} vs {h['b']:<16} "
-                     f"{_num(h['ratio'], '.2f')}")
+                     f"{_num(h['ratio'], '.2f')}{rng}")
     return "\n".join(lines)
 
 
@@ -217,6 +241,6 @@ def document(machine: dict[str, Any], config: dict[str, Any], run: dict[str, Any
     return {"schema": SCHEMA, "machine": machine, "config": config,
             "started": run.get("started"), "finished": run.get("finished"),
             "mechanisms": run.get("mechanisms"), "skipped": run.get("skipped", {}),
-            "summary": rows, "headline": headline(rows), "samples": run["samples"],
+            "summary": rows, "headline": headline(rows, run["samples"]), "samples": run["samples"],
             "article": {k: {"label": a.label, "gbit_per_s": a.gbit, "idle": a.idle,
                             "ratio_vs_host": article_ratio_vs_host(k)} for k, a in ARTICLE.items()}}
