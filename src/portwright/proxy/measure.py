@@ -104,7 +104,10 @@ def lab() -> Iterator[Lab]:
         _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(NGINX_CONF.format(d=tmp, port=80))
-        for cmd in (["nginx", "-c", os.path.join(tmp, "nginx.conf")], ["iperf3", "-s", "-p", "5201"]):
+        # one iperf3 server per peer (5201 direct, 5202 docker-proxy, 5203 portwright): a server
+        # still finishing one peer's test never answers "busy" to the next
+        for cmd in (["nginx", "-c", os.path.join(tmp, "nginx.conf")], ["iperf3", "-s", "-p", "5201"],
+                    ["iperf3", "-s", "-p", "5202"], ["iperf3", "-s", "-p", "5203"]):
             lb.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *cmd],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)
@@ -164,6 +167,18 @@ def _iperf(port: int, seconds: float, reverse: bool, udp: bool = False) -> float
     args += ["-u", "-b", "0", "-l", "1400"] if udp else ["-P", "10"]
     if reverse:
         args.append("-R")
+    return _iperf_retry(args, udp)
+
+
+def _iperf_retry(args: list[str], udp: bool) -> float:
+    """Run iperf3; a server still busy with the previous test gets a few seconds to finish."""
+    for _ in range(10):
+        try:
+            return _iperf_result(_sh(*args, check=False).stdout, udp)
+        except RuntimeError as e:
+            if "busy" not in str(e):
+                raise
+            time.sleep(1.0)
     return _iperf_result(_sh(*args, check=False).stdout, udp)
 
 
@@ -211,9 +226,9 @@ def run(seconds: float = 5, rounds: int = 3, ports: int = 1000,
         peers = {"direct": Peer("direct", 0), "docker-proxy": Peer("docker-proxy", p[0]),
                  "portwright": Peer("portwright", p[1])}
         try:
-            for name, binary in (("docker-proxy", [DOCKER_PROXY]), ("portwright", ours)):
+            for name, binary, cport in (("docker-proxy", [DOCKER_PROXY], 5202), ("portwright", ours, 5203)):
                 pe = peers[name]
-                for proto, cport in (("tcp", 5201), ("udp", 5201)):
+                for proto in ("tcp", "udp"):
                     pe.procs.append(start_proxy(binary, proto, "127.0.0.1", pe.host_port, lb.ip4, cport))
             # nginx listens on 80: a second pair of proxies for HTTP
             p2 = free_ports(2, start=30000)
@@ -264,7 +279,7 @@ def _iperf_to(lb: Lab, pe: Peer, rev: bool, udp: bool = False, seconds: float | 
         args += ["-u", "-b", "0", "-l", "1400"] if udp else ["-P", "10"]
         if rev:
             args.append("-R")
-        return _iperf_result(_sh(*args, check=False).stdout, udp)
+        return _iperf_retry(args, udp)
     return _iperf(pe.host_port, t, rev, udp)
 
 
