@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,20 @@ def pw(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
     if check and p.returncode != 0:
         raise AssertionError(f"portwright {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+@contextlib.contextmanager
+def temp_network(*create_args: str, prefix: str = "n") -> Iterator[str]:
+    """A portwright network for one test (or module): removed with every sandbox on it."""
+    name = uniq(prefix)
+    pw("network", "create", name, *create_args)
+    try:
+        yield name
+    finally:
+        for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
+            if rec["NetworkSettings"]["Network"] == name:
+                pw("rm", "-f", rec["Name"], check=False)
+        pw("network", "rm", name, check=False)
 
 
 def inspect(name: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pwutil import bridge_ports, inspect, link_names, netns_names, pw, uniq, wait_tcp
+from pwutil import bridge_ports, inspect, link_names, netns_names, pw, temp_network, uniq, wait_tcp
 
 from conftest import sh
 
@@ -24,15 +24,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def net() -> Iterator[str]:
-    name = uniq("n")
-    pw("network", "create", name, "--ipv6")
-    try:
+    with temp_network("--ipv6") as name:
         yield name
-    finally:
-        for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
-            if rec["NetworkSettings"]["Network"] == name:
-                pw("rm", "-f", rec["Name"], check=False)
-        pw("network", "rm", name, check=False)
 
 
 def test_network_lifecycle() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from dockerutil import Dockerd, dockerd_running, ensure_image
-from pwutil import SERVERS, inspect, pw, tcp_ask, uniq, wait_tcp
+from pwutil import SERVERS, inspect, pw, tcp_ask, temp_network, uniq, wait_tcp
 
 from conftest import External, sh
 
@@ -25,13 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 @pytest.fixture(scope="module")
 def early_network() -> Iterator[str]:
     """A portwright network made before dockerd starts (dockerd's rules come after ours)."""
-    name = uniq("early")
-    pw("network", "create", name, "--ipv6")
-    yield name
-    for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
-        if rec["NetworkSettings"]["Network"] == name:
-            pw("rm", "-f", rec["Name"], check=False)
-    pw("network", "rm", name, check=False)
+    with temp_network("--ipv6", prefix="early") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from pwutil import SERVERS, inspect, netns_names, nft_owner_elements, pw, tcp_ask, uniq, wait_tcp
+from pwutil import (
+    SERVERS,
+    inspect,
+    netns_names,
+    nft_owner_elements,
+    pw,
+    tcp_ask,
+    temp_network,
+    uniq,
+    wait_tcp,
+)
 
 from conftest import External, sh
 
@@ -48,13 +58,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def network() -> Iterator[str]:
-    name = uniq("pub")
-    pw("network", "create", name, "--ipv6")
-    yield name
-    for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
-        if rec["NetworkSettings"]["Network"] == name:
-            pw("rm", "-f", rec["Name"], check=False)
-    pw("network", "rm", name, check=False)
+    with temp_network("--ipv6", prefix="pub") as name:
+        yield name
 
 
 def start(network: str, mode: str, extra: list[str] | None = None) -> Published:

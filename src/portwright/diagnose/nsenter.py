@@ -8,55 +8,13 @@ thread, and that thread ends right after the read, so the caller's namespace nev
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import threading
-from collections.abc import Callable
-from typing import TypeVar
 
-from ..errors import KernelError, NeedRoot, NotFound
-from ..kernel import sockets
+from ..errors import NeedRoot, NotFound
+from ..kernel import netns, sockets
 
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
-T = TypeVar("T")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _setns(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError:
-        raise NeedRoot(f"opening the network namespace {path}") from None
-    except FileNotFoundError:
-        raise NotFound(f"network namespace {path} does not exist; the process or sandbox has gone") from None
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            if err == 1:  # EPERM
-                raise NeedRoot(f"entering the network namespace {path}")
-            raise KernelError(f"setns({path})", os.strerror(err), err)
-    finally:
-        os.close(fd)
-
-
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
-    """Run fn in a new thread that has entered the namespace at path; return fn's result."""
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            _setns(path)
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, name="pw-nsenter", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
+# setns in a short-lived thread: shared with the engine (kernel.netns).
+run_in_netns = netns.run_in
 
 
 def same_netns(path: str, other: str = "/proc/self/ns/net") -> bool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import KernelError
+from ..errors import KernelError, NeedRoot, NotFound
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -21,10 +22,19 @@ T = TypeVar("T")
 
 
 def setns(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Move the calling thread into the network namespace at path (a /run/netns bind mount or
+    /proc/PID/ns/net)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise NeedRoot(f"opening the network namespace {path}") from None
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {path} does not exist; the process or sandbox has gone") from None
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
+            if err == errno.EPERM:
+                raise NeedRoot(f"entering the network namespace {path}")
             raise KernelError(f"setns({path})", os.strerror(err), err)
     finally:
         os.close(fd)
@@ -51,7 +61,7 @@ def run_in(path: str, fn: Callable[[], T]) -> T:
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
-    t = threading.Thread(target=target, name="pw-netns")
+    t = threading.Thread(target=target, name="pw-netns", daemon=True)
     t.start()
     t.join()
     if "error" in box:
