@@ -54,6 +54,7 @@ def test_bench_one_second_one_round(tmp_path: Path) -> None:
     samples = doc["samples"]
     assert {(s["mechanism"], s["scenario"]) for s in samples} == {(m, sc) for m in ran for sc in ("bulk-in", "rr")}
     for s in samples:
+        assert s["raw"], "the tool's own summary is kept with every sample"
         if s["ok"]:
             assert s["value"] > 0 and s["efficiency"] > 0
             assert 0 < s["cpu"]["busy"] <= 1 and s["cpu"]["ncpu"] == doc["machine"]["cpus"]

@@ -507,6 +507,7 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
              "per_cpu": [u.to_json() for k, u in sorted(use.items()) if k != "all"]},
         efficiency=efficiency(value, busy, ncpu) if result.ok else None,
         tool=result.to_json(),
+        raw=_raw(scenario.tool, out, err),
     )
     if pub0 is not None and pub1 is not None:
         dt = pub1.cpu_seconds - pub0.cpu_seconds
@@ -516,6 +517,28 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
     elif pids:
         sample["publisher"] = {"pids": pids, "error": "publisher process not readable"}
     return sample
+
+
+def _raw(tool: str, out: str, err: str) -> dict[str, object]:
+    """The tool's own summary as it printed it: iperf3's ``end`` and ``error`` (the per-second
+    intervals are left out for size), wrk's JSON line from the hook; stderr's last line."""
+    raw: dict[str, object] = {}
+    if tool == "iperf3":
+        try:
+            doc = json.loads(out)
+            raw["end"] = doc.get("end")
+            if doc.get("error"):
+                raw["error"] = doc["error"]
+        except (ValueError, AttributeError):
+            raw["stdout_tail"] = out[-500:]
+    else:
+        line = next((ln for ln in out.splitlines() if ln.startswith(wrk.MARKER)), None)
+        raw["summary"] = line[len(wrk.MARKER):] if line else None
+        if line is None:
+            raw["stdout_tail"] = out[-500:]
+    if err.strip():
+        raw["stderr_tail"] = err.strip().splitlines()[-1][:500]
+    return raw
 
 
 # ---- the loop ------------------------------------------------------------------------------
