@@ -13,9 +13,13 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# nginx-light starts a service on port 80 when installed; portwright runs its own nginx in sandboxes.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
-pkill -x nginx 2>/dev/null || true
+# nginx-light starts the distro's service on port 80 when installed; portwright runs its own nginx
+# in sandboxes, so stop only the distro instance (by its pidfile), never anyone else's nginx.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now nginx >/dev/null 2>&1 || true
+elif [ -s /run/nginx.pid ]; then
+  kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null

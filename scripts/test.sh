@@ -6,8 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
-# Never leave an nginx from the distro package listening: tests start their own.
-pkill -x nginx 2>/dev/null || true
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@" tests
 rc=$?

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import resource
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +139,11 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
                         taken_here.add((spec.proto, port))
                         break
                     hip, e = err
+                    if e.errno in (errno.EMFILE, errno.ENFILE):
+                        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                        raise BadInput(f"-p {spec.text}: out of file descriptors after {len(out)} sockets "
+                                       f"(RLIMIT_NOFILE hard limit {limit}); publish fewer ports in one "
+                                       "sandbox or raise the limit (ulimit -Hn, LimitNOFILE=)")
                     if e.errno == errno.EADDRNOTAVAIL:
                         raise BadInput(f"-p {spec.text}: {hip} is not an address of this host; "
                                        "use one of its addresses (see 'ip addr') or omit the IP")
