@@ -237,3 +237,20 @@ def test_missing_tool_names_package(tmp_path: os.PathLike[str]) -> None:
                        capture_output=True, text=True, env={**os.environ, "PATH": bindir})
     assert r.returncode != 0 and "apt-get install nftables" in r.stderr and "Traceback" not in r.stderr
     assert pw("network", "ls").stdout == before
+
+
+def test_detached_exit_is_recorded_and_logged(net: str) -> None:
+    name = uniq("l")
+    pw("run", "-d", "--name", name, "--network", net, "-e", "GREETING=hello", "--",
+       "sh", "-c", "echo $GREETING from $(ip -o -4 addr show dev eth0 | wc -l) addr; exit 4")
+    deadline = time.time() + 15
+    while inspect(name)["State"]["Status"] != "exited" and time.time() < deadline:
+        time.sleep(0.1)
+    info = inspect(name)
+    assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 4
+    assert pw("logs", name).stdout == "hello from 1 addr\n"
+    assert "Exited (4)" in pw("ps", "-a").stdout and name not in pw("ps").stdout
+    assert f"pw-{name}" not in netns_names()
+    pw("rm", name)
+    r = pw("logs", name, check=False)
+    assert r.returncode == 3 and "no sandbox named" in r.stderr
