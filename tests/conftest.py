@@ -1,16 +1,51 @@
-"""Shared test configuration: point state at a throwaway directory for every test session."""
+"""Shared test configuration: a throwaway state directory for the whole session, and a final sweep.
+
+Every portwright call in a test (library or subprocess) sees PORTWRIGHT_STATE_DIR. When the session
+ends, whatever is still recorded there — sandboxes, networks (the default ``pw0`` included) — is
+removed, and so is the ``inet portwright`` table once nothing in it is owned by anyone.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
 
+def _pw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "portwright", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _sweep() -> None:
+    ps = _pw("ps", "-a", "--format", "json")
+    for rec in json.loads(ps.stdout or "[]") if ps.returncode == 0 else []:
+        _pw("rm", "-f", rec["Id"])
+    nets = _pw("network", "ls", "--format", "json")
+    for net in json.loads(nets.stdout or "[]") if nets.returncode == 0 else []:
+        _pw("network", "rm", net["Name"])
+    from portwright.errors import PortwrightError
+    from portwright.firewall import nft
+
+    try:
+        nft.remove_table()  # refuses while any owner or network remains (another user's, say)
+    except PortwrightError:
+        pass
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _state_dir() -> None:
-    # Tests never touch the real /run/portwright; every portwright call in a test (library or
-    # subprocess) sees this directory through the environment.
-    if "PORTWRIGHT_STATE_DIR" not in os.environ:
+def _state_dir() -> Iterator[None]:
+    own = "PORTWRIGHT_STATE_DIR" not in os.environ
+    if own:
         os.environ["PORTWRIGHT_STATE_DIR"] = tempfile.mkdtemp(prefix="pw-test-state-")
+    yield
+    if os.geteuid() == 0:
+        _sweep()
+    if own:
+        shutil.rmtree(os.environ.pop("PORTWRIGHT_STATE_DIR"), ignore_errors=True)
