@@ -4,10 +4,13 @@ Docker runs one docker-proxy process per port and address family, so a 1,000-por
 2,000 processes. Here a single ProxyServer holds any number of listeners and relays them from a
 few event-loop threads:
 
-- ``loops`` epoll threads (one per CPU, at most 2 by default). Every TCP listener is registered
-  in every loop with EPOLLEXCLUSIVE, so one loop wakes per incoming connection and accepted
-  connections spread over the loops without SO_REUSEPORT (which another root process could join).
-  splice() and the other syscalls release the GIL, so loops overlap in the kernel.
+- one epoll thread by default. Measured against docker-proxy on 2 cores (docs/proxy.md), a second
+  loop only added GIL hand-offs (futex wake-ups and context switches on every splice return) and
+  cost more CPU per byte in bulk transfers, and it did not raise the connection rate either: the
+  Python work is serialized by the GIL anyway. ``loops=N`` still runs N loops; every TCP listener
+  is then registered in every loop with EPOLLEXCLUSIVE, so one loop wakes per incoming connection
+  and accepted connections spread over the loops without SO_REUSEPORT (which another root process
+  could join).
 - UDP listeners and their flow tables live in loop 0 only (one owner, no locks).
 - Counters are plain lists per mapping per loop, written only by their loop and summed by
   ``stats()``.
@@ -54,6 +57,8 @@ ACCEPT_BATCH = 64
 #: File descriptors the server wants: 2 per relayed connection plus listeners and pipes.
 WANT_NOFILE = 1 << 17
 _SWEEP_EVERY = 1.0
+#: Event-loop threads when the caller does not say (see the module docstring for why one).
+DEFAULT_LOOPS = 1
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 
 
@@ -343,7 +348,7 @@ class ProxyServer:
         self.proxy_protocol = proxy_protocol
         self.udp_idle_timeout = udp_idle_timeout
         self._given = dict(sockets or {})
-        n = loops if loops is not None else min(2, os.cpu_count() or 1)
+        n = loops if loops is not None else DEFAULT_LOOPS
         self._nloops = max(1, n)
         self._loops: list[EventLoop] = []
         self._socks: dict[Mapping, socket.socket] = {}

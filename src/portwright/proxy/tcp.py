@@ -11,7 +11,10 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
 - small messages (requests, responses) take one recv() into a per-loop buffer and one send(): a
   short recv proves the socket drained, so no extra EAGAIN read; a read that fills the buffer
   switches the direction to splice, which then reads until EAGAIN (edge-triggered epoll reports
-  no new edge for bytes already queued);
+  no new edge for bytes already queued). A bulk direction goes back to recv/send only when a
+  wake-up's first read is tiny (``SMALL_READ``): mid-stream wake-ups often find a few KiB that
+  arrived while the last batch was being moved, and copying 64 KiB through Python on each of those
+  cost more than the splice it replaced;
 - EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
 - a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
@@ -48,6 +51,9 @@ PIPE_SIZE = 1 << 20
 #: The small-message path copies through one buffer of this size per loop; a read that fills it
 #: switches that direction to splice.
 COPY_SIZE = 1 << 16
+#: A direction in splice mode returns to the small-message path when the first read of a wake-up
+#: brings less than this (a request after a download); anything bigger keeps splicing.
+SMALL_READ = 4096
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _splice = os.splice
@@ -283,7 +289,7 @@ class TcpRelay:
                         break
                     if first:
                         first = False
-                        if n < COPY_SIZE:
+                        if n < SMALL_READ:
                             h.bulk = False  # the stream went quiet: back to recv/send next time
                     try:
                         m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
