@@ -39,6 +39,36 @@ def temp_network(*create_args: str, prefix: str = "n") -> Iterator[str]:
         pw("network", "rm", name, check=False)
 
 
+def curl(url: str, ns: str | None = None, timeout: float = 5) -> str:
+    """GET url with the real curl (optionally from inside netns ns); returns the body."""
+    cmd = ["curl", "-sS", "-g", "--max-time", str(timeout), url]
+    if ns:
+        cmd = ["ip", "netns", "exec", ns, *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+    if p.returncode != 0:
+        raise AssertionError(f"curl {url}{' in ' + ns if ns else ''}: exit {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+@contextlib.contextmanager
+def dockerd_with_forward_drop() -> Iterator[Any]:
+    """A real dockerd as a fresh Docker host has it: ip_forward was off, so dockerd turned it on
+    and set the iptables FORWARD policy to DROP (and loaded br_netfilter)."""
+    from dockerutil import dockerd_running
+
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("0")
+    try:
+        with dockerd_running() as d:
+            policy = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+            if "-P FORWARD DROP" not in policy:  # a dockerd that kept ACCEPT: impose Docker's usual DROP
+                subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
+            yield d
+    finally:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+
+
 def inspect(name: str) -> dict[str, Any]:
     return json.loads(pw("inspect", name).stdout)  # type: ignore[no-any-return]
 

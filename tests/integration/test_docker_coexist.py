@@ -2,9 +2,9 @@
 
 dockerd sets the iptables FORWARD policy to DROP and loads br_netfilter, so bridged and routed
 traffic of every other bridge is dropped unless Docker's DOCKER-USER hook accepts it. These tests
-start a private dockerd and check that portwright's networks and published ports keep working,
-also for a network created before dockerd started, and that a port Docker holds is refused with
-its owner named.
+start a private dockerd and check that portwright's networks keep working, also for a network
+created before dockerd started, and that a port Docker holds is refused with its owner named.
+(Every published path is checked under dockerd too: test_publish.py runs its whole suite twice.)
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from dockerutil import Dockerd, dockerd_running, ensure_image
-from pwutil import SERVERS, inspect, pw, tcp_ask, temp_network, uniq, wait_tcp
+from dockerutil import Dockerd, ensure_image
+from pwutil import dockerd_with_forward_drop, inspect, pw, temp_network, uniq, wait_tcp
 
 from conftest import External, sh
 
@@ -31,18 +31,8 @@ def early_network() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dockerd(early_network: str) -> Iterator[Dockerd]:
-    # dockerd turns the FORWARD policy to DROP when it has to enable ip_forward itself, which is
-    # what a fresh Docker host looks like: reproduce that worst case.
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("0")
-    try:
-        with dockerd_running() as d:
-            if forward_policy() != "DROP":  # a dockerd that kept ACCEPT: impose Docker's usual DROP
-                sh("iptables", "-P", "FORWARD", "DROP")
-            yield d
-    finally:
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write("1")
+    with dockerd_with_forward_drop() as d:
+        yield d
 
 
 def forward_policy() -> str:
@@ -84,27 +74,6 @@ def test_bridge_networking_survives_forward_drop(dockerd: Dockerd, early_network
     docker_user = sh("iptables", "-S", "DOCKER-USER").stdout
     assert json.loads(pw("network", "inspect", early_network).stdout)[0]["Bridge"] in docker_user
     assert later_bridge not in docker_user
-
-
-@pytest.mark.parametrize("mode", ["nat", "proxy"])
-def test_published_paths_with_dockerd(dockerd: Dockerd, early_network: str, external: External, mode: str) -> None:
-    name = uniq(mode)
-    pw("run", "-d", "--name", name, "--network", early_network, "--publish-mode", mode, "-p", "0.0.0.0::7000",
-       "--", sys.executable, str(SERVERS / "peer_server.py"), "7000")
-    try:
-        port = inspect(name)["NetworkSettings"]["Ports"][0]["host_port"]
-        wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], 7000)
-        assert "PEER" in tcp_ask("127.0.0.1", port)
-        code = ("import sys; sys.path.insert(0, sys.argv[3]); from pwutil import tcp_ask; "
-                "print(tcp_ask(sys.argv[1], int(sys.argv[2])))")
-        out = sh(sys.executable, "-c", code, str(external.host4), str(port), str(SERVERS.parent), ns=external.ns).stdout
-        assert "PEER" in out
-        if mode == "nat":
-            assert f"PEER {external.addr4} " in out  # source address kept through FORWARD DROP
-        hp = sh(sys.executable, "-c", code, str(external.host4), str(port), str(SERVERS.parent), ns=f"pw-{name}").stdout
-        assert "PEER" in hp  # hairpin
-    finally:
-        pw("rm", "-f", name)
 
 
 def test_port_held_by_docker_is_refused_with_owner(dockerd: Dockerd, early_network: str) -> None:

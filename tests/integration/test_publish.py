@@ -9,6 +9,7 @@ port conflicts, and nothing left after rm or after kill -9 + reconcile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import pytest
 from pwutil import (
     SERVERS,
+    curl,
+    dockerd_with_forward_drop,
     inspect,
     netns_names,
     nft_owner_elements,
@@ -56,10 +59,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def network() -> Iterator[str]:
-    with temp_network("--ipv6", prefix="pub") as name:
-        yield name
+@pytest.fixture(scope="module", params=["plain-host", "with-dockerd"])
+def network(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The whole suite runs twice: on a plain host, and with a real dockerd (FORWARD DROP)."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "with-dockerd":
+            stack.enter_context(dockerd_with_forward_drop())
+        yield stack.enter_context(temp_network("--ipv6", prefix="pub"))
 
 
 def start(network: str, mode: str, extra: list[str] | None = None) -> Published:
@@ -102,18 +108,18 @@ def peer_of(reply: str) -> str:
 
 
 def test_host_local_paths(pub: Published, external: External) -> None:
-    for host in ("127.0.0.1", "::1", "localhost", str(external.host4), str(external.host6)):
-        reply = tcp_ask(host, pub.port, "local")
-        assert reply.startswith("PEER ") and reply.endswith("BYE 0\n"), (host, reply)
-    assert "PEER" in tcp_ask("127.0.0.1", pub.lo_port)
+    for host in ("127.0.0.1", "[::1]", "localhost", str(external.host4), f"[{external.host6}]"):
+        assert curl(f"http://{host}:{pub.port}/").startswith("PEER "), host
+    reply = tcp_ask("127.0.0.1", pub.port, "local")  # half-close passes through on this path too
+    assert reply.startswith("PEER ") and reply.endswith("BYE 0\n"), reply
+    assert curl(f"http://127.0.0.1:{pub.lo_port}/").startswith("PEER ")
     for host in ("127.0.0.1", "::1", str(external.host4)):
         assert udp_ask(host, pub.udp_port).startswith("PEER "), host
 
 
 def test_external_client_keeps_source_address(pub: Published, external: External) -> None:
-    for host, client in ((external.host4, external.addr4), (external.host6, external.addr6)):
-        code = f"import sys; sys.path.insert(0, {str(SERVERS.parent)!r}); from pwutil import tcp_ask; print(tcp_ask({str(host)!r}, {pub.port}, 'ext'))"
-        reply = sh(sys.executable, "-c", code, ns=external.ns).stdout
+    for host, client in ((str(external.host4), external.addr4), (f"[{external.host6}]", external.addr6)):
+        reply = curl(f"http://{host}:{pub.port}/", ns=external.ns)
         if pub.mode == "nat":
             assert peer_of(reply) == str(client)  # kernel NAT keeps the client's address
         else:
@@ -135,13 +141,11 @@ def test_loopback_binding_unreachable_from_outside(pub: Published, external: Ext
 
 
 def test_from_other_sandbox_and_hairpin(pub: Published, network: str, external: External) -> None:
-    code = f"import sys; sys.path.insert(0, {str(SERVERS.parent)!r}); from pwutil import tcp_ask; print(tcp_ask(sys.argv[1], {pub.port}, 'hp'))"
     other = uniq("o")
     pw("run", "-d", "--name", other, "--network", network, "--", "sleep", "60")
     try:
         for ns in (f"pw-{other}", f"pw-{pub.name}"):  # another sandbox, then the same one (hairpin)
-            reply = sh(sys.executable, "-c", code, str(external.host4), ns=ns).stdout
-            assert "PEER" in reply and "BYE 0" in reply, (ns, reply)
+            assert curl(f"http://{external.host4}:{pub.port}/", ns=ns).startswith("PEER "), ns
     finally:
         pw("rm", "-f", other)
 

@@ -1,7 +1,8 @@
 """Test backend: answers every TCP connection and UDP datagram with the peer's address.
 
 TCP: on connect, reads one line, replies "PEER <ip> <line>" and, after the client half-closes,
-"BYE". UDP: replies "PEER <ip> <payload length>". Used to check that published paths reach the
+"BYE". An HTTP request (curl) gets a 200 whose body is "PEER <ip>". UDP: replies
+"PEER <ip> <payload length>". Used to check that published paths reach the
 sandbox and whether the client's source address survived (NAT keeps it; masquerade does not).
 """
 
@@ -26,6 +27,12 @@ def serve(c: socket.socket, peer: str) -> None:
     with c:
         f = c.makefile("rb")
         line = f.readline().decode(errors="replace").strip()
+        if line.startswith(("GET ", "HEAD ")):
+            while f.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            body = f"PEER {peer}\n".encode()
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            return
         c.sendall(f"PEER {peer} {line}\n".encode())
         rest = f.read()  # until the client half-closes
         c.sendall(f"BYE {len(rest)}\n".encode())
