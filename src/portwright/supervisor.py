@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
@@ -283,7 +282,13 @@ class Supervisor:
         """Wait for CMD (forwarding signals) and return its exit code (128+N for a signal)."""
         assert self.child is not None
         child = self.child
-        term_at: list[float] = []
+        killer: list[threading.Timer] = []
+
+        def kill_group() -> None:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
         def forward(signum: int, _frame: object) -> None:
             if self.opts.detach or signum == signal.SIGTERM:
@@ -292,21 +297,18 @@ class Supervisor:
                 os.killpg(child.pid, signum)
             except ProcessLookupError:
                 pass
-            if not term_at:
-                term_at.append(time.monotonic())
+            if not killer:  # as docker stop: SIGKILL if CMD outlives the grace period
+                t = threading.Timer(STOP_GRACE_SECONDS, kill_group)
+                t.daemon = True
+                t.start()
+                killer.append(t)
 
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(s, forward)
-        while True:
-            try:
-                rc = child.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                if term_at and time.monotonic() - term_at[0] > STOP_GRACE_SECONDS:
-                    try:
-                        os.killpg(child.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        # Blocks in waitpid without polling; a signal runs forward() and the wait resumes (PEP 475).
+        rc = child.wait()
+        for t in killer:
+            t.cancel()
         # Reap anything CMD left behind in its process group.
         try:
             os.killpg(child.pid, signal.SIGKILL)
