@@ -214,6 +214,11 @@ class Engine:
             return
         if pid_alive(rec.supervisor_pid, rec.supervisor_start):
             assert rec.supervisor_pid is not None
+            from .supervisor import grace_path
+
+            os.makedirs(os.path.dirname(grace_path(self.state.dir, rec.id)), exist_ok=True)
+            with open(grace_path(self.state.dir, rec.id), "w") as f:
+                f.write(str(timeout))
             os.kill(rec.supervisor_pid, signal.SIGTERM)
             deadline = time.time() + timeout + 5
             while time.time() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):

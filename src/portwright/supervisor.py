@@ -92,6 +92,19 @@ def control_path(state: State, sid: str) -> str:
     return os.path.join(state.dir, "ctl", f"{sid}.sock")
 
 
+def grace_path(state_dir: str, sid: str) -> str:
+    """Where ``stop -t N`` leaves the grace period before it sends SIGTERM."""
+    return os.path.join(state_dir, "ctl", f"{sid}.grace")
+
+
+def read_grace(state_dir: str, sid: str) -> float:
+    try:
+        with open(grace_path(state_dir, sid)) as f:
+            return max(0.0, float(f.read().strip()))
+    except (OSError, ValueError):
+        return STOP_GRACE_SECONDS
+
+
 def query_stats(state: State, sid: str) -> dict[str, dict[str, int]]:
     """Ask a running supervisor for its per-mapping counters."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -298,7 +311,7 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             if not killer:  # as docker stop: SIGKILL if CMD outlives the grace period
-                t = threading.Timer(STOP_GRACE_SECONDS, kill_group)
+                t = threading.Timer(read_grace(self.state.dir, self.sandbox.id), kill_group)
                 t.daemon = True
                 t.start()
                 killer.append(t)
@@ -320,10 +333,11 @@ class Supervisor:
         errors: list[str] = []
         if getattr(self, "ctl", None) is not None:
             self.ctl.close()
-            try:
-                os.unlink(control_path(self.state, self.sandbox.id))
-            except OSError:
-                pass
+            for path in (control_path(self.state, self.sandbox.id), grace_path(self.state.dir, self.sandbox.id)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         if self.publisher is not None:
             errors += self.publisher.unpublish()
             self.publisher = None

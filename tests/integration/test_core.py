@@ -254,3 +254,15 @@ def test_detached_exit_is_recorded_and_logged(net: str) -> None:
     pw("rm", name)
     r = pw("logs", name, check=False)
     assert r.returncode == 3 and "no sandbox named" in r.stderr
+
+
+def test_stop_grace_period_then_sigkill(net: str) -> None:
+    name = uniq("g")
+    pw("run", "-d", "--name", name, "--network", net, "--", "sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+    pw("stop", "-t", "1", name)
+    info = inspect(name)
+    # 137 = 128 + SIGKILL, sent by the supervisor after the 1 s grace period. (Had the default 10 s
+    # applied, stop would have given up first and killed the supervisor: no exit code at all.)
+    assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 137
+    assert f"pw-{name}" not in netns_names()
+    pw("rm", name)
