@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Iterator
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -306,18 +307,12 @@ class ContainerAddrs:
     ip6: ipaddress.IPv6Address | None
 
 
-def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
-    """The container's first IPv4 and IPv6 address from ``prevResult``.
-
-    An address counts when its ``interface`` index names an interface with a ``sandbox``
-    (the container side), or when it names no interface at all. 0.4.0 results also carry
-    ``version``; 1.0.0 dropped it, so the family comes from the address itself.
-    """
+def _sandbox_ips(prev: AbcMapping[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """The ``ips`` entries of ``prevResult`` that belong to the container: those whose interface
+    is inside the sandbox, or that name no interface at all."""
     if not prev:
-        return ContainerAddrs(None, None)
+        return
     interfaces = prev.get("interfaces") or []
-    ip4: ipaddress.IPv4Address | None = None
-    ip6: ipaddress.IPv6Address | None = None
     for entry in prev.get("ips") or []:
         if not isinstance(entry, dict):
             continue
@@ -326,6 +321,19 @@ def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
             itf = interfaces[idx]
             if not isinstance(itf, dict) or not itf.get("sandbox"):
                 continue
+        yield entry
+
+
+def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
+    """The container's first IPv4 and IPv6 address from ``prevResult``.
+
+    An address counts when its ``interface`` index names an interface with a ``sandbox``
+    (the container side), or when it names no interface at all. 0.4.0 results also carry
+    ``version``; 1.0.0 dropped it, so the family comes from the address itself.
+    """
+    ip4: ipaddress.IPv4Address | None = None
+    ip6: ipaddress.IPv6Address | None = None
+    for entry in _sandbox_ips(prev):
         try:
             addr = ipaddress.ip_interface(str(entry.get("address", ""))).ip
         except ValueError:
@@ -340,18 +348,8 @@ def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
 
 def container_subnets(prev: AbcMapping[str, Any] | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """The on-link subnets of the container's addresses in ``prevResult`` (for hairpin SNAT)."""
-    if not prev:
-        return ()
     out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    interfaces = prev.get("interfaces") or []
-    for entry in prev.get("ips") or []:
-        if not isinstance(entry, dict):
-            continue
-        idx = entry.get("interface")
-        if isinstance(idx, int) and isinstance(interfaces, list) and 0 <= idx < len(interfaces):
-            itf = interfaces[idx]
-            if not isinstance(itf, dict) or not itf.get("sandbox"):
-                continue
+    for entry in _sandbox_ips(prev):
         try:
             net = ipaddress.ip_interface(str(entry.get("address", ""))).network
         except ValueError:
