@@ -93,6 +93,17 @@ def _iptables_chains(cmd: str) -> dict[str, set[str]]:
     return chains
 
 
+def _iptables_rules(cmd: str) -> dict[str, set[str]]:
+    """Every ``-A`` rule line, per table (to remove what dockerd appended to built-in chains)."""
+    rules: dict[str, set[str]] = {}
+    if shutil.which(cmd) is None:
+        return rules
+    for table in _TABLES:
+        r = subprocess.run([cmd, "-t", table, "-S"], capture_output=True, text=True)
+        rules[table] = {ln for ln in r.stdout.splitlines() if ln.startswith("-A ")}
+    return rules
+
+
 def _forward_policy(cmd: str) -> str | None:
     if shutil.which(cmd) is None:
         return None
@@ -103,8 +114,17 @@ def _forward_policy(cmd: str) -> str | None:
     return None
 
 
-def _remove_new_chains(cmd: str, before: dict[str, set[str]], policy: str | None) -> None:
+def _remove_new_chains(cmd: str, before: dict[str, set[str]], policy: str | None,
+                       rules_before: dict[str, set[str]] | None = None) -> None:
     after = _iptables_chains(cmd)
+    # Rules dockerd appended to chains that existed before it (FORWARD, POSTROUTING: docker0's
+    # accept and masquerade rules) go first; the chains it created go below.
+    for table, old in (rules_before or {}).items():
+        now = subprocess.run([cmd, "-t", table, "-S"], capture_output=True, text=True).stdout
+        for ln in now.splitlines():
+            parts = ln.split()
+            if ln.startswith("-A ") and ln not in old and parts[1] in before.get(table, set()):
+                subprocess.run([cmd, "-t", table, "-D", *parts[1:]], capture_output=True)
     for table, chains in after.items():
         new = chains - before.get(table, set())
         if not new:
@@ -196,6 +216,7 @@ def dockerd_running(*extra_args: str, iptables: bool = True, ready_timeout: floa
         had_docker0 = _link_exists("docker0")
         ipt_before = {c: _iptables_chains(c) for c in ("iptables", "ip6tables")}
         policy_before = {c: _forward_policy(c) for c in ("iptables", "ip6tables")}
+        rules_before = {c: _iptables_rules(c) for c in ("iptables", "ip6tables")}
         args = [DOCKERD, "--storage-driver=vfs", f"--bip={BIP}",
                 f"--data-root={root}/data", f"--exec-root={root}/exec", f"--pidfile={root}/docker.pid",
                 f"--config-file={root}/daemon.json", "-H", f"unix://{sock}",
@@ -237,7 +258,7 @@ def dockerd_running(*extra_args: str, iptables: bool = True, ready_timeout: floa
                 subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
             if iptables:
                 for c in ("iptables", "ip6tables"):
-                    _remove_new_chains(c, ipt_before[c], policy_before[c])
+                    _remove_new_chains(c, ipt_before[c], policy_before[c], rules_before[c])
             shutil.rmtree(root, ignore_errors=True)
 
 
