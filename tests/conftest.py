@@ -23,6 +23,24 @@ def _pw(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+def _nft_tables() -> set[str]:
+    r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    return {ln.strip() for ln in r.stdout.splitlines() if ln.startswith("table ")} if r.returncode == 0 else set()
+
+
+def _drop_new_empty_iptables_tables(before: set[str]) -> None:
+    """iptables-nft (dockerd, Docker's rule shape in the bench) creates ``ip filter``/``ip nat``
+    tables; drop those the session created once they hold no rule."""
+    for line in sorted(_nft_tables() - before):
+        _, family, name = line.split()
+        if family not in ("ip", "ip6") or name not in ("filter", "nat", "mangle", "raw", "security"):
+            continue
+        listing = subprocess.run(["nft", "list", "table", family, name], capture_output=True, text=True).stdout
+        if not any(ln.strip() and not ln.strip().startswith(("table", "chain", "type", "}", "policy"))
+                   for ln in listing.splitlines()):
+            subprocess.run(["nft", "delete", "table", family, name], capture_output=True)
+
+
 def _sweep() -> None:
     ps = _pw("ps", "-a", "--format", "json")
     for rec in json.loads(ps.stdout or "[]") if ps.returncode == 0 else []:
@@ -44,8 +62,11 @@ def _state_dir() -> Iterator[None]:
     own = "PORTWRIGHT_STATE_DIR" not in os.environ
     if own:
         os.environ["PORTWRIGHT_STATE_DIR"] = tempfile.mkdtemp(prefix="pw-test-state-")
+    tables_before = _nft_tables() if os.geteuid() == 0 and shutil.which("nft") else set()
     yield
     if os.geteuid() == 0:
         _sweep()
+        if shutil.which("nft"):
+            _drop_new_empty_iptables_tables(tables_before)
     if own:
         shutil.rmtree(os.environ.pop("PORTWRIGHT_STATE_DIR"), ignore_errors=True)
