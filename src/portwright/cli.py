@@ -117,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     opts = RunOptions(cmd=cmd, name=args.name, network=args.network, publish=args.publish or [],
                       publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
-                      publish_mode=args.publish_mode, detach=args.detach, proxy_protocol=args.proxy_protocol)
+                      publish_mode=args.publish_mode, detach=args.detach, proxy_protocol=args.proxy_protocol,
+                      remove=args.rm, cwd=os.getcwd())
     opts.validate()
     if args.detach:
         print(start_detached(opts))
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a command in a new sandbox")
     r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
     r.add_argument("--name")
     r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
     r.add_argument("-p", "--publish", action="append", metavar="SPEC",

@@ -29,6 +29,14 @@ NETNS_PREFIX = "pw-"
 OWNER_PREFIX = "pw:"
 
 
+def _unlink_quietly(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise NeedRoot(what)
@@ -179,12 +187,14 @@ class Engine:
 
     def mark_exited(self, rec: SandboxRecord, exit_code: int | None) -> None:
         with self.state.tx():
-            if rec.spec.get("detach"):
+            if rec.spec.get("detach") and not rec.spec.get("remove"):
                 self.state.set_ports(rec.id, [])
                 self.state.update_sandbox(rec.id, status="exited", exit_code=exit_code, ip4=None, ip6=None,
                                           supervisor_pid=None, cmd_pid=None)
             else:
                 self.state.remove_sandbox(rec.id)
+        if not rec.spec.get("detach") or rec.spec.get("remove"):
+            _unlink_quietly(rec.log_path)
 
     def reconcile(self) -> list[str]:
         """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner)."""
@@ -239,8 +249,4 @@ class Engine:
             self.teardown(rec2)
             with self.state.tx():
                 self.state.remove_sandbox(rec.id)
-        if rec.log_path:
-            try:
-                os.unlink(rec.log_path)
-            except OSError:
-                pass
+        _unlink_quietly(rec.log_path)

@@ -49,6 +49,8 @@ class RunOptions:
     publish_mode: str = "nat"
     detach: bool = False
     proxy_protocol: bool = False
+    remove: bool = False  # --rm: forget a detached sandbox when CMD exits
+    cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
 
     def validate(self) -> None:
         """Everything that can be checked without touching the kernel; raises BadInput."""
@@ -255,7 +257,7 @@ class Supervisor:
         preexec = netns.preexec_enter(self.sandbox.netns) if self.sandbox.netns else os.setsid
         try:
             self.child = subprocess.Popen(
-                o.cmd, env=env, preexec_fn=preexec, stdin=subprocess.DEVNULL if o.detach else None,
+                o.cmd, env=env, preexec_fn=preexec, cwd=o.cwd if os.path.isdir(o.cwd) else "/", stdin=subprocess.DEVNULL if o.detach else None,
                 stdout=out, stderr=subprocess.STDOUT if out else None, close_fds=True)
         except OSError as e:
             raise BadInput(f"cannot start {o.cmd[0]!r}: {e.strerror}") from None
@@ -413,10 +415,12 @@ def start_detached(opts: RunOptions) -> str:
     name = opts.name or "sandbox"
     state = State()
     log = open(os.path.join(state.dir, "logs", "supervisors.log"), "ab")
+    # -I and cwd=/: the supervisor imports only the installed package, never a stray module that
+    # happens to sit in the user's directory (CMD still runs in opts.cwd).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portwright", "_supervise", name, "--ready-fd", str(w)],
+        [sys.executable, "-I", "-m", "portwright", "_supervise", name, "--ready-fd", str(w)],
         stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(w,), start_new_session=True,
-        close_fds=True)
+        close_fds=True, cwd="/")
     os.close(w)
     log.close()
     assert proc.stdin is not None

@@ -266,3 +266,21 @@ def test_stop_grace_period_then_sigkill(net: str) -> None:
     assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 137
     assert f"pw-{name}" not in netns_names()
     pw("rm", name)
+
+
+def test_rm_flag_and_cwd_with_a_shadowing_module(net: str, tmp_path: os.PathLike[str]) -> None:
+    # A stray secrets.py in the user's directory must not break the detached supervisor, and CMD
+    # still starts in the user's directory.
+    with open(os.path.join(str(tmp_path), "secrets.py"), "w") as f:
+        f.write("raise SystemExit('shadowed')\n")
+    name = uniq("r")
+    r = subprocess.run([sys.executable, "-m", "portwright", "run", "-d", "--rm", "--name", name, "--network", net,
+                        "--", "sh", "-c", "pwd > where; sleep 0.5"], capture_output=True, text=True,
+                       cwd=str(tmp_path), env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 15
+    while name in pw("ps", "-a").stdout and time.time() < deadline:
+        time.sleep(0.1)
+    assert name not in pw("ps", "-a").stdout  # --rm: gone once CMD exited
+    with open(os.path.join(str(tmp_path), "where")) as f:
+        assert f.read().strip() == os.path.realpath(str(tmp_path))
