@@ -14,6 +14,7 @@ import socket
 
 from ..firewall import nft, rules
 from ..model import Mapping
+from ..proxy.server import ProxyServer
 from .base import Bound
 from .reserve import make_placeholder
 
@@ -33,7 +34,7 @@ class NatPublisher:
     def __init__(self) -> None:
         self.owner: str | None = None
         self.sockets: list[socket.socket] = []
-        self.proxy: object | None = None
+        self.proxy: ProxyServer | None = None
 
     def publish(self, owner: str, bound: Bound) -> None:
         self.owner = owner
@@ -43,8 +44,6 @@ class NatPublisher:
             if m not in proxied and s is not None:
                 self.sockets.append(make_placeholder(s))
         if proxied:
-            from ..proxy.server import ProxyServer
-
             # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
             # has one, so "localhost" reaches the same server whichever way it resolves (most
             # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
@@ -70,7 +69,7 @@ class NatPublisher:
                 errs.append(f"nft unpublish: {e}")
         if self.proxy is not None:
             try:
-                self.proxy.stop()  # type: ignore[attr-defined]
+                self.proxy.stop()
             except Exception as e:
                 errs.append(f"proxy stop: {e}")
         for s in self.sockets:
@@ -79,4 +78,4 @@ class NatPublisher:
         return errs
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return self.proxy.stats() if self.proxy is not None else {}  # type: ignore[attr-defined]
+        return self.proxy.stats() if self.proxy is not None else {}

@@ -6,6 +6,7 @@ published ports cost one process, unlike docker-proxy's one process per port and
 
 from __future__ import annotations
 
+from ..proxy.server import ProxyServer
 from .base import Bound
 
 
@@ -15,13 +16,11 @@ class ProxyPublisher:
     def __init__(self, proxy_protocol: bool = False, udp_idle_timeout: float = 90.0) -> None:
         self.proxy_protocol = proxy_protocol
         self.udp_idle_timeout = udp_idle_timeout
-        self.proxy: object | None = None
+        self.proxy: ProxyServer | None = None
 
     def publish(self, owner: str, bound: Bound) -> None:
-        from ..proxy.server import ProxyServer
-
         socks = {m: s for m, s in bound if s is not None}
-        srv = ProxyServer([m for m, _ in bound], sockets=socks, proxy_protocol=self.proxy_protocol,
+        srv = ProxyServer(list(socks), sockets=socks, proxy_protocol=self.proxy_protocol,
                           udp_idle_timeout=self.udp_idle_timeout)
         srv.start()
         self.proxy = srv
@@ -30,10 +29,10 @@ class ProxyPublisher:
         if self.proxy is None:
             return []
         try:
-            self.proxy.stop()  # type: ignore[attr-defined]
+            self.proxy.stop()
         except Exception as e:
             return [f"proxy stop: {e}"]
         return []
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return self.proxy.stats() if self.proxy is not None else {}  # type: ignore[attr-defined]
+        return self.proxy.stats() if self.proxy is not None else {}
