@@ -8,6 +8,7 @@ and reports every failure at the end.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import secrets
@@ -158,10 +159,16 @@ class Engine:
             raise KernelError(f"removing network {name}", "; ".join(errors))
 
     def sync_docker_user(self) -> None:
-        """Keep Docker's DOCKER-USER hook accepting our bridges (Docker's FORWARD policy is DROP)."""
+        """Keep Docker's DOCKER-USER hook accepting our bridges (Docker's FORWARD policy is DROP).
+
+        Serialised by a lock file: supervisors and commands may sync at the same moment, and the
+        check-then-insert inside must not run twice at once."""
+        lock_path = os.path.join(self.state.dir, "docker-user.lock")
         try:
-            nft.docker_user_sync([n.bridge for n in self.state.networks()])
-        except PortwrightError:
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                nft.docker_user_sync([n.bridge for n in self.state.networks()])
+        except (PortwrightError, OSError):
             pass
 
     # ------------------------------------------------------------------ sandboxes

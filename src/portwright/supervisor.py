@@ -32,6 +32,9 @@ from .publish.base import Publisher, Target, allocate, publish_all_specs
 from .spec import check_name, parse_env, parse_expose, parse_publish
 from .state import State, proc_start_time
 
+# How often a supervisor re-checks Docker's DOCKER-USER hook, so that a dockerd started (or
+# restarted) after the sandbox does not cut its traffic with a FORWARD DROP policy.
+DOCKER_USER_RECHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
 PR_SET_NAME = 15
 FD_LIMIT_TARGET = 1 << 20  # root may raise the hard limit up to fs.nr_open
@@ -210,6 +213,8 @@ class Supervisor:
             self._start_child(env, log_path)
             self.state.update_sandbox(sid, status="running", cmd_pid=self.child.pid)  # type: ignore[union-attr]
             self._serve_control()
+            if net is not None:
+                self._watch_docker_user()
             stack.pop_all()
         return sid
 
@@ -264,6 +269,15 @@ class Supervisor:
         finally:
             if out is not None:
                 out.close()
+
+    def _watch_docker_user(self) -> None:
+        def loop() -> None:
+            # Its own State handle: SQLite connections are not shared across threads here.
+            engine = Engine(State(self.state.dir))
+            while not self.stop_requested.wait(DOCKER_USER_RECHECK_SECONDS):
+                engine.sync_docker_user()
+
+        threading.Thread(target=loop, name="pw-docker-user", daemon=True).start()
 
     def _serve_control(self) -> None:
         path = control_path(self.state, self.sandbox.id)
