@@ -456,6 +456,28 @@ def test_docker_user_sync_is_needed_idempotent_and_removable(topo: Topo, owner: 
         nft.docker_user_sync([topo.net1.bridge, topo.net2.bridge], netns=topo.host)
 
 
+@pytest.mark.parametrize("topo", ["dockerd-layout"], indirect=True)
+def test_cni_bridges_in_docker_user_survive_the_engine_sync(topo: Topo) -> None:
+    """portwright-cni's accept rules (own tag) are never removed by the engine's sync, and are
+    dropped only once their bridge is gone."""
+    sh("ip", "link", "add", "pwtcnibr", "type", "bridge", ns=topo.host)
+    try:
+        for _ in range(2):  # idempotent
+            dockeruser.docker_user_ensure(["pwtcnibr"], netns=topo.host)
+        nft.docker_user_sync([topo.net1.bridge, topo.net2.bridge], netns=topo.host)
+        cni = [ln for ln in sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.splitlines()
+               if dockeruser.CNI_COMMENT in ln]
+        assert len(cni) == 2 and all("pwtcnibr" in ln for ln in cni)
+        dockeruser.docker_user_forget_missing(netns=topo.host)  # the bridge still exists: kept
+        assert sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.count("pwtcnibr") == 2
+        sh("ip", "link", "del", "pwtcnibr", ns=topo.host)
+        dockeruser.docker_user_forget_missing(netns=topo.host)
+        listing = sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout
+        assert "pwtcnibr" not in listing and topo.net1.bridge in listing  # the engine's rules stay
+    finally:
+        sh("ip", "link", "del", "pwtcnibr", ns=topo.host, check=False)
+
+
 def test_network_removal_and_table_removal_leave_nothing(topo: Topo) -> None:
     """Runs last in the module: takes the networks down and removes the table."""
     tag = "pw:" + secrets.token_hex(6)

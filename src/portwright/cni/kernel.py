@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import KernelError, NeedRoot, PortInUse
-from ..firewall import nft, rules
+from ..firewall import dockeruser, nft, rules
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
 from ..model import Mapping
@@ -126,6 +126,10 @@ class NftBackend:
             if any(m.host_ip.version == 4 for m in mappings):
                 sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
             nft.run(bridge_rule_commands(owner, bridge, mappings, subnets))
+        if bridge and _is_bridge(bridge) and bridge not in self._portwright_bridges():
+            # On a dockerd host (FORWARD policy DROP), Docker's DOCKER-USER hook must accept this
+            # bridge too; a no-op where the chain does not exist.
+            dockeruser.docker_user_ensure([bridge])
 
     def _portwright_bridges(self) -> set[str]:
         names = set()
@@ -142,6 +146,9 @@ class NftBackend:
         self._table = None
         try:
             nft.unpublish(owner)
+            # The bridge may outlive this attachment (others use it); drop only rules of bridges
+            # that are gone.
+            dockeruser.docker_user_forget_missing()
         finally:
             self._table = None
 

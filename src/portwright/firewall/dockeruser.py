@@ -23,6 +23,9 @@ from portwright.errors import KernelError, NeedRoot
 
 CHAIN = "DOCKER-USER"
 COMMENT = "portwright"
+# Bridges made by a CNI interface plugin (cni0, podman's cni-podman0): added by portwright-cni's ADD,
+# kept while the bridge exists. A separate tag, so the engine's sync never removes them.
+CNI_COMMENT = "portwright-cni"
 TOOLS = ("iptables", "ip6tables")  # the same backend dockerd uses (iptables-nft on Debian 12)
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"
 
@@ -35,24 +38,64 @@ def _run(tool: str, args: list[str], netns: str | None) -> subprocess.CompletedP
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-def rule_specs(bridges: Sequence[str]) -> list[list[str]]:
+def rule_specs(bridges: Sequence[str], comment: str = COMMENT) -> list[list[str]]:
     """The rules we want in DOCKER-USER, in ``iptables -S`` order so they compare exactly."""
     specs: list[list[str]] = []
     for br in sorted(set(bridges)):
         for flag in ("-i", "-o"):
-            specs.append([flag, br, "-m", "comment", "--comment", COMMENT, "-j", "ACCEPT"])
+            specs.append([flag, br, "-m", "comment", "--comment", comment, "-j", "ACCEPT"])
     return specs
 
 
-def _ours(listing: str) -> list[list[str]]:
+def _ours(listing: str, comment: str = COMMENT) -> list[list[str]]:
     """Our rules in an ``iptables -S DOCKER-USER`` listing (recognised by the comment)."""
     out: list[list[str]] = []
     for line in listing.splitlines():
         words = shlex.split(line)
         if len(words) > 2 and words[:2] == ["-A", CHAIN] and "--comment" in words:
-            if words[words.index("--comment") + 1] == COMMENT:
+            if words[words.index("--comment") + 1] == comment:
                 out.append(words[2:])
     return out
+
+
+def _link_exists(dev: str, netns: str | None) -> bool:
+    ns = netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
+    if ns is None:
+        return os.path.exists(f"/sys/class/net/{dev}")
+    return subprocess.run(["ip", "-n", ns, "link", "show", "dev", dev], capture_output=True).returncode == 0
+
+
+def _listings(netns: str | None) -> list[tuple[str, str]]:
+    """(tool, ``-S DOCKER-USER`` listing) for each family where dockerd made the chain."""
+    out: list[tuple[str, str]] = []
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            continue  # no such tool: dockerd cannot have made the chain with it either
+        listing = _run(tool, ["-t", "filter", "-S", CHAIN], netns)
+        if listing.returncode != 0:
+            if "Permission denied" in listing.stderr or "Operation not permitted" in listing.stderr:
+                raise NeedRoot(f"reading {tool} chain {CHAIN}")
+            continue  # the chain does not exist: dockerd is not managing this family
+        out.append((tool, listing.stdout))
+    return out
+
+
+def docker_user_ensure(bridges: Sequence[str], *, comment: str = CNI_COMMENT, netns: str | None = None) -> None:
+    """Add (never remove) ACCEPT rules for ``bridges`` tagged ``comment``; idempotent."""
+    want = rule_specs(bridges, comment)
+    for tool, listing in _listings(netns):
+        have = _ours(listing, comment)
+        for spec in reversed(want):
+            if spec not in have:
+                _checked(tool, ["-t", "filter", "-I", CHAIN, "1", *spec], netns)
+
+
+def docker_user_forget_missing(*, comment: str = CNI_COMMENT, netns: str | None = None) -> None:
+    """Remove the ``comment``-tagged rules whose bridge no longer exists."""
+    for tool, listing in _listings(netns):
+        for spec in _ours(listing, comment):
+            if not _link_exists(spec[1], netns):
+                _checked(tool, ["-t", "filter", "-D", CHAIN, *spec], netns)
 
 
 def docker_user_sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
@@ -62,15 +105,8 @@ def docker_user_sync(bridges: Sequence[str], *, netns: str | None = None) -> Non
     Docker's trailing RETURN and of any user rule that would drop them.
     """
     want = rule_specs(bridges)
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
-            continue  # no such tool: dockerd cannot have made the chain with it either
-        listing = _run(tool, ["-t", "filter", "-S", CHAIN], netns)
-        if listing.returncode != 0:
-            if "Permission denied" in listing.stderr or "Operation not permitted" in listing.stderr:
-                raise NeedRoot(f"reading {tool} chain {CHAIN}")
-            continue  # the chain does not exist: dockerd is not managing this family
-        have = _ours(listing.stdout)
+    for tool, listing in _listings(netns):
+        have = _ours(listing)
         for spec in have:
             if spec not in want:
                 _checked(tool, ["-t", "filter", "-D", CHAIN, *spec], netns)
