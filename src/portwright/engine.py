@@ -30,6 +30,17 @@ NETNS_PREFIX = "pw-"
 OWNER_PREFIX = "pw:"
 
 
+def _explicit_subnet(text: str, version: int, flag: str, used: list[ipam.AnyNet]) -> ipam.AnyNet:
+    """A user-given subnet, refused when it overlaps a network or route already on the host."""
+    net = ipam.parse_subnet(text, version, flag)
+    clash = ipam.overlapping(net, used)
+    if clash is not None:
+        pool = ipam.POOL4 if version == 4 else ipam.POOL6
+        raise Conflict(f"{flag} {net} overlaps {clash}, already in use on this host; "
+                       f"choose a free range (e.g. within {pool})")
+    return net
+
+
 def _unlink_quietly(path: str | None) -> None:
     if path:
         try:
@@ -74,24 +85,12 @@ class Engine:
                 used = [ipaddress.ip_network(p, strict=False) for p in netlink.used_prefixes()]
                 mine = self.state.networks()
                 used += [n.subnet4 for n in mine] + [n.subnet6 for n in mine if n.subnet6]
-                if subnet:
-                    net4 = ipam.parse_subnet(subnet, 4, "--subnet")
-                    clash = ipam.overlapping(net4, used)
-                    if clash is not None:
-                        raise Conflict(f"--subnet {net4} overlaps {clash}, already in use on this host; "
-                                       "choose a free range (e.g. within 198.18.0.0/15)")
-                else:
-                    net4 = ipam.carve4(u for u in used if u.version == 4)
+                net4 = (_explicit_subnet(subnet, 4, "--subnet", used) if subnet
+                        else ipam.carve4(u for u in used if u.version == 4))
                 net6 = None
                 if ipv6:
-                    if subnet6:
-                        net6 = ipam.parse_subnet(subnet6, 6, "--subnet6")
-                        clash = ipam.overlapping(net6, used)
-                        if clash is not None:
-                            raise Conflict(f"--subnet6 {net6} overlaps {clash}, already in use; choose "
-                                           "a free range (e.g. within 2001:2::/48)")
-                    else:
-                        net6 = ipam.carve6(u for u in used if u.version == 6)
+                    net6 = (_explicit_subnet(subnet6, 6, "--subnet6", used) if subnet6
+                            else ipam.carve6(u for u in used if u.version == 6))
                 bridge = "pw-" + secrets.token_hex(4)
                 net = Network(name=name, bridge=bridge, subnet4=net4,  # type: ignore[arg-type]
                               gateway4=ipam.gateway(net4),  # type: ignore[arg-type]

@@ -53,6 +53,24 @@ class External:
         return sh(*args, ns=self.ns, check=check, timeout=timeout)
 
 
+def routed_ns(ns: str, veth: str, v4: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address, int],
+              v6: tuple[ipaddress.IPv6Address, ipaddress.IPv6Address, int]) -> None:
+    """A namespace joined to the host by a veth: (host end, namespace end, prefix length) per
+    family, and default routes from the namespace via the host. The caller deletes veth and ns."""
+    (host4, addr4, len4), (host6, addr6, len6) = v4, v6
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "addr", "add", f"{host4}/{len4}", "dev", veth)
+    sh("ip", "-6", "addr", "add", f"{host6}/{len6}", "dev", veth, "nodad")
+    sh("ip", "link", "set", veth, "up")
+    sh("ip", "addr", "add", f"{addr4}/{len4}", "dev", "eth0", ns=ns)
+    sh("ip", "-6", "addr", "add", f"{addr6}/{len6}", "dev", "eth0", "nodad", ns=ns)
+    sh("ip", "link", "set", "eth0", "up", ns=ns)
+    sh("ip", "link", "set", "lo", "up", ns=ns)
+    sh("ip", "route", "add", "default", "via", str(host4), ns=ns)
+    sh("ip", "-6", "route", "add", "default", "via", str(host6), ns=ns)
+
+
 _ext_counter = iter(range(1, 60))
 
 
@@ -66,17 +84,7 @@ def external() -> Iterator[External]:
     host6 = ipaddress.IPv6Address(f"2001:2:ffff:{n:x}::1")
     addr6 = host6 + 1
     try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "addr", "add", f"{host4}/30", "dev", veth)
-        sh("ip", "-6", "addr", "add", f"{host6}/64", "dev", veth, "nodad")
-        sh("ip", "link", "set", veth, "up")
-        sh("ip", "addr", "add", f"{addr4}/30", "dev", "eth0", ns=ns)
-        sh("ip", "-6", "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad", ns=ns)
-        sh("ip", "link", "set", "eth0", "up", ns=ns)
-        sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "route", "add", "default", "via", str(host4), ns=ns)
-        sh("ip", "-6", "route", "add", "default", "via", str(host6), ns=ns)
+        routed_ns(ns, veth, (host4, addr4, 30), (host6, addr6, 64))
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         yield External(ns=ns, veth=veth, addr4=addr4, host4=host4, addr6=addr6, host6=host6)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from conftest import sh
+from conftest import routed_ns, sh
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
@@ -193,17 +193,7 @@ def backend_ns() -> Iterator[Backend]:
     host6, ip6 = net6.network_address + 1, net6.network_address + 2
     be = Backend(ns, veth, host4, ip4, host6, ip6)
     try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "addr", "add", f"{host4}/29", "dev", veth)
-        sh("ip", "-6", "addr", "add", f"{host6}/64", "dev", veth, "nodad")
-        sh("ip", "link", "set", veth, "up")
-        sh("ip", "addr", "add", f"{ip4}/29", "dev", "eth0", ns=ns)
-        sh("ip", "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad", ns=ns)
-        sh("ip", "link", "set", "eth0", "up", ns=ns)
-        sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "route", "add", "default", "via", str(host4), ns=ns)
-        sh("ip", "-6", "route", "add", "default", "via", str(host6), ns=ns)
+        routed_ns(ns, veth, (host4, ip4, 29), (host6, ip6, 64))  # type: ignore[arg-type]
         yield be
     finally:
         be.stop_all()
