@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from pwutil import bridge_ports, inspect, link_names, netns_names, pw, temp_network, uniq, wait_tcp
 
-from conftest import sh
+from conftest import External, sh
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,8 @@ def test_network_lifecycle() -> None:
 
 def test_run_inspect_exec_curl_rm(net: str) -> None:
     name = uniq("web")
-    pw("run", "-d", "--name", name, "--network", net, "--", "python3", "-m", "http.server", "80")
+    # --bind :: serves both families (bindv6only is 0 in a fresh namespace)
+    pw("run", "-d", "--name", name, "--network", net, "--", "python3", "-m", "http.server", "--bind", "::", "80")
     info = inspect(name)
     ip4, ip6 = info["NetworkSettings"]["IPAddress"], info["NetworkSettings"]["GlobalIPv6Address"]
     assert info["State"]["Status"] == "running" and info["NetworkSettings"]["SandboxKey"] == f"/run/netns/pw-{name}"
@@ -71,13 +72,16 @@ def test_run_inspect_exec_curl_rm(net: str) -> None:
     assert eth0["address"] == info["NetworkSettings"]["MacAddress"]
     routes = json.loads(sh("ip", "-j", "route", "show", "default", ns=f"pw-{name}").stdout)
     assert routes[0]["gateway"] == info["NetworkSettings"]["Gateway"]
+    routes6 = json.loads(sh("ip", "-j", "-6", "route", "show", "default", ns=f"pw-{name}").stdout)
+    assert routes6[0]["gateway"] == info["NetworkSettings"]["IPv6Gateway"]
     # portwright exec runs inside the namespace (like nsenter -t PID -n).
     out = pw("exec", name, "--", "ip", "-j", "addr", "show", "dev", "eth0").stdout
     assert ip4 in out
     wait_tcp(None, ip4, 80)
     r = sh("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ip4}:80/")
     assert r.stdout == "200"
-    r = sh("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://[{ip6}]:80/", check=False)
+    r = sh("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://[{ip6}]:80/")
+    assert r.stdout == "200"
     ps = pw("ps").stdout
     assert name in ps and "Up" in ps
     veth = info["NetworkSettings"]["HostVeth"]
@@ -205,8 +209,12 @@ def test_bad_input_one_line_nothing_left(net: str, extra: list[str], fragment: s
 
 
 def test_missing_command_and_duplicate_name(net: str) -> None:
-    r = pw("run", "--network", net, "--", "definitely-not-a-command", check=False)
-    assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+    before = (bridge_ports(net), pw("ps", "-a").stdout)
+    for detach in ([], ["-d"]):
+        r = pw("run", *detach, "--network", net, "-p", "127.0.0.1::80", "--", "definitely-not-a-command",
+               check=False)
+        assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+        assert (bridge_ports(net), pw("ps", "-a").stdout) == before
     name = uniq("d")
     pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60")
     ports_before = bridge_ports(net)
@@ -284,3 +292,53 @@ def test_rm_flag_and_cwd_with_a_shadowing_module(net: str, tmp_path: os.PathLike
     assert name not in pw("ps", "-a").stdout  # --rm: gone once CMD exited
     with open(os.path.join(str(tmp_path), "where")) as f:
         assert f.read().strip() == os.path.realpath(str(tmp_path))
+
+
+def test_port_command_and_ps_ports_column(net: str) -> None:
+    name = uniq("p")
+    pw("run", "-d", "--name", name, "--network", net, "-p", "127.0.0.1::80", "-p", "0.0.0.0::53/udp",
+       "--", "sleep", "60")
+    maps = inspect(name)["NetworkSettings"]["Ports"]
+    tcp_port = next(m["host_port"] for m in maps if m["proto"] == "tcp")
+    udp_port = next(m["host_port"] for m in maps if m["proto"] == "udp")
+    row = next(line for line in pw("ps").stdout.splitlines() if line.endswith(name))
+    assert f"127.0.0.1:{tcp_port}->80/tcp" in row
+    assert f"0.0.0.0:{udp_port}->53/udp" in row
+    assert pw("port", name).stdout.splitlines() == [f"80/tcp -> 127.0.0.1:{tcp_port}",
+                                                     f"53/udp -> 0.0.0.0:{udp_port}"]
+    assert pw("port", name, "80/tcp").stdout == f"127.0.0.1:{tcp_port}\n"
+    r = pw("port", name, "81", check=False)
+    assert r.returncode == 3 and "no public port '81'" in r.stderr
+
+
+def test_default_network_created_on_first_use() -> None:
+    if "pw0" in pw("network", "ls").stdout:
+        pytest.skip("pw0 already exists in this state directory")
+    name = uniq("d")
+    pw("run", "-d", "--name", name, "--", "sleep", "30")
+    try:
+        info = inspect(name)
+        assert info["NetworkSettings"]["Network"] == "pw0"
+        nets = {n["Name"]: n for n in json.loads(pw("network", "ls", "--format", "json").stdout)}
+        assert "pw0" in nets and ipaddress.ip_address(info["NetworkSettings"]["IPAddress"]) in \
+            ipaddress.ip_network(nets["pw0"]["IPAM"]["Config"][0]["Subnet"])
+    finally:
+        pw("rm", "-f", name)
+        pw("network", "rm", "pw0", check=False)
+
+
+def test_internal_network_has_no_egress(external: External) -> None:
+    with temp_network("--internal", prefix="int") as net:
+        name = uniq("i")
+        pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60")
+        srv = sh("sh", "-c", "python3 -m http.server 8766 >/dev/null 2>&1 & echo $!", ns=external.ns).stdout.strip()
+        try:
+            wait_tcp(external.ns, "127.0.0.1", 8766)
+            r = sh("nc", "-z", "-w", "2", str(external.addr4), "8766", ns=f"pw-{name}", check=False)
+            assert r.returncode != 0  # another machine is unreachable from an --internal network
+            with temp_network(prefix="ext") as open_net:  # ... but reachable from a normal one
+                other = uniq("o")
+                pw("run", "-d", "--name", other, "--network", open_net, "--", "sleep", "60")
+                wait_tcp(f"pw-{other}", str(external.addr4), 8766)
+        finally:
+            sh("kill", srv, check=False)
