@@ -118,13 +118,20 @@ def test_host_local_paths(pub: Published, external: External) -> None:
 
 
 def test_external_client_keeps_source_address(pub: Published, external: External) -> None:
+    gateways = {inspect(pub.name)["NetworkSettings"]["Gateway"], inspect(pub.name)["NetworkSettings"]["IPv6Gateway"]}
     for host, client in ((str(external.host4), external.addr4), (f"[{external.host6}]", external.addr6)):
         reply = curl(f"http://{host}:{pub.port}/", ns=external.ns)
         if pub.mode == "nat":
             assert peer_of(reply) == str(client)  # kernel NAT keeps the client's address
         else:
-            assert peer_of(reply) in (pub.ip4, pub.ip6) or "PEER" in reply  # a proxy shows itself
-    assert udp_ask(str(external.host4), pub.udp_port, ns=external.ns).startswith("PEER ")
+            # A proxy opens its own connection from the host: the server sees the bridge's gateway
+            # (--proxy-protocol is how a proxied server learns the client; see the proxy tests).
+            assert peer_of(reply) in gateways, reply
+    for host, client in ((str(external.host4), external.addr4), (str(external.host6), external.addr6)):
+        reply = udp_ask(host, pub.udp_port, ns=external.ns)
+        assert reply.startswith("PEER "), host
+        if pub.mode == "nat":
+            assert peer_of(reply) == str(client)
 
 
 def test_loopback_binding_unreachable_from_outside(pub: Published, external: External) -> None:
@@ -173,15 +180,24 @@ def test_port_refused_to_second_sandbox_and_host_program(pub: Published, network
     assert not {f"pw-{second}", f"pw-{third}"} & netns_names()
     names = pw("ps", "-a").stdout
     assert second not in names and third not in names
-    # A host program cannot take a published port either.
+    # A host program cannot take a published port either, in either family.
     with pytest.raises(OSError):
         with socket.socket() as s2:
             s2.bind(("0.0.0.0", pub.port))
+    with pytest.raises(OSError):
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s6.bind(("::", pub.port))
 
 
 def test_ss_names_portwright_and_sandbox(pub: Published) -> None:
     out = sh("ss", "-Htlnp", f"sport = :{pub.port}").stdout
-    assert '"portwright"' in out
+    lines = out.splitlines()
+    # Held in both families by the sandbox's supervisor: one dual-stack socket (*:P, nat mode) or
+    # one listener per family (proxy mode); nobody else holds it.
+    assert lines and all('"portwright"' in ln for ln in lines), out
+    local = {ln.split()[3] for ln in lines}
+    assert f"*:{pub.port}" in local or {f"0.0.0.0:{pub.port}", f"[::]:{pub.port}"} <= local, local
     sup = inspect(pub.name)["State"]["SupervisorPid"]
     assert f"pid={sup}" in out
     with open(f"/proc/{sup}/cmdline", "rb") as f:
@@ -233,3 +249,34 @@ def test_proxy_counters_move(network: str) -> None:
         assert stats[key]["total"] >= 1 and stats[key]["bytes_in"] >= 100 and stats[key]["bytes_out"] > 0
     finally:
         pw("rm", "-f", p.name)
+
+
+def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
+    # -p A-B:C takes the first port of the range that nobody holds.
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    s.listen()
+    taken = s.getsockname()[1]
+    name = uniq("rg")
+    try:
+        pw("run", "-d", "--name", name, "--network", network, "-p", f"{taken}-{taken + 1}:{CPORT}", "--", "sleep", "30")
+        assert {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]} == {taken + 1}
+    finally:
+        s.close()
+        pw("rm", "-f", name, check=False)
+    # -P skips ip_local_reserved_ports.
+    key = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    old = open(key).read().strip()
+    reserved = set(range(lo, lo + 50))
+    name = uniq("rs")
+    try:
+        with open(key, "w") as f:
+            f.write(f"{lo}-{lo + 49}")
+        pw("run", "-d", "--name", name, "--network", network, "-P", "--expose", str(CPORT), "--", "sleep", "30")
+        ports = {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]}
+        assert ports and not ports & reserved
+    finally:
+        with open(key, "w") as f:
+            f.write(old or "\n")
+        pw("rm", "-f", name, check=False)
