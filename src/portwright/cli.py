@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(cmd=cmd, name=args.name, network=args.network, publish=args.publish or [],
                       publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
                       publish_mode=args.publish_mode, detach=args.detach, proxy_protocol=args.proxy_protocol,
-                      remove=args.rm, cwd=os.getcwd())
+                      remove=args.rm, cwd=os.getcwd(), udp_timeout=args.udp_timeout)
     opts.validate()
     if args.detach:
         print(start_detached(opts))
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-e", "--env", action="append", metavar="K=V")
     r.add_argument("--publish-mode", default="nat", choices=PUBLISH_MODES)
     r.add_argument("--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend")
+    r.add_argument("--udp-timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="proxy mode: forget an idle UDP flow after this long (default 90)")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 

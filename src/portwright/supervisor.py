@@ -52,6 +52,7 @@ class RunOptions:
     publish_mode: str = "nat"
     detach: bool = False
     proxy_protocol: bool = False
+    udp_timeout: float = 90.0  # idle seconds before a relayed UDP flow is forgotten
     remove: bool = False  # --rm: forget a detached sandbox when CMD exits
     cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
 
@@ -67,6 +68,8 @@ class RunOptions:
             parse_expose(e)
         for e in self.env:
             parse_env(e)
+        if not 1 <= self.udp_timeout <= 86400:
+            raise BadInput(f"--udp-timeout {self.udp_timeout:g}: give 1 to 86400 seconds")
         if self.publish_mode not in PUBLISH_MODES:
             raise BadInput(f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}")
         if self.network == "host" and (self.publish or self.publish_all):
@@ -231,7 +234,7 @@ class Supervisor:
         if self.opts.publish_mode == "proxy":
             from .publish.proxy import ProxyPublisher
 
-            return ProxyPublisher(proxy_protocol=self.opts.proxy_protocol)
+            return ProxyPublisher(proxy_protocol=self.opts.proxy_protocol, udp_idle_timeout=self.opts.udp_timeout)
         from .publish.nat import NatPublisher
 
         return NatPublisher()

@@ -280,3 +280,23 @@ def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
         with open(key, "w") as f:
             f.write(old or "\n")
         pw("rm", "-f", name, check=False)
+
+
+def test_proxy_udp_idle_timeout_is_configurable(network: str) -> None:
+    name = uniq("ut")
+    port = free_port()
+    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", "proxy", "--udp-timeout", "1",
+       "-p", f"127.0.0.1:{port}:{CPORT}/udp", "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    try:
+        wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
+        assert udp_ask("127.0.0.1", port).startswith("PEER ")
+        key = f"127.0.0.1:{port}->{CPORT}/udp"
+        assert json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] == 1
+        deadline = time.time() + 10
+        while json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] and time.time() < deadline:
+            time.sleep(0.3)
+        assert json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] == 0
+    finally:
+        pw("rm", "-f", name)
+    r = pw("run", "--network", network, "--udp-timeout", "0", "--", "true", check=False)
+    assert r.returncode == 2 and "--udp-timeout" in r.stderr
