@@ -197,6 +197,16 @@ def test_stale_rule_left_by_killed_supervisor(sandboxes: list[str]) -> None:
     assert ("high", "stale", f"tcp 0.0.0.0:{port}") in got
     p = path(who(snap, port), "127.0.0.1")
     assert p.via == "dnat" and p.owner_tag == f"pw:{rec.id}"  # type: ignore[attr-defined]
+    # The CLI: audit does not reconcile first, reports the leftover and exits non-zero (a CI gate).
+    r = pw("audit", "--json", check=False)
+    assert r.returncode == 10, r.stderr
+    findings = json.loads(r.stdout)["findings"]
+    assert any(f["code"] == "stale" and f["severity"] == "high" and f["subject"] == f"sandbox {name}"
+               for f in findings)
+    pw("prune")  # reconcile: the leftovers go, and so does the finding
+    r = pw("audit", "--json", check=False)
+    assert not any(f["subject"] in (f"sandbox {name}", f"tcp 0.0.0.0:{port}")
+                   for f in json.loads(r.stdout)["findings"])
 
 
 def test_netns_path_for_pid_reads_that_namespace() -> None:
@@ -213,6 +223,9 @@ def test_netns_path_for_pid_reads_that_namespace() -> None:
             found = [ln for ln in listeners_in(path_, ("tcp",)) if ln.port == 4444]
             time.sleep(0.05)
         assert found and found[0].processes[0].pid == child.pid  # as nsenter -t PID -n ss -ntlp shows
+        # The CLI: portwright exec --pid runs a command in that namespace.
+        out = pw("exec", "--pid", str(child.pid), "--", "ss", "-Htln").stdout
+        assert "127.0.0.1:4444" in out
         assert not any(ln.port == 4444 and str(ln.ip) == "127.0.0.1" and ln.processes
                        and ln.processes[0].pid == child.pid for ln in collect().listeners)  # not the host's
         with pytest.raises(NotFound):
