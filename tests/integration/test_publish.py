@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -152,9 +153,36 @@ def test_from_other_sandbox_and_hairpin(pub: Published, network: str, external: 
     pw("run", "-d", "--name", other, "--network", network, "--", "sleep", "60")
     try:
         for ns in (f"pw-{other}", f"pw-{pub.name}"):  # another sandbox, then the same one (hairpin)
-            assert curl(f"http://{external.host4}:{pub.port}/", ns=ns).startswith("PEER "), ns
+            for host in (str(external.host4), f"[{external.host6}]"):
+                assert curl(f"http://{host}:{pub.port}/", ns=ns).startswith("PEER "), (ns, host)
+            for host in (str(external.host4), str(external.host6)):
+                assert udp_ask(host, pub.udp_port, ns=ns).startswith("PEER "), (ns, host)
     finally:
         pw("rm", "-f", other)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binding_to_one_host_address(network: str, external: External, mode: str) -> None:
+    """-p HOSTIP:P:C answers on that address only (v4 and v6), from the host and from outside."""
+    name = uniq("ip")
+    port = free_port()
+    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode,
+       "-p", f"{external.host4}:{port}:{CPORT}", "-p", f"[{external.host6}]:{port}:{CPORT}",
+       "-p", f"{external.host4}:{port}:{CPORT}/udp",
+       "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    try:
+        wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
+        for ns in (None, external.ns):
+            assert curl(f"http://{external.host4}:{port}/", ns=ns).startswith("PEER ")
+            assert curl(f"http://[{external.host6}]:{port}/", ns=ns).startswith("PEER ")
+            assert udp_ask(str(external.host4), port, ns=ns).startswith("PEER ")
+        # Not on the host's other addresses.
+        gw = inspect(name)["NetworkSettings"]["Gateway"]
+        for url in (f"http://127.0.0.1:{port}/", f"http://{gw}:{port}/"):
+            r = subprocess.run(["curl", "-s", "--max-time", "2", url], capture_output=True, text=True)
+            assert r.returncode != 0 and "PEER" not in r.stdout, url
+    finally:
+        pw("rm", "-f", name)
 
 
 def test_udp_large_datagram(pub: Published) -> None:
