@@ -54,6 +54,19 @@ class Published:
     id: str
 
 
+def port_is_free(port: int) -> bool:
+    """Nothing holds port in either family (TCP)."""
+    for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(fam) as t:
+            try:
+                if fam == socket.AF_INET6:
+                    t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                t.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
@@ -281,10 +294,12 @@ def test_proxy_counters_move(network: str) -> None:
 
 def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
     # -p A-B:C takes the first port of the range that nobody holds.
+    # Two neighbouring ports below the ephemeral range, so no client connection sits on them.
+    taken = next(p for p in range(21000 + os.getpid() % 2000 * 2, 30000, 2)
+                 if port_is_free(p) and port_is_free(p + 1))
     s = socket.socket()
-    s.bind(("0.0.0.0", 0))
+    s.bind(("0.0.0.0", taken))
     s.listen()
-    taken = s.getsockname()[1]
     name = uniq("rg")
     try:
         pw("run", "-d", "--name", name, "--network", network, "-p", f"{taken}-{taken + 1}:{CPORT}", "--", "sleep", "30")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import BadInput, PortInUse
+from ..errors import BadInput, Conflict, PortInUse
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
 from ..model import ANY4, ANY6, IPAddress, Mapping, Proto
@@ -157,8 +157,9 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
                     binding = f"[{hip}]:{port}" if hip.version == 6 else f"{hip}:{port}"
                     if len(pool) == 1:
                         raise PortInUse(f"{binding}/{spec.proto}", _owner_text(spec.proto, hip, port, known))
-                    raise PortInUse(f"{spec.text} (every port in the range)",
-                                    "other sockets; widen the range")
+                    what = "ephemeral range" if ephemeral else "range"
+                    raise Conflict(f"-p {spec.text}: every host port of the {what} {pool[0]}-{pool[-1]} is "
+                                   "already in use; widen the range or free a port")
     except BaseException:
         for _, s in out:
             if s is not None:
