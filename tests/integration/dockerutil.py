@@ -83,25 +83,24 @@ class Dockerd:
         return out
 
 
-def _iptables_chains(cmd: str) -> dict[str, set[str]]:
-    chains: dict[str, set[str]] = {}
+def _iptables_listing(cmd: str, prefixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """``cmd -t TABLE -S`` lines starting with one of prefixes, per table ({} without cmd)."""
+    out: dict[str, list[str]] = {}
     if shutil.which(cmd) is None:
-        return chains
+        return out
     for table in _TABLES:
         r = subprocess.run([cmd, "-t", table, "-S"], capture_output=True, text=True)
-        chains[table] = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith(("-N", "-P"))}
-    return chains
+        out[table] = [ln for ln in r.stdout.splitlines() if ln.startswith(prefixes)]
+    return out
+
+
+def _iptables_chains(cmd: str) -> dict[str, set[str]]:
+    return {t: {ln.split()[1] for ln in lines} for t, lines in _iptables_listing(cmd, ("-N", "-P")).items()}
 
 
 def _iptables_rules(cmd: str) -> dict[str, set[str]]:
     """Every ``-A`` rule line, per table (to remove what dockerd appended to built-in chains)."""
-    rules: dict[str, set[str]] = {}
-    if shutil.which(cmd) is None:
-        return rules
-    for table in _TABLES:
-        r = subprocess.run([cmd, "-t", table, "-S"], capture_output=True, text=True)
-        rules[table] = {ln for ln in r.stdout.splitlines() if ln.startswith("-A ")}
-    return rules
+    return {t: set(lines) for t, lines in _iptables_listing(cmd, ("-A ",)).items()}
 
 
 def _forward_policy(cmd: str) -> str | None:
