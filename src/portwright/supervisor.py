@@ -9,7 +9,6 @@ proxy (so ``ss -ntlp`` names ``portwright`` and the sandbox), and serves stats o
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
@@ -27,6 +26,7 @@ from .engine import DEFAULT_NETWORK, NETNS_PREFIX, Engine, new_id, owner_tag, re
 from .errors import BadInput, Conflict, PortInUse, PortwrightError
 from .kernel import netlink, netns, sysctl
 from .kernel import sockets as ksockets
+from .kernel.proc import set_process_name
 from .model import PUBLISH_MODES, Sandbox
 from .publish.base import Publisher, Target, allocate, publish_all_specs
 from .spec import check_name, parse_env, parse_expose, parse_publish
@@ -36,7 +36,6 @@ from .state import State, proc_start_time
 # restarted) after the sandbox does not cut its traffic with a FORWARD DROP policy.
 DOCKER_USER_RECHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
-PR_SET_NAME = 15
 FD_LIMIT_TARGET = 1 << 20  # root may raise the hard limit up to fs.nr_open
 
 
@@ -86,14 +85,6 @@ class RunOptions:
 def _close_all(socks: list[socket.socket]) -> None:
     for s in socks:
         s.close()
-
-
-def set_process_name(name: str) -> None:
-    try:
-        libc = ctypes.CDLL(None)
-        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except OSError:
-        pass
 
 
 def control_path(state: State, sid: str) -> str:

@@ -15,7 +15,6 @@ The process is found again without any state file: its command line carries the 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import ipaddress
 import json
@@ -26,14 +25,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..kernel.proc import set_process_name
 from ..model import Mapping
 from ..proxy.server import ProxyServer
 from ..publish.reserve import bind_socket, make_placeholder
 
 HOLDER_MODULE = "portwright.cni.holder"
-# prctl(PR_SET_NAME): the 15-character comm shown by ps/top, so an operator sees who holds it.
-PR_SET_NAME = 15
-COMM = b"pw-cni-holder"
+# The comm shown by ps/top/ss, so an operator sees who holds the ports.
+COMM = "pw-cni-holder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +77,6 @@ def start_relay(relayed: list[tuple[Binding, socket.socket]]) -> ProxyServer:
     return srv
 
 
-def _set_comm() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(COMM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=HOLDER_MODULE, description="portwright CNI port holder")
     p.add_argument("--owner", required=True, help="owner tag cni:<containerID>:<ifname>")
@@ -93,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--bindings", required=True, help="JSON list of bindings")
     a = p.parse_args(argv)
-    _set_comm()
+    set_process_name(COMM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

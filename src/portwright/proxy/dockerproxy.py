@@ -28,9 +28,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..kernel.proc import set_process_name
+
 STATUS_FD = 3  # pipe to the parent: "0\n" or "1\n<message>"
 LISTEN_FD = 4  # with -use-listen-fd: the socket dockerd bound for us
-PROCESS_NAME = b"portwright-prox"  # 15 bytes: what ss -p, ps and top show
+PROCESS_NAME = "portwright-prox"  # 15 bytes: what ss -p, ps and top show
 _BOOL_FLAGS = {"use-listen-fd", "v", "version"}
 _STR_FLAGS = {"proto", "host-ip", "host-port", "container-ip", "container-port"}
 USAGE = """Usage of portwright-proxy (docker-proxy compatible):
@@ -165,16 +167,6 @@ def _report(ok: bool, message: str, have_pipe: bool) -> None:
             pass
 
 
-def _set_process_name() -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
 def _go_listen_error(a: ProxyArgs, err: Exception) -> str:
     """The error text, shaped like Go's so that dockerd users see what they know."""
     from ..errors import KernelError, PortInUse
@@ -244,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"portwright-proxy version {v} (docker-proxy compatible)")
         return 0
-    _set_process_name()
+    set_process_name(PROCESS_NAME)
     return run(a, have_pipe)
 
 

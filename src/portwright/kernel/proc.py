@@ -1,0 +1,21 @@
+"""Process identity: the short name (comm) that ps, top and ``ss -p`` show.
+
+Every long-lived portwright process names itself, so that whoever reads ``ss -ntlp`` sees who
+holds a port: the supervisor ("portwright"), the docker-proxy drop-in, the CNI port holder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+PR_SET_NAME = 15  # include/uapi/linux/prctl.h
+COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel keeps only this many bytes
+
+
+def set_process_name(name: str) -> None:
+    """prctl(PR_SET_NAME): best effort, a failure changes nothing else."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:COMM_MAX]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
