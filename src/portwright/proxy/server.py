@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import KernelError, PortInUse
 from ..model import IPAddress, Mapping
+from ..publish.reserve import bind_socket
 from . import proxyproto
 from .tcp import (
     ACTIVE,
@@ -81,29 +82,24 @@ def describe_owner(proto: str, port: int, ip: IPAddress) -> str:
 
 
 def open_listener(m: Mapping) -> socket.socket:
-    """Bind (and for stream protocols, listen on) the host side of one mapping."""
-    fam = socket.AF_INET if m.family == 4 else socket.AF_INET6
-    stype = socket.SOCK_DGRAM if m.proto == "udp" else socket.SOCK_STREAM
+    """Bind (and for stream protocols, listen on) the host side of one mapping, non-blocking.
+
+    The socket itself is the same as a reservation's (``publish.reserve.bind_socket``:
+    SO_REUSEADDR, an IPv6 "::" that serves IPv6 only, the backlog); the relay adds its tuning."""
     try:
-        s = socket.socket(fam, stype | socket.SOCK_NONBLOCK, _proto_number(m.proto))
+        s = bind_socket(m.proto, m.host_ip, m.host_port)
     except OSError as e:
-        if m.proto == "sctp":
+        if m.proto == "sctp" and e.errno in _NO_SOCKET_TYPE:
             raise KernelError(f"opening an SCTP socket for {m.docker_format()}",
                               f"{e.strerror}: this kernel has no SCTP support (try: modprobe sctp), "
                               "or publish the port as tcp/udp", e.errno) from None
-        raise KernelError(f"socket() for {m.docker_format()}", str(e.strerror), e.errno) from None
+        raise bind_error(m, e) from None
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            # "::" serves IPv6 only; the IPv4 half is its own Mapping with its own socket.
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setblocking(False)
         _tune(s, m)
-        s.bind((str(m.host_ip), m.host_port))
-        if stype == socket.SOCK_STREAM:
-            s.listen(BACKLOG)
     except OSError as e:
         s.close()
-        raise bind_error(m, e) from None
+        raise KernelError(f"tuning the listener {m.docker_format()}", str(e.strerror), e.errno) from None
     return s
 
 
@@ -114,6 +110,10 @@ def _tune(s: socket.socket, m: Mapping) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     elif m.proto == "udp":
         tune_listener(s, m.wildcard)
+
+
+# socket() errnos that mean "this kernel has no such protocol", not a bind problem.
+_NO_SOCKET_TYPE = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EAFNOSUPPORT, errno.EPROTOTYPE)
 
 
 def bind_error(m: Mapping, e: OSError) -> Exception:
