@@ -71,29 +71,27 @@ class SandboxRecord:
         return self.sandbox.name
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: distinguishes a live supervisor from a reused pid."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, comes first)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(data.rsplit(")", 1)[1].split()[19])
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: distinguishes a live supervisor from a reused pid."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def pid_alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
+    """Is pid running (not a zombie) and, given start, still the same process?"""
+    fields = _proc_stat(pid) if pid else None
+    if not fields or fields[0] == "Z":
         return False
-    st = proc_start_time(pid)
-    if st is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except OSError:
-        return False
-    return start is None or st == start
+    return start is None or int(fields[19]) == start
 
 
 class State:
