@@ -142,7 +142,6 @@ class Supervisor:
             specs += publish_all_specs(expose)
         env = dict(os.environ)
         env.update(parse_env(e) for e in o.env)
-        self.engine.reconcile()
         sid = new_id()
         name = o.name or f"pw_{sid[:8]}"
         if self.state.find_sandbox(name) is not None:
