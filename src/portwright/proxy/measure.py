@@ -196,11 +196,12 @@ def _iperf_result(stdout: str, udp: bool) -> float:
     return float(end["sum_received"]["bits_per_second"]) / 1e9
 
 
-def _wrk(port: int, seconds: float, keepalive: bool) -> tuple[float, float]:
+def _wrk(url: str, seconds: float, keepalive: bool) -> tuple[float, float]:
+    """(requests/s, p99 ms) from wrk's text summary against url."""
     args = ["wrk", "-t2", "-c32", f"-d{max(1, int(seconds))}s", "--latency"]
     if not keepalive:
         args += ["-H", "Connection: close"]
-    out = _sh(*args, f"http://127.0.0.1:{port}/").stdout
+    out = _sh(*args, url).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = 0.0
@@ -284,16 +285,9 @@ def _iperf_to(lb: Lab, pe: Peer, rev: bool, udp: bool = False, seconds: float | 
 
 
 def _wrk_to(lb: Lab, port: int, name: str, seconds: float, ka: bool) -> tuple[float, float]:
-    if name != "direct":
-        return _wrk(port, seconds, ka)
-    args = ["wrk", "-t2", "-c32", f"-d{max(1, int(seconds))}s", "--latency"]
-    if not ka:
-        args += ["-H", "Connection: close"]
-    out = _sh(*args, f"http://{lb.ip4}:80/").stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else 0.0
-    return rps, p99
+    """wrk through a published port on loopback, or straight to the sandbox for "direct"."""
+    url = f"http://{lb.ip4}:80/" if name == "direct" else f"http://127.0.0.1:{port}/"
+    return _wrk(url, seconds, ka)
 
 
 def measure_pss(backend_ip: str, n: int, say: Callable[[str], None] = print) -> dict[str, float]:
