@@ -18,12 +18,13 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from pwutil import free_port  # noqa: F401  (re-exported for the proxy tests)
 
 from conftest import routed_ns, sh
 
@@ -199,25 +200,6 @@ def backend_ns() -> Iterator[Backend]:
         be.stop_all()
         sh("ip", "link", "del", veth, check=False)
         sh("ip", "netns", "del", ns, check=False)
-
-
-def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on the host for both families right now."""
-    for _ in range(100):
-        with socket.socket(family, kind) as s:
-            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-            port = int(s.getsockname()[1])
-        try:
-            for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-                for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    with socket.socket(fam, k) as t:
-                        if fam == socket.AF_INET6:
-                            t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                        t.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port found")
 
 
 def wait_until(pred: object, timeout: float = 10.0, interval: float = 0.05) -> bool:

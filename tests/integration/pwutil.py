@@ -90,6 +90,31 @@ def link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out) if link["ifname"].startswith(("pw-", "pwv"))}
 
 
+def port_is_free(port: int) -> bool:
+    """Nothing holds port right now: TCP and UDP, IPv4 and IPv6."""
+    try:
+        for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(fam, kind) as t:
+                    if fam == socket.AF_INET6:
+                        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    t.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
+def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel hands out that is free in both families and for both TCP and UDP."""
+    for _ in range(100):
+        with socket.socket(family, kind) as s:
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            port = int(s.getsockname()[1])
+        if port_is_free(port):
+            return port
+    raise RuntimeError("no free port found")
+
+
 def bridge_ports(network: str) -> set[str]:
     """The interfaces enslaved to a portwright network's bridge (its sandboxes' veths)."""
     nets = json.loads(pw("network", "inspect", network).stdout)

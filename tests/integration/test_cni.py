@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pwutil import free_port
 
 from conftest import External, need, sh
 from portwright.cni import protocol as p
@@ -31,18 +32,6 @@ from portwright.firewall import nft, rules
 CNI_DIR = "/usr/lib/cni"
 PLUGIN = shutil.which("portwright-cni") or os.path.join(os.path.dirname(os.sys.executable), "portwright-cni")
 _subnets = itertools.cycle(range(212, 216))
-_ports = iter(range(23400 + secrets.randbelow(400) * 10, 65000, 7))
-
-
-def free_port() -> int:
-    while True:
-        port = next(_ports)
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-                return port
-            except OSError:
-                continue
 
 
 @dataclass

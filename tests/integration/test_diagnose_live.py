@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pwutil import pw, uniq, wait_tcp
+from pwutil import free_port, pw, uniq, wait_tcp
 
 from conftest import sh
 from portwright.diagnose import audit as audit_mod
@@ -32,21 +32,6 @@ from portwright.kernel.sockets import Listener
 from portwright.state import State
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    for _ in range(50):
-        port = 20000 + secrets.randbelow(30000)
-        ok = True
-        for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-            with socket.socket(fam) as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise AssertionError("no free port found")
 
 
 def wait_inner(netns: str, port: int, timeout: float = 10) -> None:

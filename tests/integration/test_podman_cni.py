@@ -15,7 +15,6 @@ import os
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pwutil import free_port
 
 from conftest import need, sh
 from portwright.cni import protocol as p
@@ -132,19 +132,13 @@ def _ulimits() -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
 def _entries_of(cid: str) -> set[str]:
     return {o for o in nft.owners() if o.startswith(p.TAG_PREFIX) and cid in o}
 
 
 def test_podman_run_publish_rm(podman: Podman) -> None:
     need("curl", "curl")
-    port = _free_port()
+    port = free_port()
     r = podman.run("run", "-d", *_ulimits(), "--network", podman.network, "-p", f"{port}:8080",
                    "localhost/pwt-busybox:latest", "/bin/httpd", "-f", "-p", "8080", "-h", "/www")
     cid = r.stdout.strip().splitlines()[-1]

@@ -25,9 +25,11 @@ from pwutil import (
     SERVERS,
     curl,
     dockerd_with_forward_drop,
+    free_port,
     inspect,
     netns_names,
     nft_owner_elements,
+    port_is_free,
     pw,
     tcp_ask,
     temp_network,
@@ -52,25 +54,6 @@ class Published:
     ip4: str
     ip6: str
     id: str
-
-
-def port_is_free(port: int) -> bool:
-    """Nothing holds port in either family (TCP)."""
-    for fam, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        with socket.socket(fam) as t:
-            try:
-                if fam == socket.AF_INET6:
-                    t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                t.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", params=["plain-host", "with-dockerd"])
