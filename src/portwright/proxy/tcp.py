@@ -18,7 +18,9 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
 - EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
 - a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
-  is not read again until the destination drains, so the sender's TCP window closes.
+  is not read again until the destination drains, so the sender's TCP window closes;
+- a pipe goes back to the pool only when the kernel reports it empty (``PipePool.put``), so bytes
+  left behind by an aborted relay can never reach another connection.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import select
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -64,14 +67,20 @@ COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "error
 
 
 class PipePool:
-    """Reusable non-blocking pipes of ``PIPE_SIZE``; only empty pipes come back to the pool."""
+    """Reusable non-blocking pipes of ``PIPE_SIZE``.
 
-    __slots__ = ("free", "cap", "size")
+    A pipe comes back to the pool only when the kernel says it is empty (FIONREAD on its read
+    end), whatever its borrower believed: a pipe handed out with bytes still inside would send one
+    connection's bytes ahead of the next one's. Anything else is closed.
+    """
+
+    __slots__ = ("free", "cap", "size", "_nread")
 
     def __init__(self, cap: int = 64, size: int = PIPE_SIZE) -> None:
         self.free: list[tuple[int, int]] = []
         self.cap = cap
         self.size = size
+        self._nread = bytearray(4)  # FIONREAD's int, reused (one pool per loop thread)
 
     def get(self) -> tuple[int, int]:
         if self.free:
@@ -84,11 +93,18 @@ class PipePool:
         return r, w
 
     def put(self, pipe: tuple[int, int]) -> None:
+        """Keep ``pipe`` for reuse if it is provably empty and the pool has room; else close it."""
         if len(self.free) < self.cap:
-            self.free.append(pipe)
-        else:
-            os.close(pipe[0])
-            os.close(pipe[1])
+            try:
+                fcntl.ioctl(pipe[0], termios.FIONREAD, self._nread, True)
+                empty = self._nread == b"\0\0\0\0"
+            except OSError:
+                empty = False
+            if empty:
+                self.free.append(pipe)
+                return
+        os.close(pipe[0])
+        os.close(pipe[1])
 
     def close(self) -> None:
         while self.free:
@@ -291,13 +307,16 @@ class TcpRelay:
                         first = False
                         if n < SMALL_READ:
                             h.bulk = False  # the stream went quiet: back to recv/send next time
+                    # Record the bytes now in the pipe before moving them on: if the next splice
+                    # fails (reset, broken pipe) the relay is aborted with fill telling the truth.
+                    h.fill = n
                     try:
                         m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
                     except BlockingIOError:
                         m = 0
                     ctr[h.slot] += m
+                    h.fill = n - m
                     if m < n:
-                        h.fill = n - m
                         h.blocked = True
                         return
                     # Read until EAGAIN: a non-blocking splice stops when the pipe runs out of
@@ -338,11 +357,7 @@ class TcpRelay:
         self.ctr[ACTIVE] -= 1
         for h in (self.up, self.down):
             if h.pipe is not None:
-                if h.fill:  # bytes still inside: the pipe cannot be reused
-                    os.close(h.pipe[0])
-                    os.close(h.pipe[1])
-                else:
-                    loop.pipes.put(h.pipe)
+                loop.pipes.put(h.pipe)  # closed instead of pooled if bytes are still inside
                 h.pipe = None
         self.c.close()
         self.b.close()
