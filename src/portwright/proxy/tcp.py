@@ -16,7 +16,8 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
   arrived while the last batch was being moved, and copying 64 KiB through Python on each of those
   cost more than the splice it replaced;
 - EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
-- a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF;
+- a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF,
+  also when it arrives on a direction that is waiting for its destination to drain (EPOLLERR);
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
   is not read again until the destination drains, so the sender's TCP window closes;
 - a pipe goes back to the pool only when the kernel reports it empty (``PipePool.put``), so bytes
@@ -167,6 +168,10 @@ class TcpRelay:
                     if self.connected and not self.hdr:
                         if not self.up.blocked:
                             self._pump(self.up, ev & _EOF_EV)
+                        elif ev & EPOLLERR:
+                            # A reset (or timeout) while this direction waits for the backend to
+                            # drain: nobody would read the client again to see it, so end here.
+                            raise RelayError("client connection failed")
                     else:
                         self.c_ready = True
                         if ev & EPOLLERR:
@@ -184,8 +189,11 @@ class TcpRelay:
                         self._pump(self.up)
                 elif ev & EPOLLOUT and self.up.blocked:
                     self._pump(self.up)
-                if ev & _READ_EV and not self.down.blocked:
-                    self._pump(self.down, ev & _EOF_EV)
+                if ev & _READ_EV:
+                    if not self.down.blocked:
+                        self._pump(self.down, ev & _EOF_EV)
+                    elif ev & EPOLLERR:  # the mirror case: the backend failed while the client is full
+                        raise RelayError("backend connection failed")
             if self.up.done and self.down.done:
                 self.close()
         except RelayError:
