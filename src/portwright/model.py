@@ -3,7 +3,8 @@
 A ``Mapping`` is one concrete published port after allocation: one protocol, one host
 address (``0.0.0.0``/``::`` for "any"), one host port, one sandbox address and port.
 A ``-p 8080:80`` on a dual-stack host becomes two Mappings (v4 and v6 halves) with the same
-host port. Publishers (nat, proxy, host, ebpf) consume lists of Mappings.
+host port. Publishers (nat, proxy, host, ebpf) consume lists of Mappings. ``bindings_clash``
+is the one rule for when two host bindings collide (allocation, nftables, CNI, socket owners).
 """
 
 from __future__ import annotations
@@ -20,6 +21,28 @@ PUBLISH_MODES: tuple[str, ...] = ("nat", "proxy")
 
 ANY4 = ipaddress.IPv4Address("0.0.0.0")
 ANY6 = ipaddress.IPv6Address("::")
+
+
+def bindings_clash(a: IPAddress, b: IPAddress, *, a_dual: bool = False, b_dual: bool = False) -> bool:
+    """Would bindings on ``a`` and ``b`` (same protocol and port) clash? The one clash rule.
+
+    It is ``bind()``'s rule for sockets that do not share a port (no SO_REUSEADDR/SO_REUSEPORT):
+    the same address, or either side the wildcard of the other's family. ``::`` also covers
+    IPv4 only when it is dual-stack (a socket with IPV6_V6ONLY off: ``a_dual``/``b_dual``); a
+    dual-stack binding on ``::ffff:a.b.c.d`` is the IPv4 address a.b.c.d. A Mapping on ``::`` is
+    IPv6 only (its IPv4 half is a mapping of its own), so mappings pass no flag.
+    """
+    a, b = _dual_as_v4(a, a_dual), _dual_as_v4(b, b_dual)
+    if a.version == b.version:
+        return a == b or a.is_unspecified or b.is_unspecified
+    v6, dual = (a, a_dual) if a.version == 6 else (b, b_dual)
+    return dual and v6.is_unspecified
+
+
+def _dual_as_v4(ip: IPAddress, dual: bool) -> IPAddress:
+    if dual and isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 @dataclass(frozen=True, slots=True)

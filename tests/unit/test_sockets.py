@@ -79,3 +79,32 @@ def test_listeners_sees_our_own_sockets_with_v6only_and_pid() -> None:
     finally:
         tcp.close()
         udp.close()
+
+
+@pytest.mark.parametrize("option", ["SO_REUSEADDR", "SO_REUSEPORT"])
+def test_port_free_is_false_for_a_udp_port_held_by_a_sharing_socket(option: str) -> None:
+    # A probe that set SO_REUSEADDR itself shared the port with such a holder and called it free.
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.setsockopt(socket.SOL_SOCKET, getattr(socket, option), 1)
+    held.bind(("127.0.0.1", 0))
+    try:
+        port = held.getsockname()[1]
+        assert not sockets.port_free("udp", ipaddress.ip_address("127.0.0.1"), port)
+        assert not sockets.port_free("udp", ipaddress.ip_address("0.0.0.0"), port)
+    finally:
+        held.close()
+    assert sockets.port_free("udp", ipaddress.ip_address("127.0.0.1"), port)
+
+
+def test_describe_owner_names_the_process_of_a_dual_stack_clash_only() -> None:
+    import os
+
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v4.bind(("0.0.0.0", 0))
+    try:
+        port = v4.getsockname()[1]
+        # A dual-stack [::] bind clashes with 0.0.0.0; a v6-only one does not.
+        assert f"pid {os.getpid()} " in sockets.describe_owner("udp", port, ipaddress.ip_address("::"), dual=True)
+        assert sockets.describe_owner("udp", port, ipaddress.ip_address("::")) == "another socket (owner not visible)"
+    finally:
+        v4.close()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portwright.errors import BadInput
-from portwright.model import IPAddress, Mapping, Network
+from portwright.model import IPAddress, Mapping, Network, bindings_clash
 
 Cmd = dict[str, Any]
 
@@ -502,21 +502,22 @@ def networks(table_json: dict[str, Any]) -> set[str]:
 def conflicts(owner: str, mappings: Sequence[Mapping], table_json: dict[str, Any]) -> list[tuple[Mapping, str]]:
     """Mappings that would collide with another owner's element, with that owner's tag.
 
-    Same family, protocol and host port, and the same host address or either side a wildcard:
-    the rule ``bind()`` applies, because a specific-address element would otherwise silently
-    take traffic from another owner's wildcard binding.
+    Same protocol and host port, and host addresses that clash by ``model.bindings_clash`` (the
+    rule ``bind()`` applies: the same address, or either side its family's wildcard), because a
+    specific-address element would otherwise silently take traffic from another owner's
+    wildcard binding. Elements are per family, so a ``::`` element never covers IPv4.
     """
     tag = owner_tag(owner)
-    taken: dict[tuple[int, str, int], list[Published]] = {}
+    taken: dict[tuple[str, int], list[Published]] = {}
     for p in published(table_json):
         if p.owner != tag:
-            taken.setdefault((p.host_ip.version, p.proto, p.host_port), []).append(p)
+            taken.setdefault((p.proto, p.host_port), []).append(p)
     out: list[tuple[Mapping, str]] = []
     for m in mappings:
         if not nat_capable(m):
             continue
-        for p in taken.get((m.host_ip.version, m.proto, m.host_port), []):
-            if m.wildcard or p.wildcard or p.host_ip == m.host_ip:
+        for p in taken.get((m.proto, m.host_port), []):
+            if bindings_clash(m.host_ip, p.host_ip):
                 out.append((m, p.owner or "an untagged nftables element"))
                 break
     return out

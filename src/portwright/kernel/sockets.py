@@ -1,6 +1,7 @@
 """Who holds a socket: the kernel's socket tables joined with /proc/PID/fd.
 
-Used before publishing (to name the owner of a port that is taken) and by diagnostics. The
+Used before publishing (to refuse a port another socket holds, and name its owner) and by
+diagnostics. The
 tables come from sock_diag netlink (``ss``'s source: exact, and it reports IPV6_V6ONLY) with
 /proc/net/{tcp,udp}[6] as the fallback. Both read the network namespace of the calling
 *thread*, so diagnostics can read another namespace from a thread that has entered it.
@@ -15,7 +16,7 @@ import socket
 import struct
 from dataclasses import dataclass, replace
 
-from ..model import IPAddress
+from ..model import IPAddress, bindings_clash
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN == 10
 UDP_UNCONN = "07"  # an unconnected (bound) UDP socket shows TCP_CLOSE == 7
@@ -45,8 +46,18 @@ class Listener:
         return self.ip.is_unspecified and self.v6only is False
 
     @property
+    def dual_stack(self) -> bool:
+        """A v6 socket that takes IPv4 too; unknown IPV6_V6ONLY counts as off (Linux's default)."""
+        return self.ip.version == 6 and self.v6only is not True
+
+    @property
     def binding(self) -> str:
         return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+
+    def clashes(self, proto: str, ip: IPAddress, port: int, dual: bool = False) -> bool:
+        """Would binding ip:port/proto (dual: a ``::`` socket with IPV6_V6ONLY off) clash with this one?"""
+        return (self.proto == proto and self.port == port
+                and bindings_clash(self.ip, ip, a_dual=self.dual_stack, b_dual=dual))
 
 
 def _decode_addr(hexaddr: str) -> tuple[IPAddress, int]:
@@ -225,35 +236,32 @@ def with_processes(lns: list[Listener], by_inode: dict[int, list[int]]) -> list[
                                         if p)) for ln in lns]
 
 
-def overlaps(a: IPAddress, b: IPAddress) -> bool:
-    """Would binding a and b on the same port clash? (wildcards clash with their family; a
-    dual-stack :: socket also clashes with IPv4.)"""
-    if a == b:
-        return True
-    if a.is_unspecified and (a.version == b.version or a.version == 6):
-        return True
-    if b.is_unspecified and (a.version == b.version or b.version == 6):
-        return True
-    return False
+def holders(proto: str, port: int, ip: IPAddress | None = None, dual: bool = False) -> list[Listener]:
+    """The listeners that hold proto/port: all of them, or those a binding on ip would clash with."""
+    return [ln for ln in listeners((proto,)) if ln.port == port and (ip is None or ln.clashes(proto, ip, port, dual))]
 
 
-def holders(proto: str, port: int, ip: IPAddress | None = None) -> list[Listener]:
-    return [ln for ln in listeners((proto,)) if ln.port == port and (ip is None or overlaps(ln.ip, ip))]
-
-
-def describe_owner(proto: str, port: int, ip: IPAddress | None = None) -> str:
+def describe_owner(proto: str, port: int, ip: IPAddress | None = None, dual: bool = False) -> str:
     """A short human description of who holds proto/port, e.g. ``pid 812 (nginx: nginx -g ...)``."""
-    for ln in holders(proto, port, ip):
-        if ln.processes:
-            p = ln.processes[0]
-            cmd = p.cmdline if len(p.cmdline) <= 80 else p.cmdline[:77] + "..."
-            return f"pid {p.pid} ({p.comm}: {cmd}) on {ln.binding}"
-        return f"a socket on {ln.binding} (inode {ln.inode}, no visible process: kernel or other namespace)"
+    for ln in holders(proto, port, ip, dual):
+        return describe_listener(ln)
     return "another socket (owner not visible)"
 
 
+def describe_listener(ln: Listener) -> str:
+    """``pid 812 (nginx: nginx -g ...) on 0.0.0.0:80``, or the socket alone when no process shows."""
+    if ln.processes:
+        p = ln.processes[0]
+        cmd = p.cmdline if len(p.cmdline) <= 80 else p.cmdline[:77] + "..."
+        return f"pid {p.pid} ({p.comm}: {cmd}) on {ln.binding}"
+    return f"a socket on {ln.binding} (inode {ln.inode}, no visible process: kernel or other namespace)"
+
+
 def port_free(proto: str, ip: IPAddress, port: int) -> bool:
-    """Can we bind ip:port/proto right now? Tries a real bind (the kernel is the judge)."""
+    """Can we bind ip:port/proto right now? Tries a real bind (the kernel is the judge).
+
+    Only TCP sets SO_REUSEADDR (to pass TIME_WAIT; it never lets two listeners share a port): on
+    UDP it would let the test bind share the port with a holder that set it too."""
     fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     typ = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     if proto == "sctp":
@@ -267,7 +275,8 @@ def port_free(proto: str, ip: IPAddress, port: int) -> bool:
     try:
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if proto != "udp":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((str(ip), port))
         if proto == "tcp":
             s.listen(1)

@@ -2,7 +2,10 @@
 
 Allocation turns parsed ``-p``/``-P`` requests into concrete Mappings and binds a socket for
 each one while the state database is locked, so the kernel (a real bind) and our own records
-agree and two concurrent ``run``s can never be handed the same host port. The IPv4 and IPv6
+agree and two concurrent ``run``s can never be handed the same host port. Before binding, a
+port is checked against both owners we know of: the mappings recorded in state and the host's
+sockets (sock_diag), with the one clash rule (``model.bindings_clash``); the exclusive bind
+(``reserve``) then keeps it ours. The IPv4 and IPv6
 halves of one request always get the same host port. A Publisher then makes the mappings
 carry traffic (nat: nftables maps; proxy: the userland relay) and undoes it at teardown.
 """
@@ -20,7 +23,7 @@ from typing import Protocol
 from ..errors import BadInput, Conflict, PortInUse
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
-from ..model import ANY4, ANY6, IPAddress, Mapping, Proto
+from ..model import ANY4, ANY6, IPAddress, Mapping, Proto, bindings_clash
 from ..spec import ExposeSpec, PortSpec
 from .reserve import bind_socket
 
@@ -82,16 +85,57 @@ def host_ips(spec: PortSpec, target: Target, ipv6_host: bool) -> list[tuple[IPAd
     return halves
 
 
-def _owner_text(proto: str, ip: IPAddress, port: int, known: Sequence[tuple[str, Mapping]]) -> str:
-    for owner, m in known:
-        if m.proto == proto and m.host_port == port and ksockets.overlaps(m.host_ip, ip):
-            return owner
-    return ksockets.describe_owner(proto, port, ip)
+class _Holders:
+    """Who already holds host ports, read once per allocation: the mappings recorded for other
+    sandboxes (``known``) and the host's listening TCP / bound UDP sockets (sock_diag). A port
+    either of them holds is refused before any bind, so even a socket that shares ports
+    (SO_REUSEADDR on UDP, SO_REUSEPORT) cannot end up with a second owner."""
+
+    def __init__(self, known: Sequence[tuple[str, Mapping]], protos: set[str]) -> None:
+        self.known = known
+        self.sockets: dict[tuple[str, int], list[ksockets.Listener]] = {}
+        for ln in ksockets.listeners(tuple(sorted(protos & {"tcp", "udp"})), with_processes=False):
+            self.sockets.setdefault((ln.proto, ln.port), []).append(ln)
+
+    def owner(self, proto: str, ip: IPAddress, port: int, dual: bool) -> str | ksockets.Listener | None:
+        """The first known owner (its description) or host socket that a bind of ip:port clashes with."""
+        for who, m in self.known:
+            if m.proto == proto and m.host_port == port and bindings_clash(m.host_ip, ip, b_dual=dual):
+                return who
+        for ln in self.sockets.get((proto, port), ()):
+            if ln.clashes(proto, ip, port, dual):
+                return ln
+        return None
+
+    def describe(self, proto: str, ip: IPAddress, port: int, dual: bool) -> str:
+        """Who holds ip:port now, for the error message (names the process of a host socket)."""
+        who = self.owner(proto, ip, port, dual)
+        if isinstance(who, str):
+            return who
+        if who is not None:
+            return ksockets.describe_listener(ksockets.with_processes([who], ksockets.socket_inodes_by_pid())[0])
+        return ksockets.describe_owner(proto, port, ip, dual)
+
+
+def _first_holder(holders: _Holders, proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int,
+                  dual: bool) -> tuple[IPAddress, bool] | None:
+    """The first half (host address, dual-stack?) of a request that someone already holds."""
+    for hip, is_dual in _socket_halves(halves, dual):
+        if holders.owner(proto, hip, port, is_dual) is not None:
+            return hip, is_dual
+    return None
+
+
+def _socket_halves(halves: list[tuple[IPAddress, IPAddress]], dual: bool) -> list[tuple[IPAddress, bool]]:
+    """The sockets a request binds: (host address, dual-stack?) per socket."""
+    if dual and [h for h, _ in halves] == [ANY4, ANY6]:
+        return [(ANY6, True)]
+    return [(h, False) for h, _ in halves]
 
 
 def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
               ) -> tuple[list[socket.socket | None], tuple[IPAddress, OSError] | None]:
-    if dual and [h for h, _ in halves] == [ANY4, ANY6]:
+    if _socket_halves(halves, dual) == [(ANY6, True)]:
         # One dual-stack [::]:P socket holds the port in both families: half the descriptors,
         # so 10,000 published ports fit in a 20,000-descriptor limit.
         try:
@@ -113,56 +157,68 @@ def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int
 def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[str, Mapping]],
              ipv6_host: bool | None = None, dual_stack: bool = False) -> Bound:
     """Bind a socket for every mapping the specs ask for. ``known`` lists (owner description,
-    mapping) already published by others, to name them on a clash. All-or-nothing. With
-    dual_stack, a wildcard request's two halves share one ``[::]:P`` socket (kept on the v6
-    half; the v4 half's socket is None)."""
+    mapping) already published by others: a port one of them holds, or that a host socket holds
+    (sock_diag), is refused (PortInUse naming the owner) or skipped in a range, before any bind.
+    All-or-nothing. With dual_stack, a wildcard request's two halves share one ``[::]:P`` socket
+    (kept on the v6 half; the v4 half's socket is None)."""
     if ipv6_host is None:
         ipv6_host = sysctl.ipv6_enabled()
     lo, hi = sysctl.local_port_range()
     reserved = sysctl.reserved_ports()
+    holders = _Holders(known, {spec.proto for spec in specs})
     out: Bound = []
     taken_here: set[tuple[str, int]] = set()
     try:
         for spec in specs:
             for cport, candidates in spec.requests():
                 halves = host_ips(spec, target, ipv6_host)
-                ephemeral = not candidates
                 pool = candidates or tuple(p for p in range(lo, hi + 1) if p not in reserved)
-                last_err: tuple[IPAddress, OSError, int] | None = None
-                for port in pool:
-                    if (spec.proto, port) in taken_here and (ephemeral or len(pool) > 1):
-                        continue
-                    socks, err = _try_bind(spec.proto, halves, port, dual_stack)
-                    if err is None:
-                        for (hip, cip), s in zip(halves, socks, strict=True):
-                            out.append((Mapping(spec.proto, hip, port, cip, cport), s))
-                        taken_here.add((spec.proto, port))
-                        break
-                    hip, e = err
-                    if e.errno in (errno.EMFILE, errno.ENFILE):
-                        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                        raise BadInput(f"-p {spec.text}: out of file descriptors after {len(out)} sockets "
-                                       f"(RLIMIT_NOFILE hard limit {limit}); publish fewer ports in one "
-                                       "sandbox or raise the limit (ulimit -Hn, LimitNOFILE=)")
-                    if e.errno == errno.EADDRNOTAVAIL:
-                        raise BadInput(f"-p {spec.text}: {hip} is not an address of this host; "
-                                       "use one of its addresses (see 'ip addr') or omit the IP")
-                    if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                        raise BadInput(f"-p {spec.text}: cannot bind {hip} port {port}: {e.strerror}")
-                    last_err = (hip, e, port)
-                else:
-                    if last_err is None:
-                        raise BadInput(f"-p {spec.text}: no host port left to try")
-                    hip, _, port = last_err
-                    binding = f"[{hip}]:{port}" if hip.version == 6 else f"{hip}:{port}"
-                    if len(pool) == 1:
-                        raise PortInUse(f"{binding}/{spec.proto}", _owner_text(spec.proto, hip, port, known))
-                    what = "ephemeral range" if ephemeral else "range"
-                    raise Conflict(f"-p {spec.text}: every host port of the {what} {pool[0]}-{pool[-1]} is "
-                                   "already in use; widen the range or free a port")
+                port, socks = _bind_one(spec, halves, pool, not candidates, dual_stack, holders,
+                                        taken_here, len(out))
+                for (hip, cip), sock in zip(halves, socks, strict=True):
+                    out.append((Mapping(spec.proto, hip, port, cip, cport), sock))
+                taken_here.add((spec.proto, port))
     except BaseException:
-        for _, s in out:
-            if s is not None:
-                s.close()
+        for _, sock in out:
+            if sock is not None:
+                sock.close()
         raise
     return out
+
+
+def _bind_one(spec: PortSpec, halves: list[tuple[IPAddress, IPAddress]], pool: Sequence[int], ephemeral: bool,
+              dual: bool, holders: _Holders, taken_here: set[tuple[str, int]], n_bound: int
+              ) -> tuple[int, list[socket.socket | None]]:
+    """The first port of pool that nobody holds and that binds: (port, a socket per half)."""
+    last: tuple[IPAddress, bool, int] | None = None  # (host address, dual-stack?, port) last refused
+    for port in pool:
+        if (spec.proto, port) in taken_here and (ephemeral or len(pool) > 1):
+            continue
+        held = _first_holder(holders, spec.proto, halves, port, dual)
+        if held is not None:
+            last = (*held, port)
+            continue
+        socks, err = _try_bind(spec.proto, halves, port, dual)
+        if err is None:
+            return port, socks
+        hip, e = err
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            raise BadInput(f"-p {spec.text}: out of file descriptors after {n_bound} sockets "
+                           f"(RLIMIT_NOFILE hard limit {limit}); publish fewer ports in one "
+                           "sandbox or raise the limit (ulimit -Hn, LimitNOFILE=)")
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise BadInput(f"-p {spec.text}: {hip} is not an address of this host; "
+                           "use one of its addresses (see 'ip addr') or omit the IP")
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise BadInput(f"-p {spec.text}: cannot bind {hip} port {port}: {e.strerror}")
+        last = (hip, _socket_halves(halves, dual) == [(ANY6, True)], port)
+    if last is None:
+        raise BadInput(f"-p {spec.text}: no host port left to try")
+    hip, is_dual, port = last
+    if len(pool) == 1:
+        binding = f"[{hip}]:{port}" if hip.version == 6 else f"{hip}:{port}"
+        raise PortInUse(f"{binding}/{spec.proto}", holders.describe(spec.proto, hip, port, is_dual))
+    what = "ephemeral range" if ephemeral else "range"
+    raise Conflict(f"-p {spec.text}: every host port of the {what} {pool[0]}-{pool[-1]} is "
+                   "already in use; widen the range or free a port")

@@ -4,6 +4,10 @@ A listening (TCP) or bound (UDP) socket with a classic-BPF filter that drops eve
 current Docker does: the port shows in ``ss -ntlp`` under the sandbox's portwright supervisor,
 no host program can bind it, and a stray packet that NAT did not rewrite is dropped instead of
 being half-accepted by a socket that would never answer (dockerd's placeholder pitfall).
+
+A reservation is exclusive. UDP sockets never set SO_REUSEADDR: on UDP it lets every other
+socket that sets it too bind the same address and port (and take the datagrams). TCP sets it
+only to pass TIME_WAIT; it never lets two listeners share a port. Neither sets SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True, v6onl
     """A socket bound to ip:port/proto, listening for stream protocols. An IPv6 socket is
     IPV6_V6ONLY unless v6only is False: then ``[::]:P`` holds the port in both families.
 
-    Raises OSError (EADDRINUSE etc.) for the caller to turn into PortInUse with the owner.
+    Exclusive: while it is open (and listening, for TCP), no other socket can bind a clashing
+    address (see the module docstring). Raises OSError (EADDRINUSE etc.) for the caller to turn into PortInUse with the owner.
     """
     fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     if proto == "udp":
@@ -42,7 +47,8 @@ def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True, v6onl
     else:
         s = socket.socket(fam, socket.SOCK_STREAM)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if proto != "udp":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         s.bind((str(ip), port))
