@@ -38,6 +38,8 @@ class FakeBackend:
     def nat_capable(self, m: Mapping) -> bool:
         return rules.nat_capable(m)
 
+    # Elements and rules are keyed by the nft comment they would carry (rules.owner_tag, which
+    # hashes a tag longer than nft's comment limit), as NftBackend.published reads them back.
     def published(self) -> dict[str, list[Mapping]]:
         out = {k: list(v) for k, v in self.elements.items()}
         for k in self.bridges:
@@ -47,21 +49,21 @@ class FakeBackend:
     def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
                 subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
         self.subnets = list(subnets)
-        self.elements[owner] = list(mappings)
+        self.elements[rules.owner_tag(owner)] = list(mappings)
         if self.fail_publish:
             raise p.CniError(p.E_KERNEL, "nft said no")
         if bridge and snat:
-            self.bridges[owner] = bridge
+            self.bridges[rules.owner_tag(owner)] = bridge
 
     def unpublish(self, owner: str) -> None:
-        self.elements.pop(owner, None)
-        self.bridges.pop(owner, None)
+        self.elements.pop(rules.owner_tag(owner), None)
+        self.bridges.pop(rules.owner_tag(owner), None)
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.flushed.append((proto, port))
 
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None:
-        return None if not snat or owner in self.bridges else f"rules of {owner} on {bridge} missing"
+        return None if not snat or rules.owner_tag(owner) in self.bridges else f"rules of {owner} on {bridge} missing"
 
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
         if self.fail_holder:
@@ -104,7 +106,7 @@ def call(be: FakeBackend, e: dict[str, str], data: bytes) -> tuple[int, dict[str
     return code, (json.loads(out) if out else None)
 
 
-OWNER = p.owner_tag(CID, "eth0")
+OWNER = p.owner_tag(CID, "eth0", "pwnet")
 
 
 def test_add_publishes_and_returns_prev_result() -> None:
@@ -151,8 +153,8 @@ def test_conflict_with_other_container_leaves_nothing() -> None:
     assert code == 1 and out is not None
     assert out["code"] == p.E_PORT_IN_USE and out["code"] >= 100
     assert "127.0.0.1:8080/tcp" in str(out["msg"]) and "container other1 (eth0)" in str(out["msg"])
-    assert set(be.elements) == {p.owner_tag("other1", "eth0")}
-    assert set(be.held) == {p.owner_tag("other1", "eth0")}
+    assert set(be.elements) == {p.owner_tag("other1", "eth0", "pwnet")}
+    assert set(be.held) == {p.owner_tag("other1", "eth0", "pwnet")}
 
 
 def test_same_port_other_protocol_or_family_is_no_conflict() -> None:
@@ -200,8 +202,8 @@ def test_del_is_idempotent_and_needs_no_prev_result() -> None:
     for _ in range(2):
         code, out = call(be, env("DEL", netns=""), stdin(prevResult=None))
         assert (code, out) == (0, None)
-    assert set(be.elements) == {p.owner_tag("keep", "eth0")}
-    assert set(be.held) == {p.owner_tag("keep", "eth0")}
+    assert set(be.elements) == {p.owner_tag("keep", "eth0", "pwnet")}
+    assert set(be.held) == {p.owner_tag("keep", "eth0", "pwnet")}
 
 
 def test_check() -> None:
@@ -231,16 +233,67 @@ def test_gc_drops_only_invalid_attachments_of_this_network() -> None:
     be.elements["pw:0123456789ab"] = []  # a portwright sandbox: never GC's business
     gc = stdin(version="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "alive", "ifname": "eth0"}]})
     assert call(be, {"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, gc) == (0, None)
-    assert set(be.elements) == {p.owner_tag("alive", "eth0"), p.owner_tag("elsewhere", "eth0"),
+    assert set(be.elements) == {p.owner_tag("alive", "eth0", "pwnet"), p.owner_tag("elsewhere", "eth0", "othernet"),
                                 "pw:0123456789ab"}
-    assert p.owner_tag("gone", "eth0") not in be.held
+    assert p.owner_tag("gone", "eth0", "pwnet") not in be.held
+
+
+def gc(be: FakeBackend, network: str, valid: Sequence[str]) -> tuple[int, dict[str, object] | None]:
+    """GC of ``network`` keeping the eth0 attachments of the container IDs in ``valid``."""
+    data = stdin(version="1.1.0", name=network,
+                 **{"cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in valid]})
+    return call(be, {"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, data)
+
+
+def host_ports(be: FakeBackend) -> set[int]:
+    return {m.host_port for ms in be.elements.values() for m in ms}
+
+
+def test_gc_of_one_network_keeps_other_networks_attachments_without_holder() -> None:
+    # Podman's setting: no holder, so nothing but the tag says which network an attachment is on.
+    be = FakeBackend()
+    ports = {"net1": (8001, 8002), "net2": (9001, 9002)}
+    for net, (pa, pb) in ports.items():
+        for cid, port in ((f"{net}a", pa), (f"{net}b", pb)):
+            mapping = [{"hostPort": port, "containerPort": 80}]
+            assert call(be, env("ADD", cid=cid), stdin(mapping, name=net, reserveHostPort=False))[0] == 0
+    be.elements["pw:0123456789ab"] = []  # a portwright sandbox: never GC's business
+    assert be.held == {} and host_ports(be) == {8001, 8002, 9001, 9002}
+    assert gc(be, "net1", []) == (0, None)
+    assert host_ports(be) == {9001, 9002} and "pw:0123456789ab" in be.elements
+    assert gc(be, "net2", ["net2b"]) == (0, None)
+    assert host_ports(be) == {9002}
+
+
+@pytest.mark.parametrize("reserve", [False, True])
+def test_gc_collects_stale_long_container_id_and_keeps_valid_one(reserve: bool) -> None:
+    stale, valid = "a" * 200, "b" * 199 + "c"
+    be = FakeBackend()
+    for cid, port in ((stale, 8001), (valid, 8002)):
+        mapping = [{"hostPort": port, "containerPort": 80}]
+        assert call(be, env("ADD", cid=cid), stdin(mapping, reserveHostPort=reserve))[0] == 0
+    assert host_ports(be) == {8001, 8002}
+    assert gc(be, "pwnet", [valid]) == (0, None)
+    assert host_ports(be) == {8002}
+    assert len(be.held) == (1 if reserve else 0)
+    assert gc(be, "othernet", []) == (0, None)  # another network's GC leaves it alone
+    assert host_ports(be) == {8002}
+    assert call(be, env("DEL", cid=valid, netns=""), stdin(prevResult=None)) == (0, None)
+    assert be.elements == {} and be.held == {}
 
 
 def test_gc_selection_pure() -> None:
-    owners = {"cni:a:eth0", "cni:b:eth0", "cni:c:eth1", "pw:abc", "h:deadbeef"}
-    holders = {"cni:c:eth1": (1, "net2"), "cni:d:eth0": (2, "net1")}
-    got = plugin.gc_targets([p.Attachment("a", "eth0")], "net1", owners, holders)
-    assert got == ["cni:b:eth0", "cni:d:eth0"]
+    t = p.owner_tag
+    owners = {t("a", "eth0", "net1"), t("b", "eth0", "net1"), t("c", "eth1", "net2"), t("e", "eth0", "net2"),
+              "cni:legacy1:eth0", "cni:legacy2:eth0", "cni:legacy3:eth0", "cni:legacy4:eth0",
+              "pw:abc", "h:deadbeef"}
+    holders = {t("c", "eth1", "net2"): (1, "net2"), t("d", "eth0", "net1"): (2, "net1"),
+               "cni:legacy1:eth0": (3, "net1"), "cni:legacy2:eth0": (4, "net2"), "cni:legacy3:eth0": (5, "net1")}
+    valid = [p.Attachment("a", "eth0"), p.Attachment("legacy3", "eth0")]
+    got = plugin.gc_targets(valid, "net1", owners, holders)
+    # net1's stale ones (held or not) and the legacy tag whose holder names net1; never net2's,
+    # a valid legacy attachment, a legacy tag with no holder (any network's), pw: or h: tags.
+    assert got == sorted([t("b", "eth0", "net1"), t("d", "eth0", "net1"), "cni:legacy1:eth0"])
 
 
 def test_gc_needs_valid_attachments_and_1_1() -> None:
@@ -301,3 +354,59 @@ def test_ipv6_loopback_is_relayed_and_udp_refused() -> None:
     code, out = call(FakeBackend(), env("ADD"),
                      stdin([{"hostPort": 8081, "containerPort": 80, "hostIP": "::1", "protocol": "udp"}]))
     assert code == 1 and out is not None and "relays only TCP" in str(out["msg"])
+
+
+def _legacy_attachment(be: FakeBackend, cid: str, port: int, network: str | None) -> str:
+    """What the previous portwright-cni left for an attachment: ``cni:<cid>:<ifname>`` elements
+    (hashed by the firewall when too long) and, if ``network``, a holder naming it."""
+    legacy = p.legacy_owner_tag(cid, "eth0")
+    be.elements[rules.owner_tag(legacy)] = [Mapping("tcp", ipaddress.ip_address("0.0.0.0"), port,
+                                                    ipaddress.ip_address("198.18.200.5"), 80)]
+    if network is not None:
+        be.held[legacy] = (4242, network, (Binding("tcp", "0.0.0.0", port),))
+    return legacy
+
+
+@pytest.mark.parametrize("cid", ["short1", "l" * 200])
+def test_del_and_add_remove_what_the_previous_version_left(cid: str) -> None:
+    be = FakeBackend()
+    _legacy_attachment(be, cid, 8080, "pwnet")
+    _legacy_attachment(be, "bystander", 9000, None)
+    assert call(be, env("DEL", cid=cid, netns=""), stdin(prevResult=None)) == (0, None)
+    assert host_ports(be) == {9000} and be.held == {}
+    _legacy_attachment(be, cid, 8080, "pwnet")
+    assert call(be, env("ADD", cid=cid), stdin())[0] == 0  # no conflict with its own old self
+    assert set(be.held) == {p.owner_tag(cid, "eth0", "pwnet")}
+    assert set(be.elements) == {rules.owner_tag(p.legacy_owner_tag("bystander", "eth0")),
+                                p.owner_tag(cid, "eth0", "pwnet")}
+
+
+@pytest.mark.parametrize("cid", ["short1", "l" * 200])
+def test_check_accepts_what_the_previous_version_added(cid: str) -> None:
+    be = FakeBackend()
+    _legacy_attachment(be, cid, 8080, "pwnet")
+    be.bridges[rules.owner_tag(p.legacy_owner_tag(cid, "eth0"))] = "pwtcni0"
+    assert call(be, env("CHECK", cid=cid), stdin()) == (0, None)
+    be.held.clear()
+    code, out = call(be, env("CHECK", cid=cid), stdin())
+    assert code == 1 and out is not None and "holder process" in str(out["msg"])
+
+
+def test_gc_with_tags_of_the_previous_version() -> None:
+    be = FakeBackend()
+    _legacy_attachment(be, "heldhere", 8001, "pwnet")
+    _legacy_attachment(be, "heldthere", 8002, "othernet")
+    _legacy_attachment(be, "unheld", 8003, None)
+    _legacy_attachment(be, "l" * 200, 8004, "pwnet")  # hashed in nft, whole in the holder
+    _legacy_attachment(be, "m" * 200, 8005, None)  # only an h: tag is left: not recognisable
+    assert gc(be, "pwnet", []) == (0, None)
+    assert host_ports(be) == {8002, 8003, 8005}
+    assert [v[1] for v in be.held.values()] == ["othernet"]
+
+
+def test_conflict_names_container_and_network() -> None:
+    be = FakeBackend()
+    assert call(be, env("ADD", cid="x" * 200), stdin(name="net-a"))[0] == 0
+    code, out = call(be, env("ADD"), stdin())
+    assert code == 1 and out is not None and out["code"] == p.E_PORT_IN_USE
+    assert f"container {'x' * 12} (eth0) on network net-a" in str(out["msg"])

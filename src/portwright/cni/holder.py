@@ -9,7 +9,8 @@ the traffic to the container before it reaches the socket. Mappings the kernel c
 uses, and the placeholders are the same drop-all sockets (``publish.reserve``).
 
 The process is found again without any state file: its command line carries the owner tag
-``cni:<containerID>:<ifname>``, and DEL/GC kill it by pid after reading /proc.
+(``cni:<containerID>:<ifname>:<network>``) and the network name, and DEL/GC kill it by pid after
+reading /proc.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def start_relay(relayed: list[tuple[Binding, socket.socket]]) -> ProxyServer:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=HOLDER_MODULE, description="portwright CNI port holder")
-    p.add_argument("--owner", required=True, help="owner tag cni:<containerID>:<ifname>")
+    p.add_argument("--owner", required=True, help="owner tag cni:<containerID>:<ifname>:<network>")
     p.add_argument("--network", default="", help="CNI network name (for operators)")
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--bindings", required=True, help="JSON list of bindings")

@@ -1,7 +1,8 @@
 """The real CNI backend: the shared nftables maps, bridge extras, sysctls and holder processes.
 
 Publishing goes through ``firewall.nft`` exactly as ``portwright run`` does, with the owner tag
-``cni:<containerID>:<ifname>`` on every map element. What portwright's own bridges get from the
+``cni:<containerID>:<ifname>:<network>`` (``protocol.owner_tag``, always short enough to be an nft
+comment as it is) on every map element. What portwright's own bridges get from the
 firewall's per-network rules, a CNI bridge it did not create (``cni0`` from the reference
 ``bridge`` plugin) does not have; so for each attachment this module adds, to the same table
 and under the same owner tag (so ``nft.unpublish`` removes them too):
@@ -111,7 +112,7 @@ class NftBackend:
         out: dict[str, list[Mapping]] = {}
         for e in rules.published(self._live()):
             out.setdefault(e.owner or "an untagged nftables element", []).append(e.mapping())
-        # Owners with only rules (or hashed long tags) still count, so GC and DEL see them.
+        # Owners with only rules (or legacy tags the firewall hashed) still count, so GC and DEL see them.
         for tag in rules.owners(self._live()):
             out.setdefault(tag, [])
         return out

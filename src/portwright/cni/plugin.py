@@ -6,8 +6,11 @@ interface so that the command logic (conflicts, rollback, idempotent DEL, GC sel
 tested without root against a fake, the way portmap tests its rule generation.
 
 The record of what an attachment owns is the kernel itself: nft elements and rules tagged
-``cni:<containerID>:<ifname>``, and holder processes carrying that tag in their command line.
-DEL and GC therefore work with no prevResult, no netns and no portwright state directory.
+``cni:<containerID>:<ifname>:<network>`` (``protocol.owner_tag``), and holder processes carrying
+that tag in their command line. DEL and GC therefore work with no prevResult, no netns and no
+portwright state directory, and GC of one network tells its attachments from another network's
+by the tag alone, holder or not. Tags of the earlier ``cni:<containerID>:<ifname>`` form are
+still removed by DEL, accepted by CHECK and collected by GC when their holder names the network.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import sys
 from collections.abc import Callable, Sequence
 from collections.abc import Mapping as AbcMapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..errors import KernelError, MissingTool, NeedRoot, PortInUse, PortwrightError
+from ..firewall import rules
 from ..model import Mapping
 from . import protocol as p
 from .holder import Binding
@@ -43,7 +47,7 @@ class Backend(Protocol):
     """The kernel operations the commands need; ``kernel.NftBackend`` is the real one."""
 
     def nat_capable(self, m: Mapping) -> bool: ...
-    def published(self) -> dict[str, list[Mapping]]: ...  # owner tag -> its NAT mappings
+    def published(self) -> dict[str, list[Mapping]]: ...  # nft comment (rules.owner_tag) -> NAT mappings
     def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
                 subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None: ...
     def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
@@ -68,7 +72,7 @@ def _needs_relay(m: Mapping, nat_capable: bool, reserve: bool) -> bool:
 
 
 def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
-    owner = p.owner_tag(env.container_id, env.ifname)
+    owner = p.owner_tag(env.container_id, env.ifname, conf.name)
     mappings = p.to_mappings(conf.port_mappings, p.container_addresses(conf.prev_result))
     nat: list[Mapping] = []
     bindings: list[Binding] = []
@@ -114,7 +118,21 @@ def describe_owner(tag: str) -> str:
     a = p.parse_owner_tag(tag)
     if a is None:
         return f"portwright sandbox {tag}"
-    return f"container {a.container_id[:12]} ({a.ifname})"
+    net = f" on network {a.network}" if a.network and not a.network.startswith(p.DIGEST_MARK) else ""
+    return f"container {a.shown_id} ({a.ifname}){net}"
+
+
+def _present(owner: str, backend: Backend) -> bool:
+    """Whether the kernel holds anything of ``owner`` (published() is keyed by nft comment, and
+    the firewall hashes a comment that is too long)."""
+    return rules.owner_tag(owner) in backend.published() or owner in backend.holders()
+
+
+def _owners(env: p.Env, conf: p.Config, backend: Backend) -> list[str]:
+    """The attachment's tag, plus the one an earlier portwright-cni gave it if that is still in
+    the kernel (so ADD and DEL replace or remove what an upgrade left)."""
+    legacy = p.legacy_owner_tag(env.container_id, env.ifname)
+    return [p.owner_tag(env.container_id, env.ifname, conf.name)] + ([legacy] if _present(legacy, backend) else [])
 
 
 def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
@@ -124,7 +142,8 @@ def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
     result = p.passthrough_result(conf)
     pl = plan(env, conf, backend)
     # A repeated ADD (a runtime retrying after a timeout) replaces the earlier attempt.
-    _teardown(pl.owner, backend)
+    for owner in _owners(env, conf, backend):
+        _teardown(owner, backend)
     if not pl.nat and not pl.bindings:
         return result
     clash = find_conflict(pl, backend.published())
@@ -164,7 +183,7 @@ def _teardown(owner: str, backend: Backend) -> list[str]:
 
 
 def cmd_del(env: p.Env, conf: p.Config, backend: Backend) -> None:
-    errors = _teardown(p.owner_tag(env.container_id, env.ifname), backend)
+    errors = [e for owner in _owners(env, conf, backend) for e in _teardown(owner, backend)]
     if errors:
         raise p.CniError(p.E_KERNEL, "DEL could not remove everything; fix the cause and run DEL again",
                          "; ".join(errors))
@@ -174,14 +193,18 @@ def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
     if not backend.netns_exists(env.netns):
         raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; the container is gone")
     pl = plan(env, conf, backend)
-    live = backend.published().get(pl.owner, [])
+    legacy = p.legacy_owner_tag(env.container_id, env.ifname)
+    if not _present(pl.owner, backend) and _present(legacy, backend):
+        pl = replace(pl, owner=legacy)  # added by an earlier portwright-cni: check what it made
+    holders = backend.holders()
+    live = backend.published().get(rules.owner_tag(pl.owner), [])
     missing = [m for m in pl.nat if m not in live]
     if missing:
         raise p.CniError(p.E_CHECK_FAILED, f"port mapping {missing[0].docker_format()} of "
                          f"{describe_owner(pl.owner)} is missing from nftables table inet portwright; "
                          "delete and re-add the container (DEL then ADD) to restore it",
                          "missing: " + ", ".join(m.docker_format() for m in missing))
-    if pl.bindings and pl.owner not in backend.holders():
+    if pl.bindings and pl.owner not in holders:
         raise p.CniError(p.E_CHECK_FAILED, f"the portwright holder process of {describe_owner(pl.owner)} is "
                          "gone, so its host ports are unreserved; delete and re-add the container")
     if pl.nat and pl.bridge:
@@ -192,14 +215,26 @@ def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
 
 def gc_targets(valid: Sequence[p.Attachment], network: str, owners: set[str],
                holders: AbcMapping[str, tuple[int, str]]) -> list[str]:
-    """The CNI owners GC removes: not a valid attachment, and not held for another network."""
-    keep = {p.owner_tag(a.container_id, a.ifname) for a in valid}
+    """The CNI owners GC of ``network`` removes: those of this network not in ``valid``.
+
+    A tag names its network, so another network's attachment is never collected, held or not.
+    A legacy tag (no network in it) is collected only when its holder names this network; one
+    without a holder could be any network's, so GC leaves it to DEL, and so does a legacy tag
+    the firewall hashed (``h:``, indistinguishable from a sandbox's).
+    """
+    keep = {p.owner_tag(a.container_id, a.ifname, network) for a in valid}
+    keep |= {p.legacy_owner_tag(a.container_id, a.ifname) for a in valid}
+    mine = p.network_field(network)
     out = []
     for owner in sorted(owners | set(holders)):
-        if p.parse_owner_tag(owner) is None or owner in keep:
+        tag = p.parse_owner_tag(owner)
+        if tag is None or owner in keep:
             continue
-        held = holders.get(owner)
-        if held is not None and held[1] and held[1] != network:
+        if tag.network is None:
+            held = holders.get(owner)
+            if held is None or held[1] != network:
+                continue
+        elif tag.network != mine:
             continue  # another CNI network's attachment: its own GC decides
         out.append(owner)
     return out
