@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class Container:
     ns: str
     prev: dict[str, Any]
     ip: ipaddress.IPv4Address
+    network: str
     server: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +50,7 @@ class Container:
 
     @property
     def owner(self) -> str:
-        return p.owner_tag(self.cid, "eth0")
+        return p.owner_tag(self.cid, "eth0", self.network)
 
 
 @dataclass
@@ -91,17 +93,17 @@ class Rig:
         return self.call(PLUGIN, command, conf, cid if cid is not None else (c.cid if c else ""),
                          netns if netns is not None else (c.netns if c else ""))
 
-    def new_container(self, serve_port: int = 80) -> Container:
-        cid = secrets.token_hex(32)
-        ns = f"pwt-cni-{cid[:8]}"
+    def new_container(self, serve_port: int = 80, cid: str | None = None) -> Container:
+        cid = cid or secrets.token_hex(32)
+        ns = f"pwt-cni-{secrets.token_hex(4)}"
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
         rc, res = self.call(f"{CNI_DIR}/bridge", "ADD", self.bridge_conf(), cid, f"/run/netns/{ns}")
         assert rc == 0 and res is not None, res
         ip4 = next(ipaddress.ip_interface(i["address"]).ip for i in res["ips"] if "." in i["address"])
-        c = Container(cid, ns, res, ip4)  # type: ignore[arg-type]
+        c = Container(cid, ns, res, ip4, self.name)  # type: ignore[arg-type]
         self.containers.append(c)
-        www = os.path.join(self.data_dir, f"www-{cid[:8]}")
+        www = os.path.join(self.data_dir, f"www-{ns}")
         os.makedirs(www, exist_ok=True)
         with open(os.path.join(www, "index.html"), "w") as f:
             f.write(f"hello {cid[:12]}\n")
@@ -124,8 +126,8 @@ class Rig:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
+@contextmanager
+def new_rig() -> Iterator[Rig]:
     need("nft", "nftables")
     need("busybox", "busybox-static")
     need("curl", "curl")
@@ -139,6 +141,19 @@ def rig() -> Iterator[Rig]:
         yield r
     finally:
         r.teardown()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    with new_rig() as r:
+        yield r
+
+
+@pytest.fixture
+def rig2(rig: Rig) -> Iterator[Rig]:
+    """A second CNI network (own name, bridge and subnet) beside ``rig``."""
+    with new_rig() as r:
+        yield r
 
 
 def curl(url: str, ns: str | None = None, timeout: float = 5) -> str:
@@ -159,6 +174,11 @@ def entries(owner: str) -> list[str]:
     out += [f"rule in {i['rule']['chain']}" for i in table.get("nftables", [])
             if "rule" in i and i["rule"].get("comment") == tag]
     return out
+
+
+def published_ports() -> set[int]:
+    """Host ports of every element in the publish maps."""
+    return {e.host_port for e in rules.published(nft.table_json())}
 
 
 def cni_owners() -> set[str]:
@@ -257,6 +277,39 @@ def test_gc_drops_vanished_attachment(rig: Rig) -> None:
     assert entries(alive.owner) and len(holders_of(alive.owner)) == 1
     assert f"hello {alive.cid[:12]}" in curl(f"http://127.0.0.1:{pa}/")
     assert rig.pw("STATUS", rig.pw_conf(None, [], version="1.1.0")) == (0, None)
+
+
+def test_gc_of_one_network_leaves_other_networks(rig: Rig, rig2: Rig) -> None:
+    # Podman's setting: no holder, so only the tag in the kernel says whose network it is.
+    c1, c2 = rig.new_container(), rig2.new_container()
+    p1, p2 = free_port(), free_port()
+    assert rig.add(c1, [{"hostPort": p1, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    assert rig2.add(c2, [{"hostPort": p2, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    assert {p1, p2} <= published_ports()
+    gc = rig.pw_conf(None, [], version="1.1.0", **{"cni.dev/valid-attachments": []})
+    assert rig.pw("GC", gc) == (0, None)
+    ports = published_ports()
+    assert p1 not in ports and p2 in ports
+    assert entries(c1.owner) == [] and entries(c2.owner)
+    assert f"hello {c2.cid[:12]}" in curl(f"http://127.0.0.1:{p2}/")
+
+
+def test_gc_with_long_container_ids(rig: Rig) -> None:
+    stale, valid = rig.new_container(cid=secrets.token_hex(100)), rig.new_container(cid=secrets.token_hex(100))
+    ps, pv = free_port(), free_port()
+    for c, port in ((stale, ps), (valid, pv)):
+        assert rig.add(c, [{"hostPort": port, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    assert {ps, pv} <= published_ports()
+    gc = rig.pw_conf(None, [], version="1.1.0",
+                     **{"cni.dev/valid-attachments": [{"containerID": valid.cid, "ifname": "eth0"}]})
+    assert rig.pw("GC", gc) == (0, None)
+    ports = published_ports()
+    assert ps not in ports and pv in ports
+    # The kernel holds the tag whole (not hashed), so GC could read it back.
+    assert entries(stale.owner) == [] and entries(valid.owner) and valid.owner in cni_owners()
+    assert f"hello {valid.cid[:12]}" in curl(f"http://127.0.0.1:{pv}/")
+    assert rig.pw("DEL", rig.pw_conf(None, []), valid) == (0, None)
+    assert entries(valid.owner) == [] and pv not in published_ports()
 
 
 def test_port_conflicts_leave_nothing(rig: Rig) -> None:

@@ -143,9 +143,9 @@ def test_podman_run_publish_rm(podman: Podman) -> None:
                    "localhost/pwt-busybox:latest", "/bin/httpd", "-f", "-p", "8080", "-h", "/www")
     cid = r.stdout.strip().splitlines()[-1]
     assert len(cid) == 64, r.stdout
-    assert _entries_of(cid) == {p.owner_tag(cid, "eth0")}
+    assert _entries_of(cid) == {p.owner_tag(cid, "eth0", podman.network)}
     # reserveHostPort is false: portwright holds nothing, conmon holds the port.
-    assert [pid for pid, _ in holder_pids(p.owner_tag(cid, "eth0"))] == []
+    assert [pid for pid, _ in holder_pids(p.owner_tag(cid, "eth0", podman.network))] == []
     out = ""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
