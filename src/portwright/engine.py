@@ -8,18 +8,20 @@ and reports every failure at the end.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 from . import ipam
 from .errors import BadInput, Conflict, KernelError, NeedRoot, NotFound, PortwrightError
 from .firewall import nft
-from .kernel import netlink, sysctl
+from .kernel import cgroup, netlink, sysctl
 from .model import Network
 from .spec import check_name
 from .state import SandboxRecord, State, pid_alive
@@ -80,7 +82,7 @@ class Engine:
             ipv6 = True
         if ipv6 and not sysctl.ipv6_enabled():
             raise BadInput("--ipv6: IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1)")
-        with ExitStack() as stack:
+        with self._network_lock(), ExitStack() as stack:
             with self.state.tx():
                 used = [ipaddress.ip_network(p, strict=False) for p in netlink.used_prefixes()]
                 mine = self.state.networks()
@@ -134,28 +136,40 @@ class Engine:
 
     def remove_network(self, name: str) -> None:
         require_root("removing a network")
-        net = self.state.network(name)
-        users = [r.name for r in self.state.sandboxes() if r.sandbox.network == name and r.status != "exited"]
-        if users:
-            raise Conflict(f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
-                           "remove them first ('portwright rm -f NAME')")
-        errors: list[str] = []
-        try:
-            nft.remove_network(name)
-        except PortwrightError as e:
-            errors.append(f"nft: {e}")
-        try:
-            netlink.delete_link(net.bridge)
-        except PortwrightError as e:
-            errors.append(f"bridge: {e}")
-        with self.state.tx():
-            for r in self.state.sandboxes():
-                if r.sandbox.network == name:
-                    self.state.remove_sandbox(r.id)
-            self.state.remove_network(name)
+        with self._network_lock():
+            # The in-use check and the removal are one transaction: a 'run' that records its
+            # sandbox first makes this refuse; one that comes after finds the network gone.
+            with self.state.tx():
+                net = self.state.network(name)
+                users = [r.name for r in self.state.sandboxes()
+                         if r.sandbox.network == name and r.status != "exited"]
+                if users:
+                    raise Conflict(f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
+                                   "remove them first ('portwright rm -f NAME')")
+                for r in self.state.sandboxes():
+                    if r.sandbox.network == name:
+                        self.state.remove_sandbox(r.id)
+                self.state.remove_network(name)
+            errors: list[str] = []
+            try:
+                nft.remove_network(name)
+            except PortwrightError as e:
+                errors.append(f"nft: {e}")
+            try:
+                netlink.delete_link(net.bridge)
+            except PortwrightError as e:
+                errors.append(f"bridge: {e}")
         self.sync_docker_user()
         if errors:
             raise KernelError(f"removing network {name}", "; ".join(errors))
+
+    @contextlib.contextmanager
+    def _network_lock(self) -> Iterator[None]:
+        """Creating and removing networks touch the kernel by network name (nft chains): one at a
+        time, so a 'network rm' still cleaning up cannot remove a same-named network just made."""
+        with open(os.path.join(self.state.dir, "network.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def sync_docker_user(self) -> None:
         """Keep Docker's DOCKER-USER hook accepting our bridges (Docker's FORWARD policy is DROP).
@@ -189,6 +203,15 @@ class Engine:
                 netlink.netns_delete(os.path.basename(sb.netns))
             except PortwrightError as e:
                 errors.append(f"netns {sb.netns}: {e}")
+        errors += cgroup.kill(cgroup.sandbox_path(sb.id))
+        addrs = [str(a) for a in (sb.ip4, sb.ip6) if a is not None]
+        if addrs:
+            # As Docker does when an endpoint goes: a UDP flow that still arrives for this
+            # sandbox's published port must not follow the address to the next sandbox given it.
+            try:
+                nft.flush_conntrack_addrs(addrs)
+            except PortwrightError as e:
+                errors.append(f"conntrack: {e}")
         return errors
 
     def mark_exited(self, rec: SandboxRecord, exit_code: int | None) -> None:
@@ -210,12 +233,15 @@ class Engine:
                 continue
             if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
                 continue  # just being recorded by a live process that has not set its pid yet
-            self.teardown(rec)
-            if rec.cmd_pid and pid_alive(rec.cmd_pid, None):
+            # teardown kills the sandbox's cgroup; the process group is the fallback on hosts
+            # without cgroup2, and only while the recorded pid is provably still CMD (a pid
+            # that was reused by an unrelated process has another start time).
+            if rec.cmd_pid and rec.cmd_start is not None and pid_alive(rec.cmd_pid, rec.cmd_start):
                 try:
                     os.killpg(rec.cmd_pid, signal.SIGKILL)
                 except OSError:
                     pass
+            self.teardown(rec)
             self.mark_exited(rec, None)
             cleaned.append(rec.name)
         if self.state.networks():

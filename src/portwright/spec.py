@@ -164,7 +164,7 @@ def parse_env(text: str) -> tuple[str, str]:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # match() with $ would accept a trailing newline
         raise BadInput(f"name {name!r} is invalid; use 1-63 letters, digits, '_', '.', '-', "
                        "starting with a letter or digit")
     return name

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, network TEXT NOT NULL,
     netns TEXT, veth TEXT, ip4 TEXT, ip6 TEXT, mac TEXT,
     publish_mode TEXT NOT NULL DEFAULT 'nat', status TEXT NOT NULL,
-    supervisor_pid INTEGER, supervisor_start INTEGER, cmd_pid INTEGER,
+    supervisor_pid INTEGER, supervisor_start INTEGER, cmd_pid INTEGER, cmd_start INTEGER,
     cmd TEXT NOT NULL, spec TEXT NOT NULL DEFAULT '{}', exit_code INTEGER,
     log_path TEXT, created REAL NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_ip4 ON sandboxes(network, ip4) WHERE ip4 IS NOT NULL;
@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS ports (
     container_ip TEXT NOT NULL, container_port INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS ports_by_port ON ports(proto, host_port);
 """
+
+#: (column, declaration) added to ``sandboxes`` since the first release, applied in order.
+MIGRATIONS = (("cmd_start", "INTEGER"),)
 
 
 def state_dir() -> str:
@@ -56,6 +59,7 @@ class SandboxRecord:
     supervisor_pid: int | None
     supervisor_start: int | None
     cmd_pid: int | None
+    cmd_start: int | None  # CMD's start time: a recorded pid is only trusted while it matches
     cmd: tuple[str, ...]
     spec: dict[str, object]
     exit_code: int | None
@@ -114,6 +118,14 @@ class State:
             for stmt in SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self.db.execute(stmt)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a state file may have been written by an older release."""
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(sandboxes)")}
+        for col, decl in MIGRATIONS:
+            if col not in have:
+                self.db.execute(f"ALTER TABLE sandboxes ADD COLUMN {col} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -180,6 +192,7 @@ class State:
                      mac=row["mac"], publish_mode=row["publish_mode"], mappings=maps)
         return SandboxRecord(sandbox=sb, status=row["status"], supervisor_pid=row["supervisor_pid"],
                              supervisor_start=row["supervisor_start"], cmd_pid=row["cmd_pid"],
+                             cmd_start=row["cmd_start"],
                              cmd=tuple(json.loads(row["cmd"])), spec=json.loads(row["spec"]),
                              exit_code=row["exit_code"], log_path=row["log_path"], created=row["created"])
 
@@ -222,6 +235,10 @@ class State:
             rows = self.db.execute("SELECT * FROM sandboxes WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
             row = rows[0] if len(rows) == 1 else None
         return self._record(row) if row else None
+
+    def name_taken(self, name: str) -> bool:
+        """Exactly this name (an id prefix is a lookup convenience, never a clash)."""
+        return self.db.execute("SELECT 1 FROM sandboxes WHERE name=?", (name,)).fetchone() is not None
 
     def sandbox(self, name_or_id: str) -> SandboxRecord:
         rec = self.find_sandbox(name_or_id)

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 from . import ipam
 from .engine import DEFAULT_NETWORK, NETNS_PREFIX, Engine, new_id, owner_tag, require_root
-from .errors import BadInput, Conflict, PortInUse, PortwrightError
-from .kernel import netlink, netns, sysctl
+from .errors import BadInput, Conflict, KernelError, NotFound, PortInUse, PortwrightError
+from .kernel import cgroup, netlink, netns, sysctl
 from .kernel import sockets as ksockets
 from .kernel.proc import set_process_name
 from .model import PUBLISH_MODES, Sandbox
@@ -77,7 +77,10 @@ class RunOptions:
         if self.network == "none" and (self.publish or self.publish_all):
             raise BadInput("--network none has no interface to publish on; drop -p/-P or use a bridge network")
         exe = self.cmd[0]
-        found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
+        # A relative path is relative to CMD's directory (the user's), not to the supervisor's,
+        # which is / for a detached run.
+        found = (shutil.which(exe) if "/" not in exe
+                 else exe if os.access(os.path.join(self.cwd, exe), os.X_OK) else None)
         if not found:
             raise BadInput(f"command {exe!r} not found or not executable; give a program on PATH or an absolute path")
 
@@ -104,12 +107,23 @@ def read_grace(state_dir: str, sid: str) -> float:
         return STOP_GRACE_SECONDS
 
 
+def _unix_op(sock: socket.socket, path: str, op: str) -> None:
+    """bind or connect a unix socket to ``path`` however long its directory is: sun_path holds
+    only 107 bytes, so the directory is reached through /proc/self/fd/N, a short magic link."""
+    directory, base = os.path.split(path)
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        getattr(sock, op)(f"/proc/self/fd/{fd}/{base}")
+    finally:
+        os.close(fd)
+
+
 def query_stats(state: State, sid: str) -> dict[str, dict[str, int]]:
     """Ask a running supervisor for its per-mapping counters."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(3)
     try:
-        s.connect(control_path(state, sid))
+        _unix_op(s, control_path(state, sid), "connect")
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -129,6 +143,8 @@ class Supervisor:
         self.child: subprocess.Popen[bytes] | None = None
         self.stop_requested = threading.Event()
         self.exit_code: int | None = None
+        self.cgroup: str | None = None
+        self.ctl: socket.socket | None = None
 
     # -------------------------------------------------------------- setup
     def setup(self) -> str:
@@ -144,7 +160,7 @@ class Supervisor:
         env.update(parse_env(e) for e in o.env)
         sid = new_id()
         name = o.name or f"pw_{sid[:8]}"
-        if self.state.find_sandbox(name) is not None:
+        if self.state.name_taken(name):
             raise Conflict(
                 f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
                 "or choose another --name")
@@ -159,6 +175,11 @@ class Supervisor:
             veth = None if net is None else "pwv" + sid[:11]
             with self.state.tx():
                 ip4 = ip6 = None
+                if net is not None and self.state.find_network(net.name) is None:
+                    # 'network rm' won the race: its transaction removed the network after we
+                    # looked it up. Checked in the same transaction that records the sandbox.
+                    raise NotFound(f"network {net.name!r} was removed while this sandbox was starting; "
+                                   f"create it again with 'portwright network create {net.name}'")
                 if net is not None:
                     others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
                     ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
@@ -176,8 +197,8 @@ class Supervisor:
             stack.callback(self._forget, sid)
             # 2. Namespace, veth, addresses, routes.
             if ns_name is not None:
+                netlink.netns_add(ns_name)  # fails if pw-NAME exists: never delete what we did not make
                 stack.callback(netlink.netns_delete, ns_name)
-                netlink.netns_add(ns_name)
                 if net is not None and veth is not None:
                     stack.callback(netlink.delete_link, veth)
                     netlink.create_veth(veth, ns_name, net.bridge, sb.mac)
@@ -202,10 +223,14 @@ class Supervisor:
                 self.publisher = self._make_publisher()
                 stack.callback(self._unpublish)
                 self.publisher.publish(owner_tag(sid), bound)
-            # 4. The command.
-            self._start_child(env, log_path)
-            self.state.update_sandbox(sid, status="running", cmd_pid=self.child.pid)  # type: ignore[union-attr]
+            # 4. The command, in a cgroup of its own so that teardown reaches every process it starts.
             self._serve_control()
+            stack.callback(self._close_control)
+            self.cgroup = cgroup.create(sid)
+            stack.callback(cgroup.kill, self.cgroup)
+            self._start_child(env, log_path)
+            self.state.update_sandbox(sid, status="running", cmd_pid=self.child.pid,  # type: ignore[union-attr]
+                                      cmd_start=proc_start_time(self.child.pid))  # type: ignore[union-attr]
             if net is not None:
                 self._watch_docker_user()
             stack.pop_all()
@@ -252,7 +277,13 @@ class Supervisor:
         out = None
         if log_path:
             out = open(log_path, "ab", buffering=0)
-        preexec = netns.preexec_enter(self.sandbox.netns) if self.sandbox.netns else os.setsid
+        join = cgroup.join_fn(self.cgroup)
+        enter = netns.preexec_enter(self.sandbox.netns) if self.sandbox.netns else os.setsid
+
+        def preexec() -> None:
+            join()
+            enter()
+
         try:
             self.child = subprocess.Popen(
                 o.cmd, env=env, preexec_fn=preexec, cwd=o.cwd if os.path.isdir(o.cwd) else "/", stdin=subprocess.DEVNULL if o.detach else None,
@@ -280,8 +311,12 @@ class Supervisor:
         except FileNotFoundError:
             pass
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(path)
-        srv.listen(8)
+        try:
+            _unix_op(srv, path, "bind")
+            srv.listen(8)
+        except OSError as e:
+            srv.close()
+            raise KernelError(f"serving the control socket {path}", e.strerror or str(e)) from None
         self.ctl = srv
 
         def loop() -> None:
@@ -298,6 +333,17 @@ class Supervisor:
                         pass
 
         threading.Thread(target=loop, name="pw-control", daemon=True).start()
+
+    def _close_control(self) -> None:
+        if self.ctl is None:
+            return
+        self.ctl.close()
+        self.ctl = None
+        for path in (control_path(self.state, self.sandbox.id), grace_path(self.state.dir, self.sandbox.id)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     # -------------------------------------------------------------- run
     def wait(self) -> int:
@@ -331,22 +377,18 @@ class Supervisor:
         rc = child.wait()
         for t in killer:
             t.cancel()
-        # Reap anything CMD left behind in its process group.
+        # As Docker: when CMD exits, whatever it left behind (in its process group, or detached
+        # with setsid but still in the sandbox's cgroup) goes too.
         try:
             os.killpg(child.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        cgroup.kill(self.cgroup)
         return 128 - rc if rc < 0 else rc
 
     def teardown(self, exit_code: int | None) -> list[str]:
         errors: list[str] = []
-        if getattr(self, "ctl", None) is not None:
-            self.ctl.close()
-            for path in (control_path(self.state, self.sandbox.id), grace_path(self.state.dir, self.sandbox.id)):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        self._close_control()
         if self.publisher is not None:
             errors += self.publisher.unpublish()
             self.publisher = None

@@ -217,7 +217,7 @@ def _record(name: str, sid: str, mode: str, maps: tuple[Mapping, ...], network: 
     sb = Sandbox(id=sid, name=name, network=network, netns=f"/run/netns/pw-{name}" if network != "host" else None,
                  veth=None, ip4=ipaddress.IPv4Address(ip4) if network != "host" else None, publish_mode=mode,
                  mappings=maps)
-    return SandboxRecord(sb, "running", sup, None, cmd_pid, ("x",), {}, None, None, 0.0)
+    return SandboxRecord(sb, "running", sup, None, cmd_pid, None, ("x",), {}, None, None, 0.0)
 
 
 M8080 = (Mapping("tcp", ip("0.0.0.0"), 8080, ip("198.18.0.2"), 80),

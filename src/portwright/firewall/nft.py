@@ -31,7 +31,8 @@ from portwright.firewall.dockeruser import docker_user_sync
 from portwright.model import Mapping, Network
 
 __all__ = ["run", "table_json", "ensure_base", "add_network", "remove_network", "publish", "unpublish",
-           "owners", "networks", "remove_table", "flush_conntrack", "docker_user_sync", "NETNS_ENV"]
+           "owners", "networks", "remove_table", "flush_conntrack", "flush_conntrack_addrs", "docker_user_sync",
+           "NETNS_ENV"]
 
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
 NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
@@ -241,3 +242,20 @@ def flush_conntrack_ports(proto: str, ports: Sequence[int], *, netns: str | None
         return
     for port in sorted(_ports_with_entries(proto, ports, netns)):
         flush_conntrack(proto, port, netns=netns)
+
+
+def flush_conntrack_addrs(addrs: Sequence[str]) -> None:
+    """Delete conntrack entries to or from these sandbox addresses: flows aimed at them directly
+    (original destination) and flows DNATed to them (reply source). Finding none is not an error;
+    a host without the conntrack tool has nothing to flush with and is skipped."""
+    if shutil.which("conntrack") is None:
+        return
+    for addr in addrs:
+        family = "ipv6" if ":" in addr else "ipv4"
+        for flag in ("--orig-dst", "--reply-src"):
+            p = _exec(["conntrack", "-D", "-f", family, flag, addr], None, tool="conntrack",
+                      package="conntrack", timeout=30)
+            if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
+                if "Operation not permitted" in p.stderr:
+                    raise NeedRoot("flushing conntrack entries")
+                raise KernelError(f"conntrack -D {flag} {addr}", p.stderr)
