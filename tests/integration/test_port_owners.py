@@ -13,17 +13,23 @@ import contextlib
 import errno
 import ipaddress
 import json
+import os
+import secrets
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pwutil import bridge_ports, free_port, netns_names, nft_owner_elements, pw, temp_network, uniq
 
+from conftest import sh
 from portwright.errors import PortInUse
 from portwright.firewall import nft, rules
+from portwright.model import Mapping
 from portwright.publish.base import Bound, Target, allocate
 from portwright.publish.reserve import bind_socket
 from portwright.spec import parse_publish
@@ -197,3 +203,105 @@ def test_cli_second_sandbox_on_a_udp_port_fails_in_one_line_and_leaves_nothing(
     finally:
         for name in (one, two):
             pw("rm", "-f", name, check=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 18 item 4: unpublish reads the table, then deletes elements by key
+# ------------------------------------------------------------------------------------------------
+
+KEY_A = Mapping("tcp", A("0.0.0.0"), 18080, A("198.18.250.2"), 80)
+KEY_B = Mapping("tcp", A("0.0.0.0"), 18080, A("198.18.250.3"), 80)  # the same map key, another sandbox
+
+
+@pytest.fixture
+def fw_ns() -> Iterator[str]:
+    """A throwaway namespace with its own ``inet portwright`` table (the host's is never touched)."""
+    ns = f"pwt-own-{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", ns)
+    try:
+        nft.ensure_base(netns=ns)
+        yield ns
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def _elements(ns: str) -> list[tuple[str | None, str]]:
+    """(owner, target address) of every publish-map element in ns's table."""
+    return [(p.owner, str(p.container_ip)) for p in rules.published(nft.table_json(netns=ns))]
+
+
+def _locked_waiter_or_done(t: threading.Thread) -> str:
+    """Wait until thread t (of this process) either finished or is blocked on nft's table lock."""
+    ino = f":{os.stat(nft.TABLE_LOCK).st_ino} "
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not t.is_alive():
+            return "done"
+        with open("/proc/locks") as f:
+            if any("->" in line and f" {os.getpid()} " in line and ino in line for line in f):
+                return "waiting"
+        time.sleep(0.01)
+    raise AssertionError("the racing thread neither finished nor waited for the table lock")
+
+
+def _race_after_first_read(monkeypatch: pytest.MonkeyPatch, ns: str, action: Any) -> dict[str, Any]:
+    """Run ``action`` in another thread right after the main thread's next table read, and let it
+    get as far as it can (to the end, or blocked on the table lock) before the main thread goes on."""
+    real = nft.table_json
+    main = threading.get_ident()
+    result: dict[str, Any] = {}
+
+    def racer() -> None:
+        try:
+            result["value"] = action()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            result["error"] = e
+
+    def hooked(*, netns: str | None = None) -> dict[str, Any]:
+        table = real(netns=netns)
+        if threading.get_ident() == main and "thread" not in result:
+            t = threading.Thread(target=racer)
+            result["thread"] = t
+            t.start()
+            result["state"] = _locked_waiter_or_done(t)
+        return table
+
+    monkeypatch.setattr(nft, "table_json", hooked)
+    return result
+
+
+def test_unpublish_never_deletes_an_element_another_owner_published_meanwhile(
+        fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)
+
+    def other_process() -> None:
+        # Another process unpublishes A too (rm -f racing the supervisor, or two reconciles),
+        # and a new sandbox B, handed the port A's reservation gave up, publishes the same key.
+        nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns)
+        nft.publish("pw:bbbbbbbbbbbb", [KEY_B], netns=fw_ns, flush_udp=False)
+
+    race = _race_after_first_read(monkeypatch, fw_ns, other_process)
+    nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns)  # reads A's keys, then the other process runs
+    race["thread"].join(timeout=60)
+    assert "error" not in race, race.get("error")
+    assert _elements(fw_ns) == [("pw:bbbbbbbbbbbb", "198.18.250.3")]  # B's element survived
+    assert race["state"] == "waiting"  # because it had to wait for our read-and-delete to finish
+
+
+def test_concurrent_unpublish_of_one_owner_is_not_an_error(fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)
+    race = _race_after_first_read(monkeypatch, fw_ns, lambda: nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns))
+    nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns)  # deleting keys the other one removed failed (ENOENT)
+    race["thread"].join(timeout=60)
+    assert "error" not in race, race.get("error")
+    assert _elements(fw_ns) == []
+
+
+def test_concurrent_publish_of_one_key_names_the_owner(fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    race = _race_after_first_read(monkeypatch, fw_ns, lambda: nft.publish(
+        "pw:bbbbbbbbbbbb", [KEY_B], netns=fw_ns, flush_udp=False))
+    nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)  # found no clash, then adds
+    race["thread"].join(timeout=60)
+    # The loser is told who holds the port (not an nft "File exists"), and the winner keeps it.
+    assert isinstance(race.get("error"), PortInUse) and "pw:aaaaaaaaaaaa" in str(race["error"]), race
+    assert _elements(fw_ns) == [("pw:aaaaaaaaaaaa", "198.18.250.2")]

@@ -13,16 +13,25 @@ nft 1.0.6 (Debian 12) cannot parse a map with a concatenated data type ("addr . 
 JSON: it silently creates a plain set. ``run`` therefore creates such maps first with one
 ``nft -f -`` text transaction (``add`` is idempotent and an empty map changes no packet), then
 applies the whole JSON batch atomically.
+
+Deciding from a read and then writing is not atomic in nft, and map elements are deleted by key,
+not by owner. ``publish`` (read, check for clashes, add), ``unpublish`` (read, delete the keys
+tagged with the owner) and ``remove_table`` therefore run under one host-wide lock
+(``TABLE_LOCK``, flock): otherwise an unpublish that read its keys, while another process
+removed them and a new owner published the same key, would delete the new owner's element.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from portwright.errors import Conflict, KernelError, MissingTool, NeedRoot, PortInUse
@@ -36,6 +45,9 @@ __all__ = ["run", "table_json", "ensure_base", "add_network", "remove_network", 
 
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
 NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
+# Host-wide, not under PORTWRIGHT_STATE_DIR: every portwright (any state dir, the CNI plugin)
+# shares the host's table. One lock for every namespace's table: held for one transaction.
+TABLE_LOCK = "/run/portwright/nft.lock"
 
 
 def _netns(netns: str | None) -> str | None:
@@ -111,6 +123,23 @@ def table_json(*, netns: str | None = None) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def table_lock() -> Iterator[None]:
+    """Hold ``TABLE_LOCK`` from reading the table until what was decided from it is applied."""
+    try:
+        os.makedirs(os.path.dirname(TABLE_LOCK), mode=0o755, exist_ok=True)
+        fd = os.open(TABLE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise NeedRoot(f"changing nftables (opening the lock {TABLE_LOCK})") from None
+        raise KernelError(f"open {TABLE_LOCK}", str(e.strerror), e.errno) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ------------------------------------------------------------------------------------------------
 # Table, networks
 # ------------------------------------------------------------------------------------------------
@@ -158,23 +187,28 @@ def publish(owner: str, mappings: Sequence[Mapping], *, netns: str | None = None
     udp_ports = sorted({m.host_port for m in mappings if m.proto == "udp" and rules.nat_capable(m)})
     if flush_udp and udp_ports and shutil.which("conntrack") is None:
         raise MissingTool("conntrack", "conntrack")
-    current = table_json(netns=netns)
-    clashes = rules.conflicts(owner, mappings, current)
-    if clashes:
-        m, other = clashes[0]
-        raise PortInUse(f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)")
-    if not current:
-        cmds = rules.base_commands() + cmds
-    run(cmds, netns=netns)
+    with table_lock():
+        current = table_json(netns=netns)
+        clashes = rules.conflicts(owner, mappings, current)
+        if clashes:
+            m, other = clashes[0]
+            raise PortInUse(f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)")
+        if not current:
+            cmds = rules.base_commands() + cmds
+        run(cmds, netns=netns)
     if flush_udp and udp_ports:
         flush_conntrack_ports("udp", udp_ports, netns=netns)
 
 
 def unpublish(owner: str, *, netns: str | None = None) -> None:
-    """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left)."""
-    current = table_json(netns=netns)
-    if current:
-        run(rules.unpublish_commands(owner, current), netns=netns)
+    """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left).
+
+    Elements are deleted by key, so the read and the delete share the table lock: no other owner
+    can publish one of those keys in between (see the module docstring)."""
+    with table_lock():
+        current = table_json(netns=netns)
+        if current:
+            run(rules.unpublish_commands(owner, current), netns=netns)
 
 
 def owners(*, netns: str | None = None) -> set[str]:
@@ -184,15 +218,16 @@ def owners(*, netns: str | None = None) -> set[str]:
 
 def remove_table(*, netns: str | None = None, force: bool = False) -> None:
     """Delete the whole table. Refused while an owner or a network still has entries there."""
-    current = table_json(netns=netns)
-    if not current:
-        return
-    if not force:
-        left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
-        if left:
-            raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
-                           f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
-    run(rules.table_commands_delete(), netns=netns)
+    with table_lock():
+        current = table_json(netns=netns)
+        if not current:
+            return
+        if not force:
+            left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
+            if left:
+                raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
+                               f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
+        run(rules.table_commands_delete(), netns=netns)
 
 
 # ------------------------------------------------------------------------------------------------
