@@ -1,4 +1,4 @@
-"""The UDP relay: one listening socket per mapping and a flow table keyed by client address.
+"""The UDP relay: one listening socket per mapping and a flow table keyed by client and local address.
 
 UDP has no connection, so a proxy must invent one. Each client address gets its own connected
 socket toward the backend (a "flow"); the backend's replies arriving on it go back to that
@@ -7,9 +7,11 @@ client. Flows that stay silent longer than the idle timeout (90 s by default, as
 
 On a wildcard listener the reply must leave from the address the client sent to, or a
 multi-homed host answers from the wrong source and the client drops it; the destination is read
-with IP_PKTINFO / IPV6_PKTINFO and set again on the reply. A backend that is not up yet answers
-with ICMP port unreachable, which shows up as ECONNREFUSED on the flow socket: it is counted and
-ignored, so the flow works as soon as the backend starts.
+with IP_PKTINFO / IPV6_PKTINFO and set again on the reply. A flow is therefore keyed by (client
+address, local address the datagram arrived on): one client socket talking to 127.0.0.2 and to
+127.0.0.3 is two flows, each answering from its own address. A backend that is not up yet
+answers with ICMP port unreachable, which shows up as ECONNREFUSED on the flow socket: it is
+counted and ignored, so the flow works as soon as the backend starts.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ _CMSG_SPACE = socket.CMSG_SPACE(20)  # room for in6_pktinfo (20 bytes) or in_pkt
 _BATCH = 64  # datagrams handled per wake-up before giving other sockets a turn
 #: Flow sockets get a receive buffer that holds several maximum-size datagrams.
 FLOW_RCVBUF = 1 << 20
+# Where the datagram's destination address sits in the PKTINFO payload: in_pktinfo is
+# (ifindex, spec_dst, addr) and ipi_addr is the header's destination; in6_pktinfo starts with it.
+_DST4 = slice(8, 12)
+_DST6 = slice(0, 16)
 
 
 #: Listener receive buffer: room for bursts (SO_RCVBUFFORCE as root, else capped by rmem_max).
@@ -106,7 +112,7 @@ class UdpFlow:
 class UdpListener:
     """A bound UDP socket for one Mapping, with its flow table."""
 
-    __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "backend",
+    __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "dst", "backend",
                  "bfamily", "proxy_protocol", "idle_timeout", "local", "buf", "view")
 
     def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
@@ -116,8 +122,10 @@ class UdpListener:
         self.sock = sock
         self.fd = sock.fileno()
         self.ctr = ctr
-        self.flows: dict[tuple[object, ...], UdpFlow] = {}
+        # key: the client address, or (client address, local address bytes) on wildcard listeners
+        self.flows: dict[object, UdpFlow] = {}
         self.pktinfo = mapping.wildcard
+        self.dst = _DST4 if sock.family == socket.AF_INET else _DST6
         self.backend = (str(mapping.container_ip), mapping.container_port)
         self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
         self.proxy_protocol = proxy_protocol
@@ -133,24 +141,28 @@ class UdpListener:
         ctr = self.ctr
         flows = self.flows
         buf, view = self.buf, self.view
-        pktinfo = self.pktinfo
+        pktinfo, dst = self.pktinfo, self.dst
         anc: list[tuple[int, int, bytes]] = []
+        key: object
         for _ in range(_BATCH):
             try:
                 if pktinfo:
                     n, anc, _flags, client = sock.recvmsg_into([buf], _CMSG_SPACE)
+                    # only PKTINFO is enabled, so it is the one control message
+                    key = (client, anc[0][2][dst]) if anc else client
                 else:
                     n, client = sock.recvfrom_into(buf)
+                    key = client
             except BlockingIOError:
                 return
             except OSError:
                 ctr[ERRORS] += 1
                 continue
             data: bytes | memoryview = view[:n]
-            flow = flows.get(client)
+            flow = flows.get(key)
             if flow is None:
                 try:
-                    flow = self._new_flow(client, anc)
+                    flow = self._new_flow(client, key, anc)
                 except OSError:
                     ctr[ERRORS] += 1
                     continue
@@ -172,7 +184,8 @@ class UdpListener:
             except OSError:
                 ctr[ERRORS] += 1  # EAGAIN (backend socket full) or EMSGSIZE: dropped, as UDP may
 
-    def _new_flow(self, client: tuple[object, ...], anc: list[tuple[int, int, bytes]]) -> UdpFlow:
+    def _new_flow(self, client: tuple[object, ...], key: object,
+                  anc: list[tuple[int, int, bytes]]) -> UdpFlow:
         cmsg: list[tuple[int, int, bytes]] = []
         local: tuple[str, int] = (str(self.local[0]), int(self.local[1]))
         for level, kind, payload in anc:
@@ -198,7 +211,7 @@ class UdpListener:
         if self.proxy_protocol:
             hdr = proxyproto.encode("udp", (str(client[0]), int(str(client[1]))), local)
         flow = UdpFlow(self, client, s, cmsg, hdr, self.loop.now)
-        self.flows[client] = flow
+        self.flows[key] = flow
         self.loop.watch(flow.fd, flow.on_event, level_triggered=True)
         self.ctr[TOTAL] += 1
         self.ctr[UDP_FLOWS] = len(self.flows)
