@@ -245,7 +245,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"{rec.name}: no userland counters (publish mode {rec.sandbox.publish_mode}; kernel NAT "
               "paths are counted by conntrack, not by portwright)")
         return 0
-    keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "errors"]
+    keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "udp_dropped", "errors"]
     _print_table([[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
                  ["MAPPING", *(c.upper() for c in keys)])
     return 0

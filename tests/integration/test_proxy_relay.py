@@ -219,7 +219,7 @@ def test_counters_move(be: Backend) -> None:
     with ProxyServer([M("tcp", "127.0.0.1", p, be.ip4, 7008)]) as srv:
         key = f"127.0.0.1:{p}->7008/tcp"
         assert srv.stats()[key] == {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0,
-                                    "udp_flows": 0, "errors": 0}
+                                    "udp_flows": 0, "errors": 0, "udp_dropped": 0}
         held = [socket.create_connection(("127.0.0.1", p), timeout=5) for _ in range(3)]
         assert wait_until(lambda: srv.stats()[key]["active"] == 3)
         for c in held:

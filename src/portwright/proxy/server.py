@@ -11,7 +11,8 @@ few event-loop threads:
   is then registered in every loop with EPOLLEXCLUSIVE, so one loop wakes per incoming connection
   and accepted connections spread over the loops without SO_REUSEPORT (which another root process
   could join).
-- UDP listeners and their flow tables live in loop 0 only (one owner, no locks).
+- UDP listeners and their flow tables live in loop 0 only (one owner, no locks); each table is
+  capped (``udp_max_flows``), and datagrams refused at the cap are counted as ``udp_dropped``.
 - Counters are plain lists per mapping per loop, written only by their loop and summed by
   ``stats()``.
 
@@ -46,7 +47,7 @@ from .tcp import (
     PipePool,
     TcpRelay,
 )
-from .udp import UdpListener, tune_listener
+from .udp import MAX_FLOWS, UdpListener, tune_listener
 
 log = logging.getLogger("portwright.proxy")
 
@@ -259,6 +260,11 @@ class EventLoop:
     def log_backend_error(self, relay: TcpRelay, err: int) -> None:
         self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
 
+    def flows_full(self, listener: UdpListener) -> None:
+        self._rate_log(logging.WARNING, "%s: %d UDP flows, the most allowed; dropping datagrams "
+                       "from new clients until flows expire", listener.mapping.docker_format(),
+                       listener.max_flows)
+
     def _rate_log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last_log >= 1.0:
@@ -331,14 +337,17 @@ class ProxyServer:
 
     ``sockets`` hands over pre-bound sockets (dockerd 28+'s ``-use-listen-fd``, or the
     supervisor's reservation sockets) instead of binding here; they are then owned by the server.
+    ``udp_max_flows`` caps each UDP mapping's flow table (see ``udp.py``).
     """
 
     def __init__(self, mappings: Sequence[Mapping], *, proxy_protocol: bool = False,
-                 udp_idle_timeout: float = 90.0,
+                 udp_idle_timeout: float = 90.0, udp_max_flows: int = MAX_FLOWS,
                  sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
                  loops: int | None = None) -> None:
         if udp_idle_timeout <= 0:
             raise ValueError(f"udp_idle_timeout {udp_idle_timeout} must be positive seconds")
+        if udp_max_flows < 1:
+            raise ValueError(f"udp_max_flows {udp_max_flows} must be at least 1")
         seen: set[Mapping] = set()
         self.mappings: list[Mapping] = []
         for m in mappings:
@@ -347,6 +356,7 @@ class ProxyServer:
                 self.mappings.append(m)
         self.proxy_protocol = proxy_protocol
         self.udp_idle_timeout = udp_idle_timeout
+        self.udp_max_flows = udp_max_flows
         self._given = dict(sockets or {})
         n = loops if loops is not None else DEFAULT_LOOPS
         self._nloops = max(1, n)
@@ -388,7 +398,8 @@ class ProxyServer:
                     ctrs[m] = ctr
                     if m.proto == "udp":
                         if i == 0:
-                            u = UdpListener(loop, m, s, ctr, self.proxy_protocol, self.udp_idle_timeout)
+                            u = UdpListener(loop, m, s, ctr, self.proxy_protocol, self.udp_idle_timeout,
+                                            self.udp_max_flows)
                             loop.udp.append(u)
                             loop.watch(s.fileno(), u.on_event, level_triggered=True)
                     else:

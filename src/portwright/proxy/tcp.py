@@ -63,8 +63,9 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _splice = os.splice
 
 # Counter slots, shared with server.py (a plain list per mapping per loop is the cheapest counter).
-ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS = range(6)
-COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "errors")
+# UDP_DROPPED counts datagrams dropped because the mapping's flow table was full (udp.py).
+ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS, UDP_DROPPED = range(7)
+COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "errors", "udp_dropped")
 
 
 class PipePool:

@@ -12,6 +12,14 @@ address, local address the datagram arrived on): one client socket talking to 12
 127.0.0.3 is two flows, each answering from its own address. A backend that is not up yet
 answers with ICMP port unreachable, which shows up as ECONNREFUSED on the flow socket: it is
 counted and ignored, so the flow works as soon as the backend starts.
+
+Each flow holds a descriptor, so the table is capped per mapping (``MAX_FLOWS``, the listener's
+``max_flows``). At the cap, datagrams that would start a new flow are dropped and counted
+(``udp_dropped``); existing flows are never evicted for newcomers. Evicting the least recently
+used flow would let one client spraying source ports push every other client out of the table
+(the sprayer is always the most recent sender), silently breaking conversations whose replies
+are still on their way. Dropping keeps those working, and new clients get in as soon as idle
+flows expire.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from . import proxyproto
-from .tcp import BYTES_IN, BYTES_OUT, ERRORS, TOTAL, UDP_FLOWS
+from .tcp import BYTES_IN, BYTES_OUT, ERRORS, TOTAL, UDP_DROPPED, UDP_FLOWS
 
 if TYPE_CHECKING:
     from ..model import Mapping
@@ -34,6 +42,9 @@ _CMSG_SPACE = socket.CMSG_SPACE(20)  # room for in6_pktinfo (20 bytes) or in_pkt
 _BATCH = 64  # datagrams handled per wake-up before giving other sockets a turn
 #: Flow sockets get a receive buffer that holds several maximum-size datagrams.
 FLOW_RCVBUF = 1 << 20
+#: Flows (one socket each) per mapping before new clients' datagrams are dropped. Far below the
+#: descriptor limit (a hard 20,000 here, see DESIGN.md) while leaving room for TCP relays.
+MAX_FLOWS = 4096
 # Where the datagram's destination address sits in the PKTINFO payload: in_pktinfo is
 # (ifindex, spec_dst, addr) and ipi_addr is the header's destination; in6_pktinfo starts with it.
 _DST4 = slice(8, 12)
@@ -113,10 +124,10 @@ class UdpListener:
     """A bound UDP socket for one Mapping, with its flow table."""
 
     __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "dst", "backend",
-                 "bfamily", "proxy_protocol", "idle_timeout", "local", "buf", "view")
+                 "bfamily", "proxy_protocol", "idle_timeout", "max_flows", "local", "buf", "view")
 
     def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
-                 proxy_protocol: bool, idle_timeout: float) -> None:
+                 proxy_protocol: bool, idle_timeout: float, max_flows: int = MAX_FLOWS) -> None:
         self.loop = loop
         self.mapping = mapping
         self.sock = sock
@@ -130,6 +141,7 @@ class UdpListener:
         self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
         self.proxy_protocol = proxy_protocol
         self.idle_timeout = idle_timeout
+        self.max_flows = max_flows
         self.local = sock.getsockname()
         # One receive buffer per listener, reused for every datagram both ways: no 64 KiB
         # allocation per datagram. (Only this loop's thread touches it.)
@@ -161,6 +173,10 @@ class UdpListener:
             data: bytes | memoryview = view[:n]
             flow = flows.get(key)
             if flow is None:
+                if len(flows) >= self.max_flows:
+                    ctr[UDP_DROPPED] += 1
+                    self.loop.flows_full(self)
+                    continue
                 try:
                     flow = self._new_flow(client, key, anc)
                 except OSError:
