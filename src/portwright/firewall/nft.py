@@ -280,17 +280,16 @@ def flush_conntrack_ports(proto: str, ports: Sequence[int], *, netns: str | None
 
 
 def flush_conntrack_addrs(addrs: Sequence[str]) -> None:
-    """Delete conntrack entries to or from these sandbox addresses: flows aimed at them directly
-    (original destination) and flows DNATed to them (reply source). Finding none is not an error;
-    a host without the conntrack tool has nothing to flush with and is skipped."""
+    """Delete conntrack entries of flows that go to these sandbox addresses. One match covers
+    both kinds: the reply source is the sandbox whether a flow was aimed at it directly or DNATed
+    to it. Finding none is not an error; a host without the conntrack tool is skipped."""
     if shutil.which("conntrack") is None:
         return
     for addr in addrs:
         family = "ipv6" if ":" in addr else "ipv4"
-        for flag in ("--orig-dst", "--reply-src"):
-            p = _exec(["conntrack", "-D", "-f", family, flag, addr], None, tool="conntrack",
-                      package="conntrack", timeout=30)
-            if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
-                if "Operation not permitted" in p.stderr:
-                    raise NeedRoot("flushing conntrack entries")
-                raise KernelError(f"conntrack -D {flag} {addr}", p.stderr)
+        p = _exec(["conntrack", "-D", "-f", family, "--reply-src", addr], None, tool="conntrack",
+                  package="conntrack", timeout=30)
+        if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
+            if "Operation not permitted" in p.stderr:
+                raise NeedRoot("flushing conntrack entries")
+            raise KernelError(f"conntrack -D --reply-src {addr}", p.stderr)
