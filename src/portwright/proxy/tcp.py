@@ -232,19 +232,9 @@ class TcpRelay:
 
         ``drain`` false means "this is a plain IN edge": a short read then ends the work.
         """
-        if self.hdr and h is self.up:  # a PROXY header is still partly unsent: it goes first
-            try:
-                n = h.dsock.send(self.hdr)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                raise RelayError(str(e)) from e
-            self.hdr = self.hdr[n:]
-            if self.hdr:
-                return
-            h.blocked = False
+        if self.hdr and h is self.up and not self._send_header(h):
+            return  # a PROXY header is still partly unsent: it goes first
         ctr = self.ctr
-        pipe = h.pipe
         try:
             if h.pend:
                 try:
@@ -258,6 +248,7 @@ class TcpRelay:
                     h.blocked = True
                     return
             if h.fill:
+                pipe = h.pipe
                 assert pipe is not None
                 try:
                     m = _splice(pipe[0], h.dst, h.fill, None, None, SPLICE_FLAGS)
@@ -299,50 +290,76 @@ class TcpRelay:
                         break
                     if not drain:
                         break
-            if not h.eof and h.bulk:
-                if pipe is None:
-                    pipe = h.pipe = self.loop.pipes.get()
-                src, dst, pr, pw = h.src, h.dst, pipe[0], pipe[1]
-                first = True
-                while True:
-                    try:
-                        n = _splice(src, pw, PIPE_SIZE, None, None, SPLICE_FLAGS)
-                    except BlockingIOError:
-                        break
-                    if n == 0:
-                        h.eof = True
-                        break
-                    if first:
-                        first = False
-                        if n < SMALL_READ:
-                            h.bulk = False  # the stream went quiet: back to recv/send next time
-                    # Record the bytes now in the pipe before moving them on: if the next splice
-                    # fails (reset, broken pipe) the relay is aborted with fill telling the truth.
-                    h.fill = n
-                    try:
-                        m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
-                    except BlockingIOError:
-                        m = 0
-                    ctr[h.slot] += m
-                    h.fill = n - m
-                    if m < n:
-                        h.blocked = True
-                        return
-                    # Read until EAGAIN: a non-blocking splice stops when the pipe runs out of
-                    # slots, possibly far below PIPE_SIZE while the socket still holds data, and
-                    # edge-triggered epoll would never report those bytes again.
+            if not h.eof and h.bulk and self._splice_bulk(h):
+                return
             if h.eof and not h.done:
-                h.done = True
-                try:
-                    h.dsock.shutdown(socket.SHUT_WR)
-                except OSError as e:
-                    if e.errno != errno.ENOTCONN:
-                        raise
+                self._pass_eof(h)
         except OSError as e:
             raise RelayError(str(e)) from e
-        if pipe is not None:
+        if h.pipe is not None:
+            self.loop.pipes.put(h.pipe)
             h.pipe = None
-            self.loop.pipes.put(pipe)
+
+    def _send_header(self, h: Half) -> bool:
+        """Send what is left of the PROXY header; True once all of it is out."""
+        try:
+            n = h.dsock.send(self.hdr)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise RelayError(str(e)) from e
+        self.hdr = self.hdr[n:]
+        if self.hdr:
+            return False
+        h.blocked = False
+        return True
+
+    def _splice_bulk(self, h: Half) -> bool:
+        """Splice src -> pipe -> dst until src runs dry (False) or dst is full (True: blocked,
+        the bytes stay in the half's pipe). Raises OSError for the caller to abort on."""
+        ctr = self.ctr
+        pipe = h.pipe
+        if pipe is None:
+            pipe = h.pipe = self.loop.pipes.get()
+        src, dst, pr, pw = h.src, h.dst, pipe[0], pipe[1]
+        first = True
+        while True:
+            try:
+                n = _splice(src, pw, PIPE_SIZE, None, None, SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            if n == 0:
+                h.eof = True
+                return False
+            if first:
+                first = False
+                if n < SMALL_READ:
+                    h.bulk = False  # the stream went quiet: back to recv/send next time
+            # Record the bytes now in the pipe before moving them on: if the next splice fails
+            # (reset, broken pipe) the relay is aborted with fill telling the truth.
+            h.fill = n
+            try:
+                m = _splice(pr, dst, n, None, None, SPLICE_FLAGS)
+            except BlockingIOError:
+                m = 0
+            ctr[h.slot] += m
+            h.fill = n - m
+            if m < n:
+                h.blocked = True
+                return True
+            # Read until EAGAIN: a non-blocking splice stops when the pipe runs out of slots,
+            # possibly far below PIPE_SIZE while the socket still holds data, and edge-triggered
+            # epoll would never report those bytes again.
+
+    @staticmethod
+    def _pass_eof(h: Half) -> None:
+        """src sent FIN and everything before it reached dst: pass the FIN on."""
+        h.done = True
+        try:
+            h.dsock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                raise
 
     # -- teardown ------------------------------------------------------------------------------
     def abort(self) -> None:
