@@ -92,15 +92,18 @@ class _Holders:
     (SO_REUSEADDR on UDP, SO_REUSEPORT) cannot end up with a second owner."""
 
     def __init__(self, known: Sequence[tuple[str, Mapping]], protos: set[str]) -> None:
-        self.known = known
+        # Indexed by (proto, port): a range or -P looks up thousands of ports among as many mappings.
+        self.known: dict[tuple[str, int], list[tuple[str, Mapping]]] = {}
+        for who, m in known:
+            self.known.setdefault((m.proto, m.host_port), []).append((who, m))
         self.sockets: dict[tuple[str, int], list[ksockets.Listener]] = {}
         for ln in ksockets.listeners(tuple(sorted(protos & {"tcp", "udp"})), with_processes=False):
             self.sockets.setdefault((ln.proto, ln.port), []).append(ln)
 
     def owner(self, proto: str, ip: IPAddress, port: int, dual: bool) -> str | ksockets.Listener | None:
         """The first known owner (its description) or host socket that a bind of ip:port clashes with."""
-        for who, m in self.known:
-            if m.proto == proto and m.host_port == port and bindings_clash(m.host_ip, ip, b_dual=dual):
+        for who, m in self.known.get((proto, port), ()):
+            if bindings_clash(m.host_ip, ip, b_dual=dual):
                 return who
         for ln in self.sockets.get((proto, port), ()):
             if ln.clashes(proto, ip, port, dual):
