@@ -1,10 +1,17 @@
-"""Who holds a socket: the kernel's socket tables joined with /proc/PID/fd.
+"""Host sockets: who holds one (the kernel's socket tables joined with /proc/PID/fd), and the one
+recipe by which portwright binds its own (``bind_socket``).
 
 Used before publishing (to refuse a port another socket holds, and name its owner) and by
-diagnostics. The
-tables come from sock_diag netlink (``ss``'s source: exact, and it reports IPV6_V6ONLY) with
-/proc/net/{tcp,udp}[6] as the fallback. Both read the network namespace of the calling
-*thread*, so diagnostics can read another namespace from a thread that has entered it.
+diagnostics. The tables come from sock_diag netlink (``ss``'s source: exact, and it reports
+IPV6_V6ONLY) with /proc/net/{tcp,udp}[6] as the fallback. Both read the network namespace of the
+calling *thread*, so diagnostics can read another namespace from a thread that has entered it.
+
+``bind_socket`` is shared by host-port reservations (``publish.reserve``), the proxy's listeners
+and the CNI holder, so that a port is held the same way whoever holds it. It is exclusive: UDP
+sockets never set SO_REUSEADDR (on UDP it lets every other socket that sets it too bind the same
+address and port, and take the datagrams); TCP sets it only to pass TIME_WAIT, which never lets
+two listeners share a port. Neither sets SO_REUSEPORT. ``port_free`` tests a port with the same
+options.
 """
 
 from __future__ import annotations
@@ -257,26 +264,56 @@ def describe_listener(ln: Listener) -> str:
     return f"a socket on {ln.binding} (inode {ln.inode}, no visible process: kernel or other namespace)"
 
 
-def port_free(proto: str, ip: IPAddress, port: int) -> bool:
-    """Can we bind ip:port/proto right now? Tries a real bind (the kernel is the judge).
+#: Listen backlog of bound stream sockets; the kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
 
-    Only TCP sets SO_REUSEADDR (to pass TIME_WAIT; it never lets two listeners share a port): on
-    UDP it would let the test bind share the port with a holder that set it too."""
-    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    typ = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+
+def _new_socket(proto: str, fam: int) -> socket.socket:
+    if proto == "udp":
+        return socket.socket(fam, socket.SOCK_DGRAM)
     if proto == "sctp":
-        typ, sproto = socket.SOCK_STREAM, socket.IPPROTO_SCTP
-    else:
-        sproto = 0
+        return socket.socket(fam, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    return socket.socket(fam, socket.SOCK_STREAM)
+
+
+def _set_bind_options(s: socket.socket, proto: str, v6only: bool) -> None:
+    """SO_REUSEADDR for stream sockets only (see the module docstring), IPV6_V6ONLY as asked."""
+    if proto != "udp":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if s.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+
+
+def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True, v6only: bool = True) -> socket.socket:
+    """A socket bound to ip:port/proto, listening for stream protocols. An IPv6 socket is
+    IPV6_V6ONLY unless v6only is False: then ``[::]:P`` holds the port in both families.
+
+    Exclusive: while it is open (and listening, for TCP), no other socket can bind a clashing
+    address (see the module docstring). Raises OSError (EADDRINUSE etc.) for the caller to turn
+    into PortInUse with the owner.
+    """
+    s = _new_socket(proto, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
     try:
-        s = socket.socket(fam, typ, sproto)
+        _set_bind_options(s, proto, v6only)
+        s.bind((str(ip), port))
+        if listen and proto != "udp":
+            s.listen(BACKLOG)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def port_free(proto: str, ip: IPAddress, port: int) -> bool:
+    """Can we bind ip:port/proto right now? Tries a real bind (the kernel is the judge), with
+    ``bind_socket``'s options: on UDP without SO_REUSEADDR, which would let the test bind share
+    the port with a holder that set it too."""
+    try:
+        s = _new_socket(proto, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
     except OSError:
         return True
     try:
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if proto != "udp":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _set_bind_options(s, proto, True)
         s.bind((str(ip), port))
         if proto == "tcp":
             s.listen(1)

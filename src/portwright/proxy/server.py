@@ -14,51 +14,40 @@ few event-loop threads:
 - UDP listeners and their flow tables live in loop 0 only (one owner, no locks); each table is
   capped (``udp_max_flows``), and datagrams refused at the cap are counted as ``udp_dropped``.
 - Counters are plain lists per mapping per loop, written only by their loop and summed by
-  ``stats()``.
+  ``stats()`` (``counters.py``).
 
-The supervisor runs this in-process; the docker-proxy drop-in (``dockerproxy.py``) runs it for
-one mapping.
+Layers: this module opens the listeners (through ``kernel.sockets.bind_socket``, the one socket
+recipe portwright binds with) and accepts connections; ``loop.py`` is the epoll loop and its
+per-thread resources; ``tcp.py`` and ``udp.py`` are the relays. The supervisor runs a server
+in-process; the docker-proxy drop-in (``dockerproxy.py``) runs it for one mapping.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import errno
-import logging
-import os
 import resource
-import select
 import socket
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ..errors import KernelError, PortInUse
+from ..kernel import sockets as ksockets
+from ..kernel.sockets import BACKLOG, bind_socket
 from ..model import IPAddress, Mapping
-from ..publish.reserve import bind_socket
 from . import proxyproto
-from .tcp import (
-    ACTIVE,
-    COPY_SIZE,
-    COUNTER_NAMES,
-    ERRORS,
-    RELAY_EVENTS,
-    TOTAL,
-    PipePool,
-    TcpRelay,
-)
+from .counters import ACTIVE, ERRORS, TOTAL, new_counters, total
+from .loop import EventLoop
+from .tcp import TcpRelay
 from .udp import MAX_FLOWS, UdpListener, tune_listener
 
-log = logging.getLogger("portwright.proxy")
+__all__ = ["DEFAULT_LOOPS", "EventLoop", "ProxyServer", "bind_error", "describe_owner", "open_listener",
+           "raise_nofile"]
 
-Handler = Callable[[int, int], None]
-#: Listen backlog; the kernel caps it at net.core.somaxconn.
-BACKLOG = 4096
 #: Connections accepted per listener wake-up before other sockets get a turn.
 ACCEPT_BATCH = 64
 #: File descriptors the server wants: 2 per relayed connection plus listeners and pipes.
 WANT_NOFILE = 1 << 17
-_SWEEP_EVERY = 1.0
 #: Event-loop threads when the caller does not say (see the module docstring for why one).
 DEFAULT_LOOPS = 1
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
@@ -75,8 +64,6 @@ def _proto_number(proto: str) -> int:
 def describe_owner(proto: str, port: int, ip: IPAddress) -> str:
     """Who holds a port (pid and command), as the kernel's socket tables tell."""
     try:
-        from ..kernel import sockets as ksockets
-
         return ksockets.describe_owner(proto, port, ip)
     except Exception:  # noqa: BLE001 - any failure falls back to a plain, still-true answer
         return f"another socket (see: ss -lnp sport = :{port})"
@@ -85,7 +72,7 @@ def describe_owner(proto: str, port: int, ip: IPAddress) -> str:
 def open_listener(m: Mapping) -> socket.socket:
     """Bind (and for stream protocols, listen on) the host side of one mapping, non-blocking.
 
-    The socket itself is the same as a reservation's (``publish.reserve.bind_socket``:
+    The socket itself is the same as a reservation's (``kernel.sockets.bind_socket``:
     SO_REUSEADDR, an IPv6 "::" that serves IPv6 only, the backlog); the relay adds its tuning."""
     try:
         s = bind_socket(m.proto, m.host_ip, m.host_port)
@@ -210,128 +197,6 @@ class _Listener:
             loop.watch_relay(relay)
 
 
-class EventLoop:
-    """One epoll loop in its own thread."""
-
-    def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.ep = select.epoll()
-        self.handlers: dict[int, Handler] = {}
-        self.stale: set[int] = set()
-        self.pipes = PipePool()
-        self.buf = bytearray(COPY_SIZE)  # the small-message path's copy buffer (this thread only)
-        self.view = memoryview(self.buf)
-        self.udp: list[UdpListener] = []
-        self.listeners: list[_Listener] = []
-        self.now = time.monotonic()
-        self.stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.ep.register(self._wake_r, select.EPOLLIN)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._last_log = 0.0
-        self.crashed: BaseException | None = None
-
-    # registration helpers (called from the loop thread, or before the thread starts)
-    def watch(self, fd: int, handler: Handler, level_triggered: bool = False,
-              exclusive: bool = False) -> None:
-        mask = select.EPOLLIN
-        if not level_triggered:
-            mask |= select.EPOLLET
-        if exclusive:
-            mask |= select.EPOLLEXCLUSIVE
-        self.handlers[fd] = handler
-        self.ep.register(fd, mask)
-
-    def watch_relay(self, relay: TcpRelay) -> None:
-        h = relay.on_event
-        self.handlers[relay.cfd] = h
-        self.handlers[relay.bfd] = h
-        self.ep.register(relay.cfd, RELAY_EVENTS)
-        self.ep.register(relay.bfd, RELAY_EVENTS)
-
-    def forget(self, fd: int) -> None:
-        """Called before the fd is closed (close() removes it from epoll by itself)."""
-        if self.handlers.pop(fd, None) is not None:
-            self.stale.add(fd)
-
-    def overloaded(self, e: OSError) -> None:
-        self._rate_log(logging.WARNING, "proxy cannot take more connections now: %s", e.strerror)
-
-    def log_backend_error(self, relay: TcpRelay, err: int) -> None:
-        self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
-
-    def flows_full(self, listener: UdpListener) -> None:
-        self._rate_log(logging.WARNING, "%s: %d UDP flows, the most allowed; dropping datagrams "
-                       "from new clients until flows expire", listener.mapping.docker_format(),
-                       listener.max_flows)
-
-    def _rate_log(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= 1.0:
-            self._last_log = now
-            log.log(level, msg, *args)
-
-    def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _run(self) -> None:
-        poll = self.ep.poll
-        handlers = self.handlers
-        stale = self.stale
-        wake_fd = self._wake_r
-        udp = self.udp
-        timeout = _SWEEP_EVERY if udp else -1.0
-        next_sweep = time.monotonic() + _SWEEP_EVERY
-        try:
-            while not self.stopping:
-                events = poll(timeout)
-                if udp:
-                    self.now = now = time.monotonic()
-                    if now >= next_sweep:
-                        next_sweep = now + _SWEEP_EVERY
-                        for u in udp:
-                            u.sweep(now)
-                for fd, ev in events:
-                    if stale and fd in stale:
-                        continue
-                    h = handlers.get(fd)
-                    if h is not None:
-                        try:
-                            h(fd, ev)
-                        except Exception:  # noqa: BLE001 - one bad connection never stops the loop
-                            log.exception("proxy loop %d: handler failed", self.index)
-                            relay = getattr(h, "__self__", None)
-                            if isinstance(relay, TcpRelay):
-                                relay.abort()
-                    elif fd == wake_fd:
-                        try:
-                            os.read(wake_fd, 64)
-                        except OSError:
-                            pass
-                if stale:
-                    stale.clear()
-        except BaseException as e:  # noqa: BLE001 - reported by stop()
-            self.crashed = e
-            log.exception("proxy loop %d crashed", self.index)
-        finally:
-            self._close_all()
-
-    def _close_all(self) -> None:
-        relays = {getattr(h, "__self__", None) for h in list(self.handlers.values())}
-        for r in relays:
-            if isinstance(r, TcpRelay):
-                r.close()
-        for u in self.udp:
-            u.close()
-        self.pipes.close()
-        self.ep.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-
 class ProxyServer:
     """Serves every given Mapping from one process.
 
@@ -394,7 +259,7 @@ class ProxyServer:
                 ctrs: dict[Mapping, list[int]] = {}
                 self._ctrs.append(ctrs)
                 for m, s in self._socks.items():
-                    ctr = [0] * len(COUNTER_NAMES)
+                    ctr = new_counters()
                     ctrs[m] = ctr
                     if m.proto == "udp":
                         if i == 0:
@@ -459,16 +324,13 @@ class ProxyServer:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per mapping, keyed by ``Mapping.docker_format()``."""
-        out: dict[str, dict[str, int]] = {}
-        for m in self.mappings:
-            tot = [0] * len(COUNTER_NAMES)
-            for ctrs in self._ctrs:
-                c = ctrs.get(m)
-                if c is not None:
-                    for i, v in enumerate(c):
-                        tot[i] += v
-            out[m.docker_format()] = dict(zip(COUNTER_NAMES, tot, strict=True))
-        return out
+        return {m.docker_format(): total(c for ctrs in self._ctrs if (c := ctrs.get(m)) is not None)
+                for m in self.mappings}
+
+    def alive(self) -> bool:
+        """True while the server is started and not stopped, and every loop thread runs (false
+        after a loop crashed). What a publisher asks before trusting the relay."""
+        return self._started and not self._stopped and self.healthy()
 
     def healthy(self) -> bool:
         """True while every loop thread runs (false after a crash or stop)."""

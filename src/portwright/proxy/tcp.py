@@ -1,6 +1,6 @@
 """The TCP relay: one accepted client, one backend connection, bytes moved by splice(2).
 
-Owns the per-connection state machine that the event loops in ``server.py`` drive. It is written
+Owns the per-connection state machine that the event loops (``loop.py``) drive. It is written
 for connection rate first (see DESIGN.md: per-connection cost decides a proxy's rate):
 
 - every socket is registered once, edge-triggered, for IN|OUT|RDHUP and never modified again;
@@ -35,8 +35,14 @@ import struct
 import termios
 from typing import TYPE_CHECKING
 
+from .counters import ACTIVE, BYTES_IN, BYTES_OUT, COUNTER_NAMES, ERRORS, TOTAL, UDP_DROPPED, UDP_FLOWS
+
 if TYPE_CHECKING:
-    from .server import EventLoop
+    from .loop import EventLoop
+
+# The counter slots used to live here; kept importable from this module for old callers.
+__all__ = ["ACTIVE", "BYTES_IN", "BYTES_OUT", "COPY_SIZE", "COUNTER_NAMES", "ERRORS", "PIPE_SIZE",
+           "RELAY_EVENTS", "TOTAL", "UDP_DROPPED", "UDP_FLOWS", "PipePool", "RelayError", "TcpRelay"]
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -61,11 +67,6 @@ SMALL_READ = 4096
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _splice = os.splice
-
-# Counter slots, shared with server.py (a plain list per mapping per loop is the cheapest counter).
-# UDP_DROPPED counts datagrams dropped because the mapping's flow table was full (udp.py).
-ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS, UDP_DROPPED = range(7)
-COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "errors", "udp_dropped")
 
 
 class PipePool:

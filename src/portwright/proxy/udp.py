@@ -30,11 +30,11 @@ import struct
 from typing import TYPE_CHECKING
 
 from . import proxyproto
-from .tcp import BYTES_IN, BYTES_OUT, ERRORS, TOTAL, UDP_DROPPED, UDP_FLOWS
+from .counters import BYTES_IN, BYTES_OUT, ERRORS, TOTAL, UDP_DROPPED, UDP_FLOWS
 
 if TYPE_CHECKING:
     from ..model import Mapping
-    from .server import EventLoop
+    from .loop import EventLoop
 
 MAX_DATAGRAM = 65535  # receive buffer: the largest UDP payload over IPv4 is 65,507, IPv6 65,527
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant

@@ -1,0 +1,156 @@
+"""The proxy's event loop: one epoll loop in its own thread, and what every relay asks of it.
+
+Owns the loop's registrations (``watch``, ``watch_relay``, ``forget``: an fd forgotten before it
+is closed is skipped for the rest of that wake-up, so a reused fd number never reaches the wrong
+handler), the per-loop resources the relays borrow (the pipe pool and the small-message copy
+buffer, used only by this thread), the UDP flow sweep (once a second, in loop 0 when it has UDP
+listeners), rate-limited logging for overload and backend failures, and the loop's end: a crash
+is recorded (``crashed``, reported by the server) and every relay, flow and pipe is closed.
+
+One bad connection never stops the loop: a handler that raises is logged and, if it was a TCP
+relay's, that relay is aborted. The server (``server.py``) creates the loops and their listeners;
+the relays live in ``tcp.py`` and ``udp.py``; the counters in ``counters.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .tcp import COPY_SIZE, RELAY_EVENTS, PipePool, TcpRelay
+
+if TYPE_CHECKING:
+    from .udp import UdpListener
+
+log = logging.getLogger("portwright.proxy")
+
+Handler = Callable[[int, int], None]
+#: Seconds between sweeps of idle UDP flows (and the longest epoll wait of a loop with UDP).
+SWEEP_EVERY = 1.0
+
+
+class EventLoop:
+    """One epoll loop in its own thread."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.ep = select.epoll()
+        self.handlers: dict[int, Handler] = {}
+        self.stale: set[int] = set()
+        self.pipes = PipePool()
+        self.buf = bytearray(COPY_SIZE)  # the small-message path's copy buffer (this thread only)
+        self.view = memoryview(self.buf)
+        self.udp: list[UdpListener] = []
+        self.listeners: list[object] = []  # the TCP listeners registered in this loop
+        self.now = time.monotonic()
+        self.stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ep.register(self._wake_r, select.EPOLLIN)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._last_log = 0.0
+        self.crashed: BaseException | None = None
+
+    # registration helpers (called from the loop thread, or before the thread starts)
+    def watch(self, fd: int, handler: Handler, level_triggered: bool = False,
+              exclusive: bool = False) -> None:
+        mask = select.EPOLLIN
+        if not level_triggered:
+            mask |= select.EPOLLET
+        if exclusive:
+            mask |= select.EPOLLEXCLUSIVE
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
+
+    def watch_relay(self, relay: TcpRelay) -> None:
+        h = relay.on_event
+        self.handlers[relay.cfd] = h
+        self.handlers[relay.bfd] = h
+        self.ep.register(relay.cfd, RELAY_EVENTS)
+        self.ep.register(relay.bfd, RELAY_EVENTS)
+
+    def forget(self, fd: int) -> None:
+        """Called before the fd is closed (close() removes it from epoll by itself)."""
+        if self.handlers.pop(fd, None) is not None:
+            self.stale.add(fd)
+
+    def overloaded(self, e: OSError) -> None:
+        self._rate_log(logging.WARNING, "proxy cannot take more connections now: %s", e.strerror)
+
+    def log_backend_error(self, relay: TcpRelay, err: int) -> None:
+        self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
+
+    def flows_full(self, listener: UdpListener) -> None:
+        self._rate_log(logging.WARNING, "%s: %d UDP flows, the most allowed; dropping datagrams "
+                       "from new clients until flows expire", listener.mapping.docker_format(),
+                       listener.max_flows)
+
+    def _rate_log(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            self._last_log = now
+            log.log(level, msg, *args)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        poll = self.ep.poll
+        handlers = self.handlers
+        stale = self.stale
+        wake_fd = self._wake_r
+        udp = self.udp
+        timeout = SWEEP_EVERY if udp else -1.0
+        next_sweep = time.monotonic() + SWEEP_EVERY
+        try:
+            while not self.stopping:
+                events = poll(timeout)
+                if udp:
+                    self.now = now = time.monotonic()
+                    if now >= next_sweep:
+                        next_sweep = now + SWEEP_EVERY
+                        for u in udp:
+                            u.sweep(now)
+                for fd, ev in events:
+                    if stale and fd in stale:
+                        continue
+                    h = handlers.get(fd)
+                    if h is not None:
+                        try:
+                            h(fd, ev)
+                        except Exception:  # noqa: BLE001 - one bad connection never stops the loop
+                            log.exception("proxy loop %d: handler failed", self.index)
+                            relay = getattr(h, "__self__", None)
+                            if isinstance(relay, TcpRelay):
+                                relay.abort()
+                    elif fd == wake_fd:
+                        try:
+                            os.read(wake_fd, 64)
+                        except OSError:
+                            pass
+                if stale:
+                    stale.clear()
+        except BaseException as e:  # noqa: BLE001 - reported by stop()
+            self.crashed = e
+            log.exception("proxy loop %d crashed", self.index)
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        relays = {getattr(h, "__self__", None) for h in list(self.handlers.values())}
+        for r in relays:
+            if isinstance(r, TcpRelay):
+                r.close()
+        for u in self.udp:
+            u.close()
+        self.pipes.close()
+        self.ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
