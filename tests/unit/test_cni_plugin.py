@@ -14,6 +14,7 @@ from portwright.cni.holder import Binding
 from portwright.errors import PortInUse
 from portwright.firewall import rules
 from portwright.model import Mapping
+from portwright.owners import cni_legacy_owner, cni_owner
 
 CID = "c0ffee" * 10 + "beef"
 PREV = {"cniVersion": "1.0.0",
@@ -106,7 +107,7 @@ def call(be: FakeBackend, e: dict[str, str], data: bytes) -> tuple[int, dict[str
     return code, (json.loads(out) if out else None)
 
 
-OWNER = p.owner_tag(CID, "eth0", "pwnet")
+OWNER = cni_owner(CID, "eth0", "pwnet")
 
 
 def test_add_publishes_and_returns_prev_result() -> None:
@@ -153,8 +154,8 @@ def test_conflict_with_other_container_leaves_nothing() -> None:
     assert code == 1 and out is not None
     assert out["code"] == p.E_PORT_IN_USE and out["code"] >= 100
     assert "127.0.0.1:8080/tcp" in str(out["msg"]) and "container other1 (eth0)" in str(out["msg"])
-    assert set(be.elements) == {p.owner_tag("other1", "eth0", "pwnet")}
-    assert set(be.held) == {p.owner_tag("other1", "eth0", "pwnet")}
+    assert set(be.elements) == {cni_owner("other1", "eth0", "pwnet")}
+    assert set(be.held) == {cni_owner("other1", "eth0", "pwnet")}
 
 
 def test_same_port_other_protocol_or_family_is_no_conflict() -> None:
@@ -202,8 +203,8 @@ def test_del_is_idempotent_and_needs_no_prev_result() -> None:
     for _ in range(2):
         code, out = call(be, env("DEL", netns=""), stdin(prevResult=None))
         assert (code, out) == (0, None)
-    assert set(be.elements) == {p.owner_tag("keep", "eth0", "pwnet")}
-    assert set(be.held) == {p.owner_tag("keep", "eth0", "pwnet")}
+    assert set(be.elements) == {cni_owner("keep", "eth0", "pwnet")}
+    assert set(be.held) == {cni_owner("keep", "eth0", "pwnet")}
 
 
 def test_check() -> None:
@@ -233,9 +234,9 @@ def test_gc_drops_only_invalid_attachments_of_this_network() -> None:
     be.elements["pw:0123456789ab"] = []  # a portwright sandbox: never GC's business
     gc = stdin(version="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "alive", "ifname": "eth0"}]})
     assert call(be, {"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, gc) == (0, None)
-    assert set(be.elements) == {p.owner_tag("alive", "eth0", "pwnet"), p.owner_tag("elsewhere", "eth0", "othernet"),
+    assert set(be.elements) == {cni_owner("alive", "eth0", "pwnet"), cni_owner("elsewhere", "eth0", "othernet"),
                                 "pw:0123456789ab"}
-    assert p.owner_tag("gone", "eth0", "pwnet") not in be.held
+    assert cni_owner("gone", "eth0", "pwnet") not in be.held
 
 
 def gc(be: FakeBackend, network: str, valid: Sequence[str]) -> tuple[int, dict[str, object] | None]:
@@ -283,7 +284,7 @@ def test_gc_collects_stale_long_container_id_and_keeps_valid_one(reserve: bool) 
 
 
 def test_gc_selection_pure() -> None:
-    t = p.owner_tag
+    t = cni_owner
     owners = {t("a", "eth0", "net1"), t("b", "eth0", "net1"), t("c", "eth1", "net2"), t("e", "eth0", "net2"),
               "cni:legacy1:eth0", "cni:legacy2:eth0", "cni:legacy3:eth0", "cni:legacy4:eth0",
               "pw:abc", "h:deadbeef"}
@@ -359,7 +360,7 @@ def test_ipv6_loopback_is_relayed_and_udp_refused() -> None:
 def _legacy_attachment(be: FakeBackend, cid: str, port: int, network: str | None) -> str:
     """What the previous portwright-cni left for an attachment: ``cni:<cid>:<ifname>`` elements
     (hashed by the firewall when too long) and, if ``network``, a holder naming it."""
-    legacy = p.legacy_owner_tag(cid, "eth0")
+    legacy = cni_legacy_owner(cid, "eth0")
     be.elements[rules.owner_tag(legacy)] = [Mapping("tcp", ipaddress.ip_address("0.0.0.0"), port,
                                                     ipaddress.ip_address("198.18.200.5"), 80)]
     if network is not None:
@@ -376,16 +377,16 @@ def test_del_and_add_remove_what_the_previous_version_left(cid: str) -> None:
     assert host_ports(be) == {9000} and be.held == {}
     _legacy_attachment(be, cid, 8080, "pwnet")
     assert call(be, env("ADD", cid=cid), stdin())[0] == 0  # no conflict with its own old self
-    assert set(be.held) == {p.owner_tag(cid, "eth0", "pwnet")}
-    assert set(be.elements) == {rules.owner_tag(p.legacy_owner_tag("bystander", "eth0")),
-                                p.owner_tag(cid, "eth0", "pwnet")}
+    assert set(be.held) == {cni_owner(cid, "eth0", "pwnet")}
+    assert set(be.elements) == {rules.owner_tag(cni_legacy_owner("bystander", "eth0")),
+                                cni_owner(cid, "eth0", "pwnet")}
 
 
 @pytest.mark.parametrize("cid", ["short1", "l" * 200])
 def test_check_accepts_what_the_previous_version_added(cid: str) -> None:
     be = FakeBackend()
     _legacy_attachment(be, cid, 8080, "pwnet")
-    be.bridges[rules.owner_tag(p.legacy_owner_tag(cid, "eth0"))] = "pwtcni0"
+    be.bridges[rules.owner_tag(cni_legacy_owner(cid, "eth0"))] = "pwtcni0"
     assert call(be, env("CHECK", cid=cid), stdin()) == (0, None)
     be.held.clear()
     code, out = call(be, env("CHECK", cid=cid), stdin())

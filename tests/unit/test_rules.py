@@ -169,6 +169,39 @@ def test_publish_refuses_port_out_of_range() -> None:
         rules.publish_commands(OWNER_A, [m("tcp", "0.0.0.0", 0, "198.18.5.3", 80)])
 
 
+def test_needs_relay_is_the_one_relay_decision() -> None:
+    relayed = {m.docker_format() for m in MAPPINGS if rules.needs_relay(m)}
+    # ::1 (never DNATed), v6 -> v4 sandbox (no NAT across families) and the :: wildcard (whose
+    # socket only ever sees ::1 traffic); every other binding is kernel NAT's alone
+    assert relayed == {"[::]:8080->80/tcp", "[::1]:8080->80/tcp", "[::]:8082->82/tcp"}
+    assert all(rules.needs_relay(m) for m in MAPPINGS if not rules.nat_capable(m))
+
+
+CNI_SUBNETS = [ipaddress.ip_network("198.18.200.0/24"), ipaddress.ip_network("2001:2:c::/64")]
+CNI_MAPPINGS = [m("tcp", "0.0.0.0", 8080, "198.18.200.5", 80), m("tcp", "::", 8080, "2001:2:c::5", 80),
+                m("udp", "127.0.0.1", 5353, "198.18.200.5", 53)]
+
+
+def test_bridge_masquerade_golden() -> None:
+    cmds = rules.bridge_masquerade_commands(OWNER_CNI, "cni0", CNI_MAPPINGS, CNI_SUBNETS)
+    golden("cni_bridge_masquerade.json", cmds)
+    # per container address: host-local sources, and hairpin from its own family's subnet
+    assert len(cmds) == 4
+    for c in cmds:
+        rule = c["add"]["rule"]
+        assert rule["chain"] == rules.CHAIN_NET_POSTROUTING and rule["comment"] == OWNER_CNI
+        assert rule["expr"][-1] == {"masquerade": None} and {"match": {"op": "in", "left": {"ct": {"key": "status"}},
+                                                                      "right": "dnat"}} in rule["expr"]
+
+
+def test_bridge_masquerade_rules_go_with_their_owner() -> None:
+    long_owner = "cni:" + "a" * 200 + ":eth0"  # hashed in nft like its elements
+    cmds = rules.bridge_masquerade_commands(long_owner, "cni0", CNI_MAPPINGS[:1], CNI_SUBNETS)
+    assert {c["add"]["rule"]["comment"] for c in cmds} == {rules.owner_tag(long_owner)}
+    with pytest.raises(BadInput, match="bridge name 'a/b'"):
+        rules.bridge_masquerade_commands(OWNER_CNI, "a/b", CNI_MAPPINGS, CNI_SUBNETS)
+
+
 # --- owners never touch each other ---------------------------------------------------------------
 
 def _deleted(cmds: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[int]]:
@@ -232,6 +265,22 @@ def test_owners_and_networks(live: dict[str, Any]) -> None:
     assert rules.owners(live) == {OWNER_A, OWNER_CNI}
     assert rules.networks(live) == {"web", "db"}
     assert rules.owners({}) == set() and rules.networks({}) == set()
+
+
+def test_bridges_and_owner_rules(live: dict[str, Any]) -> None:
+    assert rules.bridges(live) == {"pwbr0", "pwbr1"} and rules.bridges({}) == set()
+    assert [r["handle"] for r in rules.owner_rules(live, OWNER_CNI)] == [37]
+    assert rules.owner_rules(live, OWNER_A) == []  # elements only
+
+
+def test_owners_ignore_base_and_network_rules_and_keep_hashed_ones(live: dict[str, Any]) -> None:
+    extra = copy.deepcopy(live)
+    hashed = rules.owner_tag("cni:" + "a" * 200 + ":eth0")
+    for comment in (hashed, "pw-net:web", "pw-base: test"):
+        extra["nftables"].append({"rule": {"family": "inet", "table": "portwright", "chain": "net-postrouting",
+                                           "handle": 99, "comment": comment, "expr": [{"accept": None}]}})
+    assert rules.owners(extra) == {OWNER_A, OWNER_CNI, hashed}
+    assert rules.networks(extra) == {"web", "db"}
 
 
 def test_conflicts_follow_bind_rules(live: dict[str, Any]) -> None:

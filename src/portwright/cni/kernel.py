@@ -1,11 +1,12 @@
 """The real CNI backend: the shared nftables maps, bridge extras, sysctls and holder processes.
 
 Publishing goes through ``firewall.nft`` exactly as ``portwright run`` does, with the owner tag
-``cni:<containerID>:<ifname>:<network>`` (``protocol.owner_tag``, always short enough to be an nft
+``cni:<containerID>:<ifname>:<network>`` (``owners.cni_owner``, always short enough to be an nft
 comment as it is) on every map element. What portwright's own bridges get from the
 firewall's per-network rules, a CNI bridge it did not create (``cni0`` from the reference
 ``bridge`` plugin) does not have; so for each attachment this module adds, to the same table
-and under the same owner tag (so ``nft.unpublish`` removes them too):
+and under the same owner tag (so ``nft.unpublish`` removes them too), the rules that
+``rules.bridge_masquerade_commands`` generates:
 
 * masquerade of host-local sources DNATed to the container (127.0.0.1 and the host's own
   addresses: the container must answer through the host, and 127.0.0.1 is no source on a wire);
@@ -35,57 +36,8 @@ from ..model import Mapping
 from . import protocol as p
 from .holder import HOLDER_MODULE, Binding, holder_pids
 
-# The regular chain, jumped to from the table's srcnat postrouting hook, that holds per-network
-# masquerade rules. Our per-attachment rules go there too: it is never flushed by ensure_base.
-EXTRA_CHAIN = rules.CHAIN_NET_POSTROUTING
 HOLDER_READY_TIMEOUT = 10.0  # seconds for a holder to bind its sockets
 HOLDER_STOP_TIMEOUT = 3.0
-
-
-def _m(cond_left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": cond_left, "right": right}}
-
-
-def bridge_rule_commands(owner: str, bridge: str, mappings: Sequence[Mapping],
-                         subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[dict[str, Any]]:
-    """Masquerade rules for one attachment on a bridge portwright did not create (pure).
-
-    Each is narrowed to the container's address, so it only ever touches traffic the
-    attachment's own mappings DNATed, and tagged with the owner for exact removal. Hairpin
-    matches the client by its subnet, not by ``iifname``: with br_netfilter loaded (dockerd
-    loads it) a DNAT back into the same bridge is bridged, and postrouting sees no input
-    interface at all.
-    """
-    tag = rules.owner_tag(owner)
-    ct_dnat = _m({"ct": {"key": "status"}}, "dnat", "in")
-    out_br = _m({"meta": {"key": "oifname"}}, bridge)
-    cmds: list[dict[str, Any]] = []
-    for cip in sorted({m.container_ip for m in mappings}, key=lambda a: (a.version, int(a))):
-        fam = "ip" if cip.version == 4 else "ip6"
-        to_c = _m({"payload": {"protocol": fam, "field": "daddr"}}, str(cip))
-        variants = [
-            # host -> 127.0.0.1:P or -> own address:P, DNATed in output.
-            [_m({"fib": {"result": "type", "flags": ["saddr"]}}, "local")],
-        ]
-        # container on this bridge -> host address:P -> back into this bridge (hairpin).
-        variants += [[_m({"payload": {"protocol": fam, "field": "saddr"}},
-                         {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}})]
-                     for n in subnets if n.version == cip.version]
-        for extra in variants:
-            cmds.append({"add": {"rule": {"family": rules.FAMILY, "table": rules.TABLE, "chain": EXTRA_CHAIN,
-                                          "expr": [out_br, to_c, ct_dnat, *extra, {"masquerade": None}],
-                                          "comment": tag}}})
-    return cmds
-
-
-def _owner_rules(table: dict[str, Any], owner: str) -> list[dict[str, Any]]:
-    tag = rules.owner_tag(owner)
-    out = []
-    for item in table.get("nftables", []):
-        r = item.get("rule") if isinstance(item, dict) else None
-        if isinstance(r, dict) and r.get("comment") == tag and r.get("table") == rules.TABLE:
-            out.append(r)
-    return out
 
 
 def _is_bridge(name: str) -> bool:
@@ -105,9 +57,6 @@ class NftBackend:
             self._table = nft.table_json()  # {} when the table does not exist yet
         return self._table
 
-    def nat_capable(self, m: Mapping) -> bool:
-        return rules.nat_capable(m)
-
     def published(self) -> dict[str, list[Mapping]]:
         out: dict[str, list[Mapping]] = {}
         for e in rules.published(self._live()):
@@ -123,25 +72,14 @@ class NftBackend:
         nft.ensure_base()
         # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
         nft.publish(owner, mappings, flush_udp=False)
-        if bridge and snat and _is_bridge(bridge) and bridge not in self._portwright_bridges():
+        if bridge and snat and _is_bridge(bridge) and bridge not in rules.bridges(self._live()):
             if any(m.host_ip.version == 4 for m in mappings):
                 sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
-            nft.run(bridge_rule_commands(owner, bridge, mappings, subnets))
-        if bridge and _is_bridge(bridge) and bridge not in self._portwright_bridges():
+            nft.run(rules.bridge_masquerade_commands(owner, bridge, mappings, subnets))
+        if bridge and _is_bridge(bridge) and bridge not in rules.bridges(self._live()):
             # On a dockerd host (FORWARD policy DROP), Docker's DOCKER-USER hook must accept this
             # bridge too; a no-op where the chain does not exist.
             dockeruser.docker_user_ensure([bridge])
-
-    def _portwright_bridges(self) -> set[str]:
-        names = set()
-        for item in self._live().get("nftables", []):
-            s = item.get("set") if isinstance(item, dict) else None
-            if isinstance(s, dict) and s.get("name") == rules.SET_BRIDGES and s.get("table") == rules.TABLE:
-                for e in s.get("elem", []):
-                    val = e.get("elem", {}).get("val") if isinstance(e, dict) else e
-                    if isinstance(val, str):
-                        names.add(val)
-        return names
 
     def unpublish(self, owner: str) -> None:
         self._table = None
@@ -157,12 +95,12 @@ class NftBackend:
         nft.flush_conntrack(proto, port)
 
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None:
-        if not snat or not _is_bridge(bridge) or bridge in self._portwright_bridges():
+        if not snat or not _is_bridge(bridge) or bridge in rules.bridges(self._live()):
             return None
         if sysctl.read(sysctl.ROUTE_LOCALNET.format(dev=bridge)) != "1":
             return (f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
                     "container; delete and re-add the container to restore it")
-        if not _owner_rules(self._live(), owner):
+        if not rules.owner_rules(self._live(), owner):
             return (f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
                     "table inet portwright; delete and re-add the container to restore them")
         return None

@@ -6,7 +6,7 @@ interface so that the command logic (conflicts, rollback, idempotent DEL, GC sel
 tested without root against a fake, the way portmap tests its rule generation.
 
 The record of what an attachment owns is the kernel itself: nft elements and rules tagged
-``cni:<containerID>:<ifname>:<network>`` (``protocol.owner_tag``), and holder processes carrying
+``cni:<containerID>:<ifname>:<network>`` (``owners.cni_owner``), and holder processes carrying
 that tag in their command line. DEL and GC therefore work with no prevResult, no netns and no
 portwright state directory, and GC of one network tells its attachments from another network's
 by the tag alone, holder or not. Tags of the earlier ``cni:<containerID>:<ifname>`` form are
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..errors import KernelError, MissingTool, NeedRoot, PortInUse, PortwrightError
 from ..firewall import rules
 from ..model import Mapping
+from ..owners import DIGEST_MARK, cni_legacy_owner, cni_owner, network_field, nft_comment, parse_cni_owner
 from . import protocol as p
 from .holder import Binding
 
@@ -46,8 +47,7 @@ class Plan:
 class Backend(Protocol):
     """The kernel operations the commands need; ``kernel.NftBackend`` is the real one."""
 
-    def nat_capable(self, m: Mapping) -> bool: ...
-    def published(self) -> dict[str, list[Mapping]]: ...  # nft comment (rules.owner_tag) -> NAT mappings
+    def published(self) -> dict[str, list[Mapping]]: ...  # nft comment (owners.nft_comment) -> NAT mappings
     def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
                 subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None: ...
     def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
@@ -61,26 +61,20 @@ class Backend(Protocol):
     def status(self) -> str | None: ...  # why ADD cannot work right now, or None
 
 
-def _needs_relay(m: Mapping, nat_capable: bool, reserve: bool) -> bool:
-    """Bindings only a userland relay can serve: ``[::1]`` (and, when we hold the port anyway,
-    the ``[::]`` wildcard, whose socket only ever sees ::1 traffic because NAT takes the rest)."""
-    if m.host_ip.version == 6 and m.host_ip.is_loopback:
-        return True
-    if reserve and m.host_ip.version == 6 and m.host_ip.is_unspecified:
-        return True
-    return not nat_capable
-
-
 def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
-    owner = p.owner_tag(env.container_id, env.ifname, conf.name)
+    owner = cni_owner(env.container_id, env.ifname, conf.name)
     mappings = p.to_mappings(conf.port_mappings, p.container_addresses(conf.prev_result))
     nat: list[Mapping] = []
     bindings: list[Binding] = []
     for m in mappings:
-        capable = backend.nat_capable(m)
+        capable = rules.nat_capable(m)
         if capable:
             nat.append(m)
-        relay = _needs_relay(m, capable, conf.reserve_host_port)
+        # rules.needs_relay decides. A [::] wildcard that NAT serves needs the relay only for the
+        # ::1 traffic that reaches the socket holding the port; without a reservation
+        # (reserveHostPort false) that socket is the runtime's, so there is nothing of ours to relay.
+        only_loopback = capable and m.host_ip.is_unspecified
+        relay = rules.needs_relay(m) and (conf.reserve_host_port or not only_loopback)
         if relay or conf.reserve_host_port:
             bindings.append(Binding(m.proto, str(m.host_ip), m.host_port,
                                     str(m.container_ip) if relay else "",
@@ -115,24 +109,24 @@ def find_conflict(pl: Plan, published: AbcMapping[str, Sequence[Mapping]]) -> tu
 
 
 def describe_owner(tag: str) -> str:
-    a = p.parse_owner_tag(tag)
+    a = parse_cni_owner(tag)
     if a is None:
         return f"portwright sandbox {tag}"
-    net = f" on network {a.network}" if a.network and not a.network.startswith(p.DIGEST_MARK) else ""
+    net = f" on network {a.network}" if a.network and not a.network.startswith(DIGEST_MARK) else ""
     return f"container {a.shown_id} ({a.ifname}){net}"
 
 
 def _present(owner: str, backend: Backend) -> bool:
     """Whether the kernel holds anything of ``owner`` (published() is keyed by nft comment, and
     the firewall hashes a comment that is too long)."""
-    return rules.owner_tag(owner) in backend.published() or owner in backend.holders()
+    return nft_comment(owner) in backend.published() or owner in backend.holders()
 
 
 def _owners(env: p.Env, conf: p.Config, backend: Backend) -> list[str]:
     """The attachment's tag, plus the one an earlier portwright-cni gave it if that is still in
     the kernel (so ADD and DEL replace or remove what an upgrade left)."""
-    legacy = p.legacy_owner_tag(env.container_id, env.ifname)
-    return [p.owner_tag(env.container_id, env.ifname, conf.name)] + ([legacy] if _present(legacy, backend) else [])
+    legacy = cni_legacy_owner(env.container_id, env.ifname)
+    return [cni_owner(env.container_id, env.ifname, conf.name)] + ([legacy] if _present(legacy, backend) else [])
 
 
 def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
@@ -193,11 +187,11 @@ def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
     if not backend.netns_exists(env.netns):
         raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; the container is gone")
     pl = plan(env, conf, backend)
-    legacy = p.legacy_owner_tag(env.container_id, env.ifname)
+    legacy = cni_legacy_owner(env.container_id, env.ifname)
     if not _present(pl.owner, backend) and _present(legacy, backend):
         pl = replace(pl, owner=legacy)  # added by an earlier portwright-cni: check what it made
     holders = backend.holders()
-    live = backend.published().get(rules.owner_tag(pl.owner), [])
+    live = backend.published().get(nft_comment(pl.owner), [])
     missing = [m for m in pl.nat if m not in live]
     if missing:
         raise p.CniError(p.E_CHECK_FAILED, f"port mapping {missing[0].docker_format()} of "
@@ -222,12 +216,12 @@ def gc_targets(valid: Sequence[p.Attachment], network: str, owners: set[str],
     without a holder could be any network's, so GC leaves it to DEL, and so does a legacy tag
     the firewall hashed (``h:``, indistinguishable from a sandbox's).
     """
-    keep = {p.owner_tag(a.container_id, a.ifname, network) for a in valid}
-    keep |= {p.legacy_owner_tag(a.container_id, a.ifname) for a in valid}
-    mine = p.network_field(network)
+    keep = {cni_owner(a.container_id, a.ifname, network) for a in valid}
+    keep |= {cni_legacy_owner(a.container_id, a.ifname) for a in valid}
+    mine = network_field(network)
     out = []
     for owner in sorted(owners | set(holders)):
-        tag = p.parse_owner_tag(owner)
+        tag = parse_cni_owner(owner)
         if tag is None or owner in keep:
             continue
         if tag.network is None:

@@ -3,14 +3,13 @@
 Owns everything the CNI specification (1.1.0, with 0.4.0 and 1.0.0 accepted) says about the
 exchange between a runtime and a plugin, and nothing about the kernel: ``CNI_*`` variables,
 the network configuration on stdin, version negotiation, ``runtimeConfig.portMappings``,
-``prevResult`` addresses, ``cni.dev/valid-attachments`` and the error JSON; and the owner tag
-that names an attachment (container ID, ifname, network) on its kernel objects. Keeping it free
-of I/O lets every rule of the protocol be unit-tested without root.
+``prevResult`` addresses, ``cni.dev/valid-attachments`` and the error JSON. The tag that names
+an attachment on its kernel objects is ``portwright.owners.cni_owner``. Keeping it free of I/O
+lets every rule of the protocol be unit-tested without root.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..model import ANY4, ANY6, PROTOS, IPAddress, Mapping, Proto
+from ..owners import CNI_NAME_RE, CNI_PREFIX, cni_owner
 
 # Spec versions this plugin speaks. 0.4.0 introduced CHECK and prevResult on DEL, below that a
 # chained port-mapping plugin cannot work as the issue asks (DEL needs no prevResult, but CHECK
@@ -49,22 +49,12 @@ E_NEED_ROOT = 103  # not running with CAP_NET_ADMIN
 E_CHECK_FAILED = 104  # CHECK found entries missing from the kernel
 E_INTERNAL = 199  # a bug: an exception portwright did not expect
 
-# The spec's grammar of container IDs (and of network names): alphanumeric first, then alnum,
-# '_', '.', '-'. Used with fullmatch: a '$' would also match before a trailing newline.
-_CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# The spec's grammar of container IDs (and of network names), kept with the owner tags it shapes.
+_CONTAINER_ID_RE = CNI_NAME_RE
 _IFNAME_BAD = re.compile(r"[/:\s]")
-# Owner tags are "cni:<containerID>:<ifname>:<network>" (see owner_tag). Neither grammar has ':'
-# and ifname may not contain one, so the fields split back apart.
-TAG_PREFIX = "cni:"
-# nft keeps at most 128 bytes of comment (firewall.rules.MAX_COMMENT) and hashes a longer owner
-# into an "h:" tag that names no network. Our tags stay within it, so the kernel carries them whole.
-TAG_MAX = 128
-# Marks a digest field. It is in neither grammar, so a digest never equals a plain ID or name.
-DIGEST_MARK = "#"
-NET_PLAIN_MAX = 40  # longer network names are written as a digest: 4+64+1+15+1+40 <= TAG_MAX
-NET_DIGEST_HEX = 24  # 96 bits: the network part of a tag, "#" + 24 hex
-CID_SHOWN = 12  # a long container ID keeps its first 12 characters (as `podman ps` shows)
-CID_DIGEST_HEX = 32  # 128 bits of SHA-256 of the whole container ID
+# Owner tags live in portwright.owners; these two names stay importable here for older callers.
+TAG_PREFIX = CNI_PREFIX
+owner_tag = cni_owner
 
 
 class CniError(Exception):
@@ -413,69 +403,6 @@ def to_mappings(pms: tuple[PortMapping, ...], addrs: ContainerAddrs) -> list[Map
             out.append(Mapping(proto=pm.proto, host_ip=host_ip, host_port=pm.host_port,
                                container_ip=cip, container_port=pm.container_port))
     return out
-
-
-def _digest(text: str, hex_chars: int) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:hex_chars]
-
-
-def network_field(network: str) -> str:
-    """How a tag names ``network``: the name itself, or ``#`` and a digest when it is long or
-    outside the spec's grammar. It depends on the name alone, so GC finds its network's tags."""
-    if len(network) <= NET_PLAIN_MAX and _CONTAINER_ID_RE.fullmatch(network):
-        return network
-    return DIGEST_MARK + _digest(network, NET_DIGEST_HEX)
-
-
-def owner_tag(container_id: str, ifname: str, network: str) -> str:
-    """The tag on every kernel object of one attachment: ``cni:<containerID>:<ifname>:<network>``.
-
-    It always fits an nft comment (with an ifname under 16 bytes), so the kernel keeps it whole
-    and GC reads the network back from it. A container ID too long for that is written as its
-    first CID_SHOWN characters, ``#`` and a digest of the whole ID; GC recomputes the same tag
-    from the valid-attachments list. Deterministic, and distinct attachments get distinct tags.
-    """
-    net = network_field(network)
-    plain = f"{TAG_PREFIX}{container_id}:{ifname}:{net}"
-    if len(plain.encode("utf-8", "surrogatepass")) <= TAG_MAX and _CONTAINER_ID_RE.fullmatch(container_id):
-        return plain
-    cid = container_id[:CID_SHOWN] + DIGEST_MARK + _digest(container_id, CID_DIGEST_HEX)
-    return f"{TAG_PREFIX}{cid}:{ifname}:{net}"
-
-
-def legacy_owner_tag(container_id: str, ifname: str) -> str:
-    """The tag portwright-cni wrote before it recorded the network, ``cni:<containerID>:<ifname>``
-    (hashed by the firewall when too long). DEL and CHECK still recognise it."""
-    return f"{TAG_PREFIX}{container_id}:{ifname}"
-
-
-@dataclass(frozen=True, slots=True)
-class OwnerTag:
-    """An owner tag read back from the kernel."""
-
-    container: str  # the container ID, or "<first 12>#<digest>" for a long one
-    ifname: str
-    network: str | None  # network_field() of its network; None for a legacy tag
-
-    @property
-    def shown_id(self) -> str:
-        """The container ID as far as the tag shows it, for messages."""
-        return self.container.split(DIGEST_MARK, 1)[0][:CID_SHOWN]
-
-
-def parse_owner_tag(tag: str) -> OwnerTag | None:
-    """The fields of a tag from owner_tag or legacy_owner_tag; None for tags that are not a CNI
-    attachment's (``pw:`` sandboxes, ``h:`` hashed tags, anything else)."""
-    if not tag.startswith(TAG_PREFIX):
-        return None
-    parts = tag[len(TAG_PREFIX):].split(":")
-    if not all(parts):
-        return None
-    if len(parts) == 2:
-        return OwnerTag(parts[0], parts[1], None)
-    if len(parts) == 3:
-        return OwnerTag(parts[0], parts[1], parts[2])
-    return None
 
 
 def passthrough_result(conf: Config) -> dict[str, Any]:

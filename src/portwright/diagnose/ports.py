@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import IPAddress
+from ..owners import parse_owner
 from .nftview import NatEntry, nat_entries
 from .snapshot import (
     APPLICATION,
@@ -85,15 +86,16 @@ def _entry_host(e: NatEntry) -> list[IPAddress | None]:
 def owner_of_entry(snap: Snapshot, e: NatEntry) -> tuple[str, str, bool, str]:
     """(owner kind, owner name, stale?, why) of one DNAT publication."""
     tag = e.owner or ""
-    if tag.startswith("pw:"):
-        rec = snap.sandbox_by_id(tag[3:])
+    owner = parse_owner(tag)
+    if owner.kind == "sandbox":
+        rec = snap.sandbox_by_id(owner.name)
         if rec is None:
-            return "sandbox", tag[3:15], True, f"rule tagged {tag} but no sandbox with that id exists"
+            return "sandbox", owner.name[:12], True, f"rule tagged {tag} but no sandbox with that id exists"
         if not snap.alive(rec):
             return "sandbox", rec.name, True, f"sandbox {rec.name}'s supervisor is not running"
         return "sandbox", rec.name, False, ""
-    if tag.startswith("cni:"):
-        return "cni", tag[4:16], False, ""
+    if owner.kind == "cni":
+        return "cni", owner.cni.shown_id if owner.cni else owner.name[:12], False, ""
     if e.to_addr is None:
         return "unknown", "?", False, ""
     ep = snap.resolve(e.to_addr)

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import BadInput, PortwrightError
 from ..kernel.sockets import Listener
 from ..model import PROTOS, IPAddress
+from ..owners import parse_owner
 from .nftview import Outcome, Packet, walk
 from .snapshot import PLACEHOLDERS, Endpoint, Holder, Snapshot, fmt_ep
 
@@ -194,8 +195,9 @@ def follow(snap: Snapshot, label: str, pkt: Packet) -> Path:
         if target.kind == "host" and out.to_addr.is_loopback is False and out.to_addr not in snap.local_addrs:
             target = Endpoint(out.to_addr, "unknown")
         tag = out.owner
-        if target.kind == "unknown" and tag and tag.startswith("pw:"):
-            rec = snap.sandbox_by_id(tag[3:])
+        owner = parse_owner(tag or "")
+        if target.kind == "unknown" and owner.kind == "sandbox":
+            rec = snap.sandbox_by_id(owner.name)
             if rec is not None:
                 target = Endpoint(out.to_addr, "sandbox", rec.name, rec.sandbox.network, None, rec.id)
         inner = inner_of(snap, target, pkt.proto, tport)

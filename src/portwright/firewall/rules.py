@@ -2,15 +2,20 @@
 
 This module is pure (no I/O): it turns Networks and Mappings into libnftables JSON command
 objects (``{"add": {"rule": ...}}``) and reads a listed table back (``nft -j list table``) to
-find what an owner or a network left there. ``firewall.nft`` applies the commands as one
-atomic transaction. Keeping generation pure lets golden files pin the exact ruleset.
+find what an owner or a network left there. ``firewall.backend.Firewall`` applies the commands as
+one atomic transaction. Keeping generation pure lets golden files pin the exact ruleset.
 
 Everything lives in one table, ``inet portwright`` (both families, never mixed into Docker's or
 anyone else's tables). Publishing is data, not rules: each published port is one element in one
 of four maps, so one lookup serves 1 or 10,000 ports and no chain grows with the number of
 ports. Every map element carries its owner's tag as its nft comment ("pw:<sandbox id>" from the
-engine, "cni:<container id>:<ifname>" from the CNI plugin), so teardown deletes exactly that
-owner's elements, found in the live table, with no other record needed.
+engine, "cni:<container id>:<ifname>:<network>" from the CNI plugin; ``portwright.owners`` makes
+and reads every tag), so teardown deletes exactly that owner's elements, found in the live table,
+with no other record needed.
+
+Every nft rule portwright installs is generated here, the CNI plugin's masquerade rules for
+bridges it did not create included (``bridge_masquerade_commands``), and so is the one decision
+of what kernel NAT cannot serve and the userland relay must (``nat_capable``, ``needs_relay``).
 
 Packet paths and the rule serving each (model: containernetworking/plugins portmap, nft backend):
 
@@ -29,7 +34,6 @@ Packet paths and the rule serving each (model: containernetworking/plugins portm
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +41,13 @@ from typing import Any
 
 from portwright.errors import BadInput
 from portwright.model import IPAddress, Mapping, Network, bindings_clash
+
+# The tags' prefixes and nft's comment limit are re-exported, as callers of this module knew them.
+from portwright.owners import BASE_TAG as BASE_TAG
+from portwright.owners import HASHED_PREFIX as HASHED_PREFIX
+from portwright.owners import MAX_COMMENT as MAX_COMMENT
+from portwright.owners import NET_TAG_PREFIX as NET_TAG_PREFIX
+from portwright.owners import network_tag, nft_comment, parse_owner
 
 Cmd = dict[str, Any]
 
@@ -94,44 +105,18 @@ _MAP_TYPES: dict[str, tuple[list[str], list[str]]] = {
     MAP_ADDR6: (["ipv6_addr", "inet_proto", "inet_service"], ["ipv6_addr", "inet_service"]),
 }
 
-# --- Comment tags. ------------------------------------------------------------------------------
-BASE_TAG = "pw-base"            # fixed rules (comment "pw-base: <why>")
-NET_TAG_PREFIX = "pw-net:"      # per-network rules and bridge set elements
-MAX_COMMENT = 128               # nft refuses longer comments ("128 characters maximum allowed")
-HASHED_PREFIX = "h:"            # owner tags longer than MAX_COMMENT become "h:<sha256 hex>"
-
+# --- Comment tags: made and read by portwright.owners (one helper for every kind of tag). ----------
 IFNAMSIZ = 15  # longest Linux interface name
 
 
-# ------------------------------------------------------------------------------------------------
-# Tags
-# ------------------------------------------------------------------------------------------------
-
 def owner_tag(owner: str) -> str:
-    """The comment that marks ``owner``'s elements: the owner itself, or a stable hash if too long.
-
-    nft comments hold at most 128 bytes. A CNI owner ("cni:<64 hex>:<ifname>") fits; anything
-    longer is replaced by ``h:`` and the SHA-256 of the owner (66 bytes), deterministically, so
-    unpublish finds it again from the same owner string.
-    """
-    if not owner or not owner.isprintable():
-        raise BadInput(f"firewall owner tag {owner!r} is empty or not printable; "
-                       "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>'")
-    if owner.startswith((NET_TAG_PREFIX, BASE_TAG, HASHED_PREFIX)):
-        raise BadInput(f"firewall owner tag {owner!r} uses a reserved prefix "
-                       f"({NET_TAG_PREFIX!r}, {BASE_TAG!r}, {HASHED_PREFIX!r}); "
-                       "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>'")
-    if len(owner.encode()) <= MAX_COMMENT:
-        return owner
-    return HASHED_PREFIX + hashlib.sha256(owner.encode()).hexdigest()
+    """The nft comment that marks ``owner``'s elements and rules (``owners.nft_comment``)."""
+    return nft_comment(owner)
 
 
 def net_tag(net_name: str) -> str:
-    tag = NET_TAG_PREFIX + net_name
-    if not net_name or len(tag.encode()) > MAX_COMMENT or not net_name.isprintable():
-        raise BadInput(f"network name {net_name!r} cannot tag firewall rules; "
-                       f"use a printable name of at most {MAX_COMMENT - len(NET_TAG_PREFIX)} bytes")
-    return tag
+    """The comment of network ``net_name``'s rules and bridge element (``owners.network_tag``)."""
+    return network_tag(net_name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,6 +327,18 @@ def nat_capable(m: Mapping) -> bool:
     return not (m.host_ip.version == 6 and m.host_ip.is_loopback)
 
 
+def needs_relay(m: Mapping) -> bool:
+    """Whether ``m`` needs the userland relay instead of kernel NAT: the one relay decision.
+
+    ``::1`` (never DNATed, see ``nat_capable``), a binding kernel NAT cannot serve at all, and the
+    ``::`` wildcard: its socket only ever sees ``::1`` traffic, because every other IPv6
+    destination is DNATed in prerouting/output before it could reach a local socket.
+    """
+    if m.host_ip.version == 6 and (m.host_ip.is_loopback or m.host_ip.is_unspecified):
+        return True
+    return not nat_capable(m)
+
+
 def map_for(m: Mapping) -> str:
     """The map holding ``m``: by family, and wildcard host address or one host address."""
     if m.host_ip.version == 4:
@@ -395,6 +392,47 @@ def _check_ports(m: Mapping) -> None:
 def unpublish_commands(owner: str, table_json: dict[str, Any]) -> list[Cmd]:
     """Delete exactly the map elements (and any rules) tagged with ``owner`` in the live table."""
     return _delete_tagged(owner_tag(owner), table_json, PUB_MAPS)
+
+
+def remove_owner_rules_commands(owner: str, table_json: dict[str, Any]) -> list[Cmd]:
+    """Delete the rules (not the map elements) tagged with ``owner`` in the live table."""
+    return _delete_tagged(owner_tag(owner), table_json, ())
+
+
+# ------------------------------------------------------------------------------------------------
+# CNI attachments on bridges portwright did not create
+# ------------------------------------------------------------------------------------------------
+
+def bridge_masquerade_commands(owner: str, bridge: str, mappings: Sequence[Mapping],
+                               subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[Cmd]:
+    """Masquerade rules for one CNI attachment on a bridge portwright did not create (``cni0``).
+
+    Our own bridges get these paths from their network's rules; a foreign bridge has none, so
+    each attachment brings its own, tagged with its owner (``unpublish_commands`` removes them
+    with its elements) and placed in the net-postrouting chain, which ``base_commands`` never
+    flushes. Each rule is narrowed to the container's address and to DNATed traffic, so it only
+    ever touches flows the attachment's own mappings created:
+
+    * host -> 127.0.0.1:P or -> its own address:P (DNATed in output): the container must answer
+      through the host, and 127.0.0.1 is no source on a wire;
+    * a container on this bridge -> host address:P -> back into this bridge (hairpin). The client
+      is matched by its subnet, not by ``iifname``: with br_netfilter loaded (dockerd loads it) a
+      DNAT back into the same bridge is bridged, and postrouting sees no input interface at all.
+    """
+    if not bridge or len(bridge) > IFNAMSIZ or "/" in bridge or " " in bridge:
+        raise BadInput(f"bridge name {bridge!r} is not a valid interface name; "
+                       f"use 1-{IFNAMSIZ} characters without '/' or spaces")
+    tag = owner_tag(owner)
+    out_br = _match(_meta("oifname"), bridge)
+    cmds: list[Cmd] = []
+    for cip in sorted({m.container_ip for m in mappings}, key=lambda a: (a.version, int(a))):
+        fam = "ip" if cip.version == 4 else "ip6"
+        to_container = _match(_payload(fam, "daddr"), str(cip))
+        sources = [_match(_fib_type("saddr"), "local")]
+        sources += [_match(_payload(fam, "saddr"), _prefix(n)) for n in subnets if n.version == cip.version]
+        for src in sources:
+            cmds.append(_rule(CHAIN_NET_POSTROUTING, [out_br, to_container, _CT_DNAT, src, _MASQ], tag))
+    return cmds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -483,20 +521,27 @@ def owners(table_json: dict[str, Any]) -> set[str]:
     tags = {p.owner for p in published(table_json) if p.owner}
     for rule in _objects(table_json, "rule"):
         c = rule.get("comment")
-        if isinstance(c, str) and not c.startswith((BASE_TAG, NET_TAG_PREFIX)):
+        if isinstance(c, str) and parse_owner(c).is_owner:
             tags.add(c)
     return tags
 
 
 def networks(table_json: dict[str, Any]) -> set[str]:
     """Names of the networks that have rules or a bridge element in the table."""
-    names = {c[len(NET_TAG_PREFIX):] for _, _, c in _set_elements(table_json, SET_BRIDGES)
-             if c and c.startswith(NET_TAG_PREFIX)}
-    for rule in _objects(table_json, "rule"):
-        c = rule.get("comment")
-        if isinstance(c, str) and c.startswith(NET_TAG_PREFIX):
-            names.add(c[len(NET_TAG_PREFIX):])
-    return names
+    tags = [c for _, _, c in _set_elements(table_json, SET_BRIDGES) if c]
+    tags += [c for c in (rule.get("comment") for rule in _objects(table_json, "rule")) if isinstance(c, str)]
+    return {t.name for t in map(parse_owner, tags) if t.kind == "network"}
+
+
+def bridges(table_json: dict[str, Any]) -> set[str]:
+    """The bridges portwright created (its networks' elements of the bridges set)."""
+    return {key for key, _, _ in _set_elements(table_json, SET_BRIDGES) if isinstance(key, str)}
+
+
+def owner_rules(table_json: dict[str, Any], owner: str) -> list[dict[str, Any]]:
+    """The rules (not map elements) tagged with ``owner``, as listed."""
+    tag = owner_tag(owner)
+    return [rule for rule in _objects(table_json, "rule") if rule.get("comment") == tag]
 
 
 def conflicts(owner: str, mappings: Sequence[Mapping], table_json: dict[str, Any]) -> list[tuple[Mapping, str]]:
