@@ -1,24 +1,27 @@
-"""Applies the firewall layer to the kernel: nft transactions, table reads, conntrack flushes.
+"""The nftables backend: nft transactions, table reads, the table lock, conntrack flushes.
 
-``rules`` builds the commands; this module runs them with ``nft -j -f -`` (one atomic
-transaction per call), reads ``nft -j list table inet portwright`` back, and flushes stale UDP
-conntrack entries with ``conntrack -D``. It holds no state: the owner tags in the table are
-the record, so ``unpublish`` and ``owners`` work after a crash with nothing else to go on.
+``NftBackend`` implements ``backend.Backend`` with the system's tools: ``run`` applies a batch
+with ``nft -j -f -`` (one atomic transaction per call), ``table_json`` reads ``nft -j list table
+inet portwright`` back, ``table_lock`` is the host-wide lock (flock), ``conntrack -D`` flushes
+stale entries and ``dockeruser`` edits DOCKER-USER with iptables. It holds no state: the owner
+tags in the table are the record, so unpublish and owners work after a crash with nothing else
+to go on. The operations themselves (publish with its clash check, unpublish, networks, ...) are
+written once, over any backend, in ``ops.Firewall``, which holds ``TABLE_LOCK`` from each read
+until what it decided from it is applied.
 
-Every function takes ``netns``: when given (or when ``PORTWRIGHT_FW_NETNS`` is set) the tools
-run under ``ip netns exec NETNS``, so tests can work on a throwaway namespace's table without
-touching the host's.
+Every tool takes ``netns``: when given (or when ``PORTWRIGHT_FW_NETNS`` is set) it runs under
+``ip netns exec NETNS``, so tests can work on a throwaway namespace's table without touching
+the host's.
 
 nft 1.0.6 (Debian 12) cannot parse a map with a concatenated data type ("addr . port") from
 JSON: it silently creates a plain set. ``run`` therefore creates such maps first with one
 ``nft -f -`` text transaction (``add`` is idempotent and an empty map changes no packet), then
 applies the whole JSON batch atomically.
 
-Deciding from a read and then writing is not atomic in nft, and map elements are deleted by key,
-not by owner. ``publish`` (read, check for clashes, add), ``unpublish`` (read, delete the keys
-tagged with the owner) and ``remove_table`` therefore run under one host-wide lock
-(``TABLE_LOCK``, flock): otherwise an unpublish that read its keys, while another process
-removed them and a new owner published the same key, would delete the new owner's element.
+Compatibility surface: the module-level ``ensure_base``, ``add_network``, ``remove_network``,
+``networks``, ``publish``, ``unpublish``, ``owners``, ``remove_table`` and ``docker_user_sync``
+are thin wrappers over ``Firewall(NftBackend(netns))`` (what ``backend.default_firewall``
+returns), kept while callers move to a Firewall they are handed. New code takes a Firewall.
 """
 
 from __future__ import annotations
@@ -34,14 +37,16 @@ import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from portwright.errors import Conflict, KernelError, MissingTool, NeedRoot, PortInUse
-from portwright.firewall import rules
-from portwright.firewall.dockeruser import docker_user_sync
+from portwright.errors import KernelError, MissingTool, NeedRoot
+from portwright.firewall import dockeruser, rules
+from portwright.firewall.ops import Firewall
 from portwright.model import Mapping, Network
 
-__all__ = ["run", "table_json", "ensure_base", "add_network", "remove_network", "publish", "unpublish",
-           "owners", "networks", "remove_table", "flush_conntrack", "flush_conntrack_addrs", "docker_user_sync",
-           "NETNS_ENV"]
+__all__ = ["NftBackend", "run", "table_json", "table_lock", "flush_conntrack", "flush_conntrack_ports",
+           "flush_conntrack_addrs", "NETNS_ENV", "TABLE_LOCK",
+           # the compatibility surface (see the module docstring)
+           "ensure_base", "add_network", "remove_network", "publish", "unpublish", "owners", "networks",
+           "remove_table", "docker_user_sync"]
 
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
 NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
@@ -141,96 +146,6 @@ def table_lock() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Table, networks
-# ------------------------------------------------------------------------------------------------
-
-def ensure_base(*, netns: str | None = None) -> None:
-    """Create (or refresh) the table, chains, sets, maps and fixed rules; keeps all elements."""
-    run(rules.base_commands(), netns=netns)
-
-
-def add_network(net: Network, *, netns: str | None = None) -> None:
-    """Install ``net``'s rules, replacing any it already had (one transaction)."""
-    current = table_json(netns=netns)
-    cmds = rules.base_commands() if not current else []
-    cmds += rules.remove_network_commands(net.name, current) + rules.network_commands(net)
-    run(cmds, netns=netns)
-
-
-def remove_network(name: str, *, netns: str | None = None) -> None:
-    """Remove the rules and bridge element of network ``name``; a no-op if it has none."""
-    current = table_json(netns=netns)
-    if current:
-        run(rules.remove_network_commands(name, current), netns=netns)
-
-
-def networks(*, netns: str | None = None) -> set[str]:
-    return rules.networks(table_json(netns=netns))
-
-
-# ------------------------------------------------------------------------------------------------
-# Publishing
-# ------------------------------------------------------------------------------------------------
-
-def publish(owner: str, mappings: Sequence[Mapping], *, netns: str | None = None,
-            flush_udp: bool = True) -> None:
-    """Publish ``owner``'s NAT-capable mappings (one transaction), then un-stick UDP clients.
-
-    Refuses, before changing anything, a binding another owner already holds (``PortInUse``
-    naming that owner). With ``flush_udp``, conntrack entries of the published UDP ports are
-    deleted afterwards, so a client that sent before the rule existed is not stuck on the old
-    (un-NATed) entry (Docker #8795).
-    """
-    cmds = rules.publish_commands(owner, mappings)  # validates before touching anything
-    if not cmds:
-        return
-    udp_ports = sorted({m.host_port for m in mappings if m.proto == "udp" and rules.nat_capable(m)})
-    if flush_udp and udp_ports and shutil.which("conntrack") is None:
-        raise MissingTool("conntrack", "conntrack")
-    with table_lock():
-        current = table_json(netns=netns)
-        clashes = rules.conflicts(owner, mappings, current)
-        if clashes:
-            m, other = clashes[0]
-            raise PortInUse(f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)")
-        if not current:
-            cmds = rules.base_commands() + cmds
-        run(cmds, netns=netns)
-    if flush_udp and udp_ports:
-        flush_conntrack_ports("udp", udp_ports, netns=netns)
-
-
-def unpublish(owner: str, *, netns: str | None = None) -> None:
-    """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left).
-
-    Elements are deleted by key, so the read and the delete share the table lock: no other owner
-    can publish one of those keys in between (see the module docstring)."""
-    with table_lock():
-        current = table_json(netns=netns)
-        if current:
-            run(rules.unpublish_commands(owner, current), netns=netns)
-
-
-def owners(*, netns: str | None = None) -> set[str]:
-    """Every owner tag present in the table (reconcile removes those of dead owners)."""
-    return rules.owners(table_json(netns=netns))
-
-
-def remove_table(*, netns: str | None = None, force: bool = False) -> None:
-    """Delete the whole table. Refused while an owner or a network still has entries there."""
-    with table_lock():
-        current = table_json(netns=netns)
-        if not current:
-            return
-        if not force:
-            left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
-            if left:
-                raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
-                               f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
-        run(rules.table_commands_delete(), netns=netns)
-
-
-# ------------------------------------------------------------------------------------------------
 # conntrack
 # ------------------------------------------------------------------------------------------------
 
@@ -279,7 +194,7 @@ def flush_conntrack_ports(proto: str, ports: Sequence[int], *, netns: str | None
         flush_conntrack(proto, port, netns=netns)
 
 
-def flush_conntrack_addrs(addrs: Sequence[str]) -> None:
+def flush_conntrack_addrs(addrs: Sequence[str], *, netns: str | None = None) -> None:
     """Delete conntrack entries of flows that go to these sandbox addresses. One match covers
     both kinds: the reply source is the sandbox whether a flow was aimed at it directly or DNATed
     to it. Finding none is not an error; a host without the conntrack tool is skipped."""
@@ -287,9 +202,87 @@ def flush_conntrack_addrs(addrs: Sequence[str]) -> None:
         return
     for addr in addrs:
         family = "ipv6" if ":" in addr else "ipv4"
-        p = _exec(["conntrack", "-D", "-f", family, "--reply-src", addr], None, tool="conntrack",
+        p = _exec(["conntrack", "-D", "-f", family, "--reply-src", addr], netns, tool="conntrack",
                   package="conntrack", timeout=30)
         if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("flushing conntrack entries")
             raise KernelError(f"conntrack -D --reply-src {addr}", p.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# The backend
+# ------------------------------------------------------------------------------------------------
+
+class NftBackend:
+    """``backend.Backend`` over nft, conntrack and iptables, in this namespace or in ``netns``
+    (``None``: the one ``PORTWRIGHT_FW_NETNS`` names, if any, looked up at each call)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def apply(self, cmds: list[dict[str, Any]]) -> None:
+        run(cmds, netns=self.netns)
+
+    def read(self) -> dict[str, Any]:
+        return table_json(netns=self.netns)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return table_lock()
+
+    def require_conntrack(self) -> None:
+        if shutil.which("conntrack") is None:
+            raise MissingTool("conntrack", "conntrack")
+
+    def flush_conntrack_ports(self, proto: str, ports: Sequence[int]) -> None:
+        flush_conntrack_ports(proto, ports, netns=self.netns)
+
+    def flush_conntrack_addrs(self, addrs: Sequence[str]) -> None:
+        flush_conntrack_addrs(addrs, netns=self.netns)
+
+    def docker_user_sync(self, bridges: list[str]) -> None:
+        dockeruser.docker_user_sync(bridges, netns=self.netns)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compatibility surface: the Firewall operations as module functions (see the module docstring)
+# ------------------------------------------------------------------------------------------------
+
+def _firewall(netns: str | None) -> Firewall:
+    return Firewall(NftBackend(netns))  # what backend.default_firewall(netns) returns
+
+
+def ensure_base(*, netns: str | None = None) -> None:
+    _firewall(netns).ensure_base()
+
+
+def add_network(net: Network, *, netns: str | None = None) -> None:
+    _firewall(netns).add_network(net)
+
+
+def remove_network(name: str, *, netns: str | None = None) -> None:
+    _firewall(netns).remove_network(name)
+
+
+def networks(*, netns: str | None = None) -> set[str]:
+    return _firewall(netns).networks()
+
+
+def publish(owner: str, mappings: Sequence[Mapping], *, netns: str | None = None, flush_udp: bool = True) -> None:
+    _firewall(netns).publish(owner, mappings, flush_udp=flush_udp)
+
+
+def unpublish(owner: str, *, netns: str | None = None) -> None:
+    _firewall(netns).unpublish(owner)
+
+
+def owners(*, netns: str | None = None) -> set[str]:
+    return _firewall(netns).owners()
+
+
+def remove_table(*, netns: str | None = None, force: bool = False) -> None:
+    _firewall(netns).remove_table(force=force)
+
+
+def docker_user_sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
+    _firewall(netns).sync_docker_user(bridges)

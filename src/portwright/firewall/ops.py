@@ -1,0 +1,169 @@
+"""Every firewall operation, written once over a ``Backend``: the ``Firewall`` object.
+
+``rules`` says what the table must hold; a ``Backend`` (``firewall.backend``) applies one atomic
+batch, reads the table back, holds the host-wide table lock and flushes conntrack. This module
+is the logic between them, the same whether the backend is nftables (``nft.NftBackend``) or the
+in-memory table of the tests (``fake.FakeBackend``): create the base, add and remove networks,
+publish with a clash check, unpublish by owner tag, remove the table only when it is empty.
+
+Deciding from a read and then writing is not atomic in nft, and map elements are deleted by key,
+not by owner. Every operation that reads to decide what to write (publish, unpublish, the
+network operations, remove_table) therefore holds the backend's lock from the read until the
+write is applied: otherwise an unpublish that read its keys, while another process removed them
+and a new owner published the same key, would delete the new owner's element. The lock is not
+re-entrant (flock on one file), so no operation calls another while holding it.
+
+It lives apart from ``backend`` only so that ``nft``'s module-level compatibility functions can
+use it while ``backend.default_firewall`` builds the nft one, without an import circle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadInput, Conflict, PortInUse
+from ..model import Mapping, Network
+from . import rules
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+Cmd = dict[str, Any]
+
+
+def _check_owner_rules(owner: str, extra: Sequence[Cmd]) -> list[Cmd]:
+    """``extra`` must add rules of our table tagged with ``owner``, so unpublish removes them."""
+    tag = rules.owner_tag(owner)
+    for cmd in extra:
+        body = cmd.get("add", {}).get("rule") if isinstance(cmd, dict) else None
+        if (not isinstance(body, dict) or body.get("comment") != tag or body.get("table") != rules.TABLE
+                or body.get("family") != rules.FAMILY):
+            raise BadInput(f"extra firewall rule {cmd!r} of {owner} is not an added rule of table "
+                           f"{rules.FAMILY} {rules.TABLE} tagged {tag!r}; build it with firewall.rules")
+    return list(extra)
+
+
+class Firewall:
+    """The operations of portwright's one nftables table, over ``backend``.
+
+    The engine, the publishers and the CNI plugin are handed one of these; the kernel one comes
+    from ``backend.default_firewall()``, a test one from ``Firewall(FakeBackend())``.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def table(self) -> dict[str, Any]:
+        """The table as ``nft -j list table inet portwright`` gives it; ``{}`` when absent."""
+        return self.backend.read()
+
+    def networks(self) -> set[str]:
+        return rules.networks(self.backend.read())
+
+    def owners(self) -> set[str]:
+        """Every owner tag present in the table (reconcile removes those of dead owners)."""
+        return rules.owners(self.backend.read())
+
+    def published(self) -> list[rules.Published]:
+        """Every element of the publish maps, with the owner tag it carries."""
+        return rules.published(self.backend.read())
+
+    # --- table and networks --------------------------------------------------------------------
+
+    def ensure_base(self) -> None:
+        """Create (or refresh) the table, chains, sets, maps and fixed rules; keeps all elements."""
+        self.backend.apply(rules.base_commands())
+
+    def add_network(self, net: Network) -> None:
+        """Install ``net``'s rules, replacing any it already had (one transaction)."""
+        cmds = rules.network_commands(net)  # validates before touching anything
+        with self.backend.lock():
+            current = self.backend.read()
+            base = rules.base_commands() if not current else []
+            self.backend.apply(base + rules.remove_network_commands(net.name, current) + cmds)
+
+    def remove_network(self, name: str) -> None:
+        """Remove the rules and bridge element of network ``name``; a no-op if it has none."""
+        rules.net_tag(name)  # validates before taking the lock
+        with self.backend.lock():
+            current = self.backend.read()
+            cmds = rules.remove_network_commands(name, current) if current else []
+            if cmds:
+                self.backend.apply(cmds)
+
+    def remove_table(self, force: bool = False) -> None:
+        """Delete the whole table. Refused while an owner or a network still has entries there."""
+        with self.backend.lock():
+            current = self.backend.read()
+            if not current:
+                return
+            if not force:
+                left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
+                if left:
+                    raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
+                                   f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
+            self.backend.apply(rules.table_commands_delete())
+
+    # --- publishing ------------------------------------------------------------------------------
+
+    def publish(self, owner: str, mappings: Sequence[Mapping], flush_udp: bool = True, *,
+                extra_rules: Sequence[Cmd] = ()) -> None:
+        """Publish ``owner``'s NAT-capable mappings (one transaction), then un-stick UDP clients.
+
+        Refuses, before changing anything, a binding another owner already holds (``PortInUse``
+        naming that owner). ``extra_rules`` (rules tagged with ``owner``, such as
+        ``rules.bridge_masquerade_commands``) go into the same transaction and replace any rules
+        the owner had. With ``flush_udp``, conntrack entries of the published UDP ports are
+        deleted afterwards, so a client that sent before the rule existed is not stuck on the
+        old (un-NATed) entry (Docker #8795).
+        """
+        cmds = rules.publish_commands(owner, mappings)  # validates before touching anything
+        extra = _check_owner_rules(owner, extra_rules)
+        if not cmds and not extra:
+            return
+        udp_ports = sorted({m.host_port for m in mappings if m.proto == "udp" and rules.nat_capable(m)})
+        flush = flush_udp and bool(udp_ports)
+        if flush:
+            self.backend.require_conntrack()  # refuse before changing anything, not after
+        with self.backend.lock():
+            current = self.backend.read()
+            clashes = rules.conflicts(owner, mappings, current)
+            if clashes:
+                m, other = clashes[0]
+                raise PortInUse(f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)")
+            if extra:
+                cmds += rules.remove_owner_rules_commands(owner, current) + extra
+            if not current:
+                cmds = rules.base_commands() + cmds
+            self.backend.apply(cmds)
+        if flush:
+            self.backend.flush_conntrack_ports("udp", udp_ports)
+
+    def unpublish(self, owner: str) -> None:
+        """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left).
+
+        Elements are deleted by key, so the read and the delete share the table lock: no other
+        owner can publish one of those keys in between (see the module docstring)."""
+        rules.owner_tag(owner)  # validates before taking the lock
+        with self.backend.lock():
+            current = self.backend.read()
+            cmds = rules.unpublish_commands(owner, current) if current else []
+            if cmds:
+                self.backend.apply(cmds)
+
+    # --- conntrack, Docker ----------------------------------------------------------------------
+
+    def flush_conntrack_ports(self, proto: str, ports: Sequence[int]) -> None:
+        """Delete conntrack entries whose original destination port is one of ``ports``."""
+        self.backend.flush_conntrack_ports(proto, list(ports))
+
+    def flush_conntrack_addrs(self, addrs: Sequence[str]) -> None:
+        """Delete conntrack entries to or from these sandbox addresses (teardown)."""
+        self.backend.flush_conntrack_addrs(list(addrs))
+
+    def sync_docker_user(self, bridges: Sequence[str]) -> None:
+        """Make dockerd's DOCKER-USER chain accept exactly ``bridges`` (none: remove ours)."""
+        self.backend.docker_user_sync(list(bridges))
