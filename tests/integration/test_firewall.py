@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import need, sh
-from portwright.errors import KernelError, PortInUse
+from portwright.errors import KernelError, PortInUse, PortwrightError
 from portwright.firewall import dockeruser, nft, rules
+from portwright.firewall.backend import Firewall
+from portwright.firewall.fake import FakeBackend
 from portwright.model import Mapping, Network
 
 A = ipaddress.ip_address
@@ -422,6 +426,119 @@ def test_many_ports_first_and_last_work(topo: Topo, owner: str) -> None:
     after = nft.table_json(netns=topo.host)
     assert sum(1 for i in after["nftables"] if "rule" in i) == chains_rules  # no rule per port
     assert owner not in rules.owners(after)
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-memory fake (firewall.fake) against the kernel
+# ---------------------------------------------------------------------------------------------
+
+def _view(table: dict[str, Any]) -> dict[str, Any]:
+    """Everything a reader can tell from a listing: the readers' answers, every object with its
+    type, every element, and each chain's rules in order (handles aside)."""
+    objs: dict[str, Any] = {}
+    for item in table.get("nftables", []):
+        for kind, body in item.items():
+            if kind in ("table", "chain", "set", "map"):
+                attrs = {k: v for k, v in body.items() if k not in ("handle", "elem")}
+                elems = sorted(json.dumps(e, sort_keys=True) for e in body.get("elem", []))
+                objs[f"{kind} {body['name']}"] = (attrs, elems)
+    chains: dict[str, list[tuple[str | None, Any]]] = {}
+    for r in (i["rule"] for i in table.get("nftables", []) if "rule" in i):
+        chains.setdefault(r["chain"], []).append((r.get("comment"), r["expr"]))
+    return {"published": sorted((str(p.owner), p.mapping().docker_format()) for p in rules.published(table)),
+            "owners": rules.owners(table), "networks": rules.networks(table), "bridges": rules.bridges(table),
+            "objects": objs, "rules": chains}
+
+
+def _outcome(fn: Callable[[Firewall], Any], fw: Firewall) -> str:
+    try:
+        fn(fw)
+    except KernelError:
+        return "KernelError"  # the detail is nft's stderr on one side, the fake's text on the other
+    except PortwrightError as e:
+        return f"{type(e).__name__}: {e}"
+    return "ok"
+
+
+def _cmp_ops(rng: random.Random) -> list[tuple[str, Callable[[Firewall], Any]]]:
+    """A fixed opening (every operation and refusal once), then random operations."""
+    nets = [Network(name=f"cmp{i}", bridge=f"pwtcmp{i}", subnet4=ipaddress.IPv4Network(f"198.18.22{i}.0/24"),
+                    gateway4=ipaddress.IPv4Address(f"198.18.22{i}.1"),
+                    subnet6=ipaddress.IPv6Network(f"2001:2:e{i}::/64") if i == 0 else None,
+                    gateway6=ipaddress.IPv6Address(f"2001:2:e{i}::1") if i == 0 else None, internal=i == 1)
+            for i in range(2)]
+    owners = [f"pw:{i:012x}" for i in range(3)] + ["cni:" + "c" * 64 + ":eth0:cmpnet"]
+    hosts = [("0.0.0.0", "198.18.220.2"), ("::", "2001:2:e0::2"), ("127.0.0.1", "198.18.220.3"),
+             ("198.18.220.1", "198.18.221.2"), ("2001:2:e0::1", "2001:2:e0::3"), ("::1", "2001:2:e0::2")]
+
+    def some_mappings() -> list[Mapping]:
+        out: dict[tuple[str, str, int], Mapping] = {}
+        for _ in range(rng.randint(1, 4)):
+            host, cont = rng.choice(hosts)
+            proto, port = rng.choice(["tcp", "udp"]), rng.randint(24000, 24003)
+            out[(proto, host, port)] = m(proto, host, port, cont, rng.randint(1, 3))
+        return list(out.values())
+
+    def publish(owner: str, maps: list[Mapping]) -> tuple[str, Callable[[Firewall], Any]]:
+        cni = owner.startswith("cni:")
+        extra = rules.bridge_masquerade_commands(owner, "cni0", maps, [nets[0].subnet4]) if cni else []
+        return (f"publish {owner} {[x.docker_format() for x in maps]}",
+                lambda fw: fw.publish(owner, maps, flush_udp=False, extra_rules=extra))
+
+    ops: list[tuple[str, Callable[[Firewall], Any]]] = [
+        ("ensure_base", lambda fw: fw.ensure_base()),
+        ("add_network 0", lambda fw: fw.add_network(nets[0])),
+        ("add_network 1", lambda fw: fw.add_network(nets[1])),
+        publish(owners[0], [m("tcp", "0.0.0.0", 24000, "198.18.220.2", 80), m("udp", "::", 24000, "2001:2:e0::2", 53)]),
+        publish(owners[1], [m("tcp", "198.18.220.1", 24000, "198.18.220.3", 80)]),  # under owner 0's wildcard
+        publish(owners[3], [m("tcp", "127.0.0.1", 24001, "198.18.220.3", 80)]),
+        ("remove_table", lambda fw: fw.remove_table()),
+        ("delete a missing element", lambda fw: fw.backend.apply(rules.unpublish_commands(owners[0], fw.table())
+                                                                 + rules.unpublish_commands(owners[0], fw.table()))),
+        ("add_network 0 again", lambda fw: fw.add_network(nets[0])),
+        ("unpublish 0", lambda fw: fw.unpublish(owners[0])),
+        ("unpublish 0 again", lambda fw: fw.unpublish(owners[0])),
+    ]
+    for _ in range(40):
+        pick = rng.random()
+        if pick < 0.5:
+            ops.append(publish(rng.choice(owners), some_mappings()))
+        elif pick < 0.75:
+            owner = rng.choice(owners)
+            ops.append((f"unpublish {owner}", lambda fw, o=owner: fw.unpublish(o)))
+        elif pick < 0.85:
+            net = rng.choice(nets)
+            ops.append((f"add_network {net.name}", lambda fw, n=net: fw.add_network(n)))
+        elif pick < 0.95:
+            net = rng.choice(nets)
+            ops.append((f"remove_network {net.name}", lambda fw, n=net: fw.remove_network(n.name)))
+        else:
+            ops.append(("remove_table", lambda fw: fw.remove_table()))
+    return ops
+
+
+def test_fake_matches_the_kernel() -> None:
+    """The same operations on nftables (a throwaway namespace) and on firewall.fake leave tables
+    that read the same after every step, and fail in the same way: the fake is what the
+    rootless tests of the engine, the publishers and the CNI plugin run against."""
+    need("nft", "nftables")
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    ns = f"pwt-fwcmp-{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", ns)
+    try:
+        kernel, fake = Firewall(nft.NftBackend(netns=ns)), Firewall(FakeBackend())
+        for i, (what, op) in enumerate(_cmp_ops(random.Random(seed))):
+            got = (_outcome(op, kernel), _outcome(op, fake))
+            assert got[0] == got[1], (seed, i, what, got)
+            assert _view(kernel.table()) == _view(fake.table()), (seed, i, what)
+        for what, op in (("unpublish all", lambda fw: [fw.unpublish(o) for o in fw.owners()]),
+                         ("remove networks", lambda fw: [fw.remove_network(n) for n in fw.networks()]),
+                         ("remove_table", lambda fw: fw.remove_table())):
+            assert _outcome(op, kernel) == _outcome(op, fake) == "ok", (seed, what)
+        assert kernel.table() == fake.table() == {}
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
 
 
 @pytest.mark.parametrize("topo", ["dockerd-layout"], indirect=True)

@@ -63,6 +63,17 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def _listed_expr(expr: Any) -> Any:
+    """A rule's expressions as nft lists them: a NAT statement's ``type_flags`` is not listed back
+    (nft 1.0.6), everything ``rules`` generates otherwise reads back as it was given."""
+    if isinstance(expr, list):
+        return [_listed_expr(e) for e in expr]
+    if isinstance(expr, dict):
+        return {k: _listed_expr(v) for k, v in expr.items()
+                if not (k == "type_flags" and "addr" in expr)}
+    return expr
+
+
 def _key_id(key: Any) -> str:
     return json.dumps(_norm(key), sort_keys=True)
 
@@ -378,7 +389,7 @@ class FakeBackend:
         pos = len(chain_rules) if not insert else 0
         if "handle" in body:  # add: after that rule; insert: before it
             pos = self._rule_index(chain_rules, body["handle"], cmd) + (0 if insert else 1)
-        rule = {"handle": self._next_handle(t), "comment": body.get("comment"), "expr": body.get("expr", [])}
+        rule = {"handle": self._next_handle(t), "comment": body.get("comment"), "expr": _listed_expr(body.get("expr", []))}
         chain_rules.insert(pos, rule)
 
     def _insert_rule(self, body: dict[str, Any], cmd: Cmd) -> None:
@@ -387,7 +398,7 @@ class FakeBackend:
     def _replace_rule(self, body: dict[str, Any], cmd: Cmd) -> None:
         chain_rules: list[dict[str, Any]] = self._chain(body, cmd)["rules"]
         r = chain_rules[self._rule_index(chain_rules, body.get("handle"), cmd)]
-        r["comment"], r["expr"] = body.get("comment"), body.get("expr", [])
+        r["comment"], r["expr"] = body.get("comment"), _listed_expr(body.get("expr", []))
 
     def _delete_rule(self, body: dict[str, Any], cmd: Cmd) -> None:
         chain_rules: list[dict[str, Any]] = self._chain(body, cmd)["rules"]
