@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import BadInput, NeedRoot
 from . import report
 from .placement import PLACEMENTS
-from .scale import SIZES, run_scale, scale_table
+from .scale import ALL_SHAPES, SHAPES, SIZES, run_scale, scale_table
 from .scenarios import MECHANISMS, SCENARIOS, Config, Lab, machine_info, run_bench
 
 DEFAULTS = Config()
@@ -37,11 +37,13 @@ def register(subparsers: Any) -> None:
                      "keep-alive scenarios, interleaved over rounds. With no options it takes about "
                      "4-5 minutes on 2 CPUs and cleans up everything it created."))
     p.add_argument("--mechanisms", default=",".join(DEFAULTS.mechanisms),
-                   help=f"comma-separated subset of {','.join(MECHANISMS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(MECHANISMS)} "
+                        f"(default: {','.join(DEFAULTS.mechanisms)})")
     p.add_argument("--placement", default="local",
                    help="where the client runs: local, external or both (default: local, as the article)")
     p.add_argument("--scenarios", default=",".join(DEFAULTS.scenarios),
-                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} "
+                        f"(default: {','.join(DEFAULTS.scenarios)})")
     p.add_argument("--duration", type=float, default=None,
                    help=f"seconds per run (default {DEFAULTS.duration:g}; {SCALE_SECONDS:g} with --scale)")
     p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
@@ -57,6 +59,9 @@ def register(subparsers: Any) -> None:
                         "report setup/teardown time, first vs last port throughput and memory")
     p.add_argument("--scale-sizes", default=",".join(str(n) for n in SIZES),
                    help="port counts for --scale (default 1,100,1000,10000)")
+    p.add_argument("--scale-shapes", default=",".join(SHAPES),
+                   help=f"publishing shapes for --scale, a subset of {','.join(ALL_SHAPES)} "
+                        f"(default: {','.join(SHAPES)})")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=handle)
 
@@ -90,6 +95,14 @@ def _sizes(text: str) -> tuple[int, ...]:
     if any(not 1 <= n <= 20000 for n in sizes):
         raise BadInput(f"--scale-sizes {text}: each size must be between 1 and 20000")
     return sizes
+
+
+def _shapes(text: str) -> tuple[str, ...]:
+    shapes = tuple(_list(text, "--scale-shapes"))
+    for sh in shapes:
+        if sh not in ALL_SHAPES:
+            raise BadInput(f"--scale-shapes: unknown shape {sh!r}; choose from {', '.join(ALL_SHAPES)}")
+    return shapes
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -139,6 +152,7 @@ def handle(args: argparse.Namespace) -> int:
     _check_outputs(args)
     cfg = config_from_args(args)
     sizes = _sizes(args.scale_sizes) if args.scale else ()
+    shapes = _shapes(args.scale_shapes) if args.scale else ()
     err = sys.stderr
     machine = machine_info()
 
@@ -161,9 +175,10 @@ def handle(args: argparse.Namespace) -> int:
     try:
         with _signals():
             if args.scale:
-                lab.create_network()
+                if set(shapes) != {"nft-only"}:
+                    lab.create_network()
                 secs = SCALE_SECONDS if args.duration is None else cfg.duration
-                scale_rows = run_scale(lab, sizes, seconds=secs, log=log)
+                scale_rows = run_scale(lab, sizes, shapes, seconds=secs, log=log)
             else:
                 log("setting up sandboxes and peers")
                 lab.open()

@@ -4,7 +4,9 @@ Owns two peers:
 
 * ``DockerProxy``: the real ``/usr/sbin/docker-proxy`` binary, one process per published port as
   dockerd runs it. dockerd hands it a pipe on fd 3 and waits for ``0\\n`` (ready) or an error
-  text; we do the same, so a failure to bind is reported, not guessed.
+  text; we do the same, so a failure to bind is reported, not guessed. Given another binary
+  with the same contract (``portwright-proxy``, the drop-in) it runs that instead, the dockerd
+  way (``--userland-proxy-path``).
 * ``DockerIptables``: the iptables rule shape dockerd 20.10 installs for ``userland-proxy: false``
   (DNAT in a DOCKER chain jumped to from PREROUTING/OUTPUT for local destinations, MASQUERADE for
   local sources and hairpin, the FORWARD accept chain), installed through ``iptables`` (which is
@@ -20,13 +22,15 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, MissingTool
+from .driver import Child, Done, run, spawn, tool_binary
 
 DOCKER_PROXY = "/usr/sbin/docker-proxy"
+#: portwright's docker-proxy drop-in (a console script next to the interpreter).
+DROPIN = "portwright-proxy"
 READY_TIMEOUT_S = 10.0
 
 
@@ -43,34 +47,45 @@ def iptables_available() -> str | None:
     return None
 
 
+def dropin_available() -> str | None:
+    """None when portwright's drop-in is installed, else the reason."""
+    try:
+        tool_binary(DROPIN)
+    except MissingTool as e:
+        return str(e)
+    return None
+
+
 def docker_proxy_command(host_ip: str, host_port: int, container_ip: str, container_port: int,
-                         proto: str = "tcp") -> list[str]:
-    """The argv dockerd 20.10 uses for one published port."""
-    return [DOCKER_PROXY, "-proto", proto, "-host-ip", host_ip, "-host-port", str(host_port),
+                         proto: str = "tcp", binary: str = DOCKER_PROXY) -> list[str]:
+    """The argv dockerd 20.10 uses for one published port (of ``binary``: docker-proxy or a
+    drop-in)."""
+    return [binary, "-proto", proto, "-host-ip", host_ip, "-host-port", str(host_port),
             "-container-ip", container_ip, "-container-port", str(container_port)]
 
 
 class DockerProxy:
-    """A set of docker-proxy processes (one per port), started and stopped together."""
+    """A set of docker-proxy processes (one per port), started and stopped together. ``binary``
+    may be any program with docker-proxy's contract (flags, readiness on fd 3): ``DROPIN`` means
+    portwright's drop-in."""
 
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self, binary: str = DOCKER_PROXY) -> None:
+        self.binary = tool_binary(DROPIN) if binary == DROPIN else binary
+        self.name = "portwright-proxy" if binary == DROPIN else os.path.basename(binary)
+        self.procs: list[Child] = []
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.poll() is None]
+        return [p.pid for p in self.procs if p.running]
 
-    def start(self, host_ip: str, host_port: int, container_ip: str, container_port: int) -> None:
-        if not os.access(DOCKER_PROXY, os.X_OK):
-            raise MissingTool(DOCKER_PROXY, "docker.io")
+    def start(self, host_ip: str, host_port: int, container_ip: str, container_port: int,
+              proto: str = "tcp") -> None:
+        if not os.access(self.binary, os.X_OK):
+            raise MissingTool(self.binary, "docker.io")
         r, w = os.pipe()
         try:
-            def child_setup() -> None:
-                os.dup2(w, 3)  # dockerd's contract: the readiness pipe is fd 3
-            proc = subprocess.Popen(
-                docker_proxy_command(host_ip, host_port, container_ip, container_port),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(3,), preexec_fn=child_setup, start_new_session=True)
+            proc = spawn(docker_proxy_command(host_ip, host_port, container_ip, container_port, proto,
+                                              self.binary), ready_fd=w, new_session=True)
         except BaseException:
             os.close(r)
             os.close(w)
@@ -82,22 +97,17 @@ class DockerProxy:
         finally:
             os.close(r)
         if msg != "0":
-            raise KernelError(f"docker-proxy on port {host_port}",
+            raise KernelError(f"{self.name} on port {host_port}/{proto}",
                               msg or "exited before reporting ready")
 
     def stop(self) -> list[str]:
         errors: list[str] = []
         for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+            p.send(signal.SIGTERM)  # to all first: they stop in parallel
         deadline = time.monotonic() + 10
         for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                errors.append(f"docker-proxy pid {p.pid} ignored SIGTERM and was killed")
+            if p.stop(timeout=max(0.1, deadline - time.monotonic())):
+                errors.append(f"{self.name} pid {p.pid} ignored SIGTERM and was killed")
         self.procs.clear()
         return errors
 
@@ -208,9 +218,8 @@ class DockerIptables:
                 f.write("1")
         except OSError as e:
             raise KernelError(f"setting {path}", str(e), e.errno) from e
-        p = subprocess.run(["iptables-restore", "-w", "--noflush"], input=restore_text(self.shape),
-                           capture_output=True, text=True, timeout=300)
-        if p.returncode != 0:
+        p = run(["iptables-restore", "-w", "--noflush"], input=restore_text(self.shape), timeout=300)
+        if not p.ok:
             self._restore_localnet()
             raise KernelError("iptables-restore (Docker's rule shape)", p.stderr or p.stdout)
         self.installed = True
@@ -229,9 +238,8 @@ class DockerIptables:
                 lines.extend(f"-F {c}" for t, c in self.shape.chains if t == table)
                 lines.extend(f"-X {c}" for t, c in self.shape.chains if t == table)
                 lines.append("COMMIT")
-            p = subprocess.run(["iptables-restore", "-w", "--noflush"], input="\n".join(lines) + "\n",
-                               capture_output=True, text=True, timeout=300)
-            if p.returncode != 0:
+            p = run(["iptables-restore", "-w", "--noflush"], input="\n".join(lines) + "\n", timeout=300)
+            if not p.ok:
                 # Someone changed the tables under us (a rule or chain is already gone): remove
                 # whatever is still there piece by piece, and only report what stays behind.
                 errors.append("Docker's rule shape was changed from outside while it was installed "
@@ -242,9 +250,8 @@ class DockerIptables:
         return errors
 
     def _remove_piecewise(self, own: set[str]) -> list[str]:
-        def ipt(table: str, *args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(["iptables", "-w", "-t", table, *args], capture_output=True, text=True,
-                                  timeout=60)
+        def ipt(table: str, *args: str) -> Done:
+            return run(["iptables", "-w", "-t", table, *args], timeout=60)
         for t, args in reversed(self.shape.rules):
             if args[1] not in own:
                 ipt(t, "-D", *args[1:])  # absent already: nothing to do

@@ -1,8 +1,8 @@
 """iperf3: the command lines the bench runs and the parser of ``iperf3 -J`` output.
 
-Owns the bulk-throughput scenario's contract with iperf3. Throughput is read from iperf3's own
-JSON summary (``end.sum_received``: bytes that arrived at the receiver over the measured
-seconds), never estimated. A run that iperf3 reports as an error, or that moved no bytes, is a
+Owns the bulk-throughput scenarios' contract with iperf3 (TCP, and UDP with ``-u``). Throughput is
+read from iperf3's own JSON summary (``end.sum_received``: bytes that arrived at the receiver over
+the measured seconds; for UDP that leaves out lost datagrams), never estimated. A run that iperf3 reports as an error, or that moved no bytes, is a
 failure with iperf3's reason and no number.
 """
 
@@ -17,9 +17,17 @@ def server_command(port: int) -> list[str]:
     return ["iperf3", "-s", "-p", str(port)]
 
 
-def client_command(host: str, port: int, streams: int, seconds: float, reverse: bool) -> list[str]:
-    """``iperf3 -c HOST -P N -t T -J`` (+ ``-R`` for the server-to-client direction)."""
+#: UDP runs: unthrottled (``-b 0``), datagrams that fit any path's MTU without fragments.
+UDP_ARGS = ("-u", "-b", "0", "-l", "1400")
+
+
+def client_command(host: str, port: int, streams: int, seconds: float, reverse: bool,
+                   udp: bool = False) -> list[str]:
+    """``iperf3 -c HOST -P N -t T -J`` (+ ``-R`` for the server-to-client direction, + ``UDP_ARGS``
+    for UDP). For UDP the result is what arrived (``sum_received``), not what was sent."""
     cmd = ["iperf3", "-c", host, "-p", str(port), "-P", str(streams), "-t", _secs(seconds), "-J"]
+    if udp:
+        cmd += UDP_ARGS
     if reverse:
         cmd.append("-R")
     return cmd

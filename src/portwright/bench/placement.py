@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import subprocess
 
 from ..errors import KernelError
+from .driver import run
 
 PLACEMENTS = ("local", "external")
 # A /30 per external client inside 198.19.253.0/24 (RFC 2544 benchmarking space).
@@ -24,8 +24,8 @@ FORWARD_SYSCTL = "/proc/sys/net/ipv4/ip_forward"
 
 
 def _ip(*args: str) -> None:
-    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-    if p.returncode != 0:
+    p = run(["ip", *args], timeout=30)
+    if not p.ok:
         raise KernelError(f"ip {' '.join(args)}", p.stderr or p.stdout)
 
 
@@ -67,8 +67,8 @@ class ExternalClient:
         if not self.created:
             return errors
         for args in (["link", "del", self.veth], ["netns", "del", self.ns]):
-            p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-            if p.returncode != 0 and "Cannot find" not in p.stderr and "No such" not in p.stderr:
+            p = run(["ip", *args], timeout=30)
+            if not p.ok and "Cannot find" not in p.stderr and "No such" not in p.stderr:
                 errors.append(f"ip {' '.join(args)}: {p.stderr.strip()}")
         if self._old_forward is not None and self._old_forward != "1":
             try:

@@ -23,7 +23,7 @@ def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     for placement in sorted({r["placement"] for r in rows}, key=lambda p: (p != "local", p)):
         have = {r["scenario"] for r in rows if r["placement"] == placement}
-        for sc in ("bulk-in", "bulk-out"):
+        for sc in ("bulk-in", "bulk-out", "bulk-udp"):
             if sc in have:
                 out.append((placement, sc, "value", "Gbit/s"))
                 out.append((placement, sc, "efficiency", "Gbit/s per busy CPU"))

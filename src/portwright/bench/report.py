@@ -17,11 +17,12 @@ from typing import Any
 from .stats import ARTICLE, Summary, article_ratio_vs_host, ratio, summarize
 
 SCHEMA = "portwright-bench/1"
-ORDER = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
-SCENARIO_ORDER = ("bulk-in", "bulk-out", "conn", "rr")
+ORDER = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables", "proxy-dropin")
+SCENARIO_ORDER = ("bulk-in", "bulk-out", "bulk-udp", "conn", "rr")
 TITLES = {
     "bulk-in": "bulk TCP, client -> server (iperf3; the article's ingress test)",
     "bulk-out": "bulk TCP, server -> client (iperf3 -R; egress)",
+    "bulk-udp": "UDP, client -> server (iperf3 -u -b 0 -l 1400; Gbit/s that arrived)",
     "conn": "short connections (wrk, Connection: close, nginx in the sandbox)",
     "rr": "request/response on keep-alive connections (wrk, nginx in the sandbox)",
 }
@@ -101,7 +102,7 @@ def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = 
     out: list[dict[str, Any]] = []
     placements = sorted({r["placement"] for r in rows})
     pairs = (("nat", "host"), ("proxy", "docker-proxy"), ("nat", "docker-iptables"), ("proxy", "host"),
-             ("docker-proxy", "host"), ("docker-iptables", "host"))
+             ("docker-proxy", "host"), ("docker-iptables", "host"), ("proxy-dropin", "docker-proxy"))
     for placement in placements:
         for scenario in SCENARIO_ORDER:
             key = "efficiency" if scenario.startswith("bulk") else "value"
@@ -230,7 +231,7 @@ def headline_text(items: list[dict[str, Any]]) -> str:
         rng = ""
         if h.get("min") is not None and h.get("max") is not None and h.get("rounds", 0) > 1:
             rng = f"  [{h['min']:.2f}-{h['max']:.2f}]"
-        lines.append(f"  {h['placement']:<8} {h['scenario']:<8} {h['a']:>6} vs {h['b']:<16} "
+        lines.append(f"  {h['placement']:<8} {h['scenario']:<8} {h['a']:>12} vs {h['b']:<16} "
                      f"{_num(h['ratio'], '.2f')}{rng}")
     return "\n".join(lines)
 

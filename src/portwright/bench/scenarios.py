@@ -16,7 +16,6 @@ import random
 import secrets
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,19 +25,25 @@ from typing import TextIO
 from ..errors import BadInput, Conflict, KernelError, MissingTool, PortwrightError
 from . import cpu, iperf3, wrk
 from .dockerpeer import (
+    DOCKER_PROXY,
+    DROPIN,
     DockerIptables,
     DockerProxy,
     Forward,
     docker_proxy_available,
     docker_shape,
+    dropin_available,
     iptables_available,
 )
-from .driver import Portwright
+from .driver import Portwright, run, version_of
 from .placement import PLACEMENTS, ExternalClient
 from .servers import HTTP_PORT, IPERF_PORT, ports_listening, server_command
 from .stats import efficiency
 
-MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
+#: Every mechanism the bench knows; ``proxy-dropin`` is portwright-proxy run the dockerd way (one
+#: process per port, in docker-proxy's place), measured when asked for.
+MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables", "proxy-dropin")
+DEFAULT_MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class Scenario:
     title: str
     reverse: bool = False
     close: bool = False
+    udp: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -57,7 +63,12 @@ SCENARIOS: dict[str, Scenario] = {
                          reverse=True),
     "conn": Scenario("conn", "wrk", "req/s", "short connections (HTTP, Connection: close)", close=True),
     "rr": Scenario("rr", "wrk", "req/s", "request/response over keep-alive connections"),
+    "bulk-udp": Scenario("bulk-udp", "iperf3", "Gbit/s",
+                         "UDP datagrams, client to server (iperf3 -u, unthrottled; what arrived)", udp=True),
 }
+DEFAULT_SCENARIOS = ("bulk-in", "bulk-out", "conn", "rr")
+# Docker's iptables shape is installed for TCP only (as the article measured it).
+IPTABLES_UDP_SKIP = "the bench installs Docker's iptables shape for TCP ports only"
 
 # Seconds per run beyond --duration (process start, connection setup; measured ~0.4 s here); for the
 # time-left estimate only until real runs have been timed.
@@ -74,9 +85,9 @@ SUBNET_THIRD_OCTETS = range(200, 240)
 
 @dataclass
 class Config:
-    mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS))
+    mechanisms: list[str] = field(default_factory=lambda: list(DEFAULT_MECHANISMS))
     placements: list[str] = field(default_factory=lambda: ["local"])
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))
     duration: float = 3.0
     rounds: int = 3
     streams: int = 10
@@ -140,17 +151,8 @@ def machine_info() -> dict[str, object]:
         pass
     return {"cpus": cpu.cpu_count(snap), "cpu_model": model, "kernel": platform.release(),
             "os": os_name, "mem_mib": mem_kib // 1024, "hostname": platform.node(),
-            "iperf3": _version(["iperf3", "--version"]), "wrk": _version(["wrk", "-v"]),
-            "nginx": _version(["nginx", "-v"])}
-
-
-def _version(cmd: list[str]) -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "missing"
-    text = (p.stdout + p.stderr).strip().splitlines()
-    return text[0] if text else "unknown"
+            "iperf3": version_of(["iperf3", "--version"]), "wrk": version_of(["wrk", "-v"]),
+            "nginx": version_of(["nginx", "-v"])}
 
 
 def _ports_in_use() -> set[int]:
@@ -226,6 +228,7 @@ class Target:
         return gone
     activate: Callable[[], None] = lambda: None
     deactivate: Callable[[], list[str]] = lambda: []
+    cannot: dict[str, str] = field(default_factory=dict)  # scenario -> why this target cannot run it
 
     def addr(self, placement: str) -> str:
         return self.local_addr if placement == "local" else self.external_addr
@@ -246,7 +249,9 @@ class Lab:
         self.targets: dict[str, Target] = {}
         self.skipped: dict[str, str] = {}
         self.external: ExternalClient | None = None
-        self.docker_proxy: DockerProxy | None = None
+        self.proxies: list[DockerProxy] = []  # docker-proxy and drop-in processes, one set per mechanism
+        # Undo steps of whatever else an experiment set up (close() runs them first, newest first).
+        self.cleanups: list[Callable[[], list[str]]] = []
         self.docker_iptables: DockerIptables | None = None
         self.network_created = False
         self.subnet = ""
@@ -258,7 +263,8 @@ class Lab:
 
     def open(self) -> None:
         want = self.config.mechanisms
-        for m, why in (("docker-proxy", docker_proxy_available()), ("docker-iptables", iptables_available())):
+        for m, why in (("docker-proxy", docker_proxy_available()), ("docker-iptables", iptables_available()),
+                       ("proxy-dropin", dropin_available())):
             if m in want and why:
                 self.skipped[m] = why
                 self.log(f"skipping {m}: {why}")
@@ -270,7 +276,8 @@ class Lab:
             self.external.create()
         ext = self.external.host_addr if self.external else ""
         need_net = any(m in want for m in MECHANISMS if m != "host")
-        base = free_port_block(10)
+        base = free_port_block(12)
+        udp = any(SCENARIOS[sc].udp for sc in self.config.scenarios)
         if need_net:
             self.create_network()
         if "host" in want:
@@ -279,41 +286,51 @@ class Lab:
         for i, mode in ((2, "nat"), (4, "proxy")):
             if mode in want:
                 hp_i, hp_h = base + i, base + i + 1
-                name = self._start(mode, self.network, IPERF_PORT, HTTP_PORT,
-                                   [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"], mode)
+                publish = [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"] + ([f"{hp_i}:{IPERF_PORT}/udp"] if udp else [])
+                name = self._start(mode, self.network, IPERF_PORT, HTTP_PORT, publish, mode)
                 sup = self._supervisor(name)
                 sup_pids: list[int] = [sup] if sup else []
                 cmd_pid = self.sandbox_info[name].get("pid")
                 self.targets[mode] = Target(mode, hp_i, hp_h, "127.0.0.1", ext,
                                             publisher_pids=_const(sup_pids),
                                             exclude_pids=[int(str(cmd_pid))] if cmd_pid else [])
-        peers = [m for m in ("direct", "docker-proxy", "docker-iptables") if m in want and m not in self.skipped]
+        peers: list[str] = [m for m in ("direct", "docker-proxy", "docker-iptables", "proxy-dropin")
+                 if m in want and m not in self.skipped]
         if peers:
-            name = self._start("plain", self.network, IPERF_PORT, HTTP_PORT, [], None)
-            ip = str(self.sandbox_info[name]["ip"])
-            if "direct" in peers:
-                self.targets["direct"] = Target("direct", IPERF_PORT, HTTP_PORT, ip, ip)
-            if "docker-proxy" in peers:
-                dp = DockerProxy()
-                self.docker_proxy = dp
-                dp.start("0.0.0.0", base + 6, ip, IPERF_PORT)
-                dp.start("0.0.0.0", base + 7, ip, HTTP_PORT)
-                self.targets["docker-proxy"] = Target("docker-proxy", base + 6, base + 7, "127.0.0.1", ext,
-                                                      publisher_pids=lambda: dp.pids)
-            if "docker-iptables" in peers:
-                self.bridge = _bridge_for(ip)
-                shape = docker_shape(f"PWB-{self.tag.upper()}", self.bridge, self.subnet,
-                                     [Forward(base + 8, ip, IPERF_PORT), Forward(base + 9, ip, HTTP_PORT)])
-                dip = DockerIptables(shape, self.bridge)
-                self.docker_iptables = dip
-                # Installed only around its own runs, so its FORWARD rules never sit on the
-                # other mechanisms' paths.
-                self.targets["docker-iptables"] = Target(
-                    "docker-iptables", base + 8, base + 9, "127.0.0.1", ext,
-                    activate=dip.install, deactivate=dip.remove)
+            self._open_peers(peers, base, ext, udp)
         role = {"host": "host", "nat": "nat", "proxy": "proxy"}
         for m, t in self.targets.items():
             t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
+
+    def _open_peers(self, peers: list[str], base: int, ext: str, udp: bool) -> None:
+        """The mechanisms that reach one plain sandbox (no publishing of its own): direct, and
+        Docker's peers and the drop-in in front of it, on host ports base+6 .. base+11."""
+        name = self._start("plain", self.network, IPERF_PORT, HTTP_PORT, [], None)
+        ip = str(self.sandbox_info[name]["ip"])
+        if "direct" in peers:
+            self.targets["direct"] = Target("direct", IPERF_PORT, HTTP_PORT, ip, ip)
+        for mech, binary, off in (("docker-proxy", DOCKER_PROXY, 6), ("proxy-dropin", DROPIN, 10)):
+            if mech not in peers:
+                continue
+            dp = DockerProxy(binary)
+            self.proxies.append(dp)
+            dp.start("0.0.0.0", base + off, ip, IPERF_PORT)
+            dp.start("0.0.0.0", base + off + 1, ip, HTTP_PORT)
+            if udp:
+                dp.start("0.0.0.0", base + off, ip, IPERF_PORT, proto="udp")
+            self.targets[mech] = Target(mech, base + off, base + off + 1, "127.0.0.1", ext,
+                                        publisher_pids=_pids_of(dp))
+        if "docker-iptables" in peers:
+            self.bridge = _bridge_for(ip)
+            shape = docker_shape(f"PWB-{self.tag.upper()}", self.bridge, self.subnet,
+                                 [Forward(base + 8, ip, IPERF_PORT), Forward(base + 9, ip, HTTP_PORT)])
+            dip = DockerIptables(shape, self.bridge)
+            self.docker_iptables = dip
+            # Installed only around its own runs, so its FORWARD rules never sit on the
+            # other mechanisms' paths.
+            self.targets["docker-iptables"] = Target(
+                "docker-iptables", base + 8, base + 9, "127.0.0.1", ext,
+                activate=dip.install, deactivate=dip.remove, cannot={"bulk-udp": IPTABLES_UDP_SKIP})
 
     def create_network(self) -> None:
         octets = list(SUBNET_THIRD_OCTETS)
@@ -370,7 +387,7 @@ class Lab:
         while time.monotonic() < deadline:
             try:
                 if host:
-                    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, timeout=10).stdout
+                    out = run(["ss", "-Hltn"], timeout=10).stdout
                 else:
                     out = self.pw.exec(name, ["ss", "-Hltn"])
             except PortwrightError:
@@ -385,9 +402,14 @@ class Lab:
 
     def close(self) -> list[str]:
         errors: list[str] = []
-        if self.docker_proxy is not None:
-            errors += self.docker_proxy.stop()
-            self.docker_proxy = None
+        while self.cleanups:
+            try:
+                errors += self.cleanups.pop()()
+            except (PortwrightError, OSError) as e:
+                errors.append(str(e))
+        for dp in self.proxies:
+            errors += dp.stop()
+        self.proxies.clear()
         if self.docker_iptables is not None:
             errors += self.docker_iptables.remove()
             self.docker_iptables = None
@@ -409,6 +431,12 @@ class Lab:
         return errors
 
 
+def _pids_of(dp: DockerProxy) -> Callable[[], list[int]]:
+    def get() -> list[int]:
+        return dp.pids
+    return get
+
+
 def _const(pids: list[int]) -> Callable[[], list[int]]:
     def get() -> list[int]:
         return list(pids)
@@ -416,7 +444,7 @@ def _const(pids: list[int]) -> Callable[[], list[int]]:
 
 
 def _bridge_for(ip: str) -> str:
-    p = subprocess.run(["ip", "-j", "route", "get", ip], capture_output=True, text=True, timeout=10)
+    p = run(["ip", "-j", "route", "get", ip], timeout=10)
     try:
         dev = str(json.loads(p.stdout)[0]["dev"])
     except (ValueError, IndexError, KeyError) as e:
@@ -447,7 +475,8 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
     """Run one client against one target, sampling CPU and the publisher around it."""
     addr = target.addr(placement)
     if scenario.tool == "iperf3":
-        cmd = iperf3.client_command(addr, target.iperf_port, config.streams, config.duration, scenario.reverse)
+        cmd = iperf3.client_command(addr, target.iperf_port, 1 if scenario.udp else config.streams,
+                                    config.duration, scenario.reverse, udp=scenario.udp)
         cmd[1:1] = ["--connect-timeout", "3000"]
     else:
         host = f"[{addr}]" if ":" in addr else addr
@@ -472,13 +501,10 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
         pub0 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
         s0 = cpu.read_proc_stat()
         t0 = time.monotonic()
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=config.duration + 15,
-                               stdin=subprocess.DEVNULL)
-            out, err, rc = p.stdout, p.stderr, p.returncode
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err, rc = f"client timed out after {config.duration + 15:.0f}s", -1
+        p = run(cmd, timeout=config.duration + 15)
+        out, err, rc = p.stdout, p.stderr, p.returncode
+        if p.timed_out:
+            err = f"client timed out after {config.duration + 15:.0f}s"
         t1 = time.monotonic()
         s1 = cpu.read_proc_stat()
         pub1 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
@@ -582,20 +608,29 @@ class Progress:
             self.stream.flush()
 
 
+def _runs(config: Config, lab: Lab, mechs: list[str]) -> list[tuple[str, str, str]]:
+    """(placement, scenario, mechanism) of one round, in the interleaved order, without the
+    combinations that cannot run (an external client to "direct", a target's ``cannot``)."""
+    return [(pl, sc, m) for pl in config.placements for sc in config.scenarios for m in mechs
+            if not (pl == "external" and m == "direct") and sc not in lab.targets[m].cannot]
+
+
 def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, object]:
     """Interleave mechanisms (A B C A B C ...) within each scenario, for ``config.rounds`` rounds."""
     mechs = [m for m in config.mechanisms if m in lab.targets]
     skipped = dict(lab.skipped)
     if "external" in config.placements and "direct" in mechs:
         skipped["direct (external client)"] = EXTERNAL_DIRECT_SKIP
+    for m in mechs:
+        for sc, why in lab.targets[m].cannot.items():
+            if sc in config.scenarios:
+                skipped[f"{m} ({sc})"] = why
     lua = os.path.join(lab.tmp, "report.lua")
     with open(lua, "w", encoding="ascii") as f:
         f.write(wrk.LUA_DONE_HOOK)
     samples: list[dict[str, object]] = []
-    planned = config.planned_runs(mechs)
-    if "external" in config.placements and "direct" in mechs:
-        planned -= config.rounds * len(config.scenarios)
-    prog = Progress(planned, config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
+    runs = _runs(config, lab, mechs)
+    prog = Progress(config.rounds * len(runs), config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
     started = time.time()
     try:
         # Warm-up, not recorded: one short keep-alive run per path, so that the first mechanism
@@ -608,17 +643,13 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
                 warm = Config(duration=WARMUP_S, connections=config.connections, threads=config.threads)
                 run_once(lab.targets[m], SCENARIOS["rr"], placement, warm, lua, lab.external)
         for rnd in range(1, config.rounds + 1):
-            for placement in config.placements:
-                for sname in config.scenarios:
-                    for m in mechs:
-                        if placement == "external" and m == "direct":
-                            continue
-                        prog.show(rnd, config.rounds, placement, sname, m)
-                        s = run_once(lab.targets[m], SCENARIOS[sname], placement, config, lua, lab.external)
-                        s["round"] = rnd
-                        samples.append(s)
-                        prog.done += 1
-                        time.sleep(SETTLE_S)
+            for placement, sname, m in runs:
+                prog.show(rnd, config.rounds, placement, sname, m)
+                s = run_once(lab.targets[m], SCENARIOS[sname], placement, config, lua, lab.external)
+                s["round"] = rnd
+                samples.append(s)
+                prog.done += 1
+                time.sleep(SETTLE_S)
     finally:
         prog.finish()
     return {"started": started, "finished": time.time(), "samples": samples,
