@@ -1,17 +1,19 @@
-"""The real CNI backend: the shared nftables maps, bridge extras, sysctls and holder processes.
+"""The real CNI backend: a Firewall (nftables) for the maps and rules, a Host for the rest.
 
-Publishing goes through ``firewall.nft`` exactly as ``portwright run`` does, with the owner tag
-``cni:<containerID>:<ifname>:<network>`` (``owners.cni_owner``, always short enough to be an nft
-comment as it is) on every map element. What portwright's own bridges get from the
-firewall's per-network rules, a CNI bridge it did not create (``cni0`` from the reference
-``bridge`` plugin) does not have; so for each attachment this module adds, to the same table
-and under the same owner tag (so ``nft.unpublish`` removes them too), the rules that
-``rules.bridge_masquerade_commands`` generates:
+``KernelBackend`` implements ``plugin.Backend``. Its nftables side is a ``firewall.Firewall``
+it is handed (``default_firewall()`` for the plugin, ``Firewall(FakeBackend())`` in the unit
+tests), so it publishes exactly as ``portwright run`` does, with the owner tag
+``cni:<containerID>:<ifname>:<network>`` (``owners.cni_owner``, always short enough to be an
+nft comment as it is) on every map element. Its ``Host`` is everything else the kernel holds:
+bridges, sysctls, dockerd's DOCKER-USER chain, holder processes and host sockets.
 
-* masquerade of host-local sources DNATed to the container (127.0.0.1 and the host's own
-  addresses: the container must answer through the host, and 127.0.0.1 is no source on a wire);
-* masquerade of hairpin traffic (from the bridge back into the bridge) DNATed to the container;
-* ``route_localnet=1`` on the bridge, so the kernel routes a DNATed 127.0.0.1 out of it at all.
+What portwright's own bridges get from the firewall's per-network rules, a CNI bridge it did
+not create (``cni0`` from the reference ``bridge`` plugin) does not have; so for each attachment
+on such a bridge this module adds, in the same transaction as its elements and under the same
+owner tag (so unpublish removes them too), the masquerade rules of
+``rules.bridge_masquerade_commands`` (host-local sources and hairpin traffic DNATed to the
+container), and then sets ``route_localnet=1`` on the bridge, so the kernel routes a DNATed
+127.0.0.1 out of it at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import ipaddress
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import KernelError, NeedRoot, PortInUse
-from ..firewall import dockeruser, nft, rules
+from ..errors import KernelError, MissingTool, NeedRoot, PortInUse
+from ..firewall import dockeruser, rules
+from ..firewall.backend import Firewall, default_firewall
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
 from ..model import Mapping
@@ -40,70 +42,28 @@ HOLDER_READY_TIMEOUT = 10.0  # seconds for a holder to bind its sockets
 HOLDER_STOP_TIMEOUT = 3.0
 
 
-def _is_bridge(name: str) -> bool:
-    return os.path.isdir(f"/sys/class/net/{name}/bridge")
+class Host:
+    """The host side of the CNI backend: everything but the nftables table."""
 
+    def is_bridge(self, name: str) -> bool:
+        return os.path.isdir(f"/sys/class/net/{name}/bridge")
 
-class NftBackend:
-    """Backend of the commands in ``plugin`` over the live kernel."""
+    def route_localnet(self, bridge: str) -> str | None:
+        """The bridge's route_localnet sysctl ("1" when on), None if it cannot be read."""
+        return sysctl.read(sysctl.ROUTE_LOCALNET.format(dev=bridge))
 
-    def __init__(self) -> None:
-        if os.geteuid() != 0:
-            raise NeedRoot("portwright-cni (nftables and sysctl changes)")
-        self._table: dict[str, Any] | None = None
+    def enable_route_localnet(self, bridge: str) -> None:
+        sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
 
-    def _live(self) -> dict[str, Any]:
-        if self._table is None:
-            self._table = nft.table_json()  # {} when the table does not exist yet
-        return self._table
+    def docker_user_accept(self, bridge: str) -> None:
+        """On a dockerd host (FORWARD policy DROP), make DOCKER-USER accept ``bridge`` too; a
+        no-op where the chain does not exist."""
+        dockeruser.docker_user_ensure([bridge])
 
-    def published(self) -> dict[str, list[Mapping]]:
-        out: dict[str, list[Mapping]] = {}
-        for e in rules.published(self._live()):
-            out.setdefault(e.owner or "an untagged nftables element", []).append(e.mapping())
-        # Owners with only rules (or legacy tags the firewall hashed) still count, so GC and DEL see them.
-        for tag in rules.owners(self._live()):
-            out.setdefault(tag, [])
-        return out
-
-    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
-                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
-        self._table = None
-        nft.ensure_base()
-        # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
-        nft.publish(owner, mappings, flush_udp=False)
-        if bridge and snat and _is_bridge(bridge) and bridge not in rules.bridges(self._live()):
-            if any(m.host_ip.version == 4 for m in mappings):
-                sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
-            nft.run(rules.bridge_masquerade_commands(owner, bridge, mappings, subnets))
-        if bridge and _is_bridge(bridge) and bridge not in rules.bridges(self._live()):
-            # On a dockerd host (FORWARD policy DROP), Docker's DOCKER-USER hook must accept this
-            # bridge too; a no-op where the chain does not exist.
-            dockeruser.docker_user_ensure([bridge])
-
-    def unpublish(self, owner: str) -> None:
-        self._table = None
-        try:
-            nft.unpublish(owner)
-            # The bridge may outlive this attachment (others use it); drop only rules of bridges
-            # that are gone.
-            dockeruser.docker_user_forget_missing()
-        finally:
-            self._table = None
-
-    def flush_conntrack(self, proto: str, port: int) -> None:
-        nft.flush_conntrack(proto, port)
-
-    def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None:
-        if not snat or not _is_bridge(bridge) or bridge in rules.bridges(self._live()):
-            return None
-        if sysctl.read(sysctl.ROUTE_LOCALNET.format(dev=bridge)) != "1":
-            return (f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
-                    "container; delete and re-add the container to restore it")
-        if not rules.owner_rules(self._live(), owner):
-            return (f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
-                    "table inet portwright; delete and re-add the container to restore them")
-        return None
+    def docker_user_forget_missing(self) -> None:
+        """Drop the DOCKER-USER rules of CNI bridges that are gone (a bridge outlives one
+        attachment while others use it)."""
+        dockeruser.docker_user_forget_missing()
 
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
         r, w = os.pipe()
@@ -172,14 +132,100 @@ class NftBackend:
     def netns_exists(self, path: str) -> bool:
         return bool(path) and os.path.exists(path)
 
-    def status(self) -> str | None:
-        if shutil.which("nft") is None:
-            return "nft is not available; install it with: apt-get install nftables"
+
+
+class KernelBackend:
+    """``plugin.Backend`` over a Firewall (nftables) and a Host."""
+
+    def __init__(self, firewall: Firewall, host: Host | None = None) -> None:
+        self.fw = firewall
+        self.host = host if host is not None else Host()
+        self._table: dict[str, Any] | None = None
+
+    def _live(self) -> dict[str, Any]:
+        if self._table is None:
+            self._table = self.fw.table()  # {} when the table does not exist yet
+        return self._table
+
+    def _foreign_bridge(self, bridge: str | None) -> bool:
+        """A bridge portwright did not create, so it has none of a network's rules."""
+        return bool(bridge) and self.host.is_bridge(str(bridge)) and bridge not in rules.bridges(self._live())
+
+    def published(self) -> dict[str, list[Mapping]]:
+        out: dict[str, list[Mapping]] = {}
+        for e in rules.published(self._live()):
+            out.setdefault(e.owner or "an untagged nftables element", []).append(e.mapping())
+        # Owners with only rules (or legacy tags the firewall hashed) still count, so GC and DEL see them.
+        for tag in rules.owners(self._live()):
+            out.setdefault(tag, [])
+        return out
+
+    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
+                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
+        self._table = None
+        self.fw.ensure_base()
+        foreign = self._foreign_bridge(bridge)
+        extra = rules.bridge_masquerade_commands(owner, str(bridge), mappings, subnets) if foreign and snat else []
+        self._table = None
+        # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
+        self.fw.publish(owner, mappings, flush_udp=False, extra_rules=extra)
+        if bridge and foreign:
+            if snat and any(m.host_ip.version == 4 for m in mappings):
+                self.host.enable_route_localnet(bridge)
+            self.host.docker_user_accept(bridge)
+
+    def unpublish(self, owner: str) -> None:
+        self._table = None
         try:
-            nft.ensure_base()
+            self.fw.unpublish(owner)
+            self.host.docker_user_forget_missing()
+        finally:
+            self._table = None
+
+    def flush_conntrack(self, proto: str, port: int) -> None:
+        self.fw.flush_conntrack_ports(proto, [port])
+
+    def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None:
+        if not snat or not self._foreign_bridge(bridge):
+            return None
+        if self.host.route_localnet(bridge) != "1":
+            return (f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
+                    "container; delete and re-add the container to restore it")
+        if not rules.owner_rules(self._live(), owner):
+            return (f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
+                    "table inet portwright; delete and re-add the container to restore them")
+        return None
+
+    def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
+        self.host.start_holder(owner, network, bindings)
+
+    def holders(self) -> dict[str, tuple[int, str]]:
+        return self.host.holders()
+
+    def stop_holder(self, owner: str) -> None:
+        self.host.stop_holder(owner)
+
+    def check_host_port(self, m: Mapping) -> None:
+        self.host.check_host_port(m)
+
+    def netns_exists(self, path: str) -> bool:
+        return self.host.netns_exists(path)
+
+    def status(self) -> str | None:
+        try:
+            self.fw.ensure_base()
+        except MissingTool as e:
+            return str(e)
         except Exception as e:
             return f"cannot create nftables table inet portwright: {e}"
         return None
+
+
+def backend() -> KernelBackend:
+    """The plugin's backend: nftables in this namespace and the real host. Needs root."""
+    if os.geteuid() != 0:
+        raise NeedRoot("portwright-cni (nftables and sysctl changes)")
+    return KernelBackend(default_firewall(), Host())
 
 
 def _read_ready(fd: int) -> str:

@@ -2,8 +2,9 @@
 
 This module decides *what* each command does; ``protocol`` says how the runtime speaks and
 ``kernel`` (the real backend) touches nftables, sysctls and holder processes. The backend is an
-interface so that the command logic (conflicts, rollback, idempotent DEL, GC selection) is
-tested without root against a fake, the way portmap tests its rule generation.
+interface, and the real one is handed its firewall, so the command logic (conflicts, rollback,
+idempotent DEL, GC selection) is tested without root: ``kernel.KernelBackend`` over the
+in-memory firewall (``firewall.fake``) and a fake host, the way portmap tests its rules.
 
 The record of what an attachment owns is the kernel itself: nft elements and rules tagged
 ``cni:<containerID>:<ifname>:<network>`` (``owners.cni_owner``), and holder processes carrying
@@ -45,7 +46,7 @@ class Plan:
 
 
 class Backend(Protocol):
-    """The kernel operations the commands need; ``kernel.NftBackend`` is the real one."""
+    """The kernel operations the commands need; ``kernel.KernelBackend`` is the real one."""
 
     def published(self) -> dict[str, list[Mapping]]: ...  # nft comment (owners.nft_comment) -> NAT mappings
     def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
@@ -300,10 +301,10 @@ def run(environ: AbcMapping[str, str], stdin: bytes, backend_factory: Callable[[
 
 
 def main() -> None:
-    from .kernel import NftBackend
+    from .kernel import backend
 
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    code, out = run(os.environ, stdin, NftBackend)
+    code, out = run(os.environ, stdin, backend)
     if out:
         sys.stdout.write(out + "\n")
     sys.stdout.flush()

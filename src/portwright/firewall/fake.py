@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import KernelError, MissingTool
+from ..errors import KernelError, MissingTool, PortwrightError
 from . import rules
 
 Cmd = dict[str, Any]
@@ -82,7 +82,7 @@ def _key_id(key: Any) -> str:
 class _Failure:
     countdown: int | None  # the n-th apply from now fails
     pred: Predicate | None  # or the next apply whose commands satisfy it
-    detail: str
+    error: PortwrightError
 
 
 class FakeBackend:
@@ -111,7 +111,7 @@ class FakeBackend:
         injected = self._injected(batch)
         if injected is not None:
             self.rejected.append(batch)
-            raise KernelError(WHAT, injected)
+            raise injected
         tables, handles = copy.deepcopy(self.tables), self._table_handles
         try:
             for cmd in batch:
@@ -159,25 +159,28 @@ class FakeBackend:
 
     # --- fault injection ----------------------------------------------------------------------------
 
-    def fail_next(self, when: int | Predicate = 1, detail: str = "injected failure") -> None:
-        """Make a coming apply() raise KernelError and change nothing: the ``when``-th one from
-        now (1: the next), or the next one whose command list satisfies ``when`` (see
-        ``touches``). Each call arms one failure."""
+    def fail_next(self, when: int | Predicate = 1, detail: str = "injected failure",
+                  error: PortwrightError | None = None) -> None:
+        """Make a coming apply() raise and change nothing: the ``when``-th one from now (1: the
+        next), or the next one whose command list satisfies ``when`` (see ``touches``). It raises
+        ``error`` if given (a NeedRoot, a MissingTool), else KernelError with ``detail``. Each
+        call arms one failure."""
+        if isinstance(when, int) and when < 1:
+            raise ValueError(f"fail_next({when}): count applies from 1 (the next one)")
+        err = error if error is not None else KernelError(WHAT, detail)
         if isinstance(when, int):
-            if when < 1:
-                raise ValueError(f"fail_next({when}): count applies from 1 (the next one)")
-            self._failures.append(_Failure(when, None, detail))
+            self._failures.append(_Failure(when, None, err))
         else:
-            self._failures.append(_Failure(None, when, detail))
+            self._failures.append(_Failure(None, when, err))
 
-    def _injected(self, cmds: list[Cmd]) -> str | None:
-        fired: str | None = None
+    def _injected(self, cmds: list[Cmd]) -> PortwrightError | None:
+        fired: PortwrightError | None = None
         for f in list(self._failures):
             hit = f.pred(cmds) if f.pred is not None else f.countdown == 1
             if f.countdown is not None:
                 f.countdown -= 1
             if hit and fired is None:
-                fired = f.detail
+                fired = f.error
                 self._failures.remove(f)
         return fired
 
