@@ -294,6 +294,32 @@ def test_unpublish_never_deletes_an_element_another_owner_published_meanwhile() 
     assert fake.result["state"] == "waiting"
 
 
+def test_concurrent_removal_of_one_network_is_not_an_error() -> None:
+    """remove_network deletes rules by the handles it read: two at once (network rm racing a
+    reconcile) must not make the second delete handles the first already removed."""
+    fake = RacingFake()
+    fw = Firewall(fake)
+    fw.add_network(WEB)
+    fw.add_network(DB)
+    fake.action = lambda: fw.remove_network("web")
+    fw.remove_network("web")
+    fake.result["thread"].join(timeout=30)
+    assert "error" not in fake.result, fake.result.get("error")
+    assert fw.networks() == {"db"} and fake.result["state"] == "waiting"
+
+
+def test_concurrent_add_of_one_network_leaves_one_set_of_rules() -> None:
+    fake = RacingFake()
+    fw = Firewall(fake)
+    fw.add_network(WEB)
+    fake.action = lambda: fw.add_network(WEB)
+    fw.add_network(WEB)  # replaces the rules it read, while the other one waits to do the same
+    fake.result["thread"].join(timeout=30)
+    assert "error" not in fake.result, fake.result.get("error")
+    tagged = [r for r in _rules(fw.table()) if r["comment"] == "pw-net:web"]
+    assert len(tagged) == len([c for c in rules.network_commands(WEB) if "rule" in c["add"]])
+
+
 def test_the_lock_is_not_reentrant(fake: FakeBackend) -> None:
     with fake.lock(), pytest.raises(RuntimeError, match="not re-entrant"), fake.lock():
         pass
