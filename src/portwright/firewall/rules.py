@@ -105,9 +105,9 @@ _MAP_TYPES: dict[str, tuple[list[str], list[str]]] = {
     MAP_ADDR6: (["ipv6_addr", "inet_proto", "inet_service"], ["ipv6_addr", "inet_service"]),
 }
 
-# --- Comment tags: made and read by portwright.owners (one helper for every kind of tag). ----------
 IFNAMSIZ = 15  # longest Linux interface name
 
+# --- Comment tags: made and read by portwright.owners (one helper for every kind of tag). ----------
 
 def owner_tag(owner: str) -> str:
     """The nft comment that marks ``owner``'s elements and rules (``owners.nft_comment``)."""
