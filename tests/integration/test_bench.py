@@ -98,3 +98,67 @@ def test_bench_cleans_up_on_sigint(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "removed" in err
     assert set(_leftovers()) <= before
+
+
+def _sandbox_leftovers() -> list[str]:
+    left = _leftovers()
+    ps = subprocess.run([PW, "ps", "-a", "--format", "json"], capture_output=True, text=True, cwd="/")
+    left += [str(s.get("Name")) for s in json.loads(ps.stdout or "[]") if str(s.get("Name", "")).startswith("pwb")]
+    left += [f"/var/tmp/{d}" for d in os.listdir("/var/tmp") if d.startswith("pwb-dockerd-")]
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"pwb-dockerd-" in cmd:
+            left.append(f"process {pid}: {cmd[:80]!r}")
+    return left
+
+
+def test_bench_sandboxes_two_one_round(tmp_path: Path) -> None:
+    """--sandboxes 2 --rounds 1: both variants for portwright (and Docker when dockerd can run
+    here), PSS and rm -f measured, everything removed. Structure only, no speed."""
+    out = tmp_path / "s.json"
+    had_docker0 = os.path.exists("/sys/class/net/docker0")
+    before = set(_sandbox_leftovers())
+    p = subprocess.run([PW, "bench", "--sandboxes", "2", "--rounds", "1", "--json", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=400, cwd="/")
+    assert p.returncode in (0, 1), p.stderr
+    res = json.loads(out.read_text())["sandboxes"]
+    assert res["n"] == 2 and res["rounds"] == 1 and res["variants"] == ["none", "published"]
+    systems = {"portwright"} | ({"docker"} if not res["docker_skipped"] else set())
+    assert {(s["system"], s["variant"]) for s in res["samples"]} == {(sy, v) for sy in systems
+                                                                    for v in ("none", "published")}
+    for s in res["samples"]:
+        assert s["ok"], s["error"]
+        assert s["pss_kib"] > 0 and s["per_sandbox_kib"] == pytest.approx(s["pss_kib"] / 2)
+        assert s["rm_s"] > 0 and s["start_s"] > 0 and s["left_after_rm"] == []
+        counts = {k: v["count"] for k, v in s["processes"].items()}
+        if s["system"] == "portwright":
+            assert sum(c for k, c in counts.items() if k.startswith("portwright")) >= 2, counts
+        else:
+            assert sum(c for k, c in counts.items() if k.startswith("containerd-shim")) == 2, counts
+    ratios = [r for r in res["summary"] if r.get("ratio")]
+    assert len(ratios) == (2 if "docker" in systems else 0)
+    assert "MiB each" in p.stdout and "rm -f all" in p.stdout
+    assert set(_sandbox_leftovers()) <= before
+    assert os.path.exists("/sys/class/net/docker0") == had_docker0
+
+
+def test_bench_scale_nft_only_small(tmp_path: Path) -> None:
+    """The firewall library alone (what python -m portwright.firewall.bench measured), in throwaway
+    namespaces that are gone afterwards."""
+    need("iperf3", "iperf3")
+    out = tmp_path / "n.json"
+    before = set(_leftovers())
+    p = subprocess.run([PW, "bench", "--scale", "--scale-shapes", "nft-only", "--scale-sizes", "1,50",
+                        "--duration", "1", "--json", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=200, cwd="/")
+    assert p.returncode in (0, 1), p.stderr
+    rows = json.loads(out.read_text())["scale"]
+    assert [(r["shape"], r["ports"]) for r in rows] == [("nft-only", 1), ("nft-only", 50)]
+    for r in rows:
+        assert r["setup_s"] > 0 and r["teardown_s"] > 0, r
+        assert r["ok"] == (r["error"] is None) and (r["first_gbit"] or 0) >= 0
+    assert set(_leftovers()) <= before

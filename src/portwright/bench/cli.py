@@ -1,7 +1,7 @@
 """``portwright bench``: the argparse surface of the benchmark and its top-level flow.
 
 Owns option parsing, root and signal handling, and the order of things: header, lab setup,
-interleaved runs (or ``--scale``), teardown in ``finally`` (SIGINT/SIGTERM/SIGHUP included, and a
+interleaved runs (or ``--scale``, or ``--sandboxes``), teardown in ``finally`` (SIGINT/SIGTERM/SIGHUP included, and a
 second Ctrl-C cannot interrupt it), then the table, the ratios, and the --json/--plot/--html
 files. ``register(subparsers)`` adds the subcommand; the handler returns the exit code:
 0 when every run succeeded, 1 when any run failed (the table says which), 130 on interrupt.
@@ -14,13 +14,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
 from ..errors import BadInput, NeedRoot
-from . import report
+from . import report, sandboxes
 from .placement import PLACEMENTS
 from .scale import ALL_SHAPES, SHAPES, SIZES, run_scale, scale_table
 from .scenarios import MECHANISMS, SCENARIOS, Config, Lab, machine_info, run_bench
@@ -62,6 +62,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scale-shapes", default=",".join(SHAPES),
                    help=f"publishing shapes for --scale, a subset of {','.join(ALL_SHAPES)} "
                         f"(default: {','.join(SHAPES)})")
+    p.add_argument("--sandboxes", type=int, nargs="?", const=sandboxes.DEFAULT_N, metavar="N",
+                   help=f"instead: start N (default {sandboxes.DEFAULT_N}) idle sandboxes and as many Docker "
+                        "containers, and report the PSS each keeps and the time of one rm -f of all N")
+    p.add_argument("--sandbox-variants", default=",".join(sandboxes.VARIANTS),
+                   help="for --sandboxes: none (--network none), published (a bridge and one -p each)")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=handle)
 
@@ -146,13 +151,74 @@ def _uninterruptible() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _sandbox_options(args: argparse.Namespace) -> tuple[int, tuple[str, ...]]:
+    n = args.sandboxes
+    if not 1 <= n <= 1000:
+        raise BadInput(f"--sandboxes {n}: give a number of sandboxes between 1 and 1000")
+    if args.scale:
+        raise BadInput("--sandboxes and --scale are two experiments; run them one at a time")
+    variants = tuple(_list(args.sandbox_variants, "--sandbox-variants"))
+    for v in variants:
+        if v not in sandboxes.VARIANTS:
+            raise BadInput(f"--sandbox-variants: unknown variant {v!r}; choose from {', '.join(sandboxes.VARIANTS)}")
+    return n, variants
+
+
+def _header(args: argparse.Namespace, cfg: Config, machine: dict[str, Any], conf: dict[str, Any]) -> list[str]:
+    head = report.header_lines(machine, conf)
+    if args.sandboxes is not None:
+        return [head[0], f"--sandboxes {args.sandboxes}: {cfg.rounds} interleaved rounds of portwright and "
+                f"Docker, variants {args.sandbox_variants}"]
+    if args.scale:
+        return [head[0], f"--scale: sizes {args.scale_sizes}; shapes {args.scale_shapes}; iperf3 -P 4 for "
+                f"{SCALE_SECONDS if args.duration is None else cfg.duration:g} s to the first and the last port"]
+    return head
+
+
+def _experiment(args: argparse.Namespace, cfg: Config, lab: Lab, log: Callable[[str], None]) -> Any:
+    """Runs the chosen experiment in ``lab``; its raw result."""
+    if args.sandboxes is not None:
+        n, variants = _sandbox_options(args)
+        if "published" in variants:
+            lab.create_network()
+        return sandboxes.run_sandboxes(lab, n, cfg.rounds, variants, log=log)
+    if args.scale:
+        shapes = _shapes(args.scale_shapes)
+        if set(shapes) != {"nft-only"}:
+            lab.create_network()
+        secs = SCALE_SECONDS if args.duration is None else cfg.duration
+        return run_scale(lab, _sizes(args.scale_sizes), shapes, seconds=secs, log=log)
+    log("setting up sandboxes and peers")
+    lab.open()
+    return run_bench(cfg, lab, open(os.devnull, "w") if args.quiet else sys.stderr)  # noqa: SIM115
+
+
+def _report(args: argparse.Namespace, machine: dict[str, Any], conf: dict[str, Any],
+            result: Any) -> tuple[dict[str, Any], str, bool]:
+    """(the --json document, the text for stdout, whether any run failed)."""
+    empty: dict[str, Any] = {"schema": report.SCHEMA, "machine": machine, "config": conf,
+                             "samples": [], "summary": [], "headline": []}
+    if args.sandboxes is not None:
+        failed = any(not s["ok"] for s in result["samples"])
+        return {**empty, "sandboxes": result}, sandboxes.table(result), failed
+    if args.scale:
+        failed = any(not r.get("ok") and not str(r.get("error", "")).startswith("skipped") for r in result)
+        return {**empty, "scale": result}, scale_table(result), failed
+    doc = report.document(machine, conf, result)
+    text = report.table(doc["summary"], doc["skipped"]) + "\n\n" + report.headline_text(doc["headline"])
+    return doc, text, any(not s.get("ok") for s in result["samples"])
+
+
 def handle(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NeedRoot("portwright bench (namespaces, nftables, iptables)")
     _check_outputs(args)
     cfg = config_from_args(args)
-    sizes = _sizes(args.scale_sizes) if args.scale else ()
-    shapes = _shapes(args.scale_shapes) if args.scale else ()
+    if args.scale:  # bad input fails before any setup
+        _sizes(args.scale_sizes)
+        _shapes(args.scale_shapes)
+    if args.sandboxes is not None:
+        _sandbox_options(args)
     err = sys.stderr
     machine = machine_info()
 
@@ -160,29 +226,16 @@ def handle(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"bench: {msg}", file=err, flush=True)
 
-    if args.scale:
+    if args.scale or args.sandboxes is not None:
         cfg.mechanisms = []
     conf = cfg.to_json()
-    head = report.header_lines(machine, conf)
-    if args.scale:
-        head = [head[0], f"--scale: sizes {', '.join(f'{n:,}' for n in sizes)}; iperf3 -P 4 for "
-                f"{SCALE_SECONDS if args.duration is None else cfg.duration:g} s to the first and the last port"]
-    print("\n".join(head), flush=True)
+    print("\n".join(_header(args, cfg, machine, conf)), flush=True)
     lab = Lab(cfg, log)
-    run: dict[str, Any] | None = None
-    scale_rows: list[dict[str, Any]] | None = None
+    result: Any = None
     interrupted = False
     try:
         with _signals():
-            if args.scale:
-                if set(shapes) != {"nft-only"}:
-                    lab.create_network()
-                secs = SCALE_SECONDS if args.duration is None else cfg.duration
-                scale_rows = run_scale(lab, sizes, shapes, seconds=secs, log=log)
-            else:
-                log("setting up sandboxes and peers")
-                lab.open()
-                run = run_bench(cfg, lab, open(os.devnull, "w") if args.quiet else err)  # noqa: SIM115
+            result = _experiment(args, cfg, lab, log)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -194,18 +247,8 @@ def handle(args: argparse.Namespace) -> int:
     if interrupted:
         print("bench: interrupted; everything it created has been removed", file=err)
         return 130
-    if scale_rows is not None:
-        doc: dict[str, Any] = {"schema": report.SCHEMA, "machine": machine, "config": conf, "scale": scale_rows,
-                               "samples": [], "summary": [], "headline": []}
-        print(scale_table(scale_rows))
-        failed = any(not r.get("ok") and not str(r.get("error", "")).startswith("skipped") for r in scale_rows)
-    else:
-        assert run is not None
-        doc = report.document(machine, conf, run)
-        print(report.table(doc["summary"], doc["skipped"]))
-        print()
-        print(report.headline_text(doc["headline"]))
-        failed = any(not s.get("ok") for s in run["samples"])
+    doc, text, failed = _report(args, machine, conf, result)
+    print(text)
     _write_outputs(args, doc)
     return 1 if failed or cleanup_errors else 0
 

@@ -182,12 +182,10 @@ class SandboxInfo:
     ports: tuple[dict[str, object], ...]
 
 
-def parse_inspect(text: str) -> SandboxInfo:
-    doc = json.loads(text)
-    if isinstance(doc, list):  # tolerate docker's list shape
-        doc = doc[0]
+def _info(doc: dict[str, object]) -> SandboxInfo:
     state = doc.get("State") or {}
     net = doc.get("NetworkSettings") or {}
+    assert isinstance(state, dict) and isinstance(net, dict)
 
     def pid(v: object) -> int | None:
         try:
@@ -199,6 +197,16 @@ def parse_inspect(text: str) -> SandboxInfo:
     return SandboxInfo(name=str(doc.get("Name", "")).lstrip("/"), ip=net.get("IPAddress") or None,
                        pid=pid(state.get("Pid")), supervisor_pid=pid(state.get("SupervisorPid")),
                        netns=net.get("SandboxKey") or None, ports=tuple(net.get("Ports") or ()))
+
+
+def parse_inspect_all(text: str) -> list[SandboxInfo]:
+    """``portwright inspect A B ...`` output (a list, or one object for one name)."""
+    doc = json.loads(text)
+    return [_info(d) for d in (doc if isinstance(doc, list) else [doc])]
+
+
+def parse_inspect(text: str) -> SandboxInfo:
+    return parse_inspect_all(text)[0]  # tolerates docker's list shape
 
 
 class Portwright:
@@ -243,6 +251,10 @@ class Portwright:
     def inspect(self, name: str) -> SandboxInfo:
         return parse_inspect(self.call("inspect", name, "--format", "json"))
 
+    def inspect_all(self, names: list[str]) -> list[SandboxInfo]:
+        """One ``inspect`` call for many sandboxes."""
+        return parse_inspect_all(self.call("inspect", *names, "--format", "json"))
+
     def exec(self, name: str, cmd: list[str], timeout: float = 30) -> str:
         return self.call("exec", name, "--", *cmd, timeout=timeout)
 
@@ -250,8 +262,9 @@ class Portwright:
         """The argv that runs ``cmd`` in the sandbox, for callers that need their own Popen."""
         return [self.binary, "exec", name, "--", *cmd]
 
-    def rm(self, name: str, timeout: float = 300) -> None:
-        self.call("rm", "-f", name, timeout=timeout)
+    def rm(self, name: str, *more: str, timeout: float = 300) -> None:
+        """``portwright rm -f`` of one or more sandboxes, in ONE command."""
+        self.call("rm", "-f", name, *more, timeout=timeout)
 
     def rm_quiet(self, name: str, errors: list[str], timeout: float = 300) -> None:
         """Teardown helper: remove and collect the error instead of raising."""
