@@ -18,6 +18,7 @@ from . import __version__
 from .engine import Engine
 from .errors import BadInput, NotFound, PortwrightError
 from .model import PUBLISH_MODES, Network
+from .spec import parse_sandbox_spec
 from .state import SandboxRecord, State, pid_alive
 
 # Subcommands contributed by other packages: module path of a register(subparsers) function.
@@ -70,7 +71,8 @@ def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
     net = state.find_network(sb.network) if sb.network not in ("host", "none") else None
     return {
         "Id": sb.id, "Name": sb.name, "Created": rec.created, "PublishMode": sb.publish_mode,
-        "Config": {"Cmd": list(rec.cmd), "Env": rec.spec.get("env", []), "ExposedPorts": rec.spec.get("expose", [])},
+        "Config": {"Cmd": list(rec.cmd), "Env": [f"{k}={v}" for k, v in rec.spec.env],
+                   "ExposedPorts": [f"{e.ports}/{e.proto}" for e in rec.spec.expose]},
         "State": {"Status": rec.status, "Running": rec.status == "running", "Pid": rec.cmd_pid,
                   "SupervisorPid": rec.supervisor_pid, "ExitCode": rec.exit_code},
         "LogPath": rec.log_path,
@@ -110,20 +112,23 @@ def cmd_network(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .supervisor import RunOptions, run, start_detached
+    from .supervisor import check_command, run
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    opts = RunOptions(cmd=cmd, name=args.name, network=args.network, publish=args.publish or [],
-                      publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
-                      publish_mode=args.publish_mode, detach=args.detach, proxy_protocol=args.proxy_protocol,
-                      remove=args.rm, cwd=os.getcwd(), udp_timeout=args.udp_timeout)
-    opts.validate()
+    spec = parse_sandbox_spec(cmd, name=args.name, network=args.network, publish=args.publish or [],
+                              publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
+                              publish_mode=args.publish_mode, detach=args.detach,
+                              proxy_protocol=args.proxy_protocol, remove=args.rm, cwd=os.getcwd(),
+                              udp_timeout=args.udp_timeout)
+    check_command(spec)
     if args.detach:
-        print(start_detached(opts))
+        from .zygote import spawn
+
+        print(spawn(spec))
         return 0
-    return run(opts)
+    return run(spec)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -208,15 +213,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    eng = Engine()
     failed = 0
-    for n in args.names:
-        try:
-            eng.remove(n, force=args.force)
+    for n, err in Engine().remove(list(args.names), force=args.force):
+        if err is None:
             print(n)
-        except PortwrightError as e:
-            print(f"portwright: {e}", file=sys.stderr)
-            failed = e.exit_code
+        else:
+            print(f"portwright: {err}", file=sys.stderr)
+            failed = err.exit_code
     return failed
 
 
@@ -254,11 +257,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     eng = Engine()
     cleaned = eng.reconcile()
-    removed = []
-    for r in eng.state.sandboxes():
-        if r.status == "exited":
-            eng.remove(r.id)
-            removed.append(r.name)
+    exited = [r for r in eng.state.sandboxes() if r.status == "exited"]
+    removed = [r.name for r in exited]
+    eng.remove([r.id for r in exited])
     for n in cleaned:
         print(f"cleaned up after dead supervisor: {n}")
     for n in removed:
@@ -266,10 +267,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_supervise(args: argparse.Namespace) -> int:
-    from .supervisor import supervise_main
+def cmd_zygote(args: argparse.Namespace) -> int:
+    from .zygote import main as zygote_main
 
-    return supervise_main(sys.argv[sys.argv.index("_supervise") + 1:])
+    return zygote_main(list(args.rest))
 
 
 # ---------------------------------------------------------------------- parser
@@ -279,6 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"portwright {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    _add_network_parser(sub)
+    _add_run_parser(sub)
+    _add_sandbox_parsers(sub)
+
+    zg = sub.add_parser("_zygote")
+    zg.add_argument("rest", nargs=argparse.REMAINDER)
+    zg.set_defaults(func=cmd_zygote)
+
+    import importlib
+
+    for mod in PLUGIN_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        m.register(sub)
+    return p
+
+
+def _add_network_parser(sub: Any) -> None:
     net = sub.add_parser("network", help="manage bridge networks")
     nsub = net.add_subparsers(dest="net_cmd", metavar="CMD", required=True, parser_class=_Parser)
     c = nsub.add_parser("create", help="create a network")
@@ -295,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="+")
     net.set_defaults(func=cmd_network)
 
+
+def _add_run_parser(sub: Any) -> None:
     r = sub.add_parser("run", help="run a command in a new sandbox")
     r.add_argument("-d", "--detach", action="store_true")
     r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
@@ -312,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 
+
+def _add_sandbox_parsers(sub: Any) -> None:
     ps = sub.add_parser("ps", help="list sandboxes")
     ps.add_argument("-a", "--all", action="store_true")
     ps.add_argument("--format", choices=["table", "json"], default="table")
@@ -356,24 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="clean up after dead supervisors and remove exited sandboxes")
     pr.set_defaults(func=cmd_prune)
 
-    sv = sub.add_parser("_supervise")
-    sv.add_argument("rest", nargs=argparse.REMAINDER)
-    sv.set_defaults(func=cmd_supervise)
-
-    import importlib
-
-    for mod in PLUGIN_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
-        m.register(sub)
-    return p
-
 
 # Diagnostics must see leftovers as they are (reconciling first would hide the stale state they
 # report); the supervisor and the benchmark manage their own sandboxes.
-NO_RECONCILE = {"_supervise", "bench", "who", "ports", "audit", None}
+NO_RECONCILE = {"_zygote", "bench", "who", "ports", "audit", None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

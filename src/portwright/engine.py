@@ -1,9 +1,13 @@
-"""The engine: networks, and the parts of the sandbox lifecycle that outlive a supervisor.
+"""The engine: owns networks and the whole sandbox lifecycle — create, publish, start, stop,
+teardown and reconcile.
 
-Network create/remove, the reconcile pass that clears up after dead supervisors, and the
-exact-once teardown of a sandbox's kernel objects. The live part of a sandbox (setup, CMD,
-publishing, waiting) is in supervisor.py. Teardown never stops at the first error: it goes on
-and reports every failure at the end.
+It is handed its collaborators rather than importing them (netavark's shape): the state database,
+a ``Firewall`` (nftables, or the in-memory fake in tests), a ``Host`` (the kernel's namespaces,
+links and cgroups, or a fake), and it builds publishers by name through ``publish.registry``. So the
+engine runs under unit tests without root. The supervisor (one small process per sandbox) only
+holds what must stay alive and calls ``create``/``started``/``finish``. Setup records intent in
+state before each kernel object and registers its undo on an ExitStack; teardown never stops at
+the first error: it goes on and reports every failure at the end.
 """
 
 from __future__ import annotations
@@ -14,30 +18,38 @@ import ipaddress
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import ipam
-from .errors import BadInput, Conflict, KernelError, NeedRoot, NotFound, PortwrightError
-from .firewall import nft
-from .kernel import cgroup, netlink, sysctl
-from .model import Network
-from .spec import check_name
-from .state import SandboxRecord, State, pid_alive
+from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
+from .kernel.host import Host, LinuxHost
+from .model import Network, Sandbox
+from .owners import sandbox_owner
+from .publish import registry
+from .publish.base import Bound, Publisher, Target, allocate
+from .spec import DEFAULT_NETWORK, SandboxSpec, check_name
+from .state import SandboxRecord, State, pid_alive, proc_start_time, write_grace
 
-DEFAULT_NETWORK = "pw0"
+if TYPE_CHECKING:
+    from .firewall.backend import Firewall
+
 RESERVED_NETWORK_NAMES = ("host", "none", "bridge", "default")
 NETNS_PREFIX = "pw-"
-OWNER_PREFIX = "pw:"
+VETH_PREFIX = "pwv"  # + 11 hex of the id: 14 characters, within IFNAMSIZ
+STOP_POLL_SECONDS = 0.02
 
 
-def _explicit_subnet(text: str, version: int, flag: str, used: list[ipam.AnyNet]) -> ipam.AnyNet:
+def _explicit_subnet(text: str, version: type[ipam.AnyNet], flag: str, used: list[ipam.AnyNet]) -> ipam.AnyNet:
     """A user-given subnet, refused when it overlaps a network or route already on the host."""
     net = ipam.parse_subnet(text, version, flag)
     clash = ipam.overlapping(net, used)
     if clash is not None:
-        pool = ipam.POOL4 if version == 4 else ipam.POOL6
+        pool = ipam.POOL4 if net.version == 4 else ipam.POOL6
         raise Conflict(f"{flag} {net} overlaps {clash}, already in use on this host; "
                        f"choose a free range (e.g. within {pool})")
     return net
@@ -51,71 +63,87 @@ def _unlink_quietly(path: str | None) -> None:
             pass
 
 
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise NeedRoot(what)
-
-
-def owner_tag(sandbox_id: str) -> str:
-    """The comment every kernel object of a sandbox carries (nft elements, rules)."""
-    return OWNER_PREFIX + sandbox_id
+def _close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
 
 
 def new_id() -> str:
     return secrets.token_hex(6)
 
 
+@dataclass(slots=True)
+class Live:
+    """A sandbox being created or running in this process: what teardown must undo."""
+
+    sandbox: Sandbox
+    spec: SandboxSpec
+    publisher: Publisher | None = None
+    cgroup: str | None = None
+    log_path: str | None = None  # CMD's output, for a detached sandbox
+
+
 class Engine:
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None, firewall: Firewall | None = None,
+                 host: Host | None = None) -> None:
         self.state = state or State()
+        self._fw = firewall
+        self.host: Host = host or LinuxHost()
+
+    @property
+    def fw(self) -> Firewall:
+        if self._fw is None:
+            from .firewall.backend import default_firewall
+
+            self._fw = default_firewall()
+        return self._fw
 
     # ------------------------------------------------------------------ networks
     def create_network(self, name: str, subnet: str | None = None, ipv6: bool = False,
                        subnet6: str | None = None, internal: bool = False) -> Network:
-        require_root("creating a network")
+        self.host.require_root("creating a network")
         check_name(name)
         if name in RESERVED_NETWORK_NAMES:
             raise BadInput(f"network name {name!r} is reserved; choose another name")
         if self.state.find_network(name):
             raise Conflict(f"network {name!r} already exists; remove it with 'portwright network rm {name}'")
-        if subnet6 and not ipv6:
-            ipv6 = True
-        if ipv6 and not sysctl.ipv6_enabled():
+        ipv6 = ipv6 or bool(subnet6)
+        if ipv6 and not self.host.ipv6_enabled():
             raise BadInput("--ipv6: IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1)")
         with self._network_lock(), ExitStack() as stack:
             with self.state.tx():
-                used = [ipaddress.ip_network(p, strict=False) for p in netlink.used_prefixes()]
-                mine = self.state.networks()
-                used += [n.subnet4 for n in mine] + [n.subnet6 for n in mine if n.subnet6]
-                net4 = (_explicit_subnet(subnet, 4, "--subnet", used) if subnet
-                        else ipam.carve4(u for u in used if u.version == 4))
-                net6 = None
-                if ipv6:
-                    net6 = (_explicit_subnet(subnet6, 6, "--subnet6", used) if subnet6
-                            else ipam.carve6(u for u in used if u.version == 6))
-                bridge = "pw-" + secrets.token_hex(4)
-                net = Network(name=name, bridge=bridge, subnet4=net4,  # type: ignore[arg-type]
-                              gateway4=ipam.gateway(net4),  # type: ignore[arg-type]
-                              subnet6=net6, gateway6=ipam.gateway(net6) if net6 else None,  # type: ignore[arg-type]
-                              internal=internal)
+                net = self._carve_network(name, subnet, subnet6 if ipv6 else None, ipv6, internal)
                 self.state.add_network(net)
             stack.callback(self._forget_network, name)
             addrs = [f"{net.gateway4}/{net.subnet4.prefixlen}"]
-            if net.subnet6 is not None:
+            if net.subnet6 is not None and net.gateway6 is not None:
                 addrs.append(f"{net.gateway6}/{net.subnet6.prefixlen}")
-            netlink.create_bridge(bridge, addrs)
-            stack.callback(netlink.delete_link, bridge)
-            sysctl.ensure(sysctl.ROUTE_LOCALNET.format(dev=bridge), "1")
-            if not internal:
-                sysctl.ensure(sysctl.IP_FORWARD, "1")
-            if net.subnet6 is not None and not internal:
-                sysctl.ensure(sysctl.IP6_FORWARD, "1")
-            nft.ensure_base()
-            nft.add_network(net)
-            stack.callback(nft.remove_network, name)
+            self.host.create_bridge(net.bridge, addrs, internal=internal, ipv6=net.subnet6 is not None)
+            stack.callback(self.host.delete_link, net.bridge)
+            self.fw.ensure_base()
+            self.fw.add_network(net)
+            stack.callback(self.fw.remove_network, name)
             self.sync_docker_user()
             stack.pop_all()
         return net
+
+    def _carve_network(self, name: str, subnet: str | None, subnet6: str | None, ipv6: bool,
+                       internal: bool) -> Network:
+        """Pick the subnets (inside the caller's transaction): given ones must be free."""
+        used: list[ipam.AnyNet] = [ipaddress.ip_network(p, strict=False) for p in self.host.used_prefixes()]
+        mine = self.state.networks()
+        used += [n.subnet4 for n in mine] + [n.subnet6 for n in mine if n.subnet6]
+        net4 = (_explicit_subnet(subnet, ipaddress.IPv4Network, "--subnet", used) if subnet
+                else ipam.carve4(u for u in used if isinstance(u, ipaddress.IPv4Network)))
+        assert isinstance(net4, ipaddress.IPv4Network)
+        net6: ipaddress.IPv6Network | None = None
+        if ipv6:
+            n6 = (_explicit_subnet(subnet6, ipaddress.IPv6Network, "--subnet6", used) if subnet6
+                  else ipam.carve6(u for u in used if isinstance(u, ipaddress.IPv6Network)))
+            assert isinstance(n6, ipaddress.IPv6Network)
+            net6 = n6
+        return Network(name=name, bridge="pw-" + secrets.token_hex(4), subnet4=net4, gateway4=ipam.gateway(net4),
+                       subnet6=net6, gateway6=ipam.gateway(net6) if net6 else None, internal=internal)
 
     def _forget_network(self, name: str) -> None:
         with self.state.tx():
@@ -124,18 +152,24 @@ class Engine:
     def ensure_network(self, name: str) -> Network:
         net = self.state.find_network(name)
         if net is not None:
+            if name not in self.fw.networks():
+                # The kernel is the truth: a firewall reload ('nft flush ruleset') or someone
+                # else's 'nft delete table' took the network's rules; put them back first.
+                with self._network_lock():
+                    self.fw.ensure_base()
+                    self.fw.add_network(net)
             return net
         if name != DEFAULT_NETWORK:
             raise NotFound(f"network {name!r} not found; create it with 'portwright network create {name}' "
                            "or list them with 'portwright network ls'")
         try:
-            return self.create_network(DEFAULT_NETWORK, ipv6=sysctl.ipv6_enabled())
+            return self.create_network(DEFAULT_NETWORK, ipv6=self.host.ipv6_enabled())
         except Conflict:
             # Another concurrent run created it first.
             return self.state.network(DEFAULT_NETWORK)
 
     def remove_network(self, name: str) -> None:
-        require_root("removing a network")
+        self.host.require_root("removing a network")
         with self._network_lock():
             # The in-use check and the removal are one transaction: a 'run' that records its
             # sandbox first makes this refuse; one that comes after finds the network gone.
@@ -150,15 +184,8 @@ class Engine:
                     if r.sandbox.network == name:
                         self.state.remove_sandbox(r.id)
                 self.state.remove_network(name)
-            errors: list[str] = []
-            try:
-                nft.remove_network(name)
-            except PortwrightError as e:
-                errors.append(f"nft: {e}")
-            try:
-                netlink.delete_link(net.bridge)
-            except PortwrightError as e:
-                errors.append(f"bridge: {e}")
+            errors = _collect(("nft", lambda: self.fw.remove_network(name)),
+                              ("bridge", lambda: self.host.delete_link(net.bridge)))
         self.sync_docker_user()
         if errors:
             raise KernelError(f"removing network {name}", "; ".join(errors))
@@ -180,49 +207,149 @@ class Engine:
         try:
             with open(lock_path, "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                nft.docker_user_sync([n.bridge for n in self.state.networks()])
+                self.fw.sync_docker_user([n.bridge for n in self.state.networks()])
         except (PortwrightError, OSError):
             pass
 
-    # ------------------------------------------------------------------ sandboxes
-    def teardown(self, rec: SandboxRecord) -> list[str]:
-        """Remove every kernel object a sandbox may have; errors are collected, not raised."""
+    # ------------------------------------------------------------------ sandbox setup
+    def create(self, spec: SandboxSpec, stack: ExitStack, supervisor_pid: int | None = None) -> Live:
+        """Record, build and publish a sandbox; every step's undo goes on ``stack`` (the caller
+        pops it once CMD runs). Returns what the supervisor keeps alive."""
+        self.host.require_root("portwright run")
+        sid = new_id()
+        name = spec.name or f"pw_{sid[:8]}"
+        if self.state.name_taken(name):
+            raise Conflict(f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
+                           "or choose another --name")
+        net = self.ensure_network(spec.network) if spec.bridged else None
+        sb = self._record(spec, sid, name, net, supervisor_pid)
+        stack.callback(self._forget, sid)
+        self._build(sb, net, stack)
+        live = Live(sandbox=sb, spec=spec, log_path=self._log_path(spec, sid))
+        mode = registry.mode_for(spec)
+        if mode is not None:
+            live.publisher = registry.create(mode, registry.PublishContext(spec, sandbox_owner(sid), self.fw))
+            bound = self._allocate(spec, sb, live.publisher) if spec.bridged else []
+            stack.callback(_close_all, [s for _, s in bound if s is not None])
+            stack.callback(live.publisher.unpublish)
+            live.publisher.publish(bound)
+        live.cgroup = self.host.cgroup_create(sid)
+        stack.callback(self.host.cgroup_kill, live.cgroup)
+        return live
+
+    def _record(self, spec: SandboxSpec, sid: str, name: str, net: Network | None,
+                supervisor_pid: int | None) -> Sandbox:
+        """Take addresses and record the sandbox, in one transaction, before anything exists."""
+        with self.state.tx():
+            ip4: ipaddress.IPv4Address | None = None
+            ip6: ipaddress.IPv6Address | None = None
+            if net is not None:
+                if self.state.find_network(net.name) is None:
+                    # 'network rm' won the race: its transaction removed the network after we
+                    # looked it up. Checked in the same transaction that records the sandbox.
+                    raise NotFound(f"network {net.name!r} was removed while this sandbox was starting; "
+                                   f"create it again with 'portwright network create {net.name}'")
+                others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
+                ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
+                if net.subnet6 is not None:
+                    ip6 = ipam.next_address(net.subnet6, [s.ip6 for s in others if s.ip6])
+            ns_name = None if spec.network == "host" else NETNS_PREFIX + name
+            sb = Sandbox(id=sid, name=name, network=spec.network,
+                         netns=self.host.netns_path(ns_name) if ns_name else None,
+                         veth=None if net is None else VETH_PREFIX + sid[:11], ip4=ip4, ip6=ip6,
+                         mac=ipam.mac_for(ip4, sid) if net else None, publish_mode=registry.mode_for(spec) or "none")
+            self.state.insert_sandbox(sb, list(spec.cmd), spec=spec.to_json(), log_path=self._log_path(spec, sid))
+            if supervisor_pid is not None:
+                self.state.update_sandbox(sid, supervisor_pid=supervisor_pid,
+                                          supervisor_start=proc_start_time(supervisor_pid))
+        return sb
+
+    def _log_path(self, spec: SandboxSpec, sid: str) -> str | None:
+        return os.path.join(self.state.dir, "logs", f"{sid}.log") if spec.detach else None
+
+    def _build(self, sb: Sandbox, net: Network | None, stack: ExitStack) -> None:
+        """Namespace, veth, addresses, routes."""
+        if sb.netns is None:
+            return
+        ns_name = os.path.basename(sb.netns)
+        self.host.netns_add(ns_name)  # fails if pw-NAME exists: never delete what we did not make
+        stack.callback(self.host.netns_delete, ns_name)
+        if net is None or sb.veth is None:
+            self.host.configure_sandbox(ns_name, None, None, None, None)
+            return
+        stack.callback(self.host.delete_link, sb.veth)
+        self.host.create_veth(sb.veth, ns_name, net.bridge, sb.mac)
+        self.host.configure_sandbox(
+            ns_name, f"{sb.ip4}/{net.subnet4.prefixlen}", str(net.gateway4),
+            f"{sb.ip6}/{net.subnet6.prefixlen}" if sb.ip6 and net.subnet6 else None,
+            str(net.gateway6) if sb.ip6 else None)
+
+    def _allocate(self, spec: SandboxSpec, sb: Sandbox, publisher: Publisher) -> Bound:
+        """Host ports for every request, under the state lock (a real bind is the kernel's check)."""
+        specs = spec.port_specs()
+        if not specs:
+            return []
+        with self.state.tx():
+            known = [(f"sandbox {r.name!r} ({r.id})", m) for r in self.state.sandboxes() for m in r.sandbox.mappings]
+            bound = allocate(specs, Target(sb.ip4, sb.ip6), known, ipv6_host=self.host.ipv6_enabled(),
+                             dual_stack=publisher.dual_stack)
+            self.state.set_ports(sb.id, [m for m, _ in bound])
+        return bound
+
+    def _forget(self, sid: str) -> None:
+        with self.state.tx():
+            self.state.remove_sandbox(sid)
+
+    def started(self, live: Live, cmd_pid: int) -> None:
+        self.state.update_sandbox(live.sandbox.id, status="running", cmd_pid=cmd_pid,
+                                  cmd_start=proc_start_time(cmd_pid))
+
+    def finish(self, live: Live, exit_code: int | None) -> list[str]:
+        """CMD is gone: undo the publication and everything else; collect every error."""
         errors: list[str] = []
+        unpublished = True
+        if live.publisher is not None:
+            more = live.publisher.unpublish()
+            unpublished = not more
+            errors += more
+        rec = self.state.find_sandbox(live.sandbox.id)
+        if rec is not None:
+            errors += self.teardown(rec, firewall=not unpublished)
+            self.mark_exited(rec, exit_code)
+        return errors
+
+    # ------------------------------------------------------------------ teardown
+    def teardown(self, rec: SandboxRecord, firewall: bool = True) -> list[str]:
+        """Remove every kernel object a sandbox may have; errors are collected, not raised.
+        ``firewall`` False: its publisher already removed its firewall elements."""
         sb = rec.sandbox
-        try:
-            nft.unpublish(owner_tag(sb.id))
-        except PortwrightError as e:
-            errors.append(f"nft: {e}")
+        steps: list[tuple[str, object]] = []
+        if firewall:
+            steps.append(("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id))))
         if sb.veth:
-            try:
-                netlink.delete_link(sb.veth)
-            except PortwrightError as e:
-                errors.append(f"veth {sb.veth}: {e}")
+            steps.append((f"veth {sb.veth}", lambda: self.host.delete_link(sb.veth or "")))
         if sb.netns:
-            try:
-                netlink.netns_delete(os.path.basename(sb.netns))
-            except PortwrightError as e:
-                errors.append(f"netns {sb.netns}: {e}")
-        errors += cgroup.kill(cgroup.sandbox_path(sb.id))
+            steps.append((f"netns {sb.netns}", lambda: self.host.netns_delete(os.path.basename(sb.netns or ""))))
+        errors = _collect(*steps)
+        errors += self.host.cgroup_kill(self.host.cgroup_path(sb.id))
         addrs = [str(a) for a in (sb.ip4, sb.ip6) if a is not None]
         if addrs:
             # As Docker does when an endpoint goes: a UDP flow that still arrives for this
             # sandbox's published port must not follow the address to the next sandbox given it.
-            try:
-                nft.flush_conntrack_addrs(addrs)
-            except PortwrightError as e:
-                errors.append(f"conntrack: {e}")
+            errors += _collect(("conntrack", lambda: self.fw.flush_conntrack_addrs(addrs)))
         return errors
 
     def mark_exited(self, rec: SandboxRecord, exit_code: int | None) -> None:
+        spec = rec.spec
+        keep = spec.detach and not spec.remove
         with self.state.tx():
-            if rec.spec.get("detach") and not rec.spec.get("remove"):
+            if keep:
                 self.state.set_ports(rec.id, [])
                 self.state.update_sandbox(rec.id, status="exited", exit_code=exit_code, ip4=None, ip6=None,
                                           supervisor_pid=None, cmd_pid=None)
             else:
                 self.state.remove_sandbox(rec.id)
-        if not rec.spec.get("detach") or rec.spec.get("remove"):
+        if not keep:
             _unlink_quietly(rec.log_path)
 
     def reconcile(self) -> list[str]:
@@ -250,35 +377,74 @@ class Engine:
             self.sync_docker_user()
         return cleaned
 
+    # ------------------------------------------------------------------ stop / rm
+    def signal_stop(self, rec: SandboxRecord, grace: float, kill: bool = False) -> None:
+        """Ask a sandbox's supervisor to stop CMD: SIGTERM then SIGKILL after ``grace`` seconds,
+        or (``kill``, as ``rm -f``) SIGKILL to every process of CMD's cgroup at once."""
+        if not pid_alive(rec.supervisor_pid, rec.supervisor_start):
+            return
+        assert rec.supervisor_pid is not None
+        path = self.host.cgroup_path(rec.id)
+        if kill and path is not None and os.path.isdir(path):
+            self.host.cgroup_kill(path)  # the supervisor sees CMD exit and tears down
+            return
+        write_grace(self.state.dir, rec.id, 0 if kill else grace)
+        os.kill(rec.supervisor_pid, signal.SIGTERM)
+
+    def wait_stopped(self, rec: SandboxRecord, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
+            time.sleep(STOP_POLL_SECONDS)
+        if pid_alive(rec.supervisor_pid, rec.supervisor_start):
+            assert rec.supervisor_pid is not None
+            os.kill(rec.supervisor_pid, signal.SIGKILL)
+            time.sleep(0.1)
+
     def stop(self, name: str, timeout: float = 10.0) -> None:
         rec = self.state.sandbox(name)
         if rec.status == "exited":
             return
-        if pid_alive(rec.supervisor_pid, rec.supervisor_start):
-            assert rec.supervisor_pid is not None
-            from .supervisor import grace_path
-
-            os.makedirs(os.path.dirname(grace_path(self.state.dir, rec.id)), exist_ok=True)
-            with open(grace_path(self.state.dir, rec.id), "w") as f:
-                f.write(str(timeout))
-            os.kill(rec.supervisor_pid, signal.SIGTERM)
-            deadline = time.time() + timeout + 5
-            while time.time() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
-                time.sleep(0.05)
-            if pid_alive(rec.supervisor_pid, rec.supervisor_start):
-                os.kill(rec.supervisor_pid, signal.SIGKILL)
-                time.sleep(0.1)
+        self.signal_stop(rec, timeout)
+        self.wait_stopped(rec, timeout + 5)
         self.reconcile()
 
-    def remove(self, name: str, force: bool = False) -> None:
-        rec = self.state.sandbox(name)
-        if rec.status != "exited":
-            if not force:
-                raise Conflict(f"sandbox {rec.name!r} is {rec.status}; stop it first or use 'portwright rm -f'")
-            self.stop(name)
-        rec2 = self.state.find_sandbox(rec.id)
-        if rec2 is not None:
-            self.teardown(rec2)
-            with self.state.tx():
-                self.state.remove_sandbox(rec.id)
-        _unlink_quietly(rec.log_path)
+    def remove(self, names: list[str], force: bool = False) -> list[tuple[str, PortwrightError | None]]:
+        """Remove sandboxes; with ``force``, running ones are killed first, all at once, as
+        ``docker rm -f``. Returns (name, error or None) in the order given."""
+        out: list[tuple[str, PortwrightError | None]] = []
+        recs: list[SandboxRecord] = []
+        for n in names:
+            try:
+                rec = self.state.sandbox(n)
+                if rec.status != "exited" and not force:
+                    raise Conflict(f"sandbox {rec.name!r} is {rec.status}; stop it first or use 'portwright rm -f'")
+                recs.append(rec)
+                out.append((n, None))
+            except PortwrightError as e:
+                out.append((n, e))
+        for rec in recs:
+            if rec.status != "exited":
+                self.signal_stop(rec, 0, kill=True)
+        for rec in recs:
+            if rec.status != "exited":
+                self.wait_stopped(rec, 10)
+        self.reconcile()
+        for rec in recs:
+            rec2 = self.state.find_sandbox(rec.id)
+            if rec2 is not None:
+                self.teardown(rec2)
+                with self.state.tx():
+                    self.state.remove_sandbox(rec.id)
+            _unlink_quietly(rec.log_path)
+        return out
+
+
+def _collect(*steps: tuple[str, object]) -> list[str]:
+    """Run every step (label, callable), keep going past failures, return 'label: error' lines."""
+    errors: list[str] = []
+    for label, fn in steps:
+        try:
+            fn()  # type: ignore[operator]
+        except PortwrightError as e:
+            errors.append(f"{label}: {e}")
+    return errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import TypeVar, overload
 
 from .errors import BadInput, Conflict
 
@@ -19,6 +20,8 @@ PREFIX4 = 24
 PREFIX6 = 64
 
 AnyNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: One family at a time: a v4 network yields v4 addresses, a v6 one v6 addresses.
+Net = TypeVar("Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 def overlapping(net: AnyNet, used: Iterable[AnyNet]) -> AnyNet | None:
@@ -49,25 +52,39 @@ def carve6(used: Iterable[ipaddress.IPv6Network], pool: ipaddress.IPv6Network = 
     raise Conflict(f"no free /{prefix} left in {pool}; remove unused networks or give --subnet6")
 
 
-def parse_subnet(text: str, version: int, flag: str) -> AnyNet:
+@overload
+def parse_subnet(text: str, version: type[ipaddress.IPv4Network], flag: str) -> ipaddress.IPv4Network: ...
+@overload
+def parse_subnet(text: str, version: type[ipaddress.IPv6Network], flag: str) -> ipaddress.IPv6Network: ...
+def parse_subnet(text: str, version: type[AnyNet], flag: str) -> AnyNet:
+    """A user-given subnet of the family ``version`` (IPv4Network or IPv6Network)."""
+    want = 4 if version is ipaddress.IPv4Network else 6
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         raise BadInput(f"{flag} {text!r} is not a valid network ({e}); e.g. 198.18.5.0/24") from None
-    if net.version != version:
-        raise BadInput(f"{flag} {text!r} is IPv{net.version}; expected an IPv{version} network")
-    limit = 30 if version == 4 else 126
+    if net.version != want:
+        raise BadInput(f"{flag} {text!r} is IPv{net.version}; expected an IPv{want} network")
+    limit = 30 if want == 4 else 126
     if net.prefixlen > limit:
         raise BadInput(f"{flag} {text!r} is too small; use a prefix of /{limit} or shorter")
     return net
 
 
+@overload
+def gateway(net: ipaddress.IPv4Network) -> ipaddress.IPv4Address: ...
+@overload
+def gateway(net: ipaddress.IPv6Network) -> ipaddress.IPv6Address: ...
 def gateway(net: AnyNet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The bridge's address: the first host address, as Docker does."""
     return net.network_address + 1
 
 
-def next_address(net: AnyNet, used: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
+@overload
+def next_address(net: ipaddress.IPv4Network, used: Iterable[ipaddress.IPv4Address]) -> ipaddress.IPv4Address: ...
+@overload
+def next_address(net: ipaddress.IPv6Network, used: Iterable[ipaddress.IPv6Address]) -> ipaddress.IPv6Address: ...
+def next_address(net: AnyNet, used: Iterable[ipaddress.IPv4Address] | Iterable[ipaddress.IPv6Address]
                  ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The lowest free host address after the gateway (released addresses are reused)."""
     taken = {int(a) for a in used if a.version == net.version}
@@ -77,7 +94,7 @@ def next_address(net: AnyNet, used: Iterable[ipaddress.IPv4Address | ipaddress.I
     last = int(net.broadcast_address) if net.version == 4 else first + min(net.num_addresses - 3, 1 << 20)
     for n in range(first, last):
         if n not in taken:
-            return ipaddress.ip_address(n) if net.version == 4 else ipaddress.IPv6Address(n)
+            return ipaddress.IPv4Address(n) if net.version == 4 else ipaddress.IPv6Address(n)
     raise Conflict(f"network {net} has no free address left; remove a sandbox or use a larger subnet")
 
 

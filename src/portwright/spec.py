@@ -1,5 +1,7 @@
-"""Parsing of Docker's publish syntax (``-p``, ``--expose``, ``-e``) into frozen dataclasses.
+"""Parsing of a ``run`` request (Docker's ``-p``, ``--expose``, ``-e``, names) into frozen dataclasses.
 
+The CLI turns its arguments into one ``SandboxSpec`` here, once; that spec is what the engine
+works from and what state stores (versioned JSON, read back into the same types).
 Pure: no I/O. Every malformed input raises ``BadInput`` whose message names the offending
 text and says what a valid one looks like. Grammar (Docker's)::
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import BadInput
-from .model import PROTOS, IPAddress, Proto
+from .model import PROTOS, PUBLISH_MODES, IPAddress, Proto
 
 PORT_SYNTAX = "[ip:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp]"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -168,3 +171,129 @@ def check_name(name: str) -> str:
         raise BadInput(f"name {name!r} is invalid; use 1-63 letters, digits, '_', '.', '-', "
                        "starting with a letter or digit")
     return name
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole request
+# ------------------------------------------------------------------------------------------------
+
+SPEC_VERSION = 1  # the "version" of a stored SandboxSpec; from_json reads this and older forms
+DEFAULT_NETWORK = "pw0"
+UDP_TIMEOUT_RANGE = (1.0, 86400.0)  # seconds a relayed UDP flow may stay idle
+
+
+def _range_json(r: PortRange | None) -> list[int] | None:
+    return None if r is None else [r.start, r.end]
+
+
+def _range_from(v: Any) -> PortRange | None:
+    return None if v is None else PortRange(int(v[0]), int(v[1]))
+
+
+def port_spec_json(p: PortSpec) -> dict[str, Any]:
+    return {"host_ip": str(p.host_ip) if p.host_ip is not None else None, "host": _range_json(p.host),
+            "container": _range_json(p.container), "proto": p.proto, "text": p.text}
+
+
+def port_spec_from(d: dict[str, Any]) -> PortSpec:
+    container = _range_from(d["container"])
+    assert container is not None
+    return PortSpec(host_ip=ipaddress.ip_address(d["host_ip"]) if d.get("host_ip") else None,
+                    host=_range_from(d.get("host")), container=container, proto=d["proto"],
+                    text=str(d.get("text", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything ``run`` was asked for, validated (``BadInput`` on any bad field)."""
+
+    cmd: tuple[str, ...]
+    name: str | None = None
+    network: str = DEFAULT_NETWORK  # a network name, "host" or "none"
+    publish: tuple[PortSpec, ...] = ()
+    publish_all: bool = False
+    expose: tuple[ExposeSpec, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    publish_mode: str = "nat"
+    detach: bool = False
+    proxy_protocol: bool = False
+    udp_timeout: float = 90.0
+    remove: bool = False  # --rm: forget a detached sandbox when CMD exits
+    cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys of newer versions
+
+    def __post_init__(self) -> None:
+        if not self.cmd:
+            raise BadInput("no command given; usage: portwright run [OPTIONS] -- CMD [ARG...]")
+        if self.name is not None:
+            check_name(self.name)
+        lo, hi = UDP_TIMEOUT_RANGE
+        if not lo <= self.udp_timeout <= hi:
+            raise BadInput(f"--udp-timeout {self.udp_timeout:g}: give {lo:g} to {hi:g} seconds")
+        if self.publish_mode not in PUBLISH_MODES:
+            raise BadInput(f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}")
+        if self.network == "host" and (self.publish or self.publish_all):
+            raise BadInput("published ports are discarded when using host network mode; drop -p/-P "
+                           "(the command's ports are the host's ports) or use a bridge network")
+        if self.network == "none" and (self.publish or self.publish_all):
+            raise BadInput("--network none has no interface to publish on; drop -p/-P or use a bridge network")
+        if self.network not in ("host", "none"):
+            check_name(self.network)
+
+    @property
+    def bridged(self) -> bool:
+        return self.network not in ("host", "none")
+
+    def port_specs(self) -> list[PortSpec]:
+        """``-p`` requests, then ``-P``'s: every exposed port on a free ephemeral host port."""
+        out = list(self.publish)
+        if self.publish_all:
+            out += [PortSpec(host_ip=None, host=None, container=e.ports, proto=e.proto, text=f"{e.ports}/{e.proto}")
+                    for e in self.expose]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.extra, "version": SPEC_VERSION, "cmd": list(self.cmd), "name": self.name,
+                "network": self.network, "publish": [port_spec_json(p) for p in self.publish],
+                "publish_all": self.publish_all,
+                "expose": [{"ports": _range_json(e.ports), "proto": e.proto} for e in self.expose],
+                "env": [list(kv) for kv in self.env], "publish_mode": self.publish_mode,
+                "detach": self.detach, "proxy_protocol": self.proxy_protocol,
+                "udp_timeout": self.udp_timeout, "remove": self.remove, "cwd": self.cwd}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SandboxSpec:
+        """Read a stored spec: this version's form, or the untyped one of the first release
+        (``-p``/``--expose``/``-e`` kept as the user's text), which is parsed here."""
+        if "version" not in d:
+            return parse_sandbox_spec(**{k: d[k] for k in _LEGACY_KEYS if k in d})
+        known = {"version", *_FIELDS}
+        expose = tuple(ExposeSpec(ports=_range_from(e["ports"]), proto=e["proto"])  # type: ignore[arg-type]
+                       for e in d.get("expose", []))
+        return cls(cmd=tuple(d["cmd"]), name=d.get("name"), network=d.get("network", DEFAULT_NETWORK),
+                   publish=tuple(port_spec_from(p) for p in d.get("publish", [])),
+                   publish_all=bool(d.get("publish_all")), expose=expose,
+                   env=tuple((str(k), str(v)) for k, v in d.get("env", [])),
+                   publish_mode=d.get("publish_mode", "nat"), detach=bool(d.get("detach")),
+                   proxy_protocol=bool(d.get("proxy_protocol")), udp_timeout=float(d.get("udp_timeout", 90.0)),
+                   remove=bool(d.get("remove")), cwd=d.get("cwd", "/"),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+
+_FIELDS = ("cmd", "name", "network", "publish", "publish_all", "expose", "env", "publish_mode", "detach",
+           "proxy_protocol", "udp_timeout", "remove", "cwd")
+_LEGACY_KEYS = _FIELDS
+
+
+def parse_sandbox_spec(cmd: list[str] | tuple[str, ...], *, name: str | None = None,
+                       network: str = DEFAULT_NETWORK, publish: list[str] | tuple[str, ...] = (),
+                       publish_all: bool = False, expose: list[str] | tuple[str, ...] = (),
+                       env: list[str] | tuple[str, ...] = (), publish_mode: str = "nat", detach: bool = False,
+                       proxy_protocol: bool = False, udp_timeout: float = 90.0, remove: bool = False,
+                       cwd: str = "/") -> SandboxSpec:
+    """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error)."""
+    return SandboxSpec(cmd=tuple(cmd), name=name, network=network,
+                       publish=tuple(parse_publish(p) for p in publish), publish_all=publish_all,
+                       expose=tuple(parse_expose(e) for e in expose), env=tuple(parse_env(e) for e in env),
+                       publish_mode=publish_mode, detach=detach, proxy_protocol=proxy_protocol,
+                       udp_timeout=udp_timeout, remove=remove, cwd=cwd)

@@ -15,9 +15,11 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import Conflict, NeedRoot, NotFound
+from .errors import Conflict, NeedRoot, NotFound, PortwrightError
 from .model import Mapping, Network, Sandbox
+from .spec import SandboxSpec
 
 DEFAULT_DIR = "/run/portwright"
 SCHEMA = """
@@ -61,7 +63,7 @@ class SandboxRecord:
     cmd_pid: int | None
     cmd_start: int | None  # CMD's start time: a recorded pid is only trusted while it matches
     cmd: tuple[str, ...]
-    spec: dict[str, object]
+    spec: SandboxSpec
     exit_code: int | None
     log_path: str | None
     created: float
@@ -96,6 +98,33 @@ def pid_alive(pid: int | None, start: int | None) -> bool:
     if not fields or fields[0] == "Z":
         return False
     return start is None or int(fields[19]) == start
+
+
+def _spec(text: str, cmd: str) -> SandboxSpec:
+    """The stored request, read back into its type; a row too damaged to parse still lists."""
+    try:
+        return SandboxSpec.from_json(json.loads(text))
+    except (PortwrightError, ValueError, KeyError, TypeError):
+        return SandboxSpec(cmd=tuple(json.loads(cmd)) or ("?",), extra={"unreadable": True})
+
+
+def grace_path(state_dir: str, sid: str) -> str:
+    """Where ``stop -t N`` leaves the grace period before it sends SIGTERM to the supervisor."""
+    return os.path.join(state_dir, "ctl", f"{sid}.grace")
+
+
+def write_grace(state_dir: str, sid: str, seconds: float) -> None:
+    os.makedirs(os.path.dirname(grace_path(state_dir, sid)), exist_ok=True)
+    with open(grace_path(state_dir, sid), "w") as f:
+        f.write(str(seconds))
+
+
+def read_grace(state_dir: str, sid: str, default: float) -> float:
+    try:
+        with open(grace_path(state_dir, sid)) as f:
+            return max(0.0, float(f.read().strip()))
+    except (OSError, ValueError):
+        return default
 
 
 class State:
@@ -193,10 +222,10 @@ class State:
         return SandboxRecord(sandbox=sb, status=row["status"], supervisor_pid=row["supervisor_pid"],
                              supervisor_start=row["supervisor_start"], cmd_pid=row["cmd_pid"],
                              cmd_start=row["cmd_start"],
-                             cmd=tuple(json.loads(row["cmd"])), spec=json.loads(row["spec"]),
+                             cmd=tuple(json.loads(row["cmd"])), spec=_spec(row["spec"], row["cmd"]),
                              exit_code=row["exit_code"], log_path=row["log_path"], created=row["created"])
 
-    def insert_sandbox(self, sb: Sandbox, cmd: list[str], spec: dict[str, object], status: str = "creating",
+    def insert_sandbox(self, sb: Sandbox, cmd: list[str], spec: dict[str, Any], status: str = "creating",
                        log_path: str | None = None) -> None:
         try:
             self.db.execute(

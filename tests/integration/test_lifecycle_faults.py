@@ -243,7 +243,8 @@ def test_a_failure_after_cmd_started_leaves_nothing(monkeypatch: pytest.MonkeyPa
     """The last setup step fails after CMD is running: CMD and everything else go."""
     from portwright import state as state_mod
     from portwright.errors import PortwrightError
-    from portwright.supervisor import RunOptions, Supervisor
+    from portwright.spec import parse_sandbox_spec
+    from portwright.supervisor import Supervisor
 
     real = state_mod.State.update_sandbox
 
@@ -256,8 +257,8 @@ def test_a_failure_after_cmd_started_leaves_nothing(monkeypatch: pytest.MonkeyPa
     marker = f"{random.randint(100000, 999999)}.125"
     name = uniq("af")
     before_ns, before_links = netns_names(), link_names()
-    sup = Supervisor(RunOptions(cmd=["sh", "-c", f"setsid sleep {marker} & exec sleep {marker}"], name=name,
-                                publish=[f"127.0.0.1:{free_port()}:80"], detach=True))
+    sup = Supervisor(parse_sandbox_spec(["sh", "-c", f"setsid sleep {marker} & exec sleep {marker}"], name=name,
+                                        publish=[f"127.0.0.1:{free_port()}:80"], detach=True))
     with pytest.raises(PortwrightError, match="injected"):
         sup.setup()
     assert wait_until(lambda: not _pids_with(f"sleep {marker}"), timeout=5), "CMD outlived a failed setup"

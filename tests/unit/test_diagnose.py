@@ -31,6 +31,7 @@ from portwright.diagnose.who import parse_port, render, who
 from portwright.errors import BadInput
 from portwright.kernel.sockets import Listener, Process
 from portwright.model import Mapping, Sandbox
+from portwright.spec import SandboxSpec
 from portwright.state import SandboxRecord
 
 DATA = Path(__file__).parent / "data"
@@ -217,7 +218,7 @@ def _record(name: str, sid: str, mode: str, maps: tuple[Mapping, ...], network: 
     sb = Sandbox(id=sid, name=name, network=network, netns=f"/run/netns/pw-{name}" if network != "host" else None,
                  veth=None, ip4=ipaddress.IPv4Address(ip4) if network != "host" else None, publish_mode=mode,
                  mappings=maps)
-    return SandboxRecord(sb, "running", sup, None, cmd_pid, None, ("x",), {}, None, None, 0.0)
+    return SandboxRecord(sb, "running", sup, None, cmd_pid, None, ("x",), SandboxSpec(cmd=("x",)), None, None, 0.0)
 
 
 M8080 = (Mapping("tcp", ip("0.0.0.0"), 8080, ip("198.18.0.2"), 80),

@@ -41,10 +41,11 @@ def test_next_address_full() -> None:
 
 
 def test_parse_subnet_errors() -> None:
-    assert ipam.parse_subnet("198.18.5.0/24", 4, "--subnet").prefixlen == 24
-    for bad, version in (("198.18.5.1/24", 4), ("2001:2::/64", 4), ("nope", 4), ("198.18.5.0/31", 4)):
+    assert ipam.parse_subnet("198.18.5.0/24", ipaddress.IPv4Network, "--subnet").prefixlen == 24
+    assert ipam.parse_subnet("2001:2:5::/64", ipaddress.IPv6Network, "--subnet6").prefixlen == 64
+    for bad in ("198.18.5.1/24", "2001:2::/64", "nope", "198.18.5.0/31"):
         with pytest.raises(BadInput):
-            ipam.parse_subnet(bad, version, "--subnet")
+            ipam.parse_subnet(bad, ipaddress.IPv4Network, "--subnet")
 
 
 def test_mac_like_docker() -> None:

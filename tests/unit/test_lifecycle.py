@@ -12,9 +12,9 @@ import pytest
 from portwright.errors import BadInput
 from portwright.kernel import cgroup
 from portwright.model import Sandbox
-from portwright.spec import check_name
+from portwright.spec import check_name, parse_sandbox_spec
 from portwright.state import State
-from portwright.supervisor import RunOptions
+from portwright.supervisor import check_command
 
 
 @pytest.mark.parametrize("bad", ["x\n", "web\n", "a b", "-x", "", "x" * 64])
@@ -66,9 +66,9 @@ def test_relative_command_is_checked_against_cmds_directory(tmp_path: Path) -> N
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\ntrue\n")
     script.chmod(0o755)
-    RunOptions(cmd=["./script.sh"], cwd=str(tmp_path)).validate()
+    check_command(parse_sandbox_spec(["./script.sh"], cwd=str(tmp_path)))
     with pytest.raises(BadInput, match="script.sh"):
-        RunOptions(cmd=["./script.sh"], cwd="/").validate()
+        check_command(parse_sandbox_spec(["./script.sh"], cwd="/"))
 
 
 def test_cgroup2_root_prefers_the_unified_mount(tmp_path: Path) -> None:

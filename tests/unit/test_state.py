@@ -43,7 +43,7 @@ def _allocate(directory: str, n: int, out: multiprocessing.Queue[str]) -> None:
     for i in range(n):
         with st.tx():
             used = [r.sandbox.ip4 for r in st.sandboxes() if r.sandbox.ip4]
-            ip = ipam.next_address(NET.subnet4, used)  # type: ignore[arg-type]
+            ip = ipam.next_address(NET.subnet4, used)
             sid = f"{os.getpid():06d}{i:06d}"
             st.insert_sandbox(Sandbox(id=sid, name=f"s{sid}", network="n1", netns=None, veth=None, ip4=ip),  # type: ignore[arg-type]
                               ["true"], {})

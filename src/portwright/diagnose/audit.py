@@ -215,11 +215,7 @@ def check_undeclared(snap: Snapshot) -> list[Finding]:
             if rec is not None:
                 declared |= {(m.host_port, m.proto) for m in rec.sandbox.mappings}
                 declared |= {(m.container_port, m.proto) for m in rec.sandbox.mappings}
-                exposed = rec.spec.get("expose") or []
-                for e in exposed if isinstance(exposed, list) else []:
-                    port, _, proto = str(e).partition("/")
-                    if port.isdigit():
-                        declared.add((int(port), proto or "tcp"))
+                declared |= {(port, e.proto) for e in rec.spec.expose for port in e.ports}
             owner = f"sandbox {h.sandbox}"
         else:
             c = snap.docker.find(h.container or "")

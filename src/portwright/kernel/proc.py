@@ -19,3 +19,21 @@ def set_process_name(name: str) -> None:
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:COMM_MAX]), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def set_process_title(title: str) -> None:
+    """What /proc/PID/cmdline (``ps``, ``ss -p``'s readers) shows for this process. A supervisor
+    forked from the fork server would otherwise show the server's command line; this names the
+    sandbox instead. Uses setproctitle when installed; a no-op otherwise."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    try:
+        with open("/proc/self/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        comm = ""
+    setproctitle.setproctitle(title)
+    if comm:
+        set_process_name(comm)  # setproctitle renames comm too; ss -p and ps -o comm keep the short name

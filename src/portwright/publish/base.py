@@ -24,7 +24,7 @@ from ..errors import BadInput, Conflict, PortInUse
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
 from ..model import ANY4, ANY6, IPAddress, Mapping, Proto, bindings_clash
-from ..spec import ExposeSpec, PortSpec
+from ..spec import PortSpec
 from .reserve import bind_socket
 
 
@@ -40,27 +40,30 @@ Bound = list[tuple[Mapping, socket.socket | None]]
 
 
 class Publisher(Protocol):
-    """One publishing mechanism. publish() receives the bound sockets, which it now owns. A
-    mapping's socket is None when another mapping's dual-stack socket holds its port."""
+    """One publishing mechanism, built by the registry for one sandbox (``registry.create``).
+
+    publish() receives the bound sockets, which it now owns; a mapping's socket is None when
+    another mapping's dual-stack socket holds its port. Nothing here raises during teardown."""
 
     name: str
+    #: Allocation binds one dual-stack ``[::]:P`` socket for a wildcard request's two halves.
+    dual_stack: bool
 
-    def publish(self, owner: str, bound: Bound) -> None: ...
+    def publish(self, bound: Bound) -> None: ...
 
     def unpublish(self) -> list[str]:
         """Undo everything; return error descriptions instead of raising (teardown goes on)."""
         ...
 
+    def describe(self) -> list[dict[str, str]]:
+        """One entry per published binding: ``binding`` (host side) and ``path`` (how it is served)."""
+        ...
+
+    def check(self) -> list[str]:
+        """What this publication needs in the kernel and is missing now (empty: all in place)."""
+        ...
+
     def stats(self) -> dict[str, dict[str, int]]: ...
-
-
-def publish_all_specs(expose: Sequence[ExposeSpec]) -> list[PortSpec]:
-    """-P: every exposed port gets a free ephemeral host port."""
-    out = []
-    for e in expose:
-        out.append(PortSpec(host_ip=None, host=None, container=e.ports, proto=e.proto,
-                            text=f"{e.ports}/{e.proto}"))
-    return out
 
 
 def host_ips(spec: PortSpec, target: Target, ipv6_host: bool) -> list[tuple[IPAddress, IPAddress]]:

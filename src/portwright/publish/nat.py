@@ -1,70 +1,78 @@
-"""Kernel NAT publisher: nftables map elements, placeholder reservations, and a proxy for ::1.
+"""Kernel NAT publisher: nftables map elements, placeholder reservations, and a relay for ::1.
 
 The kernel rewrites every IPv4 path (external, host addresses, 127.0.0.1 through
 route_localnet) and every IPv6 path that it can. What IPv6 cannot DNAT — ``[::1]:P``, whose
 loopback source may not leave the host, and an IPv6 binding in front of an IPv4-only sandbox —
-is served by a small in-process proxy on exactly those bindings, so ``localhost`` works
-whichever way it resolves. All other reservation sockets drop everything they receive.
+is served by a small in-process relay on exactly those bindings (``rules.needs_relay`` decides),
+so ``localhost`` works whichever way it resolves. All other reservation sockets drop everything
+they receive. The relay code is imported only when a mapping needs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import socket
+from typing import TYPE_CHECKING
 
-from ..firewall import nft, rules
+from ..firewall import rules
 from ..model import Mapping
-from ..proxy.server import ProxyServer
 from .base import Bound
+from .registry import PublishContext
 from .reserve import make_placeholder
 
-
-def needs_proxy(m: Mapping) -> bool:
-    """The bindings kernel NAT cannot serve."""
-    if m.host_ip.version == 6 and (m.host_ip.is_loopback or m.host_ip.is_unspecified):
-        # A wildcard [::]:P socket only ever sees ::1 traffic: every other IPv6 destination is
-        # DNATed in prerouting/output before it could reach a local socket.
-        return True
-    return not rules.nat_capable(m)
+if TYPE_CHECKING:
+    from ..proxy.server import ProxyServer
 
 
 class NatPublisher:
     name = "nat"
+    dual_stack = True  # one [::]:P reservation holds both families (half the descriptors)
 
-    def __init__(self) -> None:
-        self.owner: str | None = None
+    def __init__(self, ctx: PublishContext) -> None:
+        self.ctx = ctx
+        self.mappings: list[Mapping] = []
+        self.relayed: list[Mapping] = []
         self.sockets: list[socket.socket] = []
         self.proxy: ProxyServer | None = None
+        self.published = False
 
-    def publish(self, owner: str, bound: Bound) -> None:
-        self.owner = owner
+    def publish(self, bound: Bound) -> None:
+        self.mappings = [m for m, _ in bound]
         nat = [m for m, _ in bound if rules.nat_capable(m)]
-        proxied = {m: s for m, s in bound if needs_proxy(m) and s is not None}
+        proxied = {m: s for m, s in bound if rules.needs_relay(m) and s is not None}
         for m, s in bound:
             if m not in proxied and s is not None:
                 self.sockets.append(make_placeholder(s))
         if proxied:
-            # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
-            # has one, so "localhost" reaches the same server whichever way it resolves (most
-            # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
-            v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
-                  for m, _ in bound if m.container_ip.version == 4}
-            relay = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
-                                                                  m.container_ip)): s
-                     for m, s in proxied.items()}
-            srv = ProxyServer(list(relay), sockets=relay)
-            srv.start()
-            self.proxy = srv
+            self._start_relay(bound, proxied)
         if nat:
             # One transaction; it also flushes the published UDP ports' conntrack entries, so a
             # client that sent before the rule existed is not stuck on the host (Docker #8795).
-            nft.publish(owner, nat)
+            self.ctx.firewall.publish(self.ctx.owner, nat)
+            self.published = True
+
+    def _start_relay(self, bound: Bound, proxied: dict[Mapping, socket.socket]) -> None:
+        from ..proxy.server import ProxyServer
+
+        # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
+        # has one, so "localhost" reaches the same server whichever way it resolves (most
+        # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
+        v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
+              for m, _ in bound if m.container_ip.version == 4}
+        relay = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
+                                                              m.container_ip)): s
+                 for m, s in proxied.items()}
+        srv = ProxyServer(list(relay), sockets=relay)
+        srv.start()
+        self.proxy = srv
+        self.relayed = list(proxied)
 
     def unpublish(self) -> list[str]:
         errs: list[str] = []
-        if self.owner is not None:
+        if self.published:
             try:
-                nft.unpublish(self.owner)
+                self.ctx.firewall.unpublish(self.ctx.owner)
+                self.published = False
             except Exception as e:  # teardown goes on
                 errs.append(f"nft unpublish: {e}")
         if self.proxy is not None:
@@ -72,10 +80,26 @@ class NatPublisher:
                 self.proxy.stop()
             except Exception as e:
                 errs.append(f"proxy stop: {e}")
+            self.proxy = None
         for s in self.sockets:
             s.close()
         self.sockets.clear()
         return errs
+
+    def describe(self) -> list[dict[str, str]]:
+        return [{"binding": f"{m.host_binding()}/{m.proto}",
+                 "path": "relay (userland, ::1)" if m in self.relayed else "nat" if rules.nat_capable(m)
+                 else "reserved"} for m in self.mappings]
+
+    def check(self) -> list[str]:
+        """NAT elements of this owner that are missing from the live table."""
+        want = {(m.proto, m.host_ip, m.host_port) for m in self.mappings if rules.nat_capable(m)}
+        if not want:
+            return []
+        tag = rules.owner_tag(self.ctx.owner)
+        have = {(p.proto, p.host_ip, p.host_port) for p in self.ctx.firewall.published() if p.owner == tag}
+        return [f"nft element {proto} {ip} port {port} is missing" for proto, ip, port in sorted(
+            want - have, key=str)]
 
     def stats(self) -> dict[str, dict[str, int]]:
         return self.proxy.stats() if self.proxy is not None else {}

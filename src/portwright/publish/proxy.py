@@ -6,20 +6,31 @@ published ports cost one process, unlike docker-proxy's one process per port and
 
 from __future__ import annotations
 
-from ..proxy.server import ProxyServer
+from typing import TYPE_CHECKING
+
+from ..model import Mapping
 from .base import Bound
+from .registry import PublishContext
+
+if TYPE_CHECKING:
+    from ..proxy.server import ProxyServer
 
 
 class ProxyPublisher:
     name = "proxy"
+    dual_stack = False  # one listener per family: the relay serves each with its own socket
 
-    def __init__(self, proxy_protocol: bool = False, udp_idle_timeout: float = 90.0) -> None:
-        self.proxy_protocol = proxy_protocol
-        self.udp_idle_timeout = udp_idle_timeout
+    def __init__(self, ctx: PublishContext) -> None:
+        self.proxy_protocol = ctx.spec.proxy_protocol
+        self.udp_idle_timeout = ctx.spec.udp_timeout
         self.proxy: ProxyServer | None = None
+        self.mappings: list[Mapping] = []
 
-    def publish(self, owner: str, bound: Bound) -> None:
+    def publish(self, bound: Bound) -> None:
+        from ..proxy.server import ProxyServer
+
         socks = {m: s for m, s in bound if s is not None}
+        self.mappings = [m for m, _ in bound]
         srv = ProxyServer(list(socks), sockets=socks, proxy_protocol=self.proxy_protocol,
                           udp_idle_timeout=self.udp_idle_timeout)
         srv.start()
@@ -32,6 +43,17 @@ class ProxyPublisher:
             self.proxy.stop()
         except Exception as e:
             return [f"proxy stop: {e}"]
+        finally:
+            self.proxy = None
+        return []
+
+    def describe(self) -> list[dict[str, str]]:
+        return [{"binding": f"{m.host_binding()}/{m.proto}", "path": "proxy (userland relay)"}
+                for m in self.mappings]
+
+    def check(self) -> list[str]:
+        if self.mappings and (self.proxy is None or not self.proxy.healthy()):
+            return ["the userland relay is not running"]
         return []
 
     def stats(self) -> dict[str, dict[str, int]]:

@@ -1,0 +1,63 @@
+"""The publisher registry: every publishing mechanism by name, built for one sandbox on demand.
+
+The engine never names a mechanism in code: it asks ``mode_for(spec)`` which one the spec wants and
+``create(name, context)`` for an instance. Modules are imported only when their mechanism is used,
+so a nat sandbox never loads the relay. New mechanisms (the eBPF ones) register here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import BadInput
+
+if TYPE_CHECKING:
+    from ..firewall.backend import Firewall
+    from ..spec import SandboxSpec
+    from .base import Publisher
+
+
+@dataclass(frozen=True, slots=True)
+class PublishContext:
+    """What a publisher is handed: the sandbox's request, its owner tag, and the firewall."""
+
+    spec: SandboxSpec
+    owner: str
+    firewall: Firewall
+
+
+#: name -> "module:Class" of a class taking a PublishContext.
+_REGISTRY: dict[str, str] = {
+    "nat": "portwright.publish.nat:NatPublisher",
+    "proxy": "portwright.publish.proxy:ProxyPublisher",
+    "host": "portwright.publish.host:HostPublisher",
+}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def register(name: str, target: str) -> None:
+    """Add (or replace) a mechanism: ``target`` is ``"package.module:Class"``."""
+    _REGISTRY[name] = target
+
+
+def mode_for(spec: SandboxSpec) -> str | None:
+    """The mechanism a spec asks for: host networking has its own, ``--network none`` has none."""
+    if spec.network == "host":
+        return "host"
+    if spec.network == "none":
+        return None
+    return spec.publish_mode
+
+
+def create(name: str, ctx: PublishContext) -> Publisher:
+    target = _REGISTRY.get(name)
+    if target is None:
+        raise BadInput(f"publish mode {name!r} is unknown; use one of {', '.join(_REGISTRY)}")
+    module, _, cls = target.partition(":")
+    publisher: Publisher = getattr(importlib.import_module(module), cls)(ctx)
+    return publisher

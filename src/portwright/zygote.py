@@ -1,0 +1,301 @@
+"""The fork server: one warm process that forks a supervisor for every detached sandbox.
+
+A Python supervisor started afresh costs its whole interpreter (about 13 MB PSS each, measured).
+Forked from one warm parent that has already imported everything a supervisor runs, its pages are
+shared copy-on-write with the parent and with every sibling, so each sandbox pays only for what
+it writes. ``gc.freeze()`` before each fork keeps the collector from touching (and so copying) the
+shared objects.
+
+The server listens on ``STATE/ctl/zygote.sock``. ``spawn`` (the CLI's ``run -d``) connects (starting
+the server if none answers), sends the request as one JSON line — the spec, the caller's
+environment, and a token naming the code on disk — and reads back the supervisor's one line: ``ok
+ID`` or ``err CODE MESSAGE``. A server whose token differs (portwright was upgraded under it)
+answers ``stale`` and exits; ``spawn`` starts a new one. The server is single-threaded (it must be:
+it forks), reaps its children, re-checks Docker's DOCKER-USER hook for all of them, and exits
+after ``IDLE_SECONDS`` with no child left. Killing it harms no sandbox: supervisors are already
+their own sessions.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .engine import Engine
+from .errors import KernelError, PortwrightError
+from .kernel.proc import set_process_name, set_process_title
+from .spec import SandboxSpec
+from .state import State
+from .supervisor import DOCKER_USER_RECHECK_SECONDS, run, unix_op
+
+NAME = "pw-zygote"
+IDLE_SECONDS = 30.0  # a server with no sandbox left exits after this long
+START_TIMEOUT = 15.0  # seconds a new server may take to answer
+REQUEST_LIMIT = 4 << 20  # bytes: a request is a spec and an environment
+
+
+def socket_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "ctl", "zygote.sock")
+
+
+def pid_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "ctl", "zygote.pid")
+
+
+def code_token() -> str:
+    """Names the code on disk: the size and mtime of every module of the package."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith(".py"):
+                st = os.stat(os.path.join(dirpath, f))
+                h.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Client side (the CLI)
+# ------------------------------------------------------------------------------------------------
+
+def spawn(spec: SandboxSpec, state_dir: str | None = None) -> str:
+    """Start a detached sandbox through the fork server; return its id or raise its error."""
+    state_dir = state_dir or State().dir
+    request = json.dumps({"token": code_token(), "spec": spec.to_json(), "env": dict(os.environ)}).encode()
+    for _ in range(3):
+        conn = _connect(state_dir)
+        try:
+            conn.sendall(request + b"\n")
+            conn.shutdown(socket.SHUT_WR)
+            reply = _read_all(conn).decode().strip()
+        finally:
+            conn.close()
+        if reply == "stale":
+            _wait_gone(state_dir)
+            continue
+        return _parse_reply(reply, state_dir)
+    raise PortwrightError(f"the fork server under {state_dir} keeps answering 'stale'; "
+                          f"kill it (see {pid_path(state_dir)}) and retry")
+
+
+def _parse_reply(reply: str, state_dir: str) -> str:
+    if reply.startswith("ok "):
+        return reply[3:]
+    if reply.startswith("err "):
+        _, code, text = reply.split(" ", 2)
+        err = PortwrightError(text)
+        err.exit_code = int(code)
+        raise err
+    raise PortwrightError("the sandbox's supervisor exited before it was ready; see "
+                          f"{os.path.join(state_dir, 'logs', 'supervisors.log')}")
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+def _try_connect(state_dir: str) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        unix_op(s, socket_path(state_dir), "connect")
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def _connect(state_dir: str) -> socket.socket:
+    s = _try_connect(state_dir)
+    if s is not None:
+        return s
+    _start_server(state_dir)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        s = _try_connect(state_dir)
+        if s is not None:
+            return s
+        time.sleep(0.01)
+    raise KernelError("starting the fork server", f"no answer on {socket_path(state_dir)} after "
+                      f"{START_TIMEOUT:.0f}s; see {os.path.join(state_dir, 'logs', 'supervisors.log')}")
+
+
+def _start_server(state_dir: str) -> None:
+    os.makedirs(os.path.join(state_dir, "ctl"), exist_ok=True)
+    with open(os.path.join(state_dir, "logs", "supervisors.log"), "ab") as log:
+        # -I and cwd=/: it imports only the installed package, never a stray module that happens
+        # to sit in the user's directory (CMD still runs in the spec's cwd).
+        subprocess.Popen([sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                         close_fds=True, cwd="/", env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir})
+
+
+def _wait_gone(state_dir: str) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and os.path.exists(socket_path(state_dir)):
+        time.sleep(0.01)
+
+
+def stop_server(state_dir: str) -> None:
+    """Stop the fork server of this state directory, if one runs (tests, uninstall)."""
+    try:
+        with open(pid_path(state_dir)) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Server side
+# ------------------------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.token = code_token()
+        self.children: set[int] = set()
+        self.idle_since = time.monotonic()
+        self.next_docker_check = 0.0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        path = socket_path(state_dir)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Only one server per state directory: a live one answers, a dead one's socket is stale.
+        probe = _try_connect(state_dir)
+        if probe is not None:
+            probe.close()
+            raise SystemExit(0)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        unix_op(self.sock, path, "bind")
+        self.sock.listen(64)
+        with open(pid_path(state_dir), "w") as f:
+            f.write(str(os.getpid()))
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._quit())
+        while True:
+            self._reap()
+            now = time.monotonic()
+            if not self.children and now - self.idle_since > IDLE_SECONDS:
+                self._quit()
+            if self.children and now >= self.next_docker_check:
+                self._sync_docker_user()
+                self.next_docker_check = now + DOCKER_USER_RECHECK_SECONDS
+            ready, _, _ = select.select([self.sock], [], [], 1.0)
+            if ready:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    continue
+                self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                req = json.loads(_read_limited(conn))
+            except (OSError, ValueError):
+                return
+            if req.get("token") != self.token:
+                conn.sendall(b"stale\n")
+                self._quit()
+            gc.collect()
+            gc.freeze()  # what the children share stays untouched by their collectors
+            pid = os.fork()
+            if pid == 0:
+                self._child(conn, req)  # never returns
+            self.children.add(pid)
+
+    def _child(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        code = 1
+        try:
+            self.sock.close()
+            os.setsid()
+            os.environ.clear()
+            os.environ.update(req.get("env") or {})
+            os.environ["PORTWRIGHT_STATE_DIR"] = self.state_dir
+            set_process_title("portwright _supervise")
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not ours
+            spec = SandboxSpec.from_json(req["spec"])
+            # The reply goes out on this connection; detach() leaves one copy of its descriptor,
+            # which run() closes once it has answered, so the CLI's read ends right then.
+            code = run(spec, ready_fd=conn.detach(), watch_docker_user=False)
+        except BaseException as e:  # the reply line has gone out if setup got that far
+            print(f"portwright: supervisor: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            os._exit(code & 0xFF)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                break
+            if pid == 0:
+                break
+            self.children.discard(pid)
+            if not self.children:
+                self.idle_since = time.monotonic()
+
+    def _sync_docker_user(self) -> None:
+        try:
+            Engine(State(self.state_dir)).sync_docker_user()
+        except (PortwrightError, OSError):
+            pass
+
+    def _quit(self) -> None:
+        for path in (socket_path(self.state_dir), pid_path(self.state_dir)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        os._exit(0)
+
+
+def _read_limited(conn: socket.socket) -> bytes:
+    data = b""
+    while len(data) < REQUEST_LIMIT:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def warm_up() -> None:
+    """Import what a supervisor may run, so children share it instead of each importing it."""
+    from .firewall import backend, nft, rules  # noqa: F401
+    from .proxy import server, tcp, udp  # noqa: F401
+    from .publish import host, nat, proxy  # noqa: F401
+
+
+def main(argv: list[str]) -> int:
+    state_dir = argv[0] if argv else State().dir
+    set_process_name(NAME)
+    set_process_title(f"{NAME} {state_dir}")
+    warm_up()
+    try:
+        srv = Server(state_dir)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return 0
+        raise
+    srv.serve()
+    return 0
