@@ -19,10 +19,11 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import ipam
@@ -81,6 +82,7 @@ class Live:
     publisher: Publisher | None = None
     cgroup: str | None = None
     log_path: str | None = None  # CMD's output, for a detached sandbox
+    sockets: list[socket.socket] = field(default_factory=list)  # every reservation, owned by the publisher
 
 
 class Engine:
@@ -212,9 +214,11 @@ class Engine:
             pass
 
     # ------------------------------------------------------------------ sandbox setup
-    def create(self, spec: SandboxSpec, stack: ExitStack, supervisor_pid: int | None = None) -> Live:
+    def create(self, spec: SandboxSpec, stack: ExitStack, supervisor_pid: int | None = None,
+               serve: bool = True) -> Live:
         """Record, build and publish a sandbox; every step's undo goes on ``stack`` (the caller
-        pops it once CMD runs). Returns what the supervisor keeps alive."""
+        pops it once CMD runs). Returns what the supervisor keeps alive. ``serve`` False leaves
+        the userland relays (``Live.publisher.relays()``) to the process that will hold them."""
         self.host.require_root("portwright run")
         sid = new_id()
         name = spec.name or f"pw_{sid[:8]}"
@@ -230,9 +234,12 @@ class Engine:
         if mode is not None:
             live.publisher = registry.create(mode, registry.PublishContext(spec, sandbox_owner(sid), self.fw))
             bound = self._allocate(spec, sb, live.publisher) if spec.bridged else []
-            stack.callback(_close_all, [s for _, s in bound if s is not None])
+            live.sockets = [s for _, s in bound if s is not None]
+            stack.callback(_close_all, live.sockets)
             stack.callback(live.publisher.unpublish)
             live.publisher.publish(bound)
+            if serve:
+                live.publisher.serve()
         live.cgroup = self.host.cgroup_create(sid)
         stack.callback(self.host.cgroup_kill, live.cgroup)
         return live
@@ -300,21 +307,39 @@ class Engine:
         with self.state.tx():
             self.state.remove_sandbox(sid)
 
-    def started(self, live: Live, cmd_pid: int) -> None:
-        self.state.update_sandbox(live.sandbox.id, status="running", cmd_pid=cmd_pid,
-                                  cmd_start=proc_start_time(cmd_pid))
+    def started(self, live: Live, cmd_pid: int | None) -> None:
+        """CMD runs. Only a sandbox still being created becomes running: one whose CMD already
+        exited and was torn down (a very short CMD) stays as teardown left it."""
+        with self.state.tx():
+            rec = self.state.find_sandbox(live.sandbox.id)
+            if rec is not None and rec.status == "creating":
+                self.state.update_sandbox(live.sandbox.id, status="running", cmd_pid=cmd_pid,
+                                          cmd_start=proc_start_time(cmd_pid) if cmd_pid else None)
+
+    def reap(self, supervisor_pid: int, exit_code: int | None) -> str | None:
+        """A supervisor that cannot tear down itself (the tiny one, tini) has exited with CMD's
+        code: tear its sandbox down now. Returns the sandbox's name, None if it had none."""
+        rec = next((r for r in self.state.sandboxes()
+                    if r.supervisor_pid == supervisor_pid and r.status != "exited"), None)
+        if rec is None:
+            return None
+        for problem in self.teardown(rec):
+            print(f"portwright: teardown of {rec.name}: {problem}", file=sys.stderr)
+        self.mark_exited(rec, exit_code)
+        return rec.name
 
     def finish(self, live: Live, exit_code: int | None) -> list[str]:
         """CMD is gone: undo the publication and everything else; collect every error."""
         errors: list[str] = []
-        unpublished = True
+        firewall_done = False
         if live.publisher is not None:
+            in_kernel = live.publisher.in_kernel
             more = live.publisher.unpublish()
-            unpublished = not more
+            firewall_done = in_kernel and not more
             errors += more
         rec = self.state.find_sandbox(live.sandbox.id)
         if rec is not None:
-            errors += self.teardown(rec, firewall=not unpublished)
+            errors += self.teardown(rec, firewall=not firewall_done)
             self.mark_exited(rec, exit_code)
         return errors
 
@@ -392,20 +417,24 @@ class Engine:
         os.kill(rec.supervisor_pid, signal.SIGTERM)
 
     def wait_stopped(self, rec: SandboxRecord, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
-            time.sleep(STOP_POLL_SECONDS)
-        if pid_alive(rec.supervisor_pid, rec.supervisor_start):
-            assert rec.supervisor_pid is not None
-            os.kill(rec.supervisor_pid, signal.SIGKILL)
-            time.sleep(0.1)
+        """Wait for the supervisor to finish; past ``timeout``, kill CMD's whole cgroup (the
+        supervisor then tears down as usual), and the supervisor itself if it still lingers."""
+        for last_resort in (lambda: self.host.cgroup_kill(self.host.cgroup_path(rec.id)),
+                            lambda: os.kill(rec.supervisor_pid or 0, signal.SIGKILL)):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                time.sleep(STOP_POLL_SECONDS)
+            if not pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                return
+            last_resort()
+            timeout = 5.0
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         rec = self.state.sandbox(name)
         if rec.status == "exited":
             return
         self.signal_stop(rec, timeout)
-        self.wait_stopped(rec, timeout + 5)
+        self.wait_stopped(rec, timeout + 0.5)
         self.reconcile()
 
     def remove(self, names: list[str], force: bool = False) -> list[tuple[str, PortwrightError | None]]:

@@ -1,10 +1,16 @@
 """The supervisor: the one process that stays alive per sandbox. Process plumbing only.
 
-It asks the engine to build the sandbox (``Engine.create``), then spawns CMD in the sandbox's
-netns and cgroup, forwards signals, holds the publisher's sockets and relay, answers ``stats`` on
-a unix control socket, and asks the engine to tear down once CMD is gone (``Engine.finish``).
-``run`` in the foreground *is* the supervisor; ``run -d`` gets one forked from the shared fork
-server (``zygote.py``), so that the interpreter's pages are shared between sandboxes.
+It holds the publisher's sockets and userland relay, starts CMD in the sandbox's netns and cgroup
+(``kernel.spawn``), forwards signals, answers ``stats`` on a unix control socket, and asks the
+engine to tear down once CMD is gone. It waits in one thread: a ``select`` over CMD's pidfd, the
+control socket and a signal wake-up pipe, with the grace timer and the DOCKER-USER re-check as
+deadlines of the same loop.
+
+``run`` in the foreground *is* the supervisor and builds the sandbox itself. A detached sandbox's
+supervisor is forked from the fork server (``zygote.py``) and keeps its memory shared with it: the
+building (state, nftables, ``ip``) happens in a short-lived child of the supervisor, the *builder*,
+which hands the supervisor the sockets (SCM_RIGHTS) and what it needs to know, waits for CMD's
+pid, records it and answers the CLI. Everything the build touched leaves with the builder.
 """
 
 from __future__ import annotations
@@ -12,20 +18,27 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
+import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
 from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
-from .kernel import cgroup, netns
-from .kernel.proc import set_process_name, set_process_title
+from .firewall.backend import default_firewall
+from .kernel import cgroup, netns, spawn
+from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
+from .model import Mapping
+from .owners import sandbox_owner
+from .publish import registry
+from .publish.base import Publisher
 from .spec import SandboxSpec
-from .state import State, grace_path, read_grace
+from .state import State, grace_path, read_grace, state_dir
 
 # How often a foreground supervisor re-checks Docker's DOCKER-USER hook, so that a dockerd started
 # (or restarted) after the sandbox does not cut its traffic with a FORWARD DROP policy. Detached
@@ -34,6 +47,8 @@ DOCKER_USER_RECHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
 FD_LIMIT_TARGET = 1 << 20  # root may raise the hard limit up to fs.nr_open
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+HANDOFF_LIMIT = 1 << 20  # bytes of the builder's message (mappings as JSON)
+MAX_FDS_PER_MESSAGE = 250  # SCM_RIGHTS carries at most 253 descriptors per message
 
 
 def check_command(spec: SandboxSpec) -> None:
@@ -77,161 +92,128 @@ def query_stats(state: State, sid: str) -> dict[str, dict[str, int]]:
         s.close()
 
 
-class Supervisor:
-    """One sandbox's process: asks the engine to build it, then runs CMD and waits."""
+def serve_control(state_dir: str, sid: str) -> socket.socket:
+    path = control_path(state_dir, sid)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        unix_op(srv, path, "bind")
+        srv.listen(8)
+    except OSError as e:
+        srv.close()
+        raise KernelError(f"serving the control socket {path}", e.strerror or str(e)) from None
+    return srv
 
-    def __init__(self, spec: SandboxSpec, engine: Engine | None = None, watch_docker_user: bool = True) -> None:
-        self.spec = spec
-        self.engine = engine or Engine()
-        self.state = self.engine.state
-        self.live: Live | None = None
-        self.child: subprocess.Popen[bytes] | None = None
-        self.stop_requested = threading.Event()
-        self.ctl: socket.socket | None = None
-        self.watch_docker_user = watch_docker_user
 
-    @property
-    def sandbox_id(self) -> str:
-        assert self.live is not None
-        return self.live.sandbox.id
-
-    # -------------------------------------------------------------- setup
-    def setup(self) -> str:
-        """Create everything; on any error, roll back and re-raise. Returns the sandbox id."""
-        check_command(self.spec)
-        with ExitStack() as stack:
-            self.live = self.engine.create(self.spec, stack, supervisor_pid=os.getpid())
-            set_process_title(f"portwright _supervise {self.live.sandbox.name}")
-            self._serve_control()
-            stack.callback(self._close_control)
-            self._start_child()
-            assert self.child is not None
-            self.engine.started(self.live, self.child.pid)
-            if self.spec.bridged and self.watch_docker_user:
-                self._watch_docker_user()
-            stack.pop_all()
-        return self.sandbox_id
-
-    def _start_child(self) -> None:
-        assert self.live is not None
-        spec, sb = self.spec, self.live.sandbox
-        out = open(self.live.log_path, "ab", buffering=0) if self.live.log_path else None
-        join = cgroup.join_fn(self.live.cgroup)
-        enter = netns.preexec_enter(sb.netns) if sb.netns else os.setsid
-
-        def preexec() -> None:
-            join()
-            enter()
-
-        env = {**os.environ, **dict(spec.env)}
-        try:
-            self.child = subprocess.Popen(
-                spec.cmd, env=env, preexec_fn=preexec, cwd=spec.cwd if os.path.isdir(spec.cwd) else "/",
-                stdin=subprocess.DEVNULL if spec.detach else None, stdout=out,
-                stderr=subprocess.STDOUT if out else None, close_fds=True)
-        except OSError as e:
-            raise BadInput(f"cannot start {spec.cmd[0]!r}: {e.strerror}") from None
-        finally:
-            if out is not None:
-                out.close()
-
-    def _watch_docker_user(self) -> None:
-        def loop() -> None:
-            # Its own State handle: SQLite connections are not shared across threads here.
-            engine = Engine(State(self.state.dir), firewall=self.engine.fw)
-            while not self.stop_requested.wait(DOCKER_USER_RECHECK_SECONDS):
-                engine.sync_docker_user()
-
-        threading.Thread(target=loop, name="pw-docker-user", daemon=True).start()
-
-    def _serve_control(self) -> None:
-        path = control_path(self.state.dir, self.sandbox_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+def close_control(srv: socket.socket | None, state_dir: str, sid: str) -> None:
+    if srv is not None:
+        srv.close()
+    for path in (control_path(state_dir, sid), grace_path(state_dir, sid)):
         try:
             os.unlink(path)
-        except FileNotFoundError:
+        except OSError:
             pass
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            unix_op(srv, path, "bind")
-            srv.listen(8)
-        except OSError as e:
-            srv.close()
-            raise KernelError(f"serving the control socket {path}", e.strerror or str(e)) from None
-        self.ctl = srv
-        publisher = self.live.publisher if self.live is not None else None
 
-        def loop() -> None:
-            while True:
-                try:
-                    conn, _ = srv.accept()
-                except OSError:
-                    return
-                with conn:
-                    stats = publisher.stats() if publisher is not None else {}
-                    try:
-                        conn.sendall(json.dumps(stats).encode())
-                    except OSError:
-                        pass
 
-        threading.Thread(target=loop, name="pw-control", daemon=True).start()
+@dataclass(slots=True)
+class Held:
+    """What the long-lived process holds for one sandbox while CMD runs."""
 
-    def _close_control(self) -> None:
-        if self.ctl is None:
-            return
-        self.ctl.close()
-        self.ctl = None
-        for path in (control_path(self.state.dir, self.sandbox_id), grace_path(self.state.dir, self.sandbox_id)):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+    sid: str
+    spec: SandboxSpec | None  # None in a detached supervisor that has no relay to configure
+    state_dir: str
+    cgroup: str | None
+    publisher: Publisher | None
+    name: str = ""
+    ctl: socket.socket | None = None
+    pid: int | None = None
+    sockets: list[socket.socket] = field(default_factory=list)  # reservations kept open while CMD runs
 
-    # -------------------------------------------------------------- run
-    def wait(self) -> int:
-        """Wait for CMD (forwarding signals) and return its exit code (128+N for a signal)."""
-        assert self.child is not None and self.live is not None
-        child = self.child
-        killer: list[threading.Timer] = []
 
-        def kill_group() -> None:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
+    spec = held.spec
+    assert spec is not None
+    return spawn.spawn(spec.cmd, env={**os.environ, **dict(spec.env)}, cwd=spec.cwd, netns_path=netns_path,
+                       cgroup_path=held.cgroup, log_path=log_path, stdin_null=spec.detach)
 
-        def forward(signum: int, _frame: object) -> None:
-            if self.spec.detach or signum == signal.SIGTERM:
-                self.stop_requested.set()
-            try:
-                os.killpg(child.pid, signum)
-            except ProcessLookupError:
-                pass
-            if not killer:  # as docker stop: SIGKILL if CMD outlives the grace period
-                t = threading.Timer(read_grace(self.state.dir, self.sandbox_id, STOP_GRACE_SECONDS), kill_group)
-                t.daemon = True
-                t.start()
-                killer.append(t)
 
-        for s in FORWARDED_SIGNALS:
-            signal.signal(s, forward)
-        # Blocks in waitpid without polling; a signal runs forward() and the wait resumes (PEP 475).
-        rc = child.wait()
-        for t in killer:
-            t.cancel()
+def wait_cmd(held: Held, docker_user: Engine | None) -> int:
+    """Wait for CMD, forwarding signals, serving stats; returns its exit code (128+N for signal N)."""
+    assert held.pid is not None
+    pid = held.pid
+    pidfd = os.pidfd_open(pid)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pending: list[int] = []
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, lambda signum, _frame: pending.append(signum))
+    kill_at = next_docker = float("inf")
+    if docker_user is not None:
+        next_docker = time.monotonic() + DOCKER_USER_RECHECK_SECONDS
+    watched: list[Any] = [pidfd, wake_r] + ([held.ctl] if held.ctl is not None else [])
+    try:
+        while True:
+            timeout = max(0.0, min(kill_at, next_docker) - time.monotonic())
+            ready, _, _ = select.select(watched, [], [], None if timeout == float("inf") else timeout)
+            if pidfd in ready:
+                return spawn.exit_code(os.waitpid(pid, 0)[1])
+            if wake_r in ready:
+                _drain(wake_r)
+                while pending:
+                    _killpg(pid, pending.pop(0))
+                    if kill_at == float("inf"):  # as docker stop: SIGKILL after the grace period
+                        kill_at = time.monotonic() + read_grace(held.state_dir, held.sid, STOP_GRACE_SECONDS)
+            if held.ctl is not None and held.ctl in ready:
+                _answer_stats(held)
+            now = time.monotonic()
+            if now >= kill_at:
+                _killpg(pid, signal.SIGKILL)
+                kill_at = float("inf")
+            if docker_user is not None and now >= next_docker:
+                docker_user.sync_docker_user()
+                next_docker = now + DOCKER_USER_RECHECK_SECONDS
+    finally:
+        signal.set_wakeup_fd(-1)
+        for fd in (pidfd, wake_r, wake_w):
+            os.close(fd)
         # As Docker: when CMD exits, whatever it left behind (in its process group, or detached
         # with setsid but still in the sandbox's cgroup) goes too.
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        cgroup.kill(self.live.cgroup)
-        return 128 - rc if rc < 0 else rc
+        _killpg(pid, signal.SIGKILL)
+        cgroup.kill(held.cgroup)
 
-    def teardown(self, exit_code: int | None) -> list[str]:
-        self.stop_requested.set()
-        self._close_control()
-        return self.engine.finish(self.live, exit_code) if self.live is not None else []
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _killpg(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _answer_stats(held: Held) -> None:
+    assert held.ctl is not None
+    try:
+        conn, _ = held.ctl.accept()
+    except OSError:
+        return
+    with conn:
+        conn.settimeout(2)
+        stats = held.publisher.stats() if held.publisher is not None else {}
+        try:
+            conn.sendall(json.dumps(stats).encode())
+        except OSError:
+            pass
 
 
 def raise_fd_limit() -> None:
@@ -261,22 +243,52 @@ def _report(ready_fd: int | None, line: str) -> None:
         os.close(ready_fd)
 
 
-def run(spec: SandboxSpec, ready_fd: int | None = None, watch_docker_user: bool = True) -> int:
-    """The whole lifecycle. With ready_fd, report "ok ID" or "err CODE MESSAGE" through it."""
+# ------------------------------------------------------------------------------------------------
+# The foreground supervisor: one process builds, holds and tears down
+# ------------------------------------------------------------------------------------------------
+
+class Supervisor:
+    """One sandbox, built and held by this process (``run`` in the foreground, and tests)."""
+
+    def __init__(self, spec: SandboxSpec, engine: Engine | None = None) -> None:
+        self.spec = spec
+        self.engine = engine or Engine()
+        self.live: Live | None = None
+        self.held: Held | None = None
+
+    def setup(self) -> str:
+        """Create everything; on any error, roll back and re-raise. Returns the sandbox id."""
+        check_command(self.spec)
+        with ExitStack() as stack:
+            live = self.live = self.engine.create(self.spec, stack, supervisor_pid=os.getpid())
+            set_process_title(f"portwright _supervise {live.sandbox.name}")
+            held = self.held = Held(live.sandbox.id, self.spec, self.engine.state.dir, live.cgroup, live.publisher,
+                                    name=live.sandbox.name)
+            held.ctl = serve_control(held.state_dir, held.sid)
+            stack.callback(close_control, held.ctl, held.state_dir, held.sid)
+            held.pid = start_cmd(held, live.sandbox.netns, live.log_path)
+            stack.callback(_killpg, held.pid, signal.SIGKILL)
+            self.engine.started(live, held.pid)
+            stack.pop_all()
+        return live.sandbox.id
+
+    def wait(self) -> int:
+        assert self.held is not None
+        return wait_cmd(self.held, self.engine if self.spec.bridged else None)
+
+    def teardown(self, exit_code: int | None) -> list[str]:
+        if self.held is not None:
+            close_control(self.held.ctl, self.held.state_dir, self.held.sid)
+            self.held.ctl = None
+        return self.engine.finish(self.live, exit_code) if self.live is not None else []
+
+
+def run(spec: SandboxSpec) -> int:
+    """The whole lifecycle in this process (``run`` in the foreground)."""
     set_process_name("portwright")
     raise_fd_limit()
-    sup = Supervisor(spec, watch_docker_user=watch_docker_user)
-    try:
-        sid = sup.setup()
-    except PortwrightError as e:
-        if ready_fd is None:
-            raise
-        _report(ready_fd, f"err {e.exit_code} {e}")
-        return e.exit_code
-    except BaseException as e:
-        _report(ready_fd, f"err 1 internal error: {type(e).__name__}: {e}")
-        raise
-    _report(ready_fd, f"ok {sid}")
+    sup = Supervisor(spec)
+    sup.setup()
     code: int | None = None
     try:
         code = sup.wait()
@@ -284,3 +296,282 @@ def run(spec: SandboxSpec, ready_fd: int | None = None, watch_docker_user: bool 
         for problem in sup.teardown(code):
             print(f"portwright: teardown: {problem}", file=sys.stderr)
     return code
+
+
+# ------------------------------------------------------------------------------------------------
+# The detached supervisor (forked from the fork server) and its builder
+# ------------------------------------------------------------------------------------------------
+
+def hold_detached(request: bytes, reply_fd: int) -> int:
+    """The supervisor of a detached sandbox, forked from the fork server with the CLI's request
+    (JSON: the spec and the environment) still unread. Its child, the builder, parses it, builds
+    the sandbox and answers the CLI on ``reply_fd``; this process runs as little Python as it can
+    (every page it writes stops being shared with the fork server and the other sandboxes).
+
+    Two ways to hold a sandbox. Without a userland relay to run, this process becomes ``tini``
+    (exec, through a link named ``portwright``): a 30 KB init that starts CMD, forwards signals to
+    its process group, reaps, and exits with CMD's code, holding the reservation sockets it
+    inherited; the fork server, its parent, then tears the sandbox down. With a relay (proxy mode,
+    or nat's ``[::1]`` relay), it stays Python: the builder starts CMD, this process becomes CMD's
+    parent (as subreaper) once the builder exits, relays, waits and tears down itself."""
+    set_process_name("portwright")
+    set_child_subreaper()
+    raise_fd_limit()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    builder = os.fork()
+    if builder == 0:
+        mine.close()
+        code = 1
+        try:
+            code = _build(request, theirs, reply_fd, holder=os.getppid())
+        finally:
+            os._exit(code)
+    theirs.close()
+    os.close(reply_fd)
+    try:
+        msg, fds = _recv(mine)
+        if "exec" in msg:
+            plan = msg["exec"]
+            hold = _hold_sockets(plan["hold"], plan["argv"][0], fds) if fds else None
+            _send(mine, {"ok": True, "hold": hold})
+            mine.close()
+            _become_tini(plan)  # never returns
+        held = _receive(msg, fds)
+        _send(mine, {"ok": True})
+    except (OSError, ValueError, KeyError, PortwrightError) as e:
+        _send_quietly(mine, {"error": str(e)})
+        mine.close()
+        os.waitpid(builder, 0)  # it rolled back (CMD included) and told the CLI why
+        return 1
+    verdict = _recv(mine)[0]
+    mine.close()
+    os.waitpid(builder, 0)  # CMD is our child from here on
+    if "ok" not in verdict:
+        return 1
+    set_process_title(f"portwright _supervise {held.name}")
+    code = wait_cmd(held, None)
+    return _finish_detached(held, code)
+
+
+def _become_tini(plan: dict[str, Any]) -> None:
+    """Exec the tiny init in the sandbox's cgroup and netns."""
+    try:
+        cgroup.join_fn(plan["cgroup"])()
+        if plan["netns"]:
+            netns.setns(plan["netns"])
+        os.chdir(plan["cwd"] if os.path.isdir(plan["cwd"]) else "/")
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        if plan["log"]:
+            out = os.open(plan["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+        os.execve(plan["tini"], plan["argv"], plan["env"])
+    finally:
+        os._exit(127)
+
+
+def _hold_sockets(link: str, title: str, fds: list[int]) -> int:
+    """The reservation sockets must not reach CMD (tini passes every descriptor on), so a second
+    tiny process, ``sleep infinity`` exec'd through a link also named ``portwright``, holds them
+    and dies with tini (PDEATHSIG). Returns its pid."""
+    holder = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != holder:
+                os._exit(0)  # the sandbox's supervisor is already gone
+            null = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            keep = sorted(fds)
+            low = 3
+            for fd in keep:
+                os.closerange(low, fd)
+                os.set_inheritable(fd, True)
+                low = fd + 1
+            os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            os.execv(link, [title, "infinity"])
+        finally:
+            os._exit(127)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def tiny_links(state_dir: str) -> tuple[str, str] | None:
+    """``STATE/bin/{init,hold}/portwright`` -> tini and sleep: exec'd through these links, the
+    supervisor and the socket holder keep the name (comm, what ``ss -p`` and ``ps`` show)
+    "portwright". None where tini is not installed (the supervisor then stays Python)."""
+    tini = shutil.which("tini")
+    sleep = shutil.which("sleep")
+    if tini is None or sleep is None:
+        return None
+    links = []
+    for kind, target in (("init", tini), ("hold", sleep)):
+        link = os.path.join(state_dir, "bin", kind, "portwright")
+        if os.path.realpath(link) != os.path.realpath(target):
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            tmp = f"{link}.{os.getpid()}"
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+        links.append(link)
+    return links[0], links[1]
+
+
+def _build(request: bytes, chan: socket.socket, reply_fd: int, holder: int) -> int:
+    """In the builder: create the sandbox for ``holder``, hand it over, record CMD, answer the CLI."""
+    try:
+        req = json.loads(request)
+        os.environ.clear()  # CMD gets the environment of the CLI that asked, as a foreground run
+        os.environ.update(req.get("env") or {})
+        os.environ["PORTWRIGHT_STATE_DIR"] = req["state_dir"]
+        spec = SandboxSpec.from_json(req["spec"])
+        engine = Engine()
+        with ExitStack() as stack:
+            check_command(spec)
+            live = engine.create(spec, stack, supervisor_pid=holder, serve=False)
+            relays = live.publisher.relays() if live.publisher is not None else {}
+            links = None if relays else tiny_links(engine.state.dir)
+            if links is not None:
+                pid = _hand_to_tini(live, spec, links, chan, holder)
+            else:
+                pid = _hand_to_python(live, spec, req, relays, chan, stack)
+            engine.started(live, pid)
+            stack.pop_all()
+    except PortwrightError as e:
+        _send_quietly(chan, {"failed": True})
+        _report(reply_fd, f"err {e.exit_code} {e}")
+        return e.exit_code
+    except BaseException as e:
+        _send_quietly(chan, {"failed": True})
+        _report(reply_fd, f"err 1 internal error: {type(e).__name__}: {e}")
+        raise
+    _send_quietly(chan, {"ok": True})
+    _report(reply_fd, f"ok {live.sandbox.id}")
+    return 0
+
+
+def _hand_to_tini(live: Live, spec: SandboxSpec, links: tuple[str, str], chan: socket.socket,
+                  holder: int) -> int | None:
+    """The holder execs tini with CMD; returns CMD's pid once tini has started it (None if CMD
+    was already gone by then)."""
+    sb = live.sandbox
+    argv = [f"portwright:{sb.name}", "-s", "-g", "--", *spec.cmd]
+    env = {**os.environ, **dict(spec.env)}
+    plan = {"tini": links[0], "hold": links[1], "argv": argv, "env": env, "cwd": spec.cwd, "netns": sb.netns,
+            "cgroup": live.cgroup, "log": live.log_path}
+    _send(chan, {"exec": plan}, [s.fileno() for s in live.sockets])
+    answer = _recv(chan)[0]
+    if "ok" not in answer:
+        raise PortwrightError(str(answer.get("error", "the supervisor could not take the sandbox")))
+    return _child_of(holder, exclude={os.getpid(), answer.get("hold") or 0})
+
+
+def _child_of(pid: int, exclude: set[int], timeout: float = 5.0) -> int | None:
+    """The first child of ``pid`` other than ``exclude`` (tini's CMD), waiting up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    path = f"/proc/{pid}/task/{pid}/children"
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                kids = [int(k) for k in f.read().split() if int(k) not in exclude]
+        except OSError:
+            return None  # tini is gone: CMD came and went
+        if kids:
+            return kids[0]
+        time.sleep(0.005)
+    return None
+
+
+def _hand_to_python(live: Live, spec: SandboxSpec, req: dict[str, Any], relays: dict[Mapping, socket.socket],
+                    chan: socket.socket, stack: ExitStack) -> int:
+    """The builder starts CMD and hands the sockets, relays and control socket to the holder."""
+    held = Held(live.sandbox.id, spec, state_dir(), live.cgroup, None, name=live.sandbox.name)
+    ctl = serve_control(held.state_dir, held.sid)
+    stack.callback(close_control, ctl, held.state_dir, held.sid)
+    pid = start_cmd(held, live.sandbox.netns, live.log_path)
+    stack.callback(_killpg, pid, signal.SIGKILL)
+    order = list(relays)
+    fds = [ctl.fileno()] + [relays[m].fileno() for m in order]
+    fds += [s.fileno() for s in live.sockets if s not in relays.values()]
+    _send(chan, {"sid": held.sid, "name": held.name, "cgroup": live.cgroup, "pid": pid,
+                 "relays": [m.to_json() for m in order], "spec": req["spec"] if order else None}, fds)
+    answer = _recv(chan)[0]
+    if "ok" not in answer:
+        raise PortwrightError(str(answer.get("error", "the supervisor could not take the sandbox")))
+    return pid
+
+
+def _send_quietly(chan: socket.socket, msg: dict[str, Any]) -> None:
+    try:
+        _send(chan, msg)
+    except OSError:
+        pass
+
+
+def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
+    """In the Python holder: take the builder's sockets; start the userland relays here (the
+    spec is read only then)."""
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    ctl, rest = socks[0], socks[1:]
+    relays = {Mapping.from_json(m): s for m, s in zip(msg["relays"], rest, strict=False)}
+    publisher = None
+    spec = SandboxSpec.from_json(msg["spec"]) if msg.get("spec") else None
+    mode = registry.mode_for(spec) if spec is not None else None
+    if relays and spec is not None and mode is not None:
+        ctx = registry.PublishContext(spec, sandbox_owner(msg["sid"]), default_firewall())
+        publisher = registry.create(mode, ctx)
+        publisher.serve(relays)
+    return Held(msg["sid"], spec, state_dir(), msg["cgroup"], publisher, name=msg["name"], ctl=ctl,
+                pid=int(msg["pid"]), sockets=rest[len(relays):])
+
+
+def _finish_detached(held: Held, code: int) -> int:
+    close_control(held.ctl, held.state_dir, held.sid)
+    errors = held.publisher.unpublish() if held.publisher is not None else []
+    engine = Engine(State(held.state_dir))
+    rec = engine.state.find_sandbox(held.sid)
+    if rec is not None:
+        errors += engine.teardown(rec)
+        engine.mark_exited(rec, code)
+    for problem in errors:
+        print(f"portwright: teardown of {held.sid}: {problem}", file=sys.stderr)
+    return code
+
+
+def _send(chan: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    header = len(data).to_bytes(4, "big")
+    fds = fds or []
+    chunks = [fds[i:i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)] or [[]]
+    chan.sendall(len(chunks).to_bytes(4, "big"))
+    for chunk in chunks:
+        socket.send_fds(chan, [len(chunk).to_bytes(4, "big")], chunk)
+    chan.sendall(header + data)
+
+
+def _recv(chan: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    fds: list[int] = []
+    n = int.from_bytes(_exactly(chan, 4), "big")
+    for _ in range(n):
+        msg, got, _flags, _addr = socket.recv_fds(chan, 4, MAX_FDS_PER_MESSAGE)
+        if len(msg) != 4 or len(got) != int.from_bytes(msg, "big"):
+            raise ValueError("the descriptor hand-off was cut short")
+        fds += got
+    size = int.from_bytes(_exactly(chan, 4), "big")
+    if size > HANDOFF_LIMIT:
+        raise ValueError("hand-off message too large")
+    return json.loads(_exactly(chan, size)), fds
+
+
+def _exactly(chan: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = chan.recv(n - len(buf))
+        if not chunk:
+            raise ValueError("the other side hung up")
+        buf += chunk
+    return buf
+

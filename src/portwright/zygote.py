@@ -7,9 +7,10 @@ it writes. ``gc.freeze()`` before each fork keeps the collector from touching (a
 shared objects.
 
 The server listens on ``STATE/ctl/zygote.sock``. ``spawn`` (the CLI's ``run -d``) connects (starting
-the server if none answers), sends the request as one JSON line — the spec, the caller's
-environment, and a token naming the code on disk — and reads back the supervisor's one line: ``ok
-ID`` or ``err CODE MESSAGE``. A server whose token differs (portwright was upgraded under it)
+the server if none answers), sends a token naming the code on disk on the first line and the request
+as JSON after it (the spec and the caller's environment), and reads back the supervisor's one line:
+``ok ID`` or ``err CODE MESSAGE``. The server forks at once and does nothing else: the child checks
+the token and hands the unread request to the supervisor (``supervisor.hold_detached``). A server whose token differs (portwright was upgraded under it)
 answers ``stale`` and exits; ``spawn`` starts a new one. The server is single-threaded (it must be:
 it forks), reaps its children, re-checks Docker's DOCKER-USER hook for all of them, and exits
 after ``IDLE_SECONDS`` with no child left. Killing it harms no sandbox: supervisors are already
@@ -29,14 +30,13 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
 
 from .engine import Engine
 from .errors import KernelError, PortwrightError
 from .kernel.proc import set_process_name, set_process_title
 from .spec import SandboxSpec
 from .state import State
-from .supervisor import DOCKER_USER_RECHECK_SECONDS, run, unix_op
+from .supervisor import DOCKER_USER_RECHECK_SECONDS, hold_detached, unix_op
 
 NAME = "pw-zygote"
 IDLE_SECONDS = 30.0  # a server with no sandbox left exits after this long
@@ -72,7 +72,8 @@ def code_token() -> str:
 def spawn(spec: SandboxSpec, state_dir: str | None = None) -> str:
     """Start a detached sandbox through the fork server; return its id or raise its error."""
     state_dir = state_dir or State().dir
-    request = json.dumps({"token": code_token(), "spec": spec.to_json(), "env": dict(os.environ)}).encode()
+    request = code_token().encode() + b"\n" + json.dumps(
+        {"spec": spec.to_json(), "env": dict(os.environ), "state_dir": state_dir}).encode()
     for _ in range(3):
         conn = _connect(state_dir)
         try:
@@ -168,6 +169,7 @@ class Server:
         self.state_dir = state_dir
         self.token = code_token()
         self.children: set[int] = set()
+        self.reapers: set[int] = set()  # children that tear a sandbox down, not supervisors
         self.idle_since = time.monotonic()
         self.next_docker_check = 0.0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -206,53 +208,69 @@ class Server:
                 self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            try:
-                req = json.loads(_read_limited(conn))
-            except (OSError, ValueError):
-                return
-            if req.get("token") != self.token:
-                conn.sendall(b"stale\n")
-                self._quit()
-            gc.collect()
-            gc.freeze()  # what the children share stays untouched by their collectors
-            pid = os.fork()
-            if pid == 0:
-                self._child(conn, req)  # never returns
-            self.children.add(pid)
+        """Fork at once; the child reads the request. The server itself runs as little code as
+        possible between forks: every page it writes stops being shared with the children."""
+        gc.freeze()  # what the children share stays untouched by their collectors
+        pid = os.fork()
+        if pid == 0:
+            self._child(conn)  # never returns
+        conn.close()
+        self.children.add(pid)
 
-    def _child(self, conn: socket.socket, req: dict[str, Any]) -> None:
+    def _child(self, conn: socket.socket) -> None:
         code = 1
         try:
             self.sock.close()
             os.setsid()
-            os.environ.clear()
-            os.environ.update(req.get("env") or {})
-            os.environ["PORTWRIGHT_STATE_DIR"] = self.state_dir
-            set_process_title("portwright _supervise")
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not ours
-            spec = SandboxSpec.from_json(req["spec"])
+            conn.settimeout(10)
+            token, _, request = _read_limited(conn).partition(b"\n")
+            conn.settimeout(None)
+            if token.decode(errors="replace") != self.token:
+                conn.sendall(b"stale\n")
+                os.kill(os.getppid(), signal.SIGTERM)  # the server runs old code: it goes
+                return
             # The reply goes out on this connection; detach() leaves one copy of its descriptor,
-            # which run() closes once it has answered, so the CLI's read ends right then.
-            code = run(spec, ready_fd=conn.detach(), watch_docker_user=False)
+            # which the builder answers on and closes, so the CLI's read ends right then.
+            code = hold_detached(request, conn.detach())
         except BaseException as e:  # the reply line has gone out if setup got that far
             print(f"portwright: supervisor: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
             os._exit(code & 0xFF)
 
     def _reap(self) -> None:
+        """Collect exited children. A supervisor that was tini cannot tear its sandbox down
+        itself: a short-lived child of this server does it (the server's own pages stay clean)."""
         while self.children:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 break
             if pid == 0:
                 break
             self.children.discard(pid)
+            if pid in self.reapers:
+                self.reapers.discard(pid)
+            else:
+                self._tear_down_after(pid, os.waitstatus_to_exitcode(status))
             if not self.children:
                 self.idle_since = time.monotonic()
+
+    def _tear_down_after(self, pid: int, code: int) -> None:
+        reaper = os.fork()
+        if reaper == 0:
+            rc = 1
+            try:
+                self.sock.close()
+                Engine(State(self.state_dir)).reap(pid, 128 - code if code < 0 else code)
+                rc = 0
+            except BaseException as e:
+                print(f"portwright: reaping supervisor {pid}: {type(e).__name__}: {e}", file=sys.stderr)
+            finally:
+                os._exit(rc)
+        self.children.add(reaper)
+        self.reapers.add(reaper)
 
     def _sync_docker_user(self) -> None:
         try:
@@ -291,6 +309,7 @@ def main(argv: list[str]) -> int:
     set_process_name(NAME)
     set_process_title(f"{NAME} {state_dir}")
     warm_up()
+    gc.collect()
     try:
         srv = Server(state_dir)
     except OSError as e:

@@ -64,6 +64,7 @@ def _publish(mode: str, backend: FakeBackend, echo: Echo, spec_text: str) -> tup
     bound = allocate(spec.port_specs(), Target(LOOP4, None), [], ipv6_host=_ipv6(), dual_stack=pub.dual_stack)
     bound = [(Mapping(m.proto, m.host_ip, m.host_port, m.container_ip, echo.port), s) for m, s in bound]
     pub.publish(bound)
+    pub.serve()
     return pub, [m for m, _ in bound]
 
 

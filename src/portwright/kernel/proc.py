@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 
 PR_SET_NAME = 15  # include/uapi/linux/prctl.h
+PR_SET_CHILD_SUBREAPER = 36  # include/uapi/linux/prctl.h
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel keeps only this many bytes
 
 
@@ -37,3 +39,18 @@ def set_process_title(title: str) -> None:
     setproctitle.setproctitle(title)
     if comm:
         set_process_name(comm)  # setproctitle renames comm too; ss -p and ps -o comm keep the short name
+
+
+def set_child_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants become this process's children (not
+    init's), so it can wait for a CMD that another of its children started."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): the kernel sends ``signum`` when the parent exits; it survives exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")

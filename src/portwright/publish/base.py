@@ -42,14 +42,27 @@ Bound = list[tuple[Mapping, socket.socket | None]]
 class Publisher(Protocol):
     """One publishing mechanism, built by the registry for one sandbox (``registry.create``).
 
-    publish() receives the bound sockets, which it now owns; a mapping's socket is None when
-    another mapping's dual-stack socket holds its port. Nothing here raises during teardown."""
+    ``publish`` does the kernel's part and takes ownership of the bound sockets (a mapping's socket
+    is None when another mapping's dual-stack socket holds its port). What needs a userland relay
+    is ``relays()``; ``serve`` starts that relay in the calling process, which is the one that
+    stays alive for the sandbox (the supervisor), while ``publish`` may run in a short-lived
+    builder. Nothing here raises during teardown."""
 
     name: str
     #: Allocation binds one dual-stack ``[::]:P`` socket for a wildcard request's two halves.
     dual_stack: bool
+    #: This instance put elements in the firewall, and its unpublish removes them.
+    in_kernel: bool
 
     def publish(self, bound: Bound) -> None: ...
+
+    def relays(self) -> dict[Mapping, socket.socket]:
+        """The bindings a userland relay must serve, with their sockets (after publish)."""
+        ...
+
+    def serve(self, relays: dict[Mapping, socket.socket] | None = None) -> None:
+        """Start the userland relay here, for ``relays`` (default: this instance's own)."""
+        ...
 
     def unpublish(self) -> list[str]:
         """Undo everything; return error descriptions instead of raising (teardown goes on)."""

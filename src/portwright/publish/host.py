@@ -6,8 +6,11 @@ as the host's own.
 
 from __future__ import annotations
 
+import socket
+
 from ..errors import PortInUse
 from ..kernel import sockets as ksockets
+from ..model import Mapping
 from .base import Bound
 from .registry import PublishContext
 
@@ -15,6 +18,7 @@ from .registry import PublishContext
 class HostPublisher:
     name = "host"
     dual_stack = False  # nothing is bound: CMD's own sockets are the host's
+    in_kernel = False
 
     def __init__(self, ctx: PublishContext) -> None:
         self.ctx = ctx
@@ -26,6 +30,12 @@ class HostPublisher:
                 for ln in ksockets.holders(e.proto, port):
                     who = ksockets.describe_owner(e.proto, port, ln.ip)
                     raise PortInUse(f"{ln.binding}/{e.proto} (exposed with --network host)", who)
+
+    def relays(self) -> dict[Mapping, socket.socket]:
+        return {}
+
+    def serve(self, relays: dict[Mapping, socket.socket] | None = None) -> None:
+        """Nothing to relay: CMD's own sockets serve."""
 
     def unpublish(self) -> list[str]:
         return []

@@ -31,48 +31,53 @@ class NatPublisher:
     def __init__(self, ctx: PublishContext) -> None:
         self.ctx = ctx
         self.mappings: list[Mapping] = []
-        self.relayed: list[Mapping] = []
+        self._relays: dict[Mapping, socket.socket] = {}
         self.sockets: list[socket.socket] = []
         self.proxy: ProxyServer | None = None
-        self.published = False
+        self.in_kernel = False
 
     def publish(self, bound: Bound) -> None:
         self.mappings = [m for m, _ in bound]
         nat = [m for m, _ in bound if rules.nat_capable(m)]
         proxied = {m: s for m, s in bound if rules.needs_relay(m) and s is not None}
         for m, s in bound:
-            if m not in proxied and s is not None:
-                self.sockets.append(make_placeholder(s))
+            if s is not None:
+                self.sockets.append(s if m in proxied else make_placeholder(s))
         if proxied:
-            self._start_relay(bound, proxied)
+            # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
+            # has one, so "localhost" reaches the same server whichever way it resolves (most
+            # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
+            v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
+                  for m, _ in bound if m.container_ip.version == 4}
+            self._relays = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
+                                                                        m.container_ip)): s
+                            for m, s in proxied.items()}
         if nat:
             # One transaction; it also flushes the published UDP ports' conntrack entries, so a
             # client that sent before the rule existed is not stuck on the host (Docker #8795).
             self.ctx.firewall.publish(self.ctx.owner, nat)
-            self.published = True
+            self.in_kernel = True
 
-    def _start_relay(self, bound: Bound, proxied: dict[Mapping, socket.socket]) -> None:
+    def relays(self) -> dict[Mapping, socket.socket]:
+        return dict(self._relays)
+
+    def serve(self, relays: dict[Mapping, socket.socket] | None = None) -> None:
+        relays = self._relays if relays is None else relays
+        if not relays:
+            return
         from ..proxy.server import ProxyServer
 
-        # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
-        # has one, so "localhost" reaches the same server whichever way it resolves (most
-        # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
-        v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
-              for m, _ in bound if m.container_ip.version == 4}
-        relay = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
-                                                              m.container_ip)): s
-                 for m, s in proxied.items()}
-        srv = ProxyServer(list(relay), sockets=relay)
+        self._relays = dict(relays)
+        srv = ProxyServer(list(relays), sockets=relays)
         srv.start()
         self.proxy = srv
-        self.relayed = list(proxied)
 
     def unpublish(self) -> list[str]:
         errs: list[str] = []
-        if self.published:
+        if self.in_kernel:
             try:
                 self.ctx.firewall.unpublish(self.ctx.owner)
-                self.published = False
+                self.in_kernel = False
             except Exception as e:  # teardown goes on
                 errs.append(f"nft unpublish: {e}")
         if self.proxy is not None:
@@ -88,7 +93,7 @@ class NatPublisher:
 
     def describe(self) -> list[dict[str, str]]:
         return [{"binding": f"{m.host_binding()}/{m.proto}",
-                 "path": "relay (userland, ::1)" if m in self.relayed else "nat" if rules.nat_capable(m)
+                 "path": "relay (userland, ::1)" if rules.needs_relay(m) else "nat" if rules.nat_capable(m)
                  else "reserved"} for m in self.mappings]
 
     def check(self) -> list[str]:

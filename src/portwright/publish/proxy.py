@@ -6,6 +6,7 @@ published ports cost one process, unlike docker-proxy's one process per port and
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from ..model import Mapping
@@ -25,19 +26,32 @@ class ProxyPublisher:
         self.udp_idle_timeout = ctx.spec.udp_timeout
         self.proxy: ProxyServer | None = None
         self.mappings: list[Mapping] = []
+        self._relays: dict[Mapping, socket.socket] = {}
+        self.in_kernel = False  # nothing of this mechanism lives in the firewall
 
     def publish(self, bound: Bound) -> None:
+        self.mappings = [m for m, _ in bound]
+        self._relays = {m: s for m, s in bound if s is not None}
+
+    def relays(self) -> dict[Mapping, socket.socket]:
+        return dict(self._relays)
+
+    def serve(self, relays: dict[Mapping, socket.socket] | None = None) -> None:
         from ..proxy.server import ProxyServer
 
-        socks = {m: s for m, s in bound if s is not None}
-        self.mappings = [m for m, _ in bound]
-        srv = ProxyServer(list(socks), sockets=socks, proxy_protocol=self.proxy_protocol,
+        relays = self._relays if relays is None else relays
+        self._relays = dict(relays)
+        if not self.mappings:
+            self.mappings = list(relays)
+        srv = ProxyServer(list(relays), sockets=relays, proxy_protocol=self.proxy_protocol,
                           udp_idle_timeout=self.udp_idle_timeout)
         srv.start()
         self.proxy = srv
 
     def unpublish(self) -> list[str]:
         if self.proxy is None:
+            for s in self._relays.values():
+                s.close()
             return []
         try:
             self.proxy.stop()
@@ -52,7 +66,7 @@ class ProxyPublisher:
                 for m in self.mappings]
 
     def check(self) -> list[str]:
-        if self.mappings and (self.proxy is None or not self.proxy.healthy()):
+        if self.mappings and (self.proxy is None or not self.proxy.alive()):
             return ["the userland relay is not running"]
         return []
 

@@ -1,0 +1,69 @@
+"""Starting CMD: fork, join the sandbox's cgroup and netns, become a session leader, exec.
+
+Plain ``os.fork``/``os.execvpe`` instead of ``subprocess.Popen``: the supervisor stays small (Popen's
+machinery would be copied into every sandbox's process) and owns every step between fork and exec.
+A pipe closed on exec carries an exec failure back as one line, so a missing program is a clear
+error and not a silent exit 127.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Mapping, Sequence
+
+from ..errors import BadInput
+from . import cgroup, netns
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str, netns_path: str | None,
+          cgroup_path: str | None, log_path: str | None, stdin_null: bool) -> int:
+    """Start argv in the sandbox; return its pid (also its process group and session id)."""
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640) if log_path else None
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: only os-level calls until exec
+        try:
+            os.close(r)
+            cgroup.join_fn(cgroup_path)()
+            if netns_path is not None:
+                netns.setns(netns_path)
+            os.setsid()
+            os.chdir(cwd if os.path.isdir(cwd) else "/")
+            if stdin_null:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+            if out is not None:
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+            _close_from(3, keep=w)
+            os.execvpe(argv[0], list(argv), dict(env))
+        except BaseException as e:
+            try:
+                os.write(w, (getattr(e, "strerror", None) or str(e) or type(e).__name__).encode()[:400])
+            finally:
+                os._exit(127)
+    os.close(w)
+    if out is not None:
+        os.close(out)
+    try:
+        failure = os.read(r, 512)
+    finally:
+        os.close(r)
+    if failure:
+        os.waitpid(pid, 0)
+        raise BadInput(f"cannot start {argv[0]!r}: {failure.decode(errors='replace')}")
+    return pid
+
+
+def _close_from(low: int, keep: int) -> None:
+    """Close every inherited descriptor but ``keep`` (which closes itself on exec)."""
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    os.closerange(low, keep)
+    os.closerange(keep + 1, max(top, keep + 1))
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell shows it: the exit code, or 128+N for death by signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
