@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
@@ -184,7 +183,7 @@ def _netns_for_exec(args: argparse.Namespace) -> str | None:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .kernel import netns
+    from .kernel import runner
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
@@ -197,9 +196,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
     path = _netns_for_exec(args)
-    pre: Callable[[], None] | None = (lambda: netns.setns(path)) if path else None
     try:
-        return subprocess.call(cmd, preexec_fn=pre)
+        return runner.call(cmd, netns_path=path)
     except FileNotFoundError:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
 

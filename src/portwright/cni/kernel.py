@@ -23,7 +23,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,8 +31,8 @@ from typing import Any
 from ..errors import KernelError, MissingTool, NeedRoot, PortInUse
 from ..firewall import dockeruser, rules
 from ..firewall.backend import Firewall, default_firewall
+from ..kernel import runner, sysctl
 from ..kernel import sockets as ksockets
-from ..kernel import sysctl
 from ..model import Mapping
 from . import protocol as p
 from .holder import HOLDER_MODULE, Binding, holder_pids
@@ -68,14 +67,13 @@ class Host:
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
         r, w = os.pipe()
         try:
-            proc = subprocess.Popen(
+            pid = runner.spawn_detached(
                 [sys.executable, "-m", HOLDER_MODULE, "--owner", owner, "--network", network,
                  "--ready-fd", str(w), "--bindings", json.dumps([b.to_json() for b in bindings])],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(w,), close_fds=True, start_new_session=True, cwd="/")
-        except OSError as e:
+                log_path=None, pass_fds=(w,), what="starting the portwright-cni holder process")
+        except BaseException:
             os.close(r)
-            raise KernelError("starting the portwright-cni holder process", str(e), e.errno) from None
+            raise
         finally:
             os.close(w)
         try:
@@ -84,7 +82,7 @@ class Host:
             os.close(r)
         if line.startswith("OK"):
             return
-        self._kill(proc.pid)
+        self._kill(pid)
         parts = line.split(None, 3)
         if len(parts) >= 3 and parts[1] == "EADDRINUSE":
             b = next((x for x in bindings if x.text == parts[2]), None)

@@ -18,17 +18,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import KernelError, MissingTool, NeedRoot
+from ..errors import KernelError, NeedRoot
+from ..kernel import runner
 from ..model import IPAddress
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Priority of the nat hook's DNAT stage (NF_IP_PRI_NAT_DST): earlier chains can drop before DNAT.
 NAT_DST_PRIORITY = -100
+READ_TIMEOUT = 30.0  # seconds for one ``nft list ruleset``
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 _DNAT_TEXT = re.compile(r"\bdnat(?: ip6?)? to (\[[0-9a-fA-F:.]+\]|[0-9a-fA-F:.]+?)(?::(\d+)(?:-\d+)?)?(?:\s|$)")
 _REDIRECT_TEXT = re.compile(r"\bredirect to :(\d+)")
@@ -405,14 +405,12 @@ def parse_ruleset(data: dict[str, Any] | str, text: str = "") -> Ruleset:
 
 def read_ruleset() -> Ruleset:
     """The live ruleset of this network namespace (needs root)."""
-    if shutil.which("nft") is None:
-        raise MissingTool("nft", "nftables")
-    j = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30)
+    j = runner.run(["nft", "-j", "list", "ruleset"], timeout=READ_TIMEOUT)
     if j.returncode != 0:
         if "Operation not permitted" in j.stderr:
             raise NeedRoot("reading the nftables ruleset (nft list ruleset)")
         raise KernelError("nft -j list ruleset", j.stderr or f"exit {j.returncode}")
-    t = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True, timeout=30)
+    t = runner.run(["nft", "-a", "list", "ruleset"], timeout=READ_TIMEOUT)
     return parse_ruleset(j.stdout, t.stdout if t.returncode == 0 else "")
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import NeedRoot, PortwrightError
-from ..kernel import sockets
+from ..kernel import runner, sockets
 from ..kernel.sockets import Listener, Process
 from ..model import IPAddress, Mapping, Network
 from ..state import SandboxRecord, State, pid_alive
@@ -141,6 +140,10 @@ class Snapshot:
             return Holder(UNKNOWN)
         base = dict(pid=proc.pid, comm=proc.comm, cmdline=proc.cmdline)
         rec = self.sandbox_by_supervisor(proc.pid)
+        if rec is None and proc.comm == "portwright":
+            # A detached sandbox's reservations may sit in a child of its supervisor (the socket
+            # holder next to tini): it belongs to the supervisor's sandbox.
+            rec = self.sandbox_by_supervisor(self.ppid.get(proc.pid, 0))
         if rec is not None:
             m = _mapping_for(rec, ln)
             # nat mode serves what the kernel cannot DNAT ([::1], [::]) with an in-process proxy;
@@ -214,9 +217,9 @@ def _mapping_for(rec: SandboxRecord, ln: Listener | None) -> Mapping | None:
 # ---------------------------------------------------------------- collection (I/O)
 def _addrs() -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None, str, tuple[IPAddress, ...]]:
     try:
-        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+        out = runner.run(["ip", "-j", "addr", "show"], timeout=10).stdout
         links = json.loads(out or "[]")
-    except (OSError, ValueError, subprocess.SubprocessError):
+    except (PortwrightError, ValueError):  # no ip, or it hung: diagnose without host addresses
         links = []
     h4: ipaddress.IPv4Address | None = None
     h6: ipaddress.IPv6Address | None = None

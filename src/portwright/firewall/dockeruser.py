@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import subprocess
 from collections.abc import Sequence
 
 from portwright.errors import KernelError, NeedRoot
+from portwright.kernel import runner
 
 CHAIN = "DOCKER-USER"
 COMMENT = "portwright"
@@ -28,14 +27,16 @@ COMMENT = "portwright"
 CNI_COMMENT = "portwright-cni"
 TOOLS = ("iptables", "ip6tables")  # the same backend dockerd uses (iptables-nft on Debian 12)
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"
+IPTABLES_TIMEOUT = 60.0  # seconds; -w 10 waits for the xtables lock, so this only catches hangs
 
 
-def _run(tool: str, args: list[str], netns: str | None) -> subprocess.CompletedProcess[str]:
-    argv = [tool, "-w", "10", *args]
-    ns = netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
-    if ns:
-        argv = ["ip", "netns", "exec", ns, *argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+def _ns(netns: str | None) -> str | None:
+    return netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
+
+
+def _run(tool: str, args: list[str], netns: str | None) -> runner.CompletedProcess[str]:
+    # -w: wait for the xtables lock (dockerd may hold it) rather than fail at once.
+    return runner.run([tool, "-w", "10", *args], netns=_ns(netns), timeout=IPTABLES_TIMEOUT)
 
 
 def rule_specs(bridges: Sequence[str], comment: str = COMMENT) -> list[list[str]]:
@@ -59,17 +60,17 @@ def _ours(listing: str, comment: str = COMMENT) -> list[list[str]]:
 
 
 def _link_exists(dev: str, netns: str | None) -> bool:
-    ns = netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
+    ns = _ns(netns)
     if ns is None:
         return os.path.exists(f"/sys/class/net/{dev}")
-    return subprocess.run(["ip", "-n", ns, "link", "show", "dev", dev], capture_output=True).returncode == 0
+    return runner.run(["ip", "-n", ns, "link", "show", "dev", dev]).returncode == 0
 
 
 def _listings(netns: str | None) -> list[tuple[str, str]]:
     """(tool, ``-S DOCKER-USER`` listing) for each family where dockerd made the chain."""
     out: list[tuple[str, str]] = []
     for tool in TOOLS:
-        if shutil.which(tool) is None:
+        if not runner.available(tool):
             continue  # no such tool: dockerd cannot have made the chain with it either
         listing = _run(tool, ["-t", "filter", "-S", CHAIN], netns)
         if listing.returncode != 0:

@@ -9,7 +9,8 @@ to go on. The operations themselves (publish with its clash check, unpublish, ne
 written once, over any backend, in ``ops.Firewall``, which holds ``TABLE_LOCK`` from each read
 until what it decided from it is applied.
 
-Every tool takes ``netns``: when given (or when ``PORTWRIGHT_FW_NETNS`` is set) it runs under
+Every tool runs through ``kernel.runner`` (a missing tool names its package, a hung one times
+out) and takes ``netns``: when given (or when ``PORTWRIGHT_FW_NETNS`` is set) it runs under
 ``ip netns exec NETNS``, so tests can work on a throwaway namespace's table without touching
 the host's.
 
@@ -32,14 +33,13 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from portwright.errors import KernelError, MissingTool, NeedRoot
+from portwright.errors import KernelError, NeedRoot
 from portwright.firewall import dockeruser, rules
 from portwright.firewall.ops import Firewall
+from portwright.kernel import runner
 from portwright.model import Mapping, Network
 
 __all__ = ["NftBackend", "run", "table_json", "table_lock", "flush_conntrack", "flush_conntrack_ports",
@@ -50,6 +50,7 @@ __all__ = ["NftBackend", "run", "table_json", "table_lock", "flush_conntrack", "
 
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
 NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
+CONNTRACK_TIMEOUT = 30.0
 # Host-wide, not under PORTWRIGHT_STATE_DIR: every portwright (any state dir, the CNI plugin)
 # shares the host's table. One lock for every namespace's table: held for one transaction.
 TABLE_LOCK = "/run/portwright/nft.lock"
@@ -59,20 +60,7 @@ def _netns(netns: str | None) -> str | None:
     return netns if netns is not None else (os.environ.get(NETNS_ENV) or None)
 
 
-def _exec(argv: list[str], netns: str | None, *, tool: str, package: str, input: str | None = None,
-          timeout: float = NFT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    if shutil.which(argv[0]) is None:
-        raise MissingTool(tool, package)
-    ns = _netns(netns)
-    if ns:
-        argv = ["ip", "netns", "exec", ns, *argv]
-    try:
-        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise KernelError(" ".join(argv[:4]), f"timed out after {timeout:.0f}s") from e
-
-
-def _nft_error(p: subprocess.CompletedProcess[str], what: str) -> KernelError | NeedRoot:
+def _nft_error(p: runner.CompletedProcess[str], what: str) -> KernelError | NeedRoot:
     detail = " ".join(line.strip() for line in (p.stderr or "").splitlines() if line.strip()
                       and not set(line.strip()) <= {"^", "~"})
     if "Operation not permitted" in detail:
@@ -105,19 +93,20 @@ def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
         tables = sorted({(c["add"]["map"]["family"], c["add"]["map"]["table"]) for c in cmds
                          if _concat_map_text(c)})
         text = "\n".join([*(f"add table {f} {t}" for f, t in tables), *prelude]) + "\n"
-        p = _exec(["nft", "-f", "-"], netns, tool="nft", package="nftables", input=text)
+        p = runner.run(["nft", "-f", "-"], input=text, netns=_netns(netns), timeout=NFT_TIMEOUT)
         if p.returncode != 0:
             raise _nft_error(p, "nft add map")
         cmds = [c for c in cmds if not _concat_map_text(c)]
     payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
-    p = _exec(["nft", "-j", "-f", "-"], netns, tool="nft", package="nftables", input=payload)
+    p = runner.run(["nft", "-j", "-f", "-"], input=payload, netns=_netns(netns), timeout=NFT_TIMEOUT)
     if p.returncode != 0:
         raise _nft_error(p, "nft -j -f -")
 
 
 def table_json(*, netns: str | None = None) -> dict[str, Any]:
     """``nft -j list table inet portwright``, parsed; ``{}`` when the table does not exist."""
-    p = _exec(["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns, tool="nft", package="nftables")
+    p = runner.run(["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns=_netns(netns),
+                   timeout=NFT_TIMEOUT)
     if p.returncode != 0:
         if "No such file or directory" in p.stderr:
             return {}
@@ -159,8 +148,8 @@ def flush_conntrack(proto: str, port: int, *, netns: str | None = None) -> None:
     Finding none is not an error.
     """
     for family in ("ipv4", "ipv6"):
-        p = _exec(["conntrack", "-D", "-f", family, "-p", proto, "--orig-port-dst", str(port)], netns,
-                  tool="conntrack", package="conntrack", timeout=30)
+        p = runner.run(["conntrack", "-D", "-f", family, "-p", proto, "--orig-port-dst", str(port)],
+                       netns=_netns(netns), timeout=CONNTRACK_TIMEOUT)
         if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("flushing conntrack entries")
@@ -171,8 +160,8 @@ def _ports_with_entries(proto: str, ports: Iterable[int], netns: str | None) -> 
     wanted = set(ports)
     found: set[int] = set()
     for family in ("ipv4", "ipv6"):
-        p = _exec(["conntrack", "-L", "-f", family, "-p", proto], netns, tool="conntrack",
-                  package="conntrack", timeout=30)
+        p = runner.run(["conntrack", "-L", "-f", family, "-p", proto], netns=_netns(netns),
+                       timeout=CONNTRACK_TIMEOUT)
         if p.returncode != 0:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("listing conntrack entries")
@@ -198,12 +187,12 @@ def flush_conntrack_addrs(addrs: Sequence[str], *, netns: str | None = None) -> 
     """Delete conntrack entries of flows that go to these sandbox addresses. One match covers
     both kinds: the reply source is the sandbox whether a flow was aimed at it directly or DNATed
     to it. Finding none is not an error; a host without the conntrack tool is skipped."""
-    if shutil.which("conntrack") is None:
+    if not runner.available("conntrack"):
         return
     for addr in addrs:
         family = "ipv6" if ":" in addr else "ipv4"
-        p = _exec(["conntrack", "-D", "-f", family, "--reply-src", addr], netns, tool="conntrack",
-                  package="conntrack", timeout=30)
+        p = runner.run(["conntrack", "-D", "-f", family, "--reply-src", addr], netns=_netns(netns),
+                       timeout=CONNTRACK_TIMEOUT)
         if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("flushing conntrack entries")
@@ -231,8 +220,7 @@ class NftBackend:
         return table_lock()
 
     def require_conntrack(self) -> None:
-        if shutil.which("conntrack") is None:
-            raise MissingTool("conntrack", "conntrack")
+        runner.require("conntrack")
 
     def flush_conntrack_ports(self, proto: str, ports: Sequence[int]) -> None:
         flush_conntrack_ports(proto, ports, netns=self.netns)

@@ -2,37 +2,33 @@
 
 We drive the ``ip`` tool rather than a netlink library: it is on every host portwright runs on,
 its JSON output is stable, its errors are the ones users already know, and ``ip netns add``
-creates exactly the bind mount under /run/netns that ``ip netns exec`` expects.
+creates exactly the bind mount under /run/netns that ``ip netns exec`` expects. ``ip`` runs
+through ``runner`` (a missing iproute2 is named, a hung command times out).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from typing import Any
 
-from ..errors import KernelError, MissingTool, NeedRoot
+from . import runner
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True, json_out: bool = False) -> Any:
-    """Run ``ip [-n NS] [-j] ARGS``; raise KernelError naming the command on failure."""
-    if shutil.which("ip") is None:
-        raise MissingTool("ip", "iproute2")
+    """Run ``ip [-n NS] [-j] ARGS``; raise KernelError naming the command on failure (with
+    ``check=False``, return None instead)."""
     cmd = ["ip"]
     if ns:
         cmd += ["-n", ns]
     if json_out:
         cmd.append("-j")
     cmd += list(args)
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = runner.run(cmd)
     if p.returncode != 0:
         if not check:
             return None
-        if "Operation not permitted" in p.stderr:
-            raise NeedRoot(" ".join(cmd))
-        raise KernelError(" ".join(cmd), p.stderr or f"exit {p.returncode}")
+        raise runner.failure(p)
     if json_out:
         return json.loads(p.stdout or "[]")
     return p.stdout
