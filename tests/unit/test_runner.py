@@ -15,6 +15,8 @@ import pytest
 from portwright.errors import KernelError, MissingTool, NeedRoot
 from portwright.kernel import runner
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _tool(bindir: Path, name: str, body: str) -> None:
     path = bindir / name
@@ -137,3 +139,18 @@ def test_call_runs_in_the_foreground_and_leaves_a_missing_command_to_the_caller(
     with pytest.raises(FileNotFoundError):
         runner.call(["no-such-program-pw"])
 
+
+def test_ruff_keeps_subprocess_in_the_runner() -> None:
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed in this environment")
+    snippet = '"""x."""\n\nimport subprocess\n\nsubprocess.run(["true"], check=False)\n'
+
+    def lint(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ruff), "check", "--no-cache", "--stdin-filename", path, "-"], input=snippet,
+                              capture_output=True, text=True, cwd=ROOT, check=False)
+
+    banned = lint("src/portwright/engine.py")
+    assert banned.returncode == 1 and "TID251" in banned.stdout and "kernel/runner.py" in banned.stdout
+    for allowed in ("src/portwright/kernel/runner.py", "src/portwright/bench/driver.py", "tests/unit/test_x.py"):
+        assert lint(allowed).returncode == 0, allowed
