@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from .bench import commands as bench_commands
+from .diagnose import commands as diagnose_commands
 from .engine import Engine
 from .errors import BadInput, NotFound, PortwrightError
 from .model import PUBLISH_MODES, Network
 from .spec import parse_sandbox_spec
 from .state import SandboxRecord, State, pid_alive
-
-# Subcommands contributed by other packages: module path of a register(subparsers) function.
-PLUGIN_MODULES: tuple[str, ...] = ("portwright.bench.cli", "portwright.diagnose.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -286,14 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     zg.add_argument("rest", nargs=argparse.REMAINDER)
     zg.set_defaults(func=cmd_zygote)
 
-    import importlib
-
-    for mod in PLUGIN_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
-        m.register(sub)
+    # Light modules: they declare the options; each handler imports its package when it runs.
+    bench_commands.register(sub)
+    diagnose_commands.register(sub)
     return p
 
 

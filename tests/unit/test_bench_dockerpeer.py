@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from portwright.bench import cli, dockerpeer, scenarios, servers
+from portwright.bench import cli, commands, dockerpeer, scenarios, servers
 from portwright.errors import BadInput
 
 
@@ -53,7 +53,7 @@ def test_servers(tmp_path: object) -> None:
 def _parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()
-    cli.register(sub)
+    commands.register(sub)
     return p.parse_args(["bench", *argv])
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from portwright.bench import cli, fwscale, iperf3, scale, scenarios
+from portwright.bench import cli, commands, fwscale, iperf3, scale, scenarios
 from portwright.errors import BadInput
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "portwright"
@@ -96,7 +96,7 @@ def test_scale_caps_one_process_per_port_shapes() -> None:
 
 def _parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    cli.register(p.add_subparsers())
+    commands.register(p.add_subparsers())
     return p.parse_args(["bench", *argv])
 
 

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from portwright.bench import cli, sandboxes
+from portwright.bench import cli, commands, sandboxes
 from portwright.bench.sandboxes import Proc
 from portwright.errors import BadInput
 
@@ -91,7 +91,7 @@ def test_table_shows_each_variant_and_says_when_docker_was_not_measured() -> Non
 
 def _parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    cli.register(p.add_subparsers())
+    commands.register(p.add_subparsers())
     return p.parse_args(["bench", *argv])
 
 

@@ -1,10 +1,11 @@
-"""``portwright bench``: the argparse surface of the benchmark and its top-level flow.
+"""``portwright bench``: the benchmark's top-level flow, run by ``commands.handle``.
 
-Owns option parsing, root and signal handling, and the order of things: header, lab setup,
+Owns checking the options, root and signal handling, and the order of things: header, lab setup,
 interleaved runs (or ``--scale``, or ``--sandboxes``), teardown in ``finally`` (SIGINT/SIGTERM/SIGHUP included, and a
 second Ctrl-C cannot interrupt it), then the table, the ratios, and the --json/--plot/--html
-files. ``register(subparsers)`` adds the subcommand; the handler returns the exit code:
-0 when every run succeeded, 1 when any run failed (the table says which), 130 on interrupt.
+files. ``handle`` returns the exit code: 0 when every run succeeded, 1 when any run failed
+(the table says which), 130 on interrupt. The options themselves are declared in the light
+``commands`` module, whose handler imports this one when ``bench`` runs.
 """
 
 from __future__ import annotations
@@ -22,53 +23,11 @@ from typing import Any
 from ..errors import BadInput, NeedRoot
 from . import report, sandboxes
 from .placement import PLACEMENTS
-from .scale import ALL_SHAPES, SHAPES, SIZES, run_scale, scale_table
-from .scenarios import MECHANISMS, SCENARIOS, Config, Lab, machine_info, run_bench
+from .scale import ALL_SHAPES, run_scale, scale_table
+from .scenarios import Config, Lab, machine_info, run_bench
 
 DEFAULTS = Config()
 SCALE_SECONDS = 2.0  # per iperf3 run in --scale (first and last port of each shape and size)
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure host, nat, proxy, direct and Docker's own publishing side by side",
-        description=("Runs the seed article's experiment on this machine (iperf3 -P 10 through every "
-                     "publishing mechanism, CPU read from /proc/stat) plus connection-rate and "
-                     "keep-alive scenarios, interleaved over rounds. With no options it takes about "
-                     "4-5 minutes on 2 CPUs and cleans up everything it created."))
-    p.add_argument("--mechanisms", default=",".join(DEFAULTS.mechanisms),
-                   help=f"comma-separated subset of {','.join(MECHANISMS)} "
-                        f"(default: {','.join(DEFAULTS.mechanisms)})")
-    p.add_argument("--placement", default="local",
-                   help="where the client runs: local, external or both (default: local, as the article)")
-    p.add_argument("--scenarios", default=",".join(DEFAULTS.scenarios),
-                   help=f"comma-separated subset of {','.join(SCENARIOS)} "
-                        f"(default: {','.join(DEFAULTS.scenarios)})")
-    p.add_argument("--duration", type=float, default=None,
-                   help=f"seconds per run (default {DEFAULTS.duration:g}; {SCALE_SECONDS:g} with --scale)")
-    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
-                   help=f"interleaved rounds (default {DEFAULTS.rounds})")
-    p.add_argument("--streams", type=int, default=DEFAULTS.streams, help="iperf3 -P (default 10)")
-    p.add_argument("--connections", type=int, default=DEFAULTS.connections, help="wrk -c (default 32)")
-    p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="wrk -t (default 2)")
-    p.add_argument("--json", metavar="FILE", help="write every raw sample and the aggregates as JSON")
-    p.add_argument("--plot", metavar="FILE", help="write the chart (.png or .svg)")
-    p.add_argument("--html", metavar="FILE", help="write a one-page report with chart and table")
-    p.add_argument("--scale", action="store_true",
-                   help="instead: publish 1, 100, 1,000 and 10,000 ports under each publisher and "
-                        "report setup/teardown time, first vs last port throughput and memory")
-    p.add_argument("--scale-sizes", default=",".join(str(n) for n in SIZES),
-                   help="port counts for --scale (default 1,100,1000,10000)")
-    p.add_argument("--scale-shapes", default=",".join(SHAPES),
-                   help=f"publishing shapes for --scale, a subset of {','.join(ALL_SHAPES)} "
-                        f"(default: {','.join(SHAPES)})")
-    p.add_argument("--sandboxes", type=int, nargs="?", const=sandboxes.DEFAULT_N, metavar="N",
-                   help=f"instead: start N (default {sandboxes.DEFAULT_N}) idle sandboxes and as many Docker "
-                        "containers, and report the PSS each keeps and the time of one rm -f of all N")
-    p.add_argument("--sandbox-variants", default=",".join(sandboxes.VARIANTS),
-                   help="for --sandboxes: none (--network none), published (a bridge and one -p each)")
-    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    p.set_defaults(func=handle)
 
 
 def _list(text: str, opt: str) -> list[str]:

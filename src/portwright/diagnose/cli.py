@@ -1,6 +1,7 @@
-"""The ``who``, ``ports`` and ``audit`` subcommands: argparse surface and human/JSON output.
+"""The ``who``, ``ports`` and ``audit`` subcommands: their handlers and human/JSON output.
 
-``register(subparsers)`` adds them to ``portwright``; each handler returns its exit code.
+``commands.register(subparsers)`` declares them (light, so ``portwright`` starts fast) and its
+handlers import this module when one of them runs; each handler returns its exit code.
 Human output is short and aligned, and coloured only when stdout is a terminal (and NO_COLOR
 is unset). ``audit`` exits 10 when it finds something at or above ``--fail-on`` (default
 high), so it can gate a CI job; every other failure keeps the PortwrightError exit codes.
@@ -103,26 +104,3 @@ def cmd_audit(args: argparse.Namespace) -> int:
         counts = rep.to_json()["counts"]
         print(", ".join(f"{counts[s]} {s}" for s in reversed(audit_mod.SEVERITIES)))
     return AUDIT_FAIL_EXIT if failing else 0
-
-
-def register(sub: Any) -> None:
-    w = sub.add_parser("who", help="who owns a host port: socket, NAT rule, sandbox/container, inner listener")
-    w.add_argument("port", help="PORT or PORT/PROTO (tcp, udp, sctp), e.g. 8080 or 53/udp")
-    w.add_argument("--json", action="store_true", help="machine-readable output")
-    w.set_defaults(func=cmd_who)
-
-    p = sub.add_parser("ports", help="every published port on the host (portwright, Docker, host listeners)")
-    p.add_argument("--published", action="store_true", help="hide plain host listeners")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_ports)
-
-    a = sub.add_parser("audit", help="find accidental exposure; exits 10 on findings at --fail-on or above")
-    a.add_argument("--json", action="store_true", help="machine-readable output")
-    a.add_argument("--allow-public", action="append", default=[], metavar="PORT[,PORT]",
-                   help="ports meant to be published on all interfaces")
-    a.add_argument("--fail-on", choices=audit_mod.SEVERITIES, default="high",
-                   help="lowest severity that makes the exit code non-zero (default: high)")
-    a.add_argument("--min-severity", choices=audit_mod.SEVERITIES, default="low",
-                   help="lowest severity to print (default: low)")
-    a.add_argument("-v", "--verbose", action="store_true", help="print the evidence of each finding")
-    a.set_defaults(func=cmd_audit)
