@@ -50,6 +50,9 @@ def _sweep() -> None:
         _pw("network", "rm", net["Name"])
     from portwright.errors import PortwrightError
     from portwright.firewall import nft
+    from portwright.zygote import stop_server
+
+    stop_server(os.environ["PORTWRIGHT_STATE_DIR"])  # the session's fork server, if one runs
 
     try:
         nft.remove_table()  # refuses while any owner or network remains (another user's, say)

@@ -27,12 +27,12 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 from .engine import Engine
 from .errors import KernelError, PortwrightError
+from .kernel import runner
 from .kernel.proc import set_process_name, set_process_title
 from .spec import SandboxSpec
 from .state import State
@@ -136,12 +136,11 @@ def _connect(state_dir: str) -> socket.socket:
 
 def _start_server(state_dir: str) -> None:
     os.makedirs(os.path.join(state_dir, "ctl"), exist_ok=True)
-    with open(os.path.join(state_dir, "logs", "supervisors.log"), "ab") as log:
-        # -I and cwd=/: it imports only the installed package, never a stray module that happens
-        # to sit in the user's directory (CMD still runs in the spec's cwd).
-        subprocess.Popen([sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                         close_fds=True, cwd="/", env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir})
+    # -I and cwd=/: it imports only the installed package, never a stray module that happens to sit
+    # in the user's directory (CMD still runs in the spec's cwd).
+    runner.spawn_detached([sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
+                          log_path=os.path.join(state_dir, "logs", "supervisors.log"), cwd="/",
+                          env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir}, what="the fork server")
 
 
 def _wait_gone(state_dir: str) -> None:
