@@ -34,7 +34,7 @@ from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Bound, Publisher, Target, allocate
 from .spec import DEFAULT_NETWORK, SandboxSpec, check_name
-from .state import SandboxRecord, State, pid_alive, proc_start_time, write_grace
+from .state import SandboxRecord, State, being_reaped, pid_alive, proc_start_time, write_grace
 
 if TYPE_CHECKING:
     from .firewall.backend import Firewall
@@ -370,8 +370,10 @@ class Engine:
         with self.state.tx():
             if keep:
                 self.state.set_ports(rec.id, [])
-                self.state.update_sandbox(rec.id, status="exited", exit_code=exit_code, ip4=None, ip6=None,
-                                          supervisor_pid=None, cmd_pid=None)
+                # None: not known here; an exit code the fork server recorded stays.
+                known = {} if exit_code is None else {"exit_code": exit_code}
+                self.state.update_sandbox(rec.id, status="exited", ip4=None, ip6=None,
+                                          supervisor_pid=None, cmd_pid=None, **known)
             else:
                 self.state.remove_sandbox(rec.id)
         if not keep:
@@ -383,6 +385,8 @@ class Engine:
         for rec in self.state.sandboxes():
             if rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
                 continue
+            if being_reaped(rec.supervisor_pid):
+                continue  # the fork server has CMD's exit code and tears down itself
             if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
                 continue  # just being recorded by a live process that has not set its pid yet
             # teardown kills the sandbox's cgroup; the process group is the fallback on hosts

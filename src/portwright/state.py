@@ -100,6 +100,19 @@ def pid_alive(pid: int | None, start: int | None) -> bool:
     return start is None or int(fields[19]) == start
 
 
+def being_reaped(pid: int | None) -> bool:
+    """Has pid exited, with its parent — the fork server — about to collect its exit status and
+    tear its sandbox down? (A zombie whose parent is ``pw-zygote``.) Others must leave it be."""
+    fields = _proc_stat(pid) if pid else None
+    if not fields or fields[0] != "Z":
+        return False
+    try:
+        with open(f"/proc/{fields[1]}/comm") as f:
+            return f.read().strip() == "pw-zygote"
+    except OSError:
+        return False
+
+
 def _spec(text: str, cmd: str) -> SandboxSpec:
     """The stored request, read back into its type; a row too damaged to parse still lists."""
     try:
@@ -274,6 +287,11 @@ class State:
         if rec is None:
             raise NotFound(f"no sandbox named {name_or_id!r}; list them with 'portwright ps -a'")
         return rec
+
+    def record_exit(self, supervisor_pid: int, exit_code: int) -> None:
+        """CMD's exit code, known to whoever reaped the supervisor, before teardown starts."""
+        self.db.execute("UPDATE sandboxes SET exit_code=? WHERE supervisor_pid=? AND status!='exited'",
+                        (exit_code, supervisor_pid))
 
     def remove_sandbox(self, sid: str) -> None:
         self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))

@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import sys
 import time
 
@@ -190,6 +191,10 @@ class Server:
 
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._quit())
+        # A child's exit wakes the loop at once (its sandbox is torn down without delay).
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
         while True:
             self._reap()
             now = time.monotonic()
@@ -198,8 +203,14 @@ class Server:
             if self.children and now >= self.next_docker_check:
                 self._sync_docker_user()
                 self.next_docker_check = now + DOCKER_USER_RECHECK_SECONDS
-            ready, _, _ = select.select([self.sock], [], [], 1.0)
-            if ready:
+            ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [], 1.0)
+            if wake_r in ready:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self.sock.fileno() in ready:
                 try:
                     conn, _ = self.sock.accept()
                 except OSError:
@@ -252,9 +263,25 @@ class Server:
             if pid in self.reapers:
                 self.reapers.discard(pid)
             else:
-                self._tear_down_after(pid, os.waitstatus_to_exitcode(status))
+                code = os.waitstatus_to_exitcode(status)
+                code = 128 - code if code < 0 else code
+                self._record_exit(pid, code)
+                self._tear_down_after(pid, code)
             if not self.children:
                 self.idle_since = time.monotonic()
+
+    def _record_exit(self, pid: int, code: int) -> None:
+        """First the exit code, which only this process knows; the teardown follows. The database
+        is opened for this and closed at once: no connection may live across a fork."""
+        try:
+            state = State(self.state_dir)
+            try:
+                with state.tx():
+                    state.record_exit(pid, code)
+            finally:
+                state.close()
+        except (PortwrightError, OSError, sqlite3.Error):
+            pass
 
     def _tear_down_after(self, pid: int, code: int) -> None:
         reaper = os.fork()
@@ -262,7 +289,7 @@ class Server:
             rc = 1
             try:
                 self.sock.close()
-                Engine(State(self.state_dir)).reap(pid, 128 - code if code < 0 else code)
+                Engine(State(self.state_dir)).reap(pid, code)
                 rc = 0
             except BaseException as e:
                 print(f"portwright: reaping supervisor {pid}: {type(e).__name__}: {e}", file=sys.stderr)

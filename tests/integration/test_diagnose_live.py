@@ -30,6 +30,8 @@ from portwright.diagnose.who import who
 from portwright.errors import NotFound
 from portwright.kernel.sockets import Listener
 from portwright.state import State
+from portwright.zygote import pid_path as zygote_pid_path
+from portwright.zygote import stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +170,12 @@ def test_stale_rule_left_by_killed_supervisor(sandboxes: list[str]) -> None:
     name = run_sandbox(sandboxes, "-p", f"{port}:8080", "--publish-mode", "nat")
     rec = State().sandbox(name)
     assert rec.supervisor_pid
+    # The fork server would reap the killed supervisor and tear down within milliseconds; stop it
+    # first so that the leftover stays for diagnose to find (as after a crash of both).
+    stop_server(State().dir)
+    deadline = time.time() + 5
+    while time.time() < deadline and os.path.exists(zygote_pid_path(State().dir)):
+        time.sleep(0.05)
     os.kill(rec.supervisor_pid, signal.SIGKILL)
     deadline = time.time() + 5
     while time.time() < deadline and os.path.exists(f"/proc/{rec.supervisor_pid}/stat"):

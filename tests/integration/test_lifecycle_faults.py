@@ -33,8 +33,17 @@ def _alive(pid: int) -> bool:
 
 
 def _pids_with(marker: str) -> list[int]:
+    """The sleep processes whose command line has marker (not a supervisor that names them)."""
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    pids = []
+    for p in out.split():
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == "sleep":
+                    pids.append(int(p))
+        except OSError:
+            pass
+    return pids
 
 
 def test_detached_descendants_die_with_the_sandbox() -> None:
