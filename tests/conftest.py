@@ -19,13 +19,18 @@ import pytest
 
 
 def _pw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portwright", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "portwright", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def _nft_tables() -> set[str]:
     r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
-    return {ln.strip() for ln in r.stdout.splitlines() if ln.startswith("table ")} if r.returncode == 0 else set()
+    return (
+        {ln.strip() for ln in r.stdout.splitlines() if ln.startswith("table ")}
+        if r.returncode == 0
+        else set()
+    )
 
 
 def _drop_new_empty_iptables_tables(before: set[str]) -> None:
@@ -35,9 +40,13 @@ def _drop_new_empty_iptables_tables(before: set[str]) -> None:
         _, family, name = line.split()
         if family not in ("ip", "ip6") or name not in ("filter", "nat", "mangle", "raw", "security"):
             continue
-        listing = subprocess.run(["nft", "list", "table", family, name], capture_output=True, text=True).stdout
-        if not any(ln.strip() and not ln.strip().startswith(("table", "chain", "type", "}", "policy"))
-                   for ln in listing.splitlines()):
+        listing = subprocess.run(
+            ["nft", "list", "table", family, name], capture_output=True, text=True
+        ).stdout
+        if not any(
+            ln.strip() and not ln.strip().startswith(("table", "chain", "type", "}", "policy"))
+            for ln in listing.splitlines()
+        ):
             subprocess.run(["nft", "delete", "table", family, name], capture_output=True)
 
 

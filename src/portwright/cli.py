@@ -45,10 +45,17 @@ def _ago(ts: float) -> str:
 
 
 def network_json(n: Network) -> dict[str, Any]:
-    return {"Name": n.name, "Driver": "bridge", "Bridge": n.bridge, "Internal": n.internal,
-            "EnableIPv6": n.subnet6 is not None,
-            "IPAM": {"Config": [{"Subnet": str(n.subnet4), "Gateway": str(n.gateway4)}]
-                     + ([{"Subnet": str(n.subnet6), "Gateway": str(n.gateway6)}] if n.subnet6 else [])}}
+    return {
+        "Name": n.name,
+        "Driver": "bridge",
+        "Bridge": n.bridge,
+        "Internal": n.internal,
+        "EnableIPv6": n.subnet6 is not None,
+        "IPAM": {
+            "Config": [{"Subnet": str(n.subnet4), "Gateway": str(n.gateway4)}]
+            + ([{"Subnet": str(n.subnet6), "Gateway": str(n.gateway6)}] if n.subnet6 else [])
+        },
+    }
 
 
 def ports_text(rec: SandboxRecord) -> str:
@@ -68,18 +75,33 @@ def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
     sb = rec.sandbox
     net = state.find_network(sb.network) if sb.network not in ("host", "none") else None
     return {
-        "Id": sb.id, "Name": sb.name, "Created": rec.created, "PublishMode": sb.publish_mode,
-        "Config": {"Cmd": list(rec.cmd), "Env": [f"{k}={v}" for k, v in rec.spec.env],
-                   "ExposedPorts": [f"{e.ports}/{e.proto}" for e in rec.spec.expose]},
-        "State": {"Status": rec.status, "Running": rec.status == "running", "Pid": rec.cmd_pid,
-                  "SupervisorPid": rec.supervisor_pid, "ExitCode": rec.exit_code},
+        "Id": sb.id,
+        "Name": sb.name,
+        "Created": rec.created,
+        "PublishMode": sb.publish_mode,
+        "Config": {
+            "Cmd": list(rec.cmd),
+            "Env": [f"{k}={v}" for k, v in rec.spec.env],
+            "ExposedPorts": [f"{e.ports}/{e.proto}" for e in rec.spec.expose],
+        },
+        "State": {
+            "Status": rec.status,
+            "Running": rec.status == "running",
+            "Pid": rec.cmd_pid,
+            "SupervisorPid": rec.supervisor_pid,
+            "ExitCode": rec.exit_code,
+        },
         "LogPath": rec.log_path,
         "NetworkSettings": {
-            "Network": sb.network, "SandboxKey": sb.netns, "HostVeth": sb.veth,
-            "IPAddress": str(sb.ip4) if sb.ip4 else "", "GlobalIPv6Address": str(sb.ip6) if sb.ip6 else "",
+            "Network": sb.network,
+            "SandboxKey": sb.netns,
+            "HostVeth": sb.veth,
+            "IPAddress": str(sb.ip4) if sb.ip4 else "",
+            "GlobalIPv6Address": str(sb.ip6) if sb.ip6 else "",
             "Gateway": str(net.gateway4) if net and sb.ip4 else "",
             "IPv6Gateway": str(net.gateway6) if net and net.gateway6 and sb.ip6 else "",
-            "IPPrefixLen": net.subnet4.prefixlen if net else 0, "MacAddress": sb.mac or "",
+            "IPPrefixLen": net.subnet4.prefixlen if net else 0,
+            "MacAddress": sb.mac or "",
             "Bridge": net.bridge if net else "",
             "Ports": [m.to_json() for m in sb.mappings],
         },
@@ -90,16 +112,22 @@ def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
 def cmd_network(args: argparse.Namespace) -> int:
     eng = Engine()
     if args.net_cmd == "create":
-        n = eng.create_network(args.name, subnet=args.subnet, ipv6=args.ipv6, subnet6=args.subnet6,
-                               internal=args.internal)
+        n = eng.create_network(
+            args.name, subnet=args.subnet, ipv6=args.ipv6, subnet6=args.subnet6, internal=args.internal
+        )
         print(n.name)
     elif args.net_cmd == "ls":
         nets = eng.state.networks()
         if args.format == "json":
             print(json.dumps([network_json(n) for n in nets], indent=2))
         else:
-            _print_table([[n.name, n.bridge, str(n.subnet4), str(n.subnet6 or ""), "yes" if n.internal else ""]
-                          for n in nets], ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "INTERNAL"])
+            _print_table(
+                [
+                    [n.name, n.bridge, str(n.subnet4), str(n.subnet6 or ""), "yes" if n.internal else ""]
+                    for n in nets
+                ],
+                ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "INTERNAL"],
+            )
     elif args.net_cmd == "inspect":
         print(json.dumps([network_json(eng.state.network(n)) for n in args.names], indent=2))
     elif args.net_cmd == "rm":
@@ -115,11 +143,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    spec = parse_sandbox_spec(cmd, name=args.name, network=args.network, publish=args.publish or [],
-                              publish_all=args.publish_all, expose=args.expose or [], env=args.env or [],
-                              publish_mode=args.publish_mode, detach=args.detach,
-                              proxy_protocol=args.proxy_protocol, remove=args.rm, cwd=os.getcwd(),
-                              udp_timeout=args.udp_timeout)
+    spec = parse_sandbox_spec(
+        cmd,
+        name=args.name,
+        network=args.network,
+        publish=args.publish or [],
+        publish_all=args.publish_all,
+        expose=args.expose or [],
+        env=args.env or [],
+        publish_mode=args.publish_mode,
+        detach=args.detach,
+        proxy_protocol=args.proxy_protocol,
+        remove=args.rm,
+        cwd=os.getcwd(),
+        udp_timeout=args.udp_timeout,
+    )
     check_command(spec)
     if args.detach:
         from .zygote import spawn
@@ -135,7 +173,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([inspect_json(r, st) for r in recs], indent=2))
         return 0
-    rows = [[r.id, " ".join(r.cmd)[:30], _ago(r.created), status_text(r), ports_text(r), r.name] for r in recs]
+    rows = [
+        [r.id, " ".join(r.cmd)[:30], _ago(r.created), status_text(r), ports_text(r), r.name] for r in recs
+    ]
     _print_table(rows, ["SANDBOX ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"])
     return 0
 
@@ -242,12 +282,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     if not stats:
-        print(f"{rec.name}: no userland counters (publish mode {rec.sandbox.publish_mode}; kernel NAT "
-              "paths are counted by conntrack, not by portwright)")
+        print(
+            f"{rec.name}: no userland counters (publish mode {rec.sandbox.publish_mode}; kernel NAT "
+            "paths are counted by conntrack, not by portwright)"
+        )
         return 0
     keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "udp_dropped", "errors"]
-    _print_table([[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
-                 ["MAPPING", *(c.upper() for c in keys)])
+    _print_table(
+        [[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
+        ["MAPPING", *(c.upper() for c in keys)],
+    )
     return 0
 
 
@@ -272,8 +316,11 @@ def cmd_zygote(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="portwright", description="Publish sandbox ports by NAT, proxy or host networking; "
-                "measure each; tell who owns a port.")
+    p = _Parser(
+        prog="portwright",
+        description="Publish sandbox ports by NAT, proxy or host networking; "
+        "measure each; tell who owns a port.",
+    )
     p.add_argument("--version", action="version", version=f"portwright {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -315,15 +362,27 @@ def _add_run_parser(sub: Any) -> None:
     r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
     r.add_argument("--name")
     r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
-    r.add_argument("-p", "--publish", action="append", metavar="SPEC",
-                   help="[ip:][hostPort[-end]:]containerPort[-end][/proto]")
+    r.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        metavar="SPEC",
+        help="[ip:][hostPort[-end]:]containerPort[-end][/proto]",
+    )
     r.add_argument("-P", "--publish-all", action="store_true")
     r.add_argument("--expose", action="append", metavar="PORT[-END][/PROTO]")
     r.add_argument("-e", "--env", action="append", metavar="K=V")
     r.add_argument("--publish-mode", default="nat", choices=PUBLISH_MODES)
-    r.add_argument("--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend")
-    r.add_argument("--udp-timeout", type=float, default=90.0, metavar="SECONDS",
-                   help="proxy mode: forget an idle UDP flow after this long (default 90)")
+    r.add_argument(
+        "--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend"
+    )
+    r.add_argument(
+        "--udp-timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="proxy mode: forget an idle UDP flow after this long (default 90)",
+    )
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 
@@ -344,7 +403,9 @@ def _add_sandbox_parsers(sub: Any) -> None:
     pt.add_argument("port", nargs="?")
     pt.set_defaults(func=cmd_port)
 
-    e = sub.add_parser("exec", help="run a command in a sandbox's (or container's, or process's) network namespace")
+    e = sub.add_parser(
+        "exec", help="run a command in a sandbox's (or container's, or process's) network namespace"
+    )
     e.add_argument("name", nargs="?")
     e.add_argument("--pid", type=int, help="enter the network namespace of this process")
     e.add_argument("--container", help="enter the network namespace of this Docker container")

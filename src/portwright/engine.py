@@ -45,14 +45,18 @@ VETH_PREFIX = "pwv"  # + 11 hex of the id: 14 characters, within IFNAMSIZ
 STOP_POLL_SECONDS = 0.02
 
 
-def _explicit_subnet(text: str, version: type[ipam.AnyNet], flag: str, used: list[ipam.AnyNet]) -> ipam.AnyNet:
+def _explicit_subnet(
+    text: str, version: type[ipam.AnyNet], flag: str, used: list[ipam.AnyNet]
+) -> ipam.AnyNet:
     """A user-given subnet, refused when it overlaps a network or route already on the host."""
     net = ipam.parse_subnet(text, version, flag)
     clash = ipam.overlapping(net, used)
     if clash is not None:
         pool = ipam.POOL4 if net.version == 4 else ipam.POOL6
-        raise Conflict(f"{flag} {net} overlaps {clash}, already in use on this host; "
-                       f"choose a free range (e.g. within {pool})")
+        raise Conflict(
+            f"{flag} {net} overlaps {clash}, already in use on this host; "
+            f"choose a free range (e.g. within {pool})"
+        )
     return net
 
 
@@ -86,8 +90,9 @@ class Live:
 
 
 class Engine:
-    def __init__(self, state: State | None = None, firewall: Firewall | None = None,
-                 host: Host | None = None) -> None:
+    def __init__(
+        self, state: State | None = None, firewall: Firewall | None = None, host: Host | None = None
+    ) -> None:
         self.state = state or State()
         self._fw = firewall
         self.host: Host = host or LinuxHost()
@@ -101,8 +106,14 @@ class Engine:
         return self._fw
 
     # ------------------------------------------------------------------ networks
-    def create_network(self, name: str, subnet: str | None = None, ipv6: bool = False,
-                       subnet6: str | None = None, internal: bool = False) -> Network:
+    def create_network(
+        self,
+        name: str,
+        subnet: str | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        internal: bool = False,
+    ) -> Network:
         self.host.require_root("creating a network")
         check_name(name)
         if name in RESERVED_NETWORK_NAMES:
@@ -129,23 +140,37 @@ class Engine:
             stack.pop_all()
         return net
 
-    def _carve_network(self, name: str, subnet: str | None, subnet6: str | None, ipv6: bool,
-                       internal: bool) -> Network:
+    def _carve_network(
+        self, name: str, subnet: str | None, subnet6: str | None, ipv6: bool, internal: bool
+    ) -> Network:
         """Pick the subnets (inside the caller's transaction): given ones must be free."""
         used: list[ipam.AnyNet] = [ipaddress.ip_network(p, strict=False) for p in self.host.used_prefixes()]
         mine = self.state.networks()
         used += [n.subnet4 for n in mine] + [n.subnet6 for n in mine if n.subnet6]
-        net4 = (_explicit_subnet(subnet, ipaddress.IPv4Network, "--subnet", used) if subnet
-                else ipam.carve4(u for u in used if isinstance(u, ipaddress.IPv4Network)))
+        net4 = (
+            _explicit_subnet(subnet, ipaddress.IPv4Network, "--subnet", used)
+            if subnet
+            else ipam.carve4(u for u in used if isinstance(u, ipaddress.IPv4Network))
+        )
         assert isinstance(net4, ipaddress.IPv4Network)
         net6: ipaddress.IPv6Network | None = None
         if ipv6:
-            n6 = (_explicit_subnet(subnet6, ipaddress.IPv6Network, "--subnet6", used) if subnet6
-                  else ipam.carve6(u for u in used if isinstance(u, ipaddress.IPv6Network)))
+            n6 = (
+                _explicit_subnet(subnet6, ipaddress.IPv6Network, "--subnet6", used)
+                if subnet6
+                else ipam.carve6(u for u in used if isinstance(u, ipaddress.IPv6Network))
+            )
             assert isinstance(n6, ipaddress.IPv6Network)
             net6 = n6
-        return Network(name=name, bridge="pw-" + secrets.token_hex(4), subnet4=net4, gateway4=ipam.gateway(net4),
-                       subnet6=net6, gateway6=ipam.gateway(net6) if net6 else None, internal=internal)
+        return Network(
+            name=name,
+            bridge="pw-" + secrets.token_hex(4),
+            subnet4=net4,
+            gateway4=ipam.gateway(net4),
+            subnet6=net6,
+            gateway6=ipam.gateway(net6) if net6 else None,
+            internal=internal,
+        )
 
     def _forget_network(self, name: str) -> None:
         with self.state.tx():
@@ -162,8 +187,10 @@ class Engine:
                     self.fw.add_network(net)
             return net
         if name != DEFAULT_NETWORK:
-            raise NotFound(f"network {name!r} not found; create it with 'portwright network create {name}' "
-                           "or list them with 'portwright network ls'")
+            raise NotFound(
+                f"network {name!r} not found; create it with 'portwright network create {name}' "
+                "or list them with 'portwright network ls'"
+            )
         try:
             return self.create_network(DEFAULT_NETWORK, ipv6=self.host.ipv6_enabled())
         except Conflict:
@@ -177,17 +204,24 @@ class Engine:
             # sandbox first makes this refuse; one that comes after finds the network gone.
             with self.state.tx():
                 net = self.state.network(name)
-                users = [r.name for r in self.state.sandboxes()
-                         if r.sandbox.network == name and r.status != "exited"]
+                users = [
+                    r.name
+                    for r in self.state.sandboxes()
+                    if r.sandbox.network == name and r.status != "exited"
+                ]
                 if users:
-                    raise Conflict(f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
-                                   "remove them first ('portwright rm -f NAME')")
+                    raise Conflict(
+                        f"network {name!r} is in use by sandbox(es) {', '.join(users)}; "
+                        "remove them first ('portwright rm -f NAME')"
+                    )
                 for r in self.state.sandboxes():
                     if r.sandbox.network == name:
                         self.state.remove_sandbox(r.id)
                 self.state.remove_network(name)
-            errors = _collect(("nft", lambda: self.fw.remove_network(name)),
-                              ("bridge", lambda: self.host.delete_link(net.bridge)))
+            errors = _collect(
+                ("nft", lambda: self.fw.remove_network(name)),
+                ("bridge", lambda: self.host.delete_link(net.bridge)),
+            )
         self.sync_docker_user()
         if errors:
             raise KernelError(f"removing network {name}", "; ".join(errors))
@@ -214,8 +248,9 @@ class Engine:
             pass
 
     # ------------------------------------------------------------------ sandbox setup
-    def create(self, spec: SandboxSpec, stack: ExitStack, supervisor_pid: int | None = None,
-               serve: bool = True) -> Live:
+    def create(
+        self, spec: SandboxSpec, stack: ExitStack, supervisor_pid: int | None = None, serve: bool = True
+    ) -> Live:
         """Record, build and publish a sandbox; every step's undo goes on ``stack`` (the caller
         pops it once CMD runs). Returns what the supervisor keeps alive. ``serve`` False leaves
         the userland relays (``Live.publisher.relays()``) to the process that will hold them."""
@@ -223,8 +258,10 @@ class Engine:
         sid = new_id()
         name = spec.name or f"pw_{sid[:8]}"
         if self.state.name_taken(name):
-            raise Conflict(f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
-                           "or choose another --name")
+            raise Conflict(
+                f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
+                "or choose another --name"
+            )
         net = self.ensure_network(spec.network) if spec.bridged else None
         sb = self._record(spec, sid, name, net, supervisor_pid)
         stack.callback(self._forget, sid)
@@ -244,8 +281,9 @@ class Engine:
         stack.callback(self.host.cgroup_kill, live.cgroup)
         return live
 
-    def _record(self, spec: SandboxSpec, sid: str, name: str, net: Network | None,
-                supervisor_pid: int | None) -> Sandbox:
+    def _record(
+        self, spec: SandboxSpec, sid: str, name: str, net: Network | None, supervisor_pid: int | None
+    ) -> Sandbox:
         """Take addresses and record the sandbox, in one transaction, before anything exists."""
         with self.state.tx():
             ip4: ipaddress.IPv4Address | None = None
@@ -254,21 +292,33 @@ class Engine:
                 if self.state.find_network(net.name) is None:
                     # 'network rm' won the race: its transaction removed the network after we
                     # looked it up. Checked in the same transaction that records the sandbox.
-                    raise NotFound(f"network {net.name!r} was removed while this sandbox was starting; "
-                                   f"create it again with 'portwright network create {net.name}'")
+                    raise NotFound(
+                        f"network {net.name!r} was removed while this sandbox was starting; "
+                        f"create it again with 'portwright network create {net.name}'"
+                    )
                 others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
                 ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
                 if net.subnet6 is not None:
                     ip6 = ipam.next_address(net.subnet6, [s.ip6 for s in others if s.ip6])
             ns_name = None if spec.network == "host" else NETNS_PREFIX + name
-            sb = Sandbox(id=sid, name=name, network=spec.network,
-                         netns=self.host.netns_path(ns_name) if ns_name else None,
-                         veth=None if net is None else VETH_PREFIX + sid[:11], ip4=ip4, ip6=ip6,
-                         mac=ipam.mac_for(ip4, sid) if net else None, publish_mode=registry.mode_for(spec) or "none")
-            self.state.insert_sandbox(sb, list(spec.cmd), spec=spec.to_json(), log_path=self._log_path(spec, sid))
+            sb = Sandbox(
+                id=sid,
+                name=name,
+                network=spec.network,
+                netns=self.host.netns_path(ns_name) if ns_name else None,
+                veth=None if net is None else VETH_PREFIX + sid[:11],
+                ip4=ip4,
+                ip6=ip6,
+                mac=ipam.mac_for(ip4, sid) if net else None,
+                publish_mode=registry.mode_for(spec) or "none",
+            )
+            self.state.insert_sandbox(
+                sb, list(spec.cmd), spec=spec.to_json(), log_path=self._log_path(spec, sid)
+            )
             if supervisor_pid is not None:
-                self.state.update_sandbox(sid, supervisor_pid=supervisor_pid,
-                                          supervisor_start=proc_start_time(supervisor_pid))
+                self.state.update_sandbox(
+                    sid, supervisor_pid=supervisor_pid, supervisor_start=proc_start_time(supervisor_pid)
+                )
         return sb
 
     def _log_path(self, spec: SandboxSpec, sid: str) -> str | None:
@@ -287,9 +337,12 @@ class Engine:
         stack.callback(self.host.delete_link, sb.veth)
         self.host.create_veth(sb.veth, ns_name, net.bridge, sb.mac)
         self.host.configure_sandbox(
-            ns_name, f"{sb.ip4}/{net.subnet4.prefixlen}", str(net.gateway4),
+            ns_name,
+            f"{sb.ip4}/{net.subnet4.prefixlen}",
+            str(net.gateway4),
             f"{sb.ip6}/{net.subnet6.prefixlen}" if sb.ip6 and net.subnet6 else None,
-            str(net.gateway6) if sb.ip6 else None)
+            str(net.gateway6) if sb.ip6 else None,
+        )
 
     def _allocate(self, spec: SandboxSpec, sb: Sandbox, publisher: Publisher) -> Bound:
         """Host ports for every request, under the state lock (a real bind is the kernel's check)."""
@@ -297,9 +350,18 @@ class Engine:
         if not specs:
             return []
         with self.state.tx():
-            known = [(f"sandbox {r.name!r} ({r.id})", m) for r in self.state.sandboxes() for m in r.sandbox.mappings]
-            bound = allocate(specs, Target(sb.ip4, sb.ip6), known, ipv6_host=self.host.ipv6_enabled(),
-                             dual_stack=publisher.dual_stack)
+            known = [
+                (f"sandbox {r.name!r} ({r.id})", m)
+                for r in self.state.sandboxes()
+                for m in r.sandbox.mappings
+            ]
+            bound = allocate(
+                specs,
+                Target(sb.ip4, sb.ip6),
+                known,
+                ipv6_host=self.host.ipv6_enabled(),
+                dual_stack=publisher.dual_stack,
+            )
             self.state.set_ports(sb.id, [m for m, _ in bound])
         return bound
 
@@ -313,14 +375,24 @@ class Engine:
         with self.state.tx():
             rec = self.state.find_sandbox(live.sandbox.id)
             if rec is not None and rec.status == "creating":
-                self.state.update_sandbox(live.sandbox.id, status="running", cmd_pid=cmd_pid,
-                                          cmd_start=proc_start_time(cmd_pid) if cmd_pid else None)
+                self.state.update_sandbox(
+                    live.sandbox.id,
+                    status="running",
+                    cmd_pid=cmd_pid,
+                    cmd_start=proc_start_time(cmd_pid) if cmd_pid else None,
+                )
 
     def reap(self, supervisor_pid: int, exit_code: int | None) -> str | None:
         """A supervisor that cannot tear down itself (the tiny one, tini) has exited with CMD's
         code: tear its sandbox down now. Returns the sandbox's name, None if it had none."""
-        rec = next((r for r in self.state.sandboxes()
-                    if r.supervisor_pid == supervisor_pid and r.status != "exited"), None)
+        rec = next(
+            (
+                r
+                for r in self.state.sandboxes()
+                if r.supervisor_pid == supervisor_pid and r.status != "exited"
+            ),
+            None,
+        )
         if rec is None:
             return None
         for problem in self.teardown(rec):
@@ -354,7 +426,9 @@ class Engine:
         if sb.veth:
             steps.append((f"veth {sb.veth}", lambda: self.host.delete_link(sb.veth or "")))
         if sb.netns:
-            steps.append((f"netns {sb.netns}", lambda: self.host.netns_delete(os.path.basename(sb.netns or ""))))
+            steps.append(
+                (f"netns {sb.netns}", lambda: self.host.netns_delete(os.path.basename(sb.netns or "")))
+            )
         errors = _collect(*steps)
         errors += self.host.cgroup_kill(self.host.cgroup_path(sb.id))
         addrs = [str(a) for a in (sb.ip4, sb.ip6) if a is not None]
@@ -372,8 +446,9 @@ class Engine:
                 self.state.set_ports(rec.id, [])
                 # None: not known here; an exit code the fork server recorded stays.
                 known = {} if exit_code is None else {"exit_code": exit_code}
-                self.state.update_sandbox(rec.id, status="exited", ip4=None, ip6=None,
-                                          supervisor_pid=None, cmd_pid=None, **known)
+                self.state.update_sandbox(
+                    rec.id, status="exited", ip4=None, ip6=None, supervisor_pid=None, cmd_pid=None, **known
+                )
             else:
                 self.state.remove_sandbox(rec.id)
         if not keep:
@@ -423,8 +498,10 @@ class Engine:
     def wait_stopped(self, rec: SandboxRecord, timeout: float) -> None:
         """Wait for the supervisor to finish; past ``timeout``, kill CMD's whole cgroup (the
         supervisor then tears down as usual), and the supervisor itself if it still lingers."""
-        for last_resort in (lambda: self.host.cgroup_kill(self.host.cgroup_path(rec.id)),
-                            lambda: os.kill(rec.supervisor_pid or 0, signal.SIGKILL)):
+        for last_resort in (
+            lambda: self.host.cgroup_kill(self.host.cgroup_path(rec.id)),
+            lambda: os.kill(rec.supervisor_pid or 0, signal.SIGKILL),
+        ):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and pid_alive(rec.supervisor_pid, rec.supervisor_start):
                 time.sleep(STOP_POLL_SECONDS)
@@ -450,7 +527,9 @@ class Engine:
             try:
                 rec = self.state.sandbox(n)
                 if rec.status != "exited" and not force:
-                    raise Conflict(f"sandbox {rec.name!r} is {rec.status}; stop it first or use 'portwright rm -f'")
+                    raise Conflict(
+                        f"sandbox {rec.name!r} is {rec.status}; stop it first or use 'portwright rm -f'"
+                    )
                 recs.append(rec)
                 out.append((n, None))
             except PortwrightError as e:

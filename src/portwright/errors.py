@@ -37,8 +37,9 @@ class PortInUse(Conflict):
     def __init__(self, binding: str, owner: str) -> None:
         self.binding = binding
         self.owner = owner
-        super().__init__(f"host port {binding} is already in use by {owner}; "
-                         "choose another host port or stop that owner")
+        super().__init__(
+            f"host port {binding} is already in use by {owner}; choose another host port or stop that owner"
+        )
 
 
 class KernelError(PortwrightError):

@@ -31,8 +31,9 @@ def overlapping(net: AnyNet, used: Iterable[AnyNet]) -> AnyNet | None:
     return None
 
 
-def carve4(used: Iterable[ipaddress.IPv4Network], pool: ipaddress.IPv4Network = POOL4,
-           prefix: int = PREFIX4) -> ipaddress.IPv4Network:
+def carve4(
+    used: Iterable[ipaddress.IPv4Network], pool: ipaddress.IPv4Network = POOL4, prefix: int = PREFIX4
+) -> ipaddress.IPv4Network:
     """The first /prefix of pool that overlaps nothing in used."""
     used_l = [u for u in used if u.version == 4]
     for cand in pool.subnets(new_prefix=prefix):
@@ -41,8 +42,9 @@ def carve4(used: Iterable[ipaddress.IPv4Network], pool: ipaddress.IPv4Network = 
     raise Conflict(f"no free /{prefix} left in {pool}; remove unused networks or give --subnet")
 
 
-def carve6(used: Iterable[ipaddress.IPv6Network], pool: ipaddress.IPv6Network = POOL6,
-           prefix: int = PREFIX6) -> ipaddress.IPv6Network:
+def carve6(
+    used: Iterable[ipaddress.IPv6Network], pool: ipaddress.IPv6Network = POOL6, prefix: int = PREFIX6
+) -> ipaddress.IPv6Network:
     used_l = [u for u in used if u.version == 6]
     for i, cand in enumerate(pool.subnets(new_prefix=prefix)):
         if i >= 65536:
@@ -81,11 +83,16 @@ def gateway(net: AnyNet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 @overload
-def next_address(net: ipaddress.IPv4Network, used: Iterable[ipaddress.IPv4Address]) -> ipaddress.IPv4Address: ...
+def next_address(
+    net: ipaddress.IPv4Network, used: Iterable[ipaddress.IPv4Address]
+) -> ipaddress.IPv4Address: ...
 @overload
-def next_address(net: ipaddress.IPv6Network, used: Iterable[ipaddress.IPv6Address]) -> ipaddress.IPv6Address: ...
-def next_address(net: AnyNet, used: Iterable[ipaddress.IPv4Address] | Iterable[ipaddress.IPv6Address]
-                 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def next_address(
+    net: ipaddress.IPv6Network, used: Iterable[ipaddress.IPv6Address]
+) -> ipaddress.IPv6Address: ...
+def next_address(
+    net: AnyNet, used: Iterable[ipaddress.IPv4Address] | Iterable[ipaddress.IPv6Address]
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The lowest free host address after the gateway (released addresses are reused)."""
     taken = {int(a) for a in used if a.version == net.version}
     taken.add(int(gateway(net)))

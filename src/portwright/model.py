@@ -77,19 +77,26 @@ class Mapping:
         return f"{self.host_binding()}->{self.container_port}/{self.proto}"
 
     def to_json(self) -> dict[str, object]:
-        return {"proto": self.proto, "host_ip": str(self.host_ip), "host_port": self.host_port,
-                "container_ip": str(self.container_ip), "container_port": self.container_port}
+        return {
+            "proto": self.proto,
+            "host_ip": str(self.host_ip),
+            "host_port": self.host_port,
+            "container_ip": str(self.container_ip),
+            "container_port": self.container_port,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> Mapping:
         proto = str(d["proto"])
         if proto not in PROTOS:
             raise ValueError(f"bad proto {proto!r}")
-        return cls(proto=proto,
-                   host_ip=ipaddress.ip_address(str(d["host_ip"])),
-                   host_port=int(str(d["host_port"])),
-                   container_ip=ipaddress.ip_address(str(d["container_ip"])),
-                   container_port=int(str(d["container_port"])))
+        return cls(
+            proto=proto,
+            host_ip=ipaddress.ip_address(str(d["host_ip"])),
+            host_port=int(str(d["host_port"])),
+            container_ip=ipaddress.ip_address(str(d["container_ip"])),
+            container_port=int(str(d["container_port"])),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ OwnerKind = Literal["sandbox", "cni", "network", "base", "hashed", "other"]
 # Making tags
 # ------------------------------------------------------------------------------------------------
 
+
 def sandbox_owner(sandbox_id: str) -> str:
     """The owner tag of a sandbox's kernel objects."""
     return SANDBOX_PREFIX + sandbox_id
@@ -92,8 +93,10 @@ def network_tag(net_name: str) -> str:
     """The comment of network ``net_name``'s rules and bridge element: ``pw-net:<name>``."""
     tag = NET_TAG_PREFIX + net_name
     if not net_name or len(tag.encode()) > MAX_COMMENT or not net_name.isprintable():
-        raise BadInput(f"network name {net_name!r} cannot tag firewall rules; "
-                       f"use a printable name of at most {MAX_COMMENT - len(NET_TAG_PREFIX)} bytes")
+        raise BadInput(
+            f"network name {net_name!r} cannot tag firewall rules; "
+            f"use a printable name of at most {MAX_COMMENT - len(NET_TAG_PREFIX)} bytes"
+        )
     return tag
 
 
@@ -105,12 +108,16 @@ def nft_comment(owner: str) -> str:
     the same owner string. Tags that would read back as a network, base or hashed tag are refused.
     """
     if not owner or not owner.isprintable():
-        raise BadInput(f"firewall owner tag {owner!r} is empty or not printable; "
-                       "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>:<network>'")
+        raise BadInput(
+            f"firewall owner tag {owner!r} is empty or not printable; "
+            "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>:<network>'"
+        )
     if owner.startswith((NET_TAG_PREFIX, BASE_TAG, HASHED_PREFIX)):
-        raise BadInput(f"firewall owner tag {owner!r} uses a reserved prefix "
-                       f"({NET_TAG_PREFIX!r}, {BASE_TAG!r}, {HASHED_PREFIX!r}); "
-                       "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>:<network>'")
+        raise BadInput(
+            f"firewall owner tag {owner!r} uses a reserved prefix "
+            f"({NET_TAG_PREFIX!r}, {BASE_TAG!r}, {HASHED_PREFIX!r}); "
+            "use 'pw:<sandbox id>' or 'cni:<container id>:<ifname>:<network>'"
+        )
     if len(owner.encode()) <= MAX_COMMENT:
         return owner
     return HASHED_PREFIX + hashlib.sha256(owner.encode()).hexdigest()
@@ -119,6 +126,7 @@ def nft_comment(owner: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Reading tags back
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class CniOwner:
@@ -139,7 +147,7 @@ def parse_cni_owner(tag: str) -> CniOwner | None:
     sandbox's, a hashed ``h:`` one, a malformed ``cni:`` one)."""
     if not tag.startswith(CNI_PREFIX):
         return None
-    parts = tag[len(CNI_PREFIX):].split(":")
+    parts = tag[len(CNI_PREFIX) :].split(":")
     if not all(parts):
         return None
     if len(parts) == 2:
@@ -169,13 +177,13 @@ class Owner:
 def parse_owner(tag: str) -> Owner:
     """Tell a sandbox, CNI, network, base or hashed tag apart (``other`` for anything else)."""
     if tag.startswith(SANDBOX_PREFIX):
-        return Owner("sandbox", tag, tag[len(SANDBOX_PREFIX):])
+        return Owner("sandbox", tag, tag[len(SANDBOX_PREFIX) :])
     if tag.startswith(CNI_PREFIX):
-        return Owner("cni", tag, tag[len(CNI_PREFIX):], parse_cni_owner(tag))
+        return Owner("cni", tag, tag[len(CNI_PREFIX) :], parse_cni_owner(tag))
     if tag.startswith(NET_TAG_PREFIX):
-        return Owner("network", tag, tag[len(NET_TAG_PREFIX):])
+        return Owner("network", tag, tag[len(NET_TAG_PREFIX) :])
     if tag.startswith(BASE_TAG):
-        return Owner("base", tag, tag[len(BASE_TAG):].lstrip(": "))
+        return Owner("base", tag, tag[len(BASE_TAG) :].lstrip(": "))
     if tag.startswith(HASHED_PREFIX):
-        return Owner("hashed", tag, tag[len(HASHED_PREFIX):])
+        return Owner("hashed", tag, tag[len(HASHED_PREFIX) :])
     return Owner("other", tag, tag)

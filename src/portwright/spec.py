@@ -60,7 +60,8 @@ class PortSpec:
             raise BadInput(
                 f"-p {self.text}: host range {self.host} has {len(self.host)} ports but container "
                 f"range {self.container} has {len(self.container)}; make the lengths equal, or give "
-                "a single container port to pick any free host port in the range")
+                "a single container port to pick any free host port in the range"
+            )
 
     def requests(self) -> list[tuple[int, tuple[int, ...]]]:
         """(container_port, candidate host ports) pairs; an empty candidate tuple = ephemeral."""
@@ -125,12 +126,14 @@ def parse_publish(text: str) -> PortSpec:
     host_ip: IPAddress | None = None
     if body.startswith("["):
         close = body.find("]")
-        if close < 0 or body[close + 1:close + 2] != ":":
+        if close < 0 or body[close + 1 : close + 2] != ":":
             raise BadInput(f"-p {whole}: unterminated IPv6 address; write it as [::1]:8080:80")
-        host_ip = parse_ip(body[:close + 1], whole)
-        rest = body[close + 2:].split(":")
+        host_ip = parse_ip(body[: close + 1], whole)
+        rest = body[close + 2 :].split(":")
         if len(rest) != 2:
-            raise BadInput(f"-p {whole}: after the address give hostPort:containerPort (hostPort may be empty)")
+            raise BadInput(
+                f"-p {whole}: after the address give hostPort:containerPort (hostPort may be empty)"
+            )
         host_part, cont_part = rest
     else:
         parts = body.split(":")
@@ -168,8 +171,10 @@ def parse_env(text: str) -> tuple[str, str]:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.fullmatch(name):  # match() with $ would accept a trailing newline
-        raise BadInput(f"name {name!r} is invalid; use 1-63 letters, digits, '_', '.', '-', "
-                       "starting with a letter or digit")
+        raise BadInput(
+            f"name {name!r} is invalid; use 1-63 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -191,16 +196,25 @@ def _range_from(v: Any) -> PortRange | None:
 
 
 def port_spec_json(p: PortSpec) -> dict[str, Any]:
-    return {"host_ip": str(p.host_ip) if p.host_ip is not None else None, "host": _range_json(p.host),
-            "container": _range_json(p.container), "proto": p.proto, "text": p.text}
+    return {
+        "host_ip": str(p.host_ip) if p.host_ip is not None else None,
+        "host": _range_json(p.host),
+        "container": _range_json(p.container),
+        "proto": p.proto,
+        "text": p.text,
+    }
 
 
 def port_spec_from(d: dict[str, Any]) -> PortSpec:
     container = _range_from(d["container"])
     assert container is not None
-    return PortSpec(host_ip=ipaddress.ip_address(d["host_ip"]) if d.get("host_ip") else None,
-                    host=_range_from(d.get("host")), container=container, proto=d["proto"],
-                    text=str(d.get("text", "")))
+    return PortSpec(
+        host_ip=ipaddress.ip_address(d["host_ip"]) if d.get("host_ip") else None,
+        host=_range_from(d.get("host")),
+        container=container,
+        proto=d["proto"],
+        text=str(d.get("text", "")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +245,18 @@ class SandboxSpec:
         if not lo <= self.udp_timeout <= hi:
             raise BadInput(f"--udp-timeout {self.udp_timeout:g}: give {lo:g} to {hi:g} seconds")
         if self.publish_mode not in PUBLISH_MODES:
-            raise BadInput(f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}")
+            raise BadInput(
+                f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}"
+            )
         if self.network == "host" and (self.publish or self.publish_all):
-            raise BadInput("published ports are discarded when using host network mode; drop -p/-P "
-                           "(the command's ports are the host's ports) or use a bridge network")
+            raise BadInput(
+                "published ports are discarded when using host network mode; drop -p/-P "
+                "(the command's ports are the host's ports) or use a bridge network"
+            )
         if self.network == "none" and (self.publish or self.publish_all):
-            raise BadInput("--network none has no interface to publish on; drop -p/-P or use a bridge network")
+            raise BadInput(
+                "--network none has no interface to publish on; drop -p/-P or use a bridge network"
+            )
         if self.network not in ("host", "none"):
             check_name(self.network)
 
@@ -248,18 +268,32 @@ class SandboxSpec:
         """``-p`` requests, then ``-P``'s: every exposed port on a free ephemeral host port."""
         out = list(self.publish)
         if self.publish_all:
-            out += [PortSpec(host_ip=None, host=None, container=e.ports, proto=e.proto, text=f"{e.ports}/{e.proto}")
-                    for e in self.expose]
+            out += [
+                PortSpec(
+                    host_ip=None, host=None, container=e.ports, proto=e.proto, text=f"{e.ports}/{e.proto}"
+                )
+                for e in self.expose
+            ]
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.extra, "version": SPEC_VERSION, "cmd": list(self.cmd), "name": self.name,
-                "network": self.network, "publish": [port_spec_json(p) for p in self.publish],
-                "publish_all": self.publish_all,
-                "expose": [{"ports": _range_json(e.ports), "proto": e.proto} for e in self.expose],
-                "env": [list(kv) for kv in self.env], "publish_mode": self.publish_mode,
-                "detach": self.detach, "proxy_protocol": self.proxy_protocol,
-                "udp_timeout": self.udp_timeout, "remove": self.remove, "cwd": self.cwd}
+        return {
+            **self.extra,
+            "version": SPEC_VERSION,
+            "cmd": list(self.cmd),
+            "name": self.name,
+            "network": self.network,
+            "publish": [port_spec_json(p) for p in self.publish],
+            "publish_all": self.publish_all,
+            "expose": [{"ports": _range_json(e.ports), "proto": e.proto} for e in self.expose],
+            "env": [list(kv) for kv in self.env],
+            "publish_mode": self.publish_mode,
+            "detach": self.detach,
+            "proxy_protocol": self.proxy_protocol,
+            "udp_timeout": self.udp_timeout,
+            "remove": self.remove,
+            "cwd": self.cwd,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SandboxSpec:
@@ -268,32 +302,75 @@ class SandboxSpec:
         if "version" not in d:
             return parse_sandbox_spec(**{k: d[k] for k in _LEGACY_KEYS if k in d})
         known = {"version", *_FIELDS}
-        expose = tuple(ExposeSpec(ports=_range_from(e["ports"]), proto=e["proto"])  # type: ignore[arg-type]
-                       for e in d.get("expose", []))
-        return cls(cmd=tuple(d["cmd"]), name=d.get("name"), network=d.get("network", DEFAULT_NETWORK),
-                   publish=tuple(port_spec_from(p) for p in d.get("publish", [])),
-                   publish_all=bool(d.get("publish_all")), expose=expose,
-                   env=tuple((str(k), str(v)) for k, v in d.get("env", [])),
-                   publish_mode=d.get("publish_mode", "nat"), detach=bool(d.get("detach")),
-                   proxy_protocol=bool(d.get("proxy_protocol")), udp_timeout=float(d.get("udp_timeout", 90.0)),
-                   remove=bool(d.get("remove")), cwd=d.get("cwd", "/"),
-                   extra={k: v for k, v in d.items() if k not in known})
+        expose = tuple(
+            ExposeSpec(ports=_range_from(e["ports"]), proto=e["proto"])  # type: ignore[arg-type]
+            for e in d.get("expose", [])
+        )
+        return cls(
+            cmd=tuple(d["cmd"]),
+            name=d.get("name"),
+            network=d.get("network", DEFAULT_NETWORK),
+            publish=tuple(port_spec_from(p) for p in d.get("publish", [])),
+            publish_all=bool(d.get("publish_all")),
+            expose=expose,
+            env=tuple((str(k), str(v)) for k, v in d.get("env", [])),
+            publish_mode=d.get("publish_mode", "nat"),
+            detach=bool(d.get("detach")),
+            proxy_protocol=bool(d.get("proxy_protocol")),
+            udp_timeout=float(d.get("udp_timeout", 90.0)),
+            remove=bool(d.get("remove")),
+            cwd=d.get("cwd", "/"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
 
-_FIELDS = ("cmd", "name", "network", "publish", "publish_all", "expose", "env", "publish_mode", "detach",
-           "proxy_protocol", "udp_timeout", "remove", "cwd")
+_FIELDS = (
+    "cmd",
+    "name",
+    "network",
+    "publish",
+    "publish_all",
+    "expose",
+    "env",
+    "publish_mode",
+    "detach",
+    "proxy_protocol",
+    "udp_timeout",
+    "remove",
+    "cwd",
+)
 _LEGACY_KEYS = _FIELDS
 
 
-def parse_sandbox_spec(cmd: list[str] | tuple[str, ...], *, name: str | None = None,
-                       network: str = DEFAULT_NETWORK, publish: list[str] | tuple[str, ...] = (),
-                       publish_all: bool = False, expose: list[str] | tuple[str, ...] = (),
-                       env: list[str] | tuple[str, ...] = (), publish_mode: str = "nat", detach: bool = False,
-                       proxy_protocol: bool = False, udp_timeout: float = 90.0, remove: bool = False,
-                       cwd: str = "/") -> SandboxSpec:
+def parse_sandbox_spec(
+    cmd: list[str] | tuple[str, ...],
+    *,
+    name: str | None = None,
+    network: str = DEFAULT_NETWORK,
+    publish: list[str] | tuple[str, ...] = (),
+    publish_all: bool = False,
+    expose: list[str] | tuple[str, ...] = (),
+    env: list[str] | tuple[str, ...] = (),
+    publish_mode: str = "nat",
+    detach: bool = False,
+    proxy_protocol: bool = False,
+    udp_timeout: float = 90.0,
+    remove: bool = False,
+    cwd: str = "/",
+) -> SandboxSpec:
     """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error)."""
-    return SandboxSpec(cmd=tuple(cmd), name=name, network=network,
-                       publish=tuple(parse_publish(p) for p in publish), publish_all=publish_all,
-                       expose=tuple(parse_expose(e) for e in expose), env=tuple(parse_env(e) for e in env),
-                       publish_mode=publish_mode, detach=detach, proxy_protocol=proxy_protocol,
-                       udp_timeout=udp_timeout, remove=remove, cwd=cwd)
+    return SandboxSpec(
+        cmd=tuple(cmd),
+        name=name,
+        network=network,
+        publish=tuple(parse_publish(p) for p in publish),
+        publish_all=publish_all,
+        expose=tuple(parse_expose(e) for e in expose),
+        env=tuple(parse_env(e) for e in env),
+        publish_mode=publish_mode,
+        detach=detach,
+        proxy_protocol=proxy_protocol,
+        udp_timeout=udp_timeout,
+        remove=remove,
+        cwd=cwd,
+    )

@@ -189,21 +189,33 @@ class State:
         try:
             self.db.execute(
                 "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?)",
-                (net.name, net.bridge, str(net.subnet4), str(net.gateway4),
-                 str(net.subnet6) if net.subnet6 else None, str(net.gateway6) if net.gateway6 else None,
-                 int(net.internal), time.time()))
+                (
+                    net.name,
+                    net.bridge,
+                    str(net.subnet4),
+                    str(net.gateway4),
+                    str(net.subnet6) if net.subnet6 else None,
+                    str(net.gateway6) if net.gateway6 else None,
+                    int(net.internal),
+                    time.time(),
+                ),
+            )
         except sqlite3.IntegrityError:
-            raise Conflict(f"network {net.name!r} (or its bridge/subnet) already exists; "
-                           "pick another name or subnet") from None
+            raise Conflict(
+                f"network {net.name!r} (or its bridge/subnet) already exists; pick another name or subnet"
+            ) from None
 
     @staticmethod
     def _network(row: sqlite3.Row) -> Network:
-        return Network(name=row["name"], bridge=row["bridge"],
-                       subnet4=ipaddress.IPv4Network(row["subnet4"]),
-                       gateway4=ipaddress.IPv4Address(row["gateway4"]),
-                       subnet6=ipaddress.IPv6Network(row["subnet6"]) if row["subnet6"] else None,
-                       gateway6=ipaddress.IPv6Address(row["gateway6"]) if row["gateway6"] else None,
-                       internal=bool(row["internal"]))
+        return Network(
+            name=row["name"],
+            bridge=row["bridge"],
+            subnet4=ipaddress.IPv4Network(row["subnet4"]),
+            gateway4=ipaddress.IPv4Address(row["gateway4"]),
+            subnet6=ipaddress.IPv6Network(row["subnet6"]) if row["subnet6"] else None,
+            gateway6=ipaddress.IPv6Address(row["gateway6"]) if row["gateway6"] else None,
+            internal=bool(row["internal"]),
+        )
 
     def networks(self) -> list[Network]:
         return [self._network(r) for r in self.db.execute("SELECT * FROM networks ORDER BY created")]
@@ -224,55 +236,103 @@ class State:
     # ---- sandboxes
     def _record(self, row: sqlite3.Row) -> SandboxRecord:
         maps = tuple(
-            Mapping.from_json(dict(r)) for r in self.db.execute(
+            Mapping.from_json(dict(r))
+            for r in self.db.execute(
                 "SELECT proto, host_ip, host_port, container_ip, container_port FROM ports "
-                "WHERE sandbox_id=? ORDER BY rowid", (row["id"],)))
-        sb = Sandbox(id=row["id"], name=row["name"], network=row["network"], netns=row["netns"],
-                     veth=row["veth"],
-                     ip4=ipaddress.IPv4Address(row["ip4"]) if row["ip4"] else None,
-                     ip6=ipaddress.IPv6Address(row["ip6"]) if row["ip6"] else None,
-                     mac=row["mac"], publish_mode=row["publish_mode"], mappings=maps)
-        return SandboxRecord(sandbox=sb, status=row["status"], supervisor_pid=row["supervisor_pid"],
-                             supervisor_start=row["supervisor_start"], cmd_pid=row["cmd_pid"],
-                             cmd_start=row["cmd_start"],
-                             cmd=tuple(json.loads(row["cmd"])), spec=_spec(row["spec"], row["cmd"]),
-                             exit_code=row["exit_code"], log_path=row["log_path"], created=row["created"])
+                "WHERE sandbox_id=? ORDER BY rowid",
+                (row["id"],),
+            )
+        )
+        sb = Sandbox(
+            id=row["id"],
+            name=row["name"],
+            network=row["network"],
+            netns=row["netns"],
+            veth=row["veth"],
+            ip4=ipaddress.IPv4Address(row["ip4"]) if row["ip4"] else None,
+            ip6=ipaddress.IPv6Address(row["ip6"]) if row["ip6"] else None,
+            mac=row["mac"],
+            publish_mode=row["publish_mode"],
+            mappings=maps,
+        )
+        return SandboxRecord(
+            sandbox=sb,
+            status=row["status"],
+            supervisor_pid=row["supervisor_pid"],
+            supervisor_start=row["supervisor_start"],
+            cmd_pid=row["cmd_pid"],
+            cmd_start=row["cmd_start"],
+            cmd=tuple(json.loads(row["cmd"])),
+            spec=_spec(row["spec"], row["cmd"]),
+            exit_code=row["exit_code"],
+            log_path=row["log_path"],
+            created=row["created"],
+        )
 
-    def insert_sandbox(self, sb: Sandbox, cmd: list[str], spec: dict[str, Any], status: str = "creating",
-                       log_path: str | None = None) -> None:
+    def insert_sandbox(
+        self,
+        sb: Sandbox,
+        cmd: list[str],
+        spec: dict[str, Any],
+        status: str = "creating",
+        log_path: str | None = None,
+    ) -> None:
         try:
             self.db.execute(
                 "INSERT INTO sandboxes (id, name, network, netns, veth, ip4, ip6, mac, publish_mode, status,"
                 " cmd, spec, log_path, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (sb.id, sb.name, sb.network, sb.netns, sb.veth, str(sb.ip4) if sb.ip4 else None,
-                 str(sb.ip6) if sb.ip6 else None, sb.mac, sb.publish_mode, status, json.dumps(cmd),
-                 json.dumps(spec), log_path, time.time()))
+                (
+                    sb.id,
+                    sb.name,
+                    sb.network,
+                    sb.netns,
+                    sb.veth,
+                    str(sb.ip4) if sb.ip4 else None,
+                    str(sb.ip6) if sb.ip6 else None,
+                    sb.mac,
+                    sb.publish_mode,
+                    status,
+                    json.dumps(cmd),
+                    json.dumps(spec),
+                    log_path,
+                    time.time(),
+                ),
+            )
         except sqlite3.IntegrityError as e:
             if "name" in str(e):
-                raise Conflict(f"a sandbox named {sb.name!r} already exists; remove it with "
-                               f"'portwright rm -f {sb.name}' or choose another --name") from None
+                raise Conflict(
+                    f"a sandbox named {sb.name!r} already exists; remove it with "
+                    f"'portwright rm -f {sb.name}' or choose another --name"
+                ) from None
             raise
 
     def update_sandbox(self, sid: str, **fields: object) -> None:
         if not fields:
             return
         cols = ", ".join(f"{k}=?" for k in fields)
-        vals = [str(v) if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address) else v
-                for v in fields.values()]
+        vals = [
+            str(v) if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address) else v
+            for v in fields.values()
+        ]
         self.db.execute(f"UPDATE sandboxes SET {cols} WHERE id=?", (*vals, sid))
 
     def set_ports(self, sid: str, mappings: list[Mapping]) -> None:
         self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
         self.db.executemany(
             "INSERT INTO ports VALUES (?,?,?,?,?,?)",
-            [(sid, m.proto, str(m.host_ip), m.host_port, str(m.container_ip), m.container_port)
-             for m in mappings])
+            [
+                (sid, m.proto, str(m.host_ip), m.host_port, str(m.container_ip), m.container_port)
+                for m in mappings
+            ],
+        )
 
     def sandboxes(self) -> list[SandboxRecord]:
         return [self._record(r) for r in self.db.execute("SELECT * FROM sandboxes ORDER BY created")]
 
     def find_sandbox(self, name_or_id: str) -> SandboxRecord | None:
-        row = self.db.execute("SELECT * FROM sandboxes WHERE name=? OR id=?", (name_or_id, name_or_id)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM sandboxes WHERE name=? OR id=?", (name_or_id, name_or_id)
+        ).fetchone()
         if row is None and len(name_or_id) >= 3:
             rows = self.db.execute("SELECT * FROM sandboxes WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
             row = rows[0] if len(rows) == 1 else None
@@ -290,13 +350,19 @@ class State:
 
     def record_exit(self, supervisor_pid: int, exit_code: int) -> None:
         """CMD's exit code, known to whoever reaped the supervisor, before teardown starts."""
-        self.db.execute("UPDATE sandboxes SET exit_code=? WHERE supervisor_pid=? AND status!='exited'",
-                        (exit_code, supervisor_pid))
+        self.db.execute(
+            "UPDATE sandboxes SET exit_code=? WHERE supervisor_pid=? AND status!='exited'",
+            (exit_code, supervisor_pid),
+        )
 
     def remove_sandbox(self, sid: str) -> None:
         self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
         self.db.execute("DELETE FROM sandboxes WHERE id=?", (sid,))
 
     def all_ports(self) -> list[tuple[str, Mapping]]:
-        return [(r["sandbox_id"], Mapping.from_json(dict(r))) for r in self.db.execute(
-            "SELECT sandbox_id, proto, host_ip, host_port, container_ip, container_port FROM ports")]
+        return [
+            (r["sandbox_id"], Mapping.from_json(dict(r)))
+            for r in self.db.execute(
+                "SELECT sandbox_id, proto, host_ip, host_port, container_ip, container_port FROM ports"
+            )
+        ]

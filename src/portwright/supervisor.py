@@ -46,7 +46,14 @@ from .state import State, grace_path, read_grace, state_dir
 DOCKER_USER_RECHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0  # as docker stop: SIGTERM, then SIGKILL after the grace period
 FD_LIMIT_TARGET = 1 << 20  # root may raise the hard limit up to fs.nr_open
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 HANDOFF_LIMIT = 1 << 20  # bytes of the builder's message (mappings as JSON)
 MAX_FDS_PER_MESSAGE = 250  # SCM_RIGHTS carries at most 253 descriptors per message
 
@@ -55,10 +62,17 @@ def check_command(spec: SandboxSpec) -> None:
     """CMD must exist: on PATH, or (a relative path) relative to CMD's directory, which is the
     user's, not the supervisor's (/ for a detached run)."""
     exe = spec.cmd[0]
-    found = (shutil.which(exe) if "/" not in exe
-             else exe if os.access(os.path.join(spec.cwd, exe), os.X_OK) else None)
+    found = (
+        shutil.which(exe)
+        if "/" not in exe
+        else exe
+        if os.access(os.path.join(spec.cwd, exe), os.X_OK)
+        else None
+    )
     if not found:
-        raise BadInput(f"command {exe!r} not found or not executable; give a program on PATH or an absolute path")
+        raise BadInput(
+            f"command {exe!r} not found or not executable; give a program on PATH or an absolute path"
+        )
 
 
 def control_path(state_dir: str, sid: str) -> str:
@@ -137,8 +151,15 @@ class Held:
 def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
     spec = held.spec
     assert spec is not None
-    return spawn.spawn(spec.cmd, env={**os.environ, **dict(spec.env)}, cwd=spec.cwd, netns_path=netns_path,
-                       cgroup_path=held.cgroup, log_path=log_path, stdin_null=spec.detach)
+    return spawn.spawn(
+        spec.cmd,
+        env={**os.environ, **dict(spec.env)},
+        cwd=spec.cwd,
+        netns_path=netns_path,
+        cgroup_path=held.cgroup,
+        log_path=log_path,
+        stdin_null=spec.detach,
+    )
 
 
 def wait_cmd(held: Held, docker_user: Engine | None) -> int:
@@ -247,6 +268,7 @@ def _report(ready_fd: int | None, line: str) -> None:
 # The foreground supervisor: one process builds, holds and tears down
 # ------------------------------------------------------------------------------------------------
 
+
 class Supervisor:
     """One sandbox, built and held by this process (``run`` in the foreground, and tests)."""
 
@@ -262,8 +284,14 @@ class Supervisor:
         with ExitStack() as stack:
             live = self.live = self.engine.create(self.spec, stack, supervisor_pid=os.getpid())
             set_process_title(f"portwright _supervise {live.sandbox.name}")
-            held = self.held = Held(live.sandbox.id, self.spec, self.engine.state.dir, live.cgroup, live.publisher,
-                                    name=live.sandbox.name)
+            held = self.held = Held(
+                live.sandbox.id,
+                self.spec,
+                self.engine.state.dir,
+                live.cgroup,
+                live.publisher,
+                name=live.sandbox.name,
+            )
             held.ctl = serve_control(held.state_dir, held.sid)
             stack.callback(close_control, held.ctl, held.state_dir, held.sid)
             held.pid = start_cmd(held, live.sandbox.netns, live.log_path)
@@ -301,6 +329,7 @@ def run(spec: SandboxSpec) -> int:
 # ------------------------------------------------------------------------------------------------
 # The detached supervisor (forked from the fork server) and its builder
 # ------------------------------------------------------------------------------------------------
+
 
 def hold_detached(request: bytes, reply_fd: int) -> int:
     """The supervisor of a detached sandbox, forked from the fork server with the CLI's request
@@ -453,15 +482,24 @@ def _build(request: bytes, chan: socket.socket, reply_fd: int, holder: int) -> i
     return 0
 
 
-def _hand_to_tini(live: Live, spec: SandboxSpec, links: tuple[str, str], chan: socket.socket,
-                  holder: int) -> int | None:
+def _hand_to_tini(
+    live: Live, spec: SandboxSpec, links: tuple[str, str], chan: socket.socket, holder: int
+) -> int | None:
     """The holder execs tini with CMD; returns CMD's pid once tini has started it (None if CMD
     was already gone by then)."""
     sb = live.sandbox
     argv = [f"portwright:{sb.name}", "-s", "-g", "--", *spec.cmd]
     env = {**os.environ, **dict(spec.env)}
-    plan = {"tini": links[0], "hold": links[1], "argv": argv, "env": env, "cwd": spec.cwd, "netns": sb.netns,
-            "cgroup": live.cgroup, "log": live.log_path}
+    plan = {
+        "tini": links[0],
+        "hold": links[1],
+        "argv": argv,
+        "env": env,
+        "cwd": spec.cwd,
+        "netns": sb.netns,
+        "cgroup": live.cgroup,
+        "log": live.log_path,
+    }
     _send(chan, {"exec": plan}, [s.fileno() for s in live.sockets])
     answer = _recv(chan)[0]
     if "ok" not in answer:
@@ -485,8 +523,14 @@ def _child_of(pid: int, exclude: set[int], timeout: float = 5.0) -> int | None:
     return None
 
 
-def _hand_to_python(live: Live, spec: SandboxSpec, req: dict[str, Any], relays: dict[Mapping, socket.socket],
-                    chan: socket.socket, stack: ExitStack) -> int:
+def _hand_to_python(
+    live: Live,
+    spec: SandboxSpec,
+    req: dict[str, Any],
+    relays: dict[Mapping, socket.socket],
+    chan: socket.socket,
+    stack: ExitStack,
+) -> int:
     """The builder starts CMD and hands the sockets, relays and control socket to the holder."""
     held = Held(live.sandbox.id, spec, state_dir(), live.cgroup, None, name=live.sandbox.name)
     ctl = serve_control(held.state_dir, held.sid)
@@ -496,8 +540,18 @@ def _hand_to_python(live: Live, spec: SandboxSpec, req: dict[str, Any], relays: 
     order = list(relays)
     fds = [ctl.fileno()] + [relays[m].fileno() for m in order]
     fds += [s.fileno() for s in live.sockets if s not in relays.values()]
-    _send(chan, {"sid": held.sid, "name": held.name, "cgroup": live.cgroup, "pid": pid,
-                 "relays": [m.to_json() for m in order], "spec": req["spec"] if order else None}, fds)
+    _send(
+        chan,
+        {
+            "sid": held.sid,
+            "name": held.name,
+            "cgroup": live.cgroup,
+            "pid": pid,
+            "relays": [m.to_json() for m in order],
+            "spec": req["spec"] if order else None,
+        },
+        fds,
+    )
     answer = _recv(chan)[0]
     if "ok" not in answer:
         raise PortwrightError(str(answer.get("error", "the supervisor could not take the sandbox")))
@@ -524,8 +578,17 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
         ctx = registry.PublishContext(spec, sandbox_owner(msg["sid"]), default_firewall())
         publisher = registry.create(mode, ctx)
         publisher.serve(relays)
-    return Held(msg["sid"], spec, state_dir(), msg["cgroup"], publisher, name=msg["name"], ctl=ctl,
-                pid=int(msg["pid"]), sockets=rest[len(relays):])
+    return Held(
+        msg["sid"],
+        spec,
+        state_dir(),
+        msg["cgroup"],
+        publisher,
+        name=msg["name"],
+        ctl=ctl,
+        pid=int(msg["pid"]),
+        sockets=rest[len(relays) :],
+    )
 
 
 def _finish_detached(held: Held, code: int) -> int:
@@ -545,7 +608,7 @@ def _send(chan: socket.socket, msg: dict[str, Any], fds: list[int] | None = None
     data = json.dumps(msg).encode()
     header = len(data).to_bytes(4, "big")
     fds = fds or []
-    chunks = [fds[i:i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)] or [[]]
+    chunks = [fds[i : i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)] or [[]]
     chan.sendall(len(chunks).to_bytes(4, "big"))
     for chunk in chunks:
         socket.send_fds(chan, [len(chunk).to_bytes(4, "big")], chunk)
@@ -574,4 +637,3 @@ def _exactly(chan: socket.socket, n: int) -> bytes:
             raise ValueError("the other side hung up")
         buf += chunk
     return buf
-

@@ -70,11 +70,15 @@ def code_token() -> str:
 # Client side (the CLI)
 # ------------------------------------------------------------------------------------------------
 
+
 def spawn(spec: SandboxSpec, state_dir: str | None = None) -> str:
     """Start a detached sandbox through the fork server; return its id or raise its error."""
     state_dir = state_dir or State().dir
-    request = code_token().encode() + b"\n" + json.dumps(
-        {"spec": spec.to_json(), "env": dict(os.environ), "state_dir": state_dir}).encode()
+    request = (
+        code_token().encode()
+        + b"\n"
+        + json.dumps({"spec": spec.to_json(), "env": dict(os.environ), "state_dir": state_dir}).encode()
+    )
     for _ in range(3):
         conn = _connect(state_dir)
         try:
@@ -87,8 +91,10 @@ def spawn(spec: SandboxSpec, state_dir: str | None = None) -> str:
             _wait_gone(state_dir)
             continue
         return _parse_reply(reply, state_dir)
-    raise PortwrightError(f"the fork server under {state_dir} keeps answering 'stale'; "
-                          f"kill it (see {pid_path(state_dir)}) and retry")
+    raise PortwrightError(
+        f"the fork server under {state_dir} keeps answering 'stale'; "
+        f"kill it (see {pid_path(state_dir)}) and retry"
+    )
 
 
 def _parse_reply(reply: str, state_dir: str) -> str:
@@ -99,8 +105,10 @@ def _parse_reply(reply: str, state_dir: str) -> str:
         err = PortwrightError(text)
         err.exit_code = int(code)
         raise err
-    raise PortwrightError("the sandbox's supervisor exited before it was ready; see "
-                          f"{os.path.join(state_dir, 'logs', 'supervisors.log')}")
+    raise PortwrightError(
+        "the sandbox's supervisor exited before it was ready; see "
+        f"{os.path.join(state_dir, 'logs', 'supervisors.log')}"
+    )
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -131,17 +139,24 @@ def _connect(state_dir: str) -> socket.socket:
         if s is not None:
             return s
         time.sleep(0.01)
-    raise KernelError("starting the fork server", f"no answer on {socket_path(state_dir)} after "
-                      f"{START_TIMEOUT:.0f}s; see {os.path.join(state_dir, 'logs', 'supervisors.log')}")
+    raise KernelError(
+        "starting the fork server",
+        f"no answer on {socket_path(state_dir)} after "
+        f"{START_TIMEOUT:.0f}s; see {os.path.join(state_dir, 'logs', 'supervisors.log')}",
+    )
 
 
 def _start_server(state_dir: str) -> None:
     os.makedirs(os.path.join(state_dir, "ctl"), exist_ok=True)
     # -I and cwd=/: it imports only the installed package, never a stray module that happens to sit
     # in the user's directory (CMD still runs in the spec's cwd).
-    runner.spawn_detached([sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
-                          log_path=os.path.join(state_dir, "logs", "supervisors.log"), cwd="/",
-                          env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir}, what="the fork server")
+    runner.spawn_detached(
+        [sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
+        log_path=os.path.join(state_dir, "logs", "supervisors.log"),
+        cwd="/",
+        env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir},
+        what="the fork server",
+    )
 
 
 def _wait_gone(state_dir: str) -> None:
@@ -163,6 +178,7 @@ def stop_server(state_dir: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Server side
 # ------------------------------------------------------------------------------------------------
+
 
 class Server:
     def __init__(self, state_dir: str) -> None:

@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def sh(*args: str, check: bool = True, ns: str | None = None, timeout: float = 60,
-       input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    *args: str, check: bool = True, ns: str | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command (optionally inside ``ip netns exec NS``), capturing text output."""
     cmd = list(args)
     if ns:
@@ -53,8 +54,12 @@ class External:
         return sh(*args, ns=self.ns, check=check, timeout=timeout)
 
 
-def routed_ns(ns: str, veth: str, v4: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address, int],
-              v6: tuple[ipaddress.IPv6Address, ipaddress.IPv6Address, int]) -> None:
+def routed_ns(
+    ns: str,
+    veth: str,
+    v4: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address, int],
+    v6: tuple[ipaddress.IPv6Address, ipaddress.IPv6Address, int],
+) -> None:
     """A namespace joined to the host by a veth: (host end, namespace end, prefix length) per
     family, and default routes from the namespace via the host. The caller deletes veth and ns."""
     (host4, addr4, len4), (host6, addr6, len6) = v4, v6

@@ -52,10 +52,17 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 120,
-               input: str | bytes | None = None) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(["docker", *args], capture_output=True, text=True, env=self.env,
-                           timeout=timeout, input=input if not isinstance(input, bytes) else None)
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            ["docker", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            input=input if not isinstance(input, bytes) else None,
+        )
         if check and r.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -113,8 +120,9 @@ def _forward_policy(cmd: str) -> str | None:
     return None
 
 
-def _remove_new_chains(cmd: str, before: dict[str, set[str]], policy: str | None,
-                       rules_before: dict[str, set[str]] | None = None) -> None:
+def _remove_new_chains(
+    cmd: str, before: dict[str, set[str]], policy: str | None, rules_before: dict[str, set[str]] | None = None
+) -> None:
     after = _iptables_chains(cmd)
     # Rules dockerd appended to chains that existed before it (FORWARD, POSTROUTING: docker0's
     # accept and masquerade rules) go first; the chains it created go below.
@@ -132,8 +140,11 @@ def _remove_new_chains(cmd: str, before: dict[str, set[str]], policy: str | None
         rules = subprocess.run([cmd, "-t", table, "-S"], capture_output=True, text=True).stdout
         for ln in rules.splitlines():
             parts = ln.split()
-            if parts[:1] == ["-A"] and any(f"-j {c}" in ln or f"-g {c}" in ln for c in new) \
-                    and parts[1] not in new:
+            if (
+                parts[:1] == ["-A"]
+                and any(f"-j {c}" in ln or f"-g {c}" in ln for c in new)
+                and parts[1] not in new
+            ):
                 subprocess.run([cmd, "-t", table, "-D", *parts[1:]], capture_output=True)
         for c in new:
             subprocess.run([cmd, "-t", table, "-F", c], capture_output=True)
@@ -216,10 +227,19 @@ def dockerd_running(*extra_args: str, iptables: bool = True, ready_timeout: floa
         ipt_before = {c: _iptables_chains(c) for c in ("iptables", "ip6tables")}
         policy_before = {c: _forward_policy(c) for c in ("iptables", "ip6tables")}
         rules_before = {c: _iptables_rules(c) for c in ("iptables", "ip6tables")}
-        args = [DOCKERD, "--storage-driver=vfs", f"--bip={BIP}",
-                f"--data-root={root}/data", f"--exec-root={root}/exec", f"--pidfile={root}/docker.pid",
-                f"--config-file={root}/daemon.json", "-H", f"unix://{sock}",
-                f"--iptables={'true' if iptables else 'false'}", *extra_args]
+        args = [
+            DOCKERD,
+            "--storage-driver=vfs",
+            f"--bip={BIP}",
+            f"--data-root={root}/data",
+            f"--exec-root={root}/exec",
+            f"--pidfile={root}/docker.pid",
+            f"--config-file={root}/daemon.json",
+            "-H",
+            f"unix://{sock}",
+            f"--iptables={'true' if iptables else 'false'}",
+            *extra_args,
+        ]
         logf = open(log_path, "wb")
         proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         d = Dockerd(root=root, sock=sock, pid=proc.pid, log_path=log_path)
@@ -229,8 +249,13 @@ def dockerd_running(*extra_args: str, iptables: bool = True, ready_timeout: floa
                 if proc.poll() is not None:
                     tail = d.log().strip().splitlines()[-3:]
                     pytest.skip(f"dockerd cannot start here (exit {proc.returncode}): {' | '.join(tail)}")
-                r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                   capture_output=True, text=True, env=d.env, timeout=30)
+                r = subprocess.run(
+                    ["docker", "version", "--format", "{{.Server.Version}}"],
+                    capture_output=True,
+                    text=True,
+                    env=d.env,
+                    timeout=30,
+                )
                 if r.returncode == 0:
                     break
                 if time.monotonic() > deadline:
@@ -268,8 +293,9 @@ def ensure_image(d: Dockerd, name: str = IMAGE) -> str:
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.skip("busybox is not installed (apt-get install busybox-static)")
-    if "statically linked" not in subprocess.run(["file", "-L", busybox], capture_output=True,
-                                                 text=True).stdout and shutil.which("file"):
+    if "statically linked" not in subprocess.run(
+        ["file", "-L", busybox], capture_output=True, text=True
+    ).stdout and shutil.which("file"):
         pytest.skip(f"{busybox} is not static (apt-get install busybox-static)")
     with tempfile.TemporaryDirectory(prefix="pwt-rootfs-") as rootfs:
         for sub in ("bin", "etc", "tmp", "www", "proc", "sys", "dev"):
@@ -286,8 +312,13 @@ def ensure_image(d: Dockerd, name: str = IMAGE) -> str:
         with open(os.path.join(rootfs, "www", "index.html"), "w") as f:
             f.write("hello from pwtest/busybox\n")
         tar = subprocess.run(["tar", "-C", rootfs, "-c", "."], capture_output=True, check=True).stdout
-        r = subprocess.run(["docker", "import", "-c", "CMD [\"/bin/sh\"]", "-", name], input=tar,
-                           capture_output=True, env=d.env, timeout=120)
+        r = subprocess.run(
+            ["docker", "import", "-c", 'CMD ["/bin/sh"]', "-", name],
+            input=tar,
+            capture_output=True,
+            env=d.env,
+            timeout=120,
+        )
         if r.returncode != 0:
             raise AssertionError(f"docker import failed: {r.stderr.decode(errors='replace').strip()}")
     return name

@@ -30,7 +30,7 @@ from conftest import routed_ns, sh
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
-TCP_SERVER = r'''
+TCP_SERVER = r"""
 import json, os, resource, select, socket, sys
 sys.path.insert(0, SRC)
 from portwright.proxy import proxyproto
@@ -93,9 +93,9 @@ while True:
             except OSError:
                 pass
             ep.unregister(fd); c.close(); del conns[fd]
-'''
+"""
 
-UDP_SERVER = r'''
+UDP_SERVER = r"""
 import json, socket, sys
 sys.path.insert(0, SRC)
 from portwright.proxy import proxyproto
@@ -113,7 +113,7 @@ while True:
         s.sendto(json.dumps(info).encode(), peer)
     else:
         s.sendto(data, peer)
-'''
+"""
 
 
 @dataclass
@@ -128,12 +128,19 @@ class Backend:
     ip6: ipaddress.IPv6Address
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def start(self, code: str, host: str, port: int, *, proxy_protocol: bool = False,
-              echo: bool = True) -> subprocess.Popen[str]:
-        prelude = (f"SRC = {os.path.abspath(SRC)!r}\nHOST = {host!r}\nPORT = {port}\n"
-                   f"PP = {proxy_protocol}\nECHO = {echo}\n")
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", prelude + code],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start(
+        self, code: str, host: str, port: int, *, proxy_protocol: bool = False, echo: bool = True
+    ) -> subprocess.Popen[str]:
+        prelude = (
+            f"SRC = {os.path.abspath(SRC)!r}\nHOST = {host!r}\nPORT = {port}\n"
+            f"PP = {proxy_protocol}\nECHO = {echo}\n"
+        )
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", prelude + code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -142,17 +149,25 @@ class Backend:
             raise RuntimeError(f"backend server did not start: {line!r} {err}")
         return p
 
-    def tcp_server(self, port: int, *, v6: bool = False, proxy_protocol: bool = False,
-                   echo: bool = True) -> subprocess.Popen[str]:
-        return self.start(TCP_SERVER, "::" if v6 else "0.0.0.0", port, proxy_protocol=proxy_protocol,
-                          echo=echo)
+    def tcp_server(
+        self, port: int, *, v6: bool = False, proxy_protocol: bool = False, echo: bool = True
+    ) -> subprocess.Popen[str]:
+        return self.start(
+            TCP_SERVER, "::" if v6 else "0.0.0.0", port, proxy_protocol=proxy_protocol, echo=echo
+        )
 
-    def udp_server(self, port: int, *, v6: bool = False, proxy_protocol: bool = False) -> subprocess.Popen[str]:
+    def udp_server(
+        self, port: int, *, v6: bool = False, proxy_protocol: bool = False
+    ) -> subprocess.Popen[str]:
         return self.start(UDP_SERVER, "::" if v6 else "0.0.0.0", port, proxy_protocol=proxy_protocol)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         return p
 

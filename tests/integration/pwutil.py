@@ -18,8 +18,13 @@ SERVERS = Path(__file__).parent / "servers"
 
 
 def pw(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "portwright", *args], capture_output=True, text=True,
-                       timeout=timeout, env=os.environ.copy())
+    p = subprocess.run(
+        [sys.executable, "-m", "portwright", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"portwright {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
@@ -46,7 +51,9 @@ def curl(url: str, ns: str | None = None, timeout: float = 5) -> str:
         cmd = ["ip", "netns", "exec", ns, *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
     if p.returncode != 0:
-        raise AssertionError(f"curl {url}{' in ' + ns if ns else ''}: exit {p.returncode}: {p.stderr.strip()}")
+        raise AssertionError(
+            f"curl {url}{' in ' + ns if ns else ''}: exit {p.returncode}: {p.stderr.strip()}"
+        )
     return p.stdout
 
 
@@ -118,8 +125,9 @@ def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> i
 def bridge_ports(network: str) -> set[str]:
     """The interfaces enslaved to a portwright network's bridge (its sandboxes' veths)."""
     nets = json.loads(pw("network", "inspect", network).stdout)
-    out = subprocess.run(["ip", "-j", "link", "show", "master", nets[0]["Bridge"]], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-j", "link", "show", "master", nets[0]["Bridge"]], capture_output=True, text=True, check=True
+    ).stdout
     return {link["ifname"] for link in json.loads(out or "[]")}
 
 

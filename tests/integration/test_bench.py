@@ -38,9 +38,27 @@ def _tools() -> None:
 def test_bench_one_second_one_round(tmp_path: Path) -> None:
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     before = set(_leftovers())
-    p = subprocess.run([PW, "bench", "--duration", "1", "--rounds", "1", "--scenarios", "bulk-in,rr",
-                        "--json", str(out), "--plot", str(png), "--quiet"],
-                       capture_output=True, text=True, timeout=240, cwd="/")
+    p = subprocess.run(
+        [
+            PW,
+            "bench",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--scenarios",
+            "bulk-in,rr",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd="/",
+    )
     assert p.returncode in (0, 1), p.stderr
     doc = json.loads(out.read_text())
     assert doc["schema"] == "portwright-bench/1"
@@ -52,7 +70,9 @@ def test_bench_one_second_one_round(tmp_path: Path) -> None:
         assert "apt-get install" in why or "external" in m
     assert {"host", "direct", "nat", "proxy"} <= ran
     samples = doc["samples"]
-    assert {(s["mechanism"], s["scenario"]) for s in samples} == {(m, sc) for m in ran for sc in ("bulk-in", "rr")}
+    assert {(s["mechanism"], s["scenario"]) for s in samples} == {
+        (m, sc) for m in ran for sc in ("bulk-in", "rr")
+    }
     for s in samples:
         assert s["raw"], "the tool's own summary is kept with every sample"
         if s["ok"]:
@@ -68,7 +88,9 @@ def test_bench_one_second_one_round(tmp_path: Path) -> None:
             assert s["publisher"]["pss_kib"] > 0 and s["publisher"]["cpu_seconds"] >= 0
     rows = {(r["scenario"], r["mechanism"]): r for r in doc["summary"]}
     assert rows[("bulk-in", "host")]["ratio_vs_host"]["median"] == pytest.approx(1.0)
-    assert rows[("bulk-in", "docker-proxy")]["article"]["gbit_per_s"] == 42.0 if "docker-proxy" in ran else True
+    assert (
+        rows[("bulk-in", "docker-proxy")]["article"]["gbit_per_s"] == 42.0 if "docker-proxy" in ran else True
+    )
     assert "mechanism" in p.stdout and "article" in p.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
     assert set(_leftovers()) <= before
@@ -76,9 +98,13 @@ def test_bench_one_second_one_round(tmp_path: Path) -> None:
 
 def test_bench_cleans_up_on_sigint(tmp_path: Path) -> None:
     before = set(_leftovers())
-    proc = subprocess.Popen([PW, "bench", "--duration", "5", "--rounds", "1", "--placement", "both",
-                             "--scenarios", "bulk-in"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd="/")
+    proc = subprocess.Popen(
+        [PW, "bench", "--duration", "5", "--rounds", "1", "--placement", "both", "--scenarios", "bulk-in"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + 60
@@ -103,7 +129,9 @@ def test_bench_cleans_up_on_sigint(tmp_path: Path) -> None:
 def _sandbox_leftovers() -> list[str]:
     left = _leftovers()
     ps = subprocess.run([PW, "ps", "-a", "--format", "json"], capture_output=True, text=True, cwd="/")
-    left += [str(s.get("Name")) for s in json.loads(ps.stdout or "[]") if str(s.get("Name", "")).startswith("pwb")]
+    left += [
+        str(s.get("Name")) for s in json.loads(ps.stdout or "[]") if str(s.get("Name", "")).startswith("pwb")
+    ]
     left += [f"/var/tmp/{d}" for d in os.listdir("/var/tmp") if d.startswith("pwb-dockerd-")]
     for pid in os.listdir("/proc"):
         try:
@@ -122,14 +150,20 @@ def test_bench_sandboxes_two_one_round(tmp_path: Path) -> None:
     out = tmp_path / "s.json"
     had_docker0 = os.path.exists("/sys/class/net/docker0")
     before = set(_sandbox_leftovers())
-    p = subprocess.run([PW, "bench", "--sandboxes", "2", "--rounds", "1", "--json", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=400, cwd="/")
+    p = subprocess.run(
+        [PW, "bench", "--sandboxes", "2", "--rounds", "1", "--json", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd="/",
+    )
     assert p.returncode in (0, 1), p.stderr
     res = json.loads(out.read_text())["sandboxes"]
     assert res["n"] == 2 and res["rounds"] == 1 and res["variants"] == ["none", "published"]
     systems = {"portwright"} | ({"docker"} if not res["docker_skipped"] else set())
-    assert {(s["system"], s["variant"]) for s in res["samples"]} == {(sy, v) for sy in systems
-                                                                    for v in ("none", "published")}
+    assert {(s["system"], s["variant"]) for s in res["samples"]} == {
+        (sy, v) for sy in systems for v in ("none", "published")
+    }
     for s in res["samples"]:
         assert s["ok"], s["error"]
         assert s["pss_kib"] > 0 and s["per_sandbox_kib"] == pytest.approx(s["pss_kib"] / 2)
@@ -152,9 +186,26 @@ def test_bench_scale_nft_only_small(tmp_path: Path) -> None:
     need("iperf3", "iperf3")
     out = tmp_path / "n.json"
     before = set(_leftovers())
-    p = subprocess.run([PW, "bench", "--scale", "--scale-shapes", "nft-only", "--scale-sizes", "1,50",
-                        "--duration", "1", "--json", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=200, cwd="/")
+    p = subprocess.run(
+        [
+            PW,
+            "bench",
+            "--scale",
+            "--scale-shapes",
+            "nft-only",
+            "--scale-sizes",
+            "1,50",
+            "--duration",
+            "1",
+            "--json",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd="/",
+    )
     assert p.returncode in (0, 1), p.stderr
     rows = json.loads(out.read_text())["scale"]
     assert [(r["shape"], r["ports"]) for r in rows] == [("nft-only", 1), ("nft-only", 50)]

@@ -64,34 +64,75 @@ class Rig:
     containers: list[Container] = field(default_factory=list)
 
     def bridge_conf(self) -> dict[str, Any]:
-        return {"cniVersion": "1.0.0", "name": self.name, "type": "bridge", "bridge": self.bridge,
-                "isGateway": True, "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": str(self.subnet)}]],
-                         "dataDir": self.data_dir}}
+        return {
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": True,
+            "isDefaultGateway": True,
+            "ipMasq": False,
+            "hairpinMode": True,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": str(self.subnet)}]],
+                "dataDir": self.data_dir,
+            },
+        }
 
-    def pw_conf(self, prev: dict[str, Any] | None, mappings: list[dict[str, Any]],
-                version: str = "1.0.0", **opts: Any) -> dict[str, Any]:
-        conf: dict[str, Any] = {"cniVersion": version, "name": self.name, "type": "portwright-cni",
-                                "capabilities": {"portMappings": True},
-                                "runtimeConfig": {"portMappings": mappings}, **opts}
+    def pw_conf(
+        self, prev: dict[str, Any] | None, mappings: list[dict[str, Any]], version: str = "1.0.0", **opts: Any
+    ) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "cniVersion": version,
+            "name": self.name,
+            "type": "portwright-cni",
+            "capabilities": {"portMappings": True},
+            "runtimeConfig": {"portMappings": mappings},
+            **opts,
+        }
         if prev is not None:
             conf["prevResult"] = prev
         return conf
 
     @staticmethod
-    def call(exe: str, command: str, conf: dict[str, Any] | str, cid: str = "", netns: str = "",
-             ifname: str = "eth0") -> tuple[int, dict[str, Any] | None]:
-        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
-               "CNI_IFNAME": ifname, "CNI_PATH": CNI_DIR}
+    def call(
+        exe: str,
+        command: str,
+        conf: dict[str, Any] | str,
+        cid: str = "",
+        netns: str = "",
+        ifname: str = "eth0",
+    ) -> tuple[int, dict[str, Any] | None]:
+        env = {
+            **os.environ,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": CNI_DIR,
+        }
         data = conf if isinstance(conf, str) else json.dumps(conf)
         r = subprocess.run([exe], input=data, env=env, capture_output=True, text=True, timeout=60)
         out = json.loads(r.stdout) if r.stdout.strip() else None
         return r.returncode, out
 
-    def pw(self, command: str, conf: dict[str, Any] | str, c: Container | None = None, *,
-           cid: str | None = None, netns: str | None = None) -> tuple[int, dict[str, Any] | None]:
-        return self.call(PLUGIN, command, conf, cid if cid is not None else (c.cid if c else ""),
-                         netns if netns is not None else (c.netns if c else ""))
+    def pw(
+        self,
+        command: str,
+        conf: dict[str, Any] | str,
+        c: Container | None = None,
+        *,
+        cid: str | None = None,
+        netns: str | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        return self.call(
+            PLUGIN,
+            command,
+            conf,
+            cid if cid is not None else (c.cid if c else ""),
+            netns if netns is not None else (c.netns if c else ""),
+        )
 
     def new_container(self, serve_port: int = 80, cid: str | None = None) -> Container:
         cid = cid or secrets.token_hex(32)
@@ -107,11 +148,14 @@ class Rig:
         os.makedirs(www, exist_ok=True)
         with open(os.path.join(www, "index.html"), "w") as f:
             f.write(f"hello {cid[:12]}\n")
-        c.server = subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p",
-                                     str(serve_port), "-h", www])
+        c.server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", str(serve_port), "-h", www]
+        )
         return c
 
-    def add(self, c: Container, mappings: list[dict[str, Any]], **opts: Any) -> tuple[int, dict[str, Any] | None]:
+    def add(
+        self, c: Container, mappings: list[dict[str, Any]], **opts: Any
+    ) -> tuple[int, dict[str, Any] | None]:
         return self.pw("ADD", self.pw_conf(c.prev, mappings, **opts), c)
 
     def teardown(self) -> None:
@@ -134,9 +178,12 @@ def new_rig() -> Iterator[Rig]:
     if not os.access(f"{CNI_DIR}/bridge", os.X_OK):
         pytest.skip("reference CNI plugins missing (apt-get install containernetworking-plugins)")
     tag = secrets.token_hex(3)
-    r = Rig(name=f"pwt-cni-{tag}", bridge=f"pwtc{tag}",
-            subnet=ipaddress.IPv4Network(f"198.18.{next(_subnets)}.0/24"),
-            data_dir=tempfile.mkdtemp(prefix="pwt-cni-"))
+    r = Rig(
+        name=f"pwt-cni-{tag}",
+        bridge=f"pwtc{tag}",
+        subnet=ipaddress.IPv4Network(f"198.18.{next(_subnets)}.0/24"),
+        data_dir=tempfile.mkdtemp(prefix="pwt-cni-"),
+    )
     try:
         yield r
     finally:
@@ -171,8 +218,11 @@ def entries(owner: str) -> list[str]:
     table = nft.table_json()
     tag = rules.owner_tag(owner)
     out = [e.mapping().docker_format() for e in rules.published(table) if e.owner == tag]
-    out += [f"rule in {i['rule']['chain']}" for i in table.get("nftables", [])
-            if "rule" in i and i["rule"].get("comment") == tag]
+    out += [
+        f"rule in {i['rule']['chain']}"
+        for i in table.get("nftables", [])
+        if "rule" in i and i["rule"].get("comment") == tag
+    ]
     return out
 
 
@@ -231,8 +281,13 @@ def test_traffic_check_del(rig: Rig, external: External) -> None:
 def test_udp_and_ipv6_loopback(rig: Rig) -> None:
     c = rig.new_container(serve_port=8080)
     tport, uport = free_port(), free_port()
-    rc, res = rig.add(c, [{"hostPort": tport, "containerPort": 8080, "hostIP": "::1"},
-                          {"hostPort": uport, "containerPort": 5353, "protocol": "udp", "hostIP": "127.0.0.1"}])
+    rc, res = rig.add(
+        c,
+        [
+            {"hostPort": tport, "containerPort": 8080, "hostIP": "::1"},
+            {"hostPort": uport, "containerPort": 5353, "protocol": "udp", "hostIP": "127.0.0.1"},
+        ],
+    )
     assert rc == 0, res
     # [::1] cannot be DNATed by any kernel; the holder relays it to the container.
     assert f"hello {c.cid[:12]}" in curl(f"http://[::1]:{tport}/")
@@ -270,8 +325,12 @@ def test_gc_drops_vanished_attachment(rig: Rig) -> None:
     pa, pg = free_port(), free_port()
     assert rig.add(alive, [{"hostPort": pa, "containerPort": 80}], version="1.1.0")[0] == 0
     assert rig.add(gone, [{"hostPort": pg, "containerPort": 80}], version="1.1.0")[0] == 0
-    gc = rig.pw_conf(None, [], version="1.1.0",
-                     **{"cni.dev/valid-attachments": [{"containerID": alive.cid, "ifname": "eth0"}]})
+    gc = rig.pw_conf(
+        None,
+        [],
+        version="1.1.0",
+        **{"cni.dev/valid-attachments": [{"containerID": alive.cid, "ifname": "eth0"}]},
+    )
     assert rig.pw("GC", gc) == (0, None)
     assert entries(gone.owner) == [] and holders_of(gone.owner) == []
     assert entries(alive.owner) and len(holders_of(alive.owner)) == 1
@@ -283,8 +342,12 @@ def test_gc_of_one_network_leaves_other_networks(rig: Rig, rig2: Rig) -> None:
     # Podman's setting: no holder, so only the tag in the kernel says whose network it is.
     c1, c2 = rig.new_container(), rig2.new_container()
     p1, p2 = free_port(), free_port()
-    assert rig.add(c1, [{"hostPort": p1, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
-    assert rig2.add(c2, [{"hostPort": p2, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    assert (
+        rig.add(c1, [{"hostPort": p1, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    )
+    assert (
+        rig2.add(c2, [{"hostPort": p2, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+    )
     assert {p1, p2} <= published_ports()
     gc = rig.pw_conf(None, [], version="1.1.0", **{"cni.dev/valid-attachments": []})
     assert rig.pw("GC", gc) == (0, None)
@@ -295,13 +358,23 @@ def test_gc_of_one_network_leaves_other_networks(rig: Rig, rig2: Rig) -> None:
 
 
 def test_gc_with_long_container_ids(rig: Rig) -> None:
-    stale, valid = rig.new_container(cid=secrets.token_hex(100)), rig.new_container(cid=secrets.token_hex(100))
+    stale, valid = (
+        rig.new_container(cid=secrets.token_hex(100)),
+        rig.new_container(cid=secrets.token_hex(100)),
+    )
     ps, pv = free_port(), free_port()
     for c, port in ((stale, ps), (valid, pv)):
-        assert rig.add(c, [{"hostPort": port, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0] == 0
+        assert (
+            rig.add(c, [{"hostPort": port, "containerPort": 80}], version="1.1.0", reserveHostPort=False)[0]
+            == 0
+        )
     assert {ps, pv} <= published_ports()
-    gc = rig.pw_conf(None, [], version="1.1.0",
-                     **{"cni.dev/valid-attachments": [{"containerID": valid.cid, "ifname": "eth0"}]})
+    gc = rig.pw_conf(
+        None,
+        [],
+        version="1.1.0",
+        **{"cni.dev/valid-attachments": [{"containerID": valid.cid, "ifname": "eth0"}]},
+    )
     assert rig.pw("GC", gc) == (0, None)
     ports = published_ports()
     assert ps not in ports and pv in ports
@@ -318,7 +391,9 @@ def test_port_conflicts_leave_nothing(rig: Rig) -> None:
     assert rig.add(a, [{"hostPort": port, "containerPort": 80}])[0] == 0
     before = cni_owners()
     # Another container's mapping (found by its tag in the live table).
-    rc, err = rig.add(b, [{"hostPort": port, "containerPort": 80, "hostIP": "127.0.0.1"}], reserveHostPort=False)
+    rc, err = rig.add(
+        b, [{"hostPort": port, "containerPort": 80, "hostIP": "127.0.0.1"}], reserveHostPort=False
+    )
     assert rc == 1 and err is not None and err["code"] == p.E_PORT_IN_USE
     assert f"127.0.0.1:{port}/tcp" in err["msg"] and a.cid[:12] in err["msg"]
     assert cni_owners() == before and holders_of(b.owner) == []
@@ -342,8 +417,12 @@ def test_errors_are_spec_json_and_leave_nothing(rig: Rig) -> None:
     before = cni_owners()
     cases: list[tuple[str, dict[str, Any] | str, str, int]] = [
         ("ADD", "{broken", c.netns, p.E_DECODE),
-        ("ADD", {**good, "runtimeConfig": {"portMappings": [{"hostPort": "x", "containerPort": 80}]}},
-         c.netns, p.E_INVALID_CONFIG),
+        (
+            "ADD",
+            {**good, "runtimeConfig": {"portMappings": [{"hostPort": "x", "containerPort": 80}]}},
+            c.netns,
+            p.E_INVALID_CONFIG,
+        ),
         ("ADD", {k: v for k, v in good.items() if k != "prevResult"}, c.netns, p.E_INVALID_CONFIG),
         ("FROB", good, c.netns, p.E_INVALID_ENV),
         ("ADD", good, "/run/netns/pwt-does-not-exist", p.E_UNKNOWN_CONTAINER),

@@ -48,8 +48,9 @@ def test_network_lifecycle() -> None:
         assert pw("network", "ls").stdout == before
         # No second bridge got an address in that range.
         addrs = json.loads(sh("ip", "-j", "-4", "addr", "show").stdout)
-        assert [a["ifname"] for a in addrs if any(i["local"].startswith("198.18.201.") for i in a["addr_info"])] \
-            == [mine["Bridge"]]
+        assert [
+            a["ifname"] for a in addrs if any(i["local"].startswith("198.18.201.") for i in a["addr_info"])
+        ] == [mine["Bridge"]]
     finally:
         pw("network", "rm", name)
     assert mine["Bridge"] not in link_names()
@@ -60,10 +61,27 @@ def test_network_lifecycle() -> None:
 def test_run_inspect_exec_curl_rm(net: str) -> None:
     name = uniq("web")
     # --bind :: serves both families (bindv6only is 0 in a fresh namespace)
-    pw("run", "-d", "--name", name, "--network", net, "--", "python3", "-m", "http.server", "--bind", "::", "80")
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "::",
+        "80",
+    )
     info = inspect(name)
     ip4, ip6 = info["NetworkSettings"]["IPAddress"], info["NetworkSettings"]["GlobalIPv6Address"]
-    assert info["State"]["Status"] == "running" and info["NetworkSettings"]["SandboxKey"] == f"/run/netns/pw-{name}"
+    assert (
+        info["State"]["Status"] == "running"
+        and info["NetworkSettings"]["SandboxKey"] == f"/run/netns/pw-{name}"
+    )
     assert ipaddress.ip_address(ip4) in ipaddress.ip_network("198.18.0.0/15")
     assert ipaddress.ip_address(ip6) in ipaddress.ip_network("2001:2::/48")
     # The kernel agrees with inspect: ip -j inside the namespace shows both addresses on eth0.
@@ -102,7 +120,9 @@ def test_same_network_reach_other_network_isolated(net: str) -> None:
         wait_tcp(f"pw-{a}", ip_b, 8000)
         assert sh("nc", "-z", "-w", "2", ip_b, "8000", ns=f"pw-{a}", check=False).returncode == 0
         wait_tcp(None, ip_c, 8000)  # c is up (the host reaches it) ...
-        assert sh("nc", "-z", "-w", "2", ip_c, "8000", ns=f"pw-{a}", check=False).returncode != 0  # ... a does not
+        assert (
+            sh("nc", "-z", "-w", "2", ip_c, "8000", ns=f"pw-{a}", check=False).returncode != 0
+        )  # ... a does not
     finally:
         for n in (a, b, c):
             pw("rm", "-f", n, check=False)
@@ -138,15 +158,29 @@ def test_kill9_supervisor_then_any_command_cleans_up(net: str) -> None:
 def test_foreground_exit_code_and_cleanup(net: str) -> None:
     name = uniq("f")
     before_ns = netns_names()
-    r = pw("run", "--name", name, "--network", net, "--", "sh", "-c", "ip -o addr show dev eth0; exit 3", check=False)
+    r = pw(
+        "run",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        "sh",
+        "-c",
+        "ip -o addr show dev eth0; exit 3",
+        check=False,
+    )
     assert r.returncode == 3 and "inet " in r.stdout
     assert netns_names() == before_ns and name not in pw("ps", "-a").stdout
 
 
 def test_foreground_sigint_tears_down(net: str) -> None:
     name = uniq("s")
-    p = subprocess.Popen([sys.executable, "-m", "portwright", "run", "--name", name, "--network", net,
-                          "--", "sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "portwright", "run", "--name", name, "--network", net, "--", "sleep", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 15
     while f"pw-{name}" not in netns_names() and time.time() < deadline:
         time.sleep(0.05)
@@ -211,8 +245,17 @@ def test_bad_input_one_line_nothing_left(net: str, extra: list[str], fragment: s
 def test_missing_command_and_duplicate_name(net: str) -> None:
     before = (bridge_ports(net), pw("ps", "-a").stdout)
     for detach in ([], ["-d"]):
-        r = pw("run", *detach, "--network", net, "-p", "127.0.0.1::80", "--", "definitely-not-a-command",
-               check=False)
+        r = pw(
+            "run",
+            *detach,
+            "--network",
+            net,
+            "-p",
+            "127.0.0.1::80",
+            "--",
+            "definitely-not-a-command",
+            check=False,
+        )
         assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
         assert (bridge_ports(net), pw("ps", "-a").stdout) == before
     name = uniq("d")
@@ -224,9 +267,23 @@ def test_missing_command_and_duplicate_name(net: str) -> None:
 
 
 def test_not_root_is_one_line() -> None:
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-m", "portwright", "network", "create", "zz"],
-                       capture_output=True, text=True, env={**os.environ, "PORTWRIGHT_STATE_DIR": "/tmp/pw-nobody"})
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "portwright",
+            "network",
+            "create",
+            "zz",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PORTWRIGHT_STATE_DIR": "/tmp/pw-nobody"},
+    )
     assert r.returncode != 0 and "root" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -236,21 +293,39 @@ def test_missing_tool_names_package(tmp_path: os.PathLike[str]) -> None:
     bindir = os.path.join(str(tmp_path), "bin")
     os.mkdir(bindir)
     for tool in ("ip", "sysctl", "iptables", "ip6tables"):
-        src = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        src = subprocess.run(
+            ["sh", "-c", f"command -v {tool}"], capture_output=True, text=True
+        ).stdout.strip()
         if src:
             os.symlink(src, os.path.join(bindir, tool))
     name = uniq("m")
     before = pw("network", "ls").stdout
-    r = subprocess.run([sys.executable, "-m", "portwright", "network", "create", name],
-                       capture_output=True, text=True, env={**os.environ, "PATH": bindir})
+    r = subprocess.run(
+        [sys.executable, "-m", "portwright", "network", "create", name],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": bindir},
+    )
     assert r.returncode != 0 and "apt-get install nftables" in r.stderr and "Traceback" not in r.stderr
     assert pw("network", "ls").stdout == before
 
 
 def test_detached_exit_is_recorded_and_logged(net: str) -> None:
     name = uniq("l")
-    pw("run", "-d", "--name", name, "--network", net, "-e", "GREETING=hello", "--",
-       "sh", "-c", "echo $GREETING from $(ip -o -4 addr show dev eth0 | wc -l) addr; exit 4")
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "-e",
+        "GREETING=hello",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING from $(ip -o -4 addr show dev eth0 | wc -l) addr; exit 4",
+    )
     deadline = time.time() + 15
     while inspect(name)["State"]["Status"] != "exited" and time.time() < deadline:
         time.sleep(0.1)
@@ -266,7 +341,18 @@ def test_detached_exit_is_recorded_and_logged(net: str) -> None:
 
 def test_stop_grace_period_then_sigkill(net: str) -> None:
     name = uniq("g")
-    pw("run", "-d", "--name", name, "--network", net, "--", "sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 1; done",
+    )
     pw("stop", "-t", "1", name)
     info = inspect(name)
     # 137 = 128 + SIGKILL, sent by the supervisor after the 1 s grace period. (Had the default 10 s
@@ -282,9 +368,28 @@ def test_rm_flag_and_cwd_with_a_shadowing_module(net: str, tmp_path: os.PathLike
     with open(os.path.join(str(tmp_path), "secrets.py"), "w") as f:
         f.write("raise SystemExit('shadowed')\n")
     name = uniq("r")
-    r = subprocess.run([sys.executable, "-m", "portwright", "run", "-d", "--rm", "--name", name, "--network", net,
-                        "--", "sh", "-c", "pwd > where; sleep 0.5"], capture_output=True, text=True,
-                       cwd=str(tmp_path), env={**os.environ, "PYTHONSAFEPATH": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "portwright",
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "sh",
+            "-c",
+            "pwd > where; sleep 0.5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
     assert r.returncode == 0, r.stderr
     deadline = time.time() + 15
     while name in pw("ps", "-a").stdout and time.time() < deadline:
@@ -296,16 +401,31 @@ def test_rm_flag_and_cwd_with_a_shadowing_module(net: str, tmp_path: os.PathLike
 
 def test_port_command_and_ps_ports_column(net: str) -> None:
     name = uniq("p")
-    pw("run", "-d", "--name", name, "--network", net, "-p", "127.0.0.1::80", "-p", "0.0.0.0::53/udp",
-       "--", "sleep", "60")
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "-p",
+        "127.0.0.1::80",
+        "-p",
+        "0.0.0.0::53/udp",
+        "--",
+        "sleep",
+        "60",
+    )
     maps = inspect(name)["NetworkSettings"]["Ports"]
     tcp_port = next(m["host_port"] for m in maps if m["proto"] == "tcp")
     udp_port = next(m["host_port"] for m in maps if m["proto"] == "udp")
     row = next(line for line in pw("ps").stdout.splitlines() if line.endswith(name))
     assert f"127.0.0.1:{tcp_port}->80/tcp" in row
     assert f"0.0.0.0:{udp_port}->53/udp" in row
-    assert pw("port", name).stdout.splitlines() == [f"80/tcp -> 127.0.0.1:{tcp_port}",
-                                                     f"53/udp -> 0.0.0.0:{udp_port}"]
+    assert pw("port", name).stdout.splitlines() == [
+        f"80/tcp -> 127.0.0.1:{tcp_port}",
+        f"53/udp -> 0.0.0.0:{udp_port}",
+    ]
     assert pw("port", name, "80/tcp").stdout == f"127.0.0.1:{tcp_port}\n"
     r = pw("port", name, "81", check=False)
     assert r.returncode == 3 and "no public port '81'" in r.stderr
@@ -320,8 +440,9 @@ def test_default_network_created_on_first_use() -> None:
         info = inspect(name)
         assert info["NetworkSettings"]["Network"] == "pw0"
         nets = {n["Name"]: n for n in json.loads(pw("network", "ls", "--format", "json").stdout)}
-        assert "pw0" in nets and ipaddress.ip_address(info["NetworkSettings"]["IPAddress"]) in \
-            ipaddress.ip_network(nets["pw0"]["IPAM"]["Config"][0]["Subnet"])
+        assert "pw0" in nets and ipaddress.ip_address(
+            info["NetworkSettings"]["IPAddress"]
+        ) in ipaddress.ip_network(nets["pw0"]["IPAM"]["Config"][0]["Subnet"])
     finally:
         pw("rm", "-f", name)
         pw("network", "rm", "pw0", check=False)
@@ -331,7 +452,9 @@ def test_internal_network_has_no_egress(external: External) -> None:
     with temp_network("--internal", prefix="int") as net:
         name = uniq("i")
         pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60")
-        srv = sh("sh", "-c", "python3 -m http.server 8766 >/dev/null 2>&1 & echo $!", ns=external.ns).stdout.strip()
+        srv = sh(
+            "sh", "-c", "python3 -m http.server 8766 >/dev/null 2>&1 & echo $!", ns=external.ns
+        ).stdout.strip()
         try:
             wait_tcp(external.ns, "127.0.0.1", 8766)
             r = sh("nc", "-z", "-w", "2", str(external.addr4), "8766", ns=f"pw-{name}", check=False)

@@ -71,7 +71,7 @@ def test_docker_publications(docker_env: Dockerd, request: pytest.FixtureRequest
     p4 = next(p for p in rep.paths if p.label == "127.0.0.1")
     assert p4.target is not None and p4.target.kind == "container" and p4.target.name == name
     assert p4.target.network == "bridge"
-    (iln, ih), = p4.inner.listeners  # type: ignore[union-attr]
+    ((iln, ih),) = p4.inner.listeners  # type: ignore[union-attr]
     assert ih.comm in ("httpd", "busybox") and iln.port == 8000
     kinds = {h.kind for _, h in rep.holders}
     if userland:
@@ -88,7 +88,8 @@ def test_docker_publications(docker_env: Dockerd, request: pytest.FixtureRequest
     assert ("medium", "exposed", "tcp 0.0.0.0:29000") in mine
     leak = [f for f in findings if f.code == "loopback-leak" and ":29001" in f.subject]
     guard = any(t == ("inet", "portwright") for t in snap.ruleset.tables) and any(
-        c.name == "guard" for c in snap.ruleset.chains.values() if c.table == "portwright")
+        c.name == "guard" for c in snap.ruleset.chains.values() if c.table == "portwright"
+    )
     if guard:
         assert not leak  # portwright's guard chain drops 127/8 from other interfaces for Docker too
     else:
@@ -104,7 +105,7 @@ def test_docker_host_network_undeclared_port(docker_env: Dockerd, request: pytes
     wait_http("http://127.0.0.1:29010/")
     snap = collect()
     rep = who(snap, 29010)
-    (_, h), = [(ln, h) for ln, h in rep.holders if str(ln.ip) in ("0.0.0.0", "::")][:1]
+    ((_, h),) = [(ln, h) for ln, h in rep.holders if str(ln.ip) in ("0.0.0.0", "::")][:1]
     assert h.kind == APPLICATION and h.container == hostnet
     und = [f for f in audit_mod.audit(snap).findings if f.code == "undeclared" and hostnet in f.owner]
     assert und and "29010" in und[0].subject

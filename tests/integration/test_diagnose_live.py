@@ -58,8 +58,20 @@ def sandboxes() -> Iterator[list[str]]:
 def run_sandbox(names: list[str], *args: str, inner_port: int = 8080) -> str:
     name = uniq("pwtd")
     names.append(name)
-    pw("run", "-d", "--name", name, *args, "--", sys.executable, "-m", "http.server", str(inner_port),
-       "--bind", "0.0.0.0")
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *args,
+        "--",
+        sys.executable,
+        "-m",
+        "http.server",
+        str(inner_port),
+        "--bind",
+        "0.0.0.0",
+    )
     rec = State().sandbox(name)
     if rec.sandbox.netns:
         wait_inner(rec.sandbox.netns, inner_port)
@@ -71,7 +83,10 @@ def path(rep: object, label: str) -> object:
 
 
 def curl_ok(url: str) -> bool:
-    return subprocess.run(["curl", "-sf", "-m", "3", "-o", "/dev/null", url], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["curl", "-sf", "-m", "3", "-o", "/dev/null", url], capture_output=True).returncode
+        == 0
+    )
 
 
 # ---------------------------------------------------------------- host program
@@ -83,7 +98,7 @@ def test_who_host_program_and_bad_input() -> None:
     srv.listen()
     try:
         rep = who(collect(), port)
-        (ln, h), = rep.holders
+        ((ln, h),) = rep.holders
         assert h.kind == APPLICATION and h.pid == os.getpid() and str(ln.ip) == "127.0.0.1"
         assert path(rep, "127.0.0.1").holder.pid == os.getpid()  # type: ignore[attr-defined]
         assert path(rep, "[::1]").via == "nothing"  # type: ignore[attr-defined]
@@ -102,8 +117,17 @@ def test_who_host_program_and_bad_input() -> None:
 # ---------------------------------------------------------------- portwright sandboxes
 def test_nat_sandbox_dual_v4only_and_loopback(sandboxes: list[str], external: object) -> None:
     dual, v4, loop = free_port(), free_port(), free_port()
-    name = run_sandbox(sandboxes, "-p", f"{dual}:8080", "-p", f"0.0.0.0:{v4}:8080",
-                       "-p", f"127.0.0.1:{loop}:8080", "--publish-mode", "nat")
+    name = run_sandbox(
+        sandboxes,
+        "-p",
+        f"{dual}:8080",
+        "-p",
+        f"0.0.0.0:{v4}:8080",
+        "-p",
+        f"127.0.0.1:{loop}:8080",
+        "--publish-mode",
+        "nat",
+    )
     snap = collect()
     rep = who(snap, dual)
     kinds = {h.kind for _, h in rep.holders}
@@ -112,7 +136,7 @@ def test_nat_sandbox_dual_v4only_and_loopback(sandboxes: list[str], external: ob
     for label in ("127.0.0.1", "[::1]"):
         p = path(rep, label)
         assert p.target.kind == "sandbox" and p.target.name == name  # type: ignore[attr-defined]
-        (iln, ih), = p.inner.listeners  # type: ignore[attr-defined]
+        ((iln, ih),) = p.inner.listeners  # type: ignore[attr-defined]
         assert ih.comm.startswith("python") and iln.port == 8080
     assert path(rep, "127.0.0.1").via == "dnat" and path(rep, "[::1]").via == "socket"  # type: ignore[attr-defined]
     assert not rep.differences
@@ -159,9 +183,11 @@ def test_host_network_sandbox_undeclared_port(sandboxes: list[str]) -> None:
     wait_tcp(None, "127.0.0.1", port)
     snap = collect()
     rep = who(snap, port)
-    (_, h), = [(ln, h) for ln, h in rep.holders if ln.port == port]
+    ((_, h),) = [(ln, h) for ln, h in rep.holders if ln.port == port]
     assert h.kind == APPLICATION and h.sandbox == name and h.comm.startswith("python")
-    findings = [f for f in audit_mod.audit(snap).findings if f.code == "undeclared" and f.owner == f"sandbox {name}"]
+    findings = [
+        f for f in audit_mod.audit(snap).findings if f.code == "undeclared" and f.owner == f"sandbox {name}"
+    ]
     assert [f.subject for f in findings] == [f"tcp 0.0.0.0:{port}"]
 
 
@@ -194,12 +220,15 @@ def test_stale_rule_left_by_killed_supervisor(sandboxes: list[str]) -> None:
     r = pw("audit", "--json", check=False)
     assert r.returncode == 10, r.stderr
     findings = json.loads(r.stdout)["findings"]
-    assert any(f["code"] == "stale" and f["severity"] == "high" and f["subject"] == f"sandbox {name}"
-               for f in findings)
+    assert any(
+        f["code"] == "stale" and f["severity"] == "high" and f["subject"] == f"sandbox {name}"
+        for f in findings
+    )
     pw("prune")  # reconcile: the leftovers go, and so does the finding
     r = pw("audit", "--json", check=False)
-    assert not any(f["subject"] in (f"sandbox {name}", f"tcp 0.0.0.0:{port}")
-                   for f in json.loads(r.stdout)["findings"])
+    assert not any(
+        f["subject"] in (f"sandbox {name}", f"tcp 0.0.0.0:{port}") for f in json.loads(r.stdout)["findings"]
+    )
 
 
 def test_netns_path_for_pid_reads_that_namespace() -> None:
@@ -219,10 +248,15 @@ def test_netns_path_for_pid_reads_that_namespace() -> None:
         # The CLI: portwright exec --pid runs a command in that namespace.
         out = pw("exec", "--pid", str(child.pid), "--", "ss", "-Htln").stdout
         assert "127.0.0.1:4444" in out
-        assert not any(ln.port == 4444 and str(ln.ip) == "127.0.0.1" and ln.processes
-                       and ln.processes[0].pid == child.pid for ln in collect().listeners)  # not the host's
+        assert not any(
+            ln.port == 4444
+            and str(ln.ip) == "127.0.0.1"
+            and ln.processes
+            and ln.processes[0].pid == child.pid
+            for ln in collect().listeners
+        )  # not the host's
         with pytest.raises(NotFound):
-            netns_path_for(pid=2 ** 22 + 12345)
+            netns_path_for(pid=2**22 + 12345)
         with pytest.raises(NotFound):
             netns_path_for(container="pwt-no-such-container")
     finally:
@@ -245,24 +279,53 @@ def leaky_host() -> Iterator[dict[str, str]]:
         sh("ip", "link", "set", xv, "netns", h)
         sh("ip", "link", "add", bv, "type", "veth", "peer", "name", "eth0", "netns", b)
         sh("ip", "link", "set", bv, "netns", h)
-        for cmd in (["addr", "add", "198.19.252.1/30", "dev", xv], ["link", "set", xv, "up"],
-                    ["link", "set", "lo", "up"], ["addr", "add", "198.19.253.1/30", "dev", bv],
-                    ["link", "set", bv, "up"]):
+        for cmd in (
+            ["addr", "add", "198.19.252.1/30", "dev", xv],
+            ["link", "set", xv, "up"],
+            ["link", "set", "lo", "up"],
+            ["addr", "add", "198.19.253.1/30", "dev", bv],
+            ["link", "set", bv, "up"],
+        ):
             sh("ip", "-n", h, *cmd)
         for cmd in (["addr", "add", "198.19.252.2/30", "dev", "eth0"], ["link", "set", "eth0", "up"]):
             sh("ip", "-n", x, *cmd)
-        for cmd in (["addr", "add", "198.19.253.2/30", "dev", "eth0"], ["link", "set", "eth0", "up"],
-                    ["link", "set", "lo", "up"], ["route", "add", "default", "via", "198.19.253.1"]):
+        for cmd in (
+            ["addr", "add", "198.19.253.2/30", "dev", "eth0"],
+            ["link", "set", "eth0", "up"],
+            ["link", "set", "lo", "up"],
+            ["route", "add", "default", "via", "198.19.253.1"],
+        ):
             sh("ip", "-n", b, *cmd)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=h)
         sh("sysctl", "-qw", f"net.ipv4.conf.{bv}.route_localnet=1", ns=h)  # as dockerd sets on docker0
         # X routes 127.0.0.1 to H (its own lo is down, so nothing local shadows the route)
         sh("sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1", ns=x)
         sh("ip", "-n", x, "route", "add", "127.0.0.1/32", "via", "198.19.252.1", "dev", "eth0")
-        for rule in (["-t", "nat", "-N", "DOCKER"],
-                     ["-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
-                     ["-t", "nat", "-A", "DOCKER", "-d", "127.0.0.1/32", "!", "-i", bv, "-p", "tcp", "-m", "tcp",
-                      "--dport", "6380", "-j", "DNAT", "--to-destination", "198.19.253.2:6379"]):
+        for rule in (
+            ["-t", "nat", "-N", "DOCKER"],
+            ["-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
+            [
+                "-t",
+                "nat",
+                "-A",
+                "DOCKER",
+                "-d",
+                "127.0.0.1/32",
+                "!",
+                "-i",
+                bv,
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                "6380",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "198.19.253.2:6379",
+            ],
+        ):
             sh("iptables", *rule, ns=h)
         yield {"h": h, "x": x, "b": b}
     finally:
@@ -272,22 +335,41 @@ def leaky_host() -> Iterator[dict[str, str]]:
 
 AUDIT_IN_NS = (
     "import json; from portwright.diagnose.snapshot import collect; from portwright.diagnose.audit import audit;"
-    "print(json.dumps(audit(collect()).to_json()))")
+    "print(json.dumps(audit(collect()).to_json()))"
+)
 
 
 def audit_in(ns: str) -> list[dict[str, object]]:
-    env = {**os.environ, "PORTWRIGHT_STATE_DIR": tempfile.mkdtemp(prefix="pwt-diag-"),
-           "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
-    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", AUDIT_IN_NS], capture_output=True,
-                       text=True, env=env, timeout=60)
+    env = {
+        **os.environ,
+        "PORTWRIGHT_STATE_DIR": tempfile.mkdtemp(prefix="pwt-diag-"),
+        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+    }
+    p = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", AUDIT_IN_NS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)["findings"]  # type: ignore[no-any-return]
 
 
 def reached(ns: dict[str, str]) -> bool:
-    srv = subprocess.Popen(["ip", "netns", "exec", ns["b"], "sh", "-c",
-                            "echo from-backend | timeout 4 nc -l -p 6379 -s 198.19.253.2"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns["b"],
+            "sh",
+            "-c",
+            "echo from-backend | timeout 4 nc -l -p 6379 -s 198.19.253.2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.3)
         r = sh("timeout", "3", "nc", "-w", "2", "127.0.0.1", "6380", ns=ns["x"], check=False, input="")

@@ -40,7 +40,9 @@ def forward_policy() -> str:
     return out.splitlines()[0].split()[-1]
 
 
-def test_bridge_networking_survives_forward_drop(dockerd: Dockerd, early_network: str, external: External) -> None:
+def test_bridge_networking_survives_forward_drop(
+    dockerd: Dockerd, early_network: str, external: External
+) -> None:
     assert forward_policy() == "DROP"
     pw("ps")  # any command re-syncs DOCKER-USER for networks made before dockerd
     later = uniq("late")
@@ -54,12 +56,19 @@ def test_bridge_networking_survives_forward_drop(dockerd: Dockerd, early_network
             ip_b = inspect(b)["NetworkSettings"]["IPAddress"]
             wait_tcp(f"pw-{a}", ip_b, 8000)  # sandbox to sandbox, across br_netfilter + FORWARD DROP
             # Egress: a sandbox reaches another machine through the host (routed, masqueraded).
-            code = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 3); "
-                    "print('ok')")
-            srv = sh("sh", "-c", "python3 -m http.server 8765 >/dev/null 2>&1 & echo $!", ns=external.ns).stdout.strip()
+            code = (
+                "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 3); "
+                "print('ok')"
+            )
+            srv = sh(
+                "sh", "-c", "python3 -m http.server 8765 >/dev/null 2>&1 & echo $!", ns=external.ns
+            ).stdout.strip()
             try:
                 wait_tcp(external.ns, "127.0.0.1", 8765)
-                assert sh(sys.executable, "-c", code, str(external.addr4), "8765", ns=f"pw-{a}").stdout.strip() == "ok"
+                assert (
+                    sh(sys.executable, "-c", code, str(external.addr4), "8765", ns=f"pw-{a}").stdout.strip()
+                    == "ok"
+                )
             finally:
                 sh("kill", srv, check=False)
             ours = sh("iptables", "-S", "DOCKER-USER").stdout
@@ -78,8 +87,12 @@ def test_bridge_networking_survives_forward_drop(dockerd: Dockerd, early_network
 
 def test_port_held_by_docker_is_refused_with_owner(dockerd: Dockerd, early_network: str) -> None:
     image = ensure_image(dockerd)
-    cid = dockerd.docker("run", "-d", "-p", "127.0.0.1::8080", image, "httpd", "-f", "-p", "8080").stdout.strip()
+    cid = dockerd.docker(
+        "run", "-d", "-p", "127.0.0.1::8080", image, "httpd", "-f", "-p", "8080"
+    ).stdout.strip()
     port = dockerd.docker("port", cid, "8080/tcp").stdout.split(":")[-1].strip()
-    r = pw("run", "-d", "--network", early_network, "-p", f"127.0.0.1:{port}:80", "--", "sleep", "5", check=False)
+    r = pw(
+        "run", "-d", "--network", early_network, "-p", f"127.0.0.1:{port}:80", "--", "sleep", "5", check=False
+    )
     assert r.returncode != 0 and "already in use" in r.stderr
     assert "docker-proxy" in r.stderr or "dockerd" in r.stderr

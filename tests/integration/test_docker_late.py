@@ -25,8 +25,13 @@ def test_supervisors_resync_docker_user_after_dockerd_starts() -> None:
             deadline = time.time() + 30
             ok = False
             while time.time() < deadline and not ok:
-                ok = subprocess.run(["ip", "netns", "exec", f"pw-{a}", "nc", "-z", "-w", "1", ip_b, "8000"],
-                                    capture_output=True).returncode == 0
+                ok = (
+                    subprocess.run(
+                        ["ip", "netns", "exec", f"pw-{a}", "nc", "-z", "-w", "1", ip_b, "8000"],
+                        capture_output=True,
+                    ).returncode
+                    == 0
+                )
                 time.sleep(0.5)
             rules = subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True).stdout
             assert ok, f"sandbox-to-sandbox traffic stayed blocked; DOCKER-USER:\n{rules}"

@@ -36,39 +36,69 @@ def test_dockerd_uses_portwright_proxy_for_curl_iperf3_and_port_conflicts() -> N
     for tool in ("curl", "iperf3"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed")
-    with dockerd_running(f"--userland-proxy-path={PROXY_BIN}", "--userland-proxy=true",
-                         iptables=False) as d:
+    with dockerd_running(f"--userland-proxy-path={PROXY_BIN}", "--userland-proxy=true", iptables=False) as d:
         img = ensure_image(d)
         web, perf, taken = free_port(), free_port(), free_port()
-        d.docker("run", "-d", "--name", "pwt-web", "-p", f"{web}:80", img,
-                 "httpd", "-f", "-p", "80", "-h", "/www")
-        d.docker("run", "-d", "--name", "pwt-iperf", "-p", f"127.0.0.1:{perf}:5201", *HOST_TOOLS_MOUNTS,
-                 img, "/usr/bin/iperf3", "-s")
+        d.docker(
+            "run", "-d", "--name", "pwt-web", "-p", f"{web}:80", img, "httpd", "-f", "-p", "80", "-h", "/www"
+        )
+        d.docker(
+            "run",
+            "-d",
+            "--name",
+            "pwt-iperf",
+            "-p",
+            f"127.0.0.1:{perf}:5201",
+            *HOST_TOOLS_MOUNTS,
+            img,
+            "/usr/bin/iperf3",
+            "-s",
+        )
         # dockerd started our binary with docker-proxy's flags
         kids = [argv for _, argv in d.children() if argv and "portwright-proxy" in " ".join(argv[:2])]
-        assert any(["-host-port", str(web)] == a[a.index("-host-port"):a.index("-host-port") + 2]
-                   for a in kids if "-host-port" in a), kids
+        assert any(
+            ["-host-port", str(web)] == a[a.index("-host-port") : a.index("-host-port") + 2]
+            for a in kids
+            if "-host-port" in a
+        ), kids
         assert "portwright-prox" in _listener_process(web)  # ss -p shows whose port it is
         for url in (f"http://127.0.0.1:{web}/", f"http://localhost:{web}/"):
             r = sh("curl", "-sS", "--max-time", "10", url)
             assert r.stdout == "hello from pwtest/busybox\n"
         # iperf3 needs its control connection and data streams through the proxy
-        ok = wait_until(lambda: ":5201" in d.docker("exec", "pwt-iperf", "netstat", "-ltn", check=False).stdout,
-                        timeout=20, interval=0.2)
+        ok = wait_until(
+            lambda: ":5201" in d.docker("exec", "pwt-iperf", "netstat", "-ltn", check=False).stdout,
+            timeout=20,
+            interval=0.2,
+        )
         assert ok, "iperf3 never listened inside the container"
-        res = json.loads(sh("iperf3", "-c", "127.0.0.1", "-p", str(perf), "-t", "2", "-P", "2", "-J",
-                            timeout=30).stdout)
+        res = json.loads(
+            sh("iperf3", "-c", "127.0.0.1", "-p", str(perf), "-t", "2", "-P", "2", "-J", timeout=30).stdout
+        )
         assert res["end"]["sum_received"]["bytes"] > 0
-        res = json.loads(sh("iperf3", "-c", "127.0.0.1", "-p", str(perf), "-t", "2", "-R", "-J",
-                            timeout=30).stdout)
+        res = json.loads(
+            sh("iperf3", "-c", "127.0.0.1", "-p", str(perf), "-t", "2", "-R", "-J", timeout=30).stdout
+        )
         assert res["end"]["sum_received"]["bytes"] > 0
         # A host port someone else holds: the docker user sees dockerd's usual error text.
         with socket.socket() as holder:
             holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             holder.bind(("0.0.0.0", taken))
             holder.listen()
-            r = d.docker("run", "-d", "--name", "pwt-clash", "-p", f"{taken}:80", img,
-                         "httpd", "-f", "-p", "80", check=False)
+            r = d.docker(
+                "run",
+                "-d",
+                "--name",
+                "pwt-clash",
+                "-p",
+                f"{taken}:80",
+                img,
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                check=False,
+            )
             assert r.returncode != 0
             assert "Error starting userland proxy" in r.stderr, r.stderr
             assert "address already in use" in r.stderr, r.stderr

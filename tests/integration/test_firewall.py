@@ -44,7 +44,7 @@ GW1_4, B1_4, GW1_6, B1_6 = "198.18.210.1", "198.18.210.2", "2001:2:d2::1", "2001
 GW2_4, B2_4, GW2_6, B2_6 = "198.18.211.1", "198.18.211.2", "2001:2:d3::1", "2001:2:d3::2"
 SERVER_PORTS = (80, 81, 53)  # b1 serves HTTP on each, and UDP on each
 
-SERVER = r'''
+SERVER = r"""
 import socket, sys, threading, time
 
 def norm(a):
@@ -88,9 +88,9 @@ time.sleep(0.3)
 print("ready", flush=True)
 while True:
     time.sleep(3600)
-'''
+"""
 
-UDP_CLIENT = r'''
+UDP_CLIENT = r"""
 import socket, sys
 addr, port, sport, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -104,7 +104,7 @@ try:
     print(s.recv(2048).decode().strip())
 except (socket.timeout, ConnectionRefusedError):
     print("TIMEOUT")
-'''
+"""
 
 
 @dataclass
@@ -120,8 +120,21 @@ class Topo:
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def serve(self, ns: str, tag: str, addr: str, *ports: int) -> subprocess.Popen[str]:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(self.scripts / "server.py"),
-                              tag, addr, *map(str, ports)], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                str(self.scripts / "server.py"),
+                tag,
+                addr,
+                *map(str, ports),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         return p
@@ -133,21 +146,43 @@ def _url(host: str, port: int) -> str:
 
 def curl(ns: str, host: str, port: int, timeout: float = 3) -> str | None:
     """The server's answer ("<client address seen> <server tag> <backend port>") or None."""
-    p = sh("curl", "-sS", "-g", "--max-time", str(timeout), _url(host, port), ns=ns, check=False,
-           timeout=timeout + 10)
+    p = sh(
+        "curl",
+        "-sS",
+        "-g",
+        "--max-time",
+        str(timeout),
+        _url(host, port),
+        ns=ns,
+        check=False,
+        timeout=timeout + 10,
+    )
     return p.stdout.strip() if p.returncode == 0 else None
 
 
 def udp(topo: Topo, ns: str, host: str, port: int, sport: int = 0, timeout: float = 2) -> str | None:
-    p = sh(sys.executable, str(topo.scripts / "udp_client.py"), host, str(port), str(sport), str(timeout),
-           ns=ns, timeout=timeout + 10)
+    p = sh(
+        sys.executable,
+        str(topo.scripts / "udp_client.py"),
+        host,
+        str(port),
+        str(sport),
+        str(timeout),
+        ns=ns,
+        timeout=timeout + 10,
+    )
     out = p.stdout.strip()
     return None if out == "TIMEOUT" else out
 
 
 def m(proto: str, host: str, hport: int, cont: str, cport: int) -> Mapping:
-    return Mapping(proto=proto, host_ip=A(host), host_port=hport, container_ip=A(cont),  # type: ignore[arg-type]
-                   container_port=cport)
+    return Mapping(
+        proto=proto,
+        host_ip=A(host),
+        host_port=hport,
+        container_ip=A(cont),  # type: ignore[arg-type]
+        container_port=cport,
+    )
 
 
 def both(proto: str, hport: int, cport: int) -> list[Mapping]:
@@ -190,14 +225,32 @@ def topo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     scripts = tmp_path_factory.mktemp("fw")
     (scripts / "server.py").write_text(SERVER)
     (scripts / "udp_client.py").write_text(UDP_CLIENT)
-    net1 = Network(name="fw-one", bridge="pwtbr0", subnet4=ipaddress.IPv4Network("198.18.210.0/24"),
-                   gateway4=ipaddress.IPv4Address(GW1_4), subnet6=ipaddress.IPv6Network("2001:2:d2::/64"),
-                   gateway6=ipaddress.IPv6Address(GW1_6))
-    net2 = Network(name="fw-two", bridge="pwtbr1", subnet4=ipaddress.IPv4Network("198.18.211.0/24"),
-                   gateway4=ipaddress.IPv4Address(GW2_4), subnet6=ipaddress.IPv6Network("2001:2:d3::/64"),
-                   gateway6=ipaddress.IPv6Address(GW2_6))
-    t = Topo(host=host, b1=b1, b2=b2, ext=ext, net1=net1, net2=net2, scripts=scripts,
-             docker_layout=request.param == "dockerd-layout")
+    net1 = Network(
+        name="fw-one",
+        bridge="pwtbr0",
+        subnet4=ipaddress.IPv4Network("198.18.210.0/24"),
+        gateway4=ipaddress.IPv4Address(GW1_4),
+        subnet6=ipaddress.IPv6Network("2001:2:d2::/64"),
+        gateway6=ipaddress.IPv6Address(GW1_6),
+    )
+    net2 = Network(
+        name="fw-two",
+        bridge="pwtbr1",
+        subnet4=ipaddress.IPv4Network("198.18.211.0/24"),
+        gateway4=ipaddress.IPv4Address(GW2_4),
+        subnet6=ipaddress.IPv6Network("2001:2:d3::/64"),
+        gateway6=ipaddress.IPv6Address(GW2_6),
+    )
+    t = Topo(
+        host=host,
+        b1=b1,
+        b2=b2,
+        ext=ext,
+        net1=net1,
+        net2=net2,
+        scripts=scripts,
+        docker_layout=request.param == "dockerd-layout",
+    )
     try:
         for ns in (host, b1, b2, ext):
             sh("ip", "netns", "add", ns)
@@ -250,6 +303,7 @@ def owner(topo: Topo) -> Iterator[str]:
 # Paths
 # ---------------------------------------------------------------------------------------------
 
+
 def test_external_client_reaches_any_host_address_and_keeps_its_source(topo: Topo, owner: str) -> None:
     nft.publish(owner, both("tcp", 8080, 80) + both("udp", 5300, 53), netns=topo.host)
     for host_addr in (HOST_EXT4, GW1_4, GW2_4):  # every local address of the host
@@ -261,16 +315,23 @@ def test_external_client_reaches_any_host_address_and_keeps_its_source(topo: Top
 
 
 def test_specific_host_address_only_and_wins_over_wildcard(topo: Topo, owner: str) -> None:
-    nft.publish(owner, [m("tcp", HOST_EXT4, 8090, B1_4, 81), m("tcp", HOST_EXT6, 8090, B1_6, 81),
-                        m("udp", HOST_EXT4, 5390, B1_4, 81),
-                        # the same port on every other address goes to port 80
-                        m("tcp", "0.0.0.0", 8090, B1_4, 80)], netns=topo.host)
+    nft.publish(
+        owner,
+        [
+            m("tcp", HOST_EXT4, 8090, B1_4, 81),
+            m("tcp", HOST_EXT6, 8090, B1_6, 81),
+            m("udp", HOST_EXT4, 5390, B1_4, 81),
+            # the same port on every other address goes to port 80
+            m("tcp", "0.0.0.0", 8090, B1_4, 80),
+        ],
+        netns=topo.host,
+    )
     assert curl(topo.ext, HOST_EXT4, 8090) == f"{EXT4} b1 81"
     assert curl(topo.ext, HOST_EXT6, 8090) == f"{EXT6} b1 81"
     assert udp(topo, topo.ext, HOST_EXT4, 5390) == f"{EXT4} b1 81"
     assert curl(topo.ext, GW1_4, 8090) == f"{EXT4} b1 80"
     assert udp(topo, topo.ext, GW1_4, 5390, timeout=1) is None  # UDP was bound to HOST_EXT4 only
-    assert curl(topo.ext, GW1_6, 8090, timeout=2) is None       # v6 was bound to HOST_EXT6 only
+    assert curl(topo.ext, GW1_6, 8090, timeout=2) is None  # v6 was bound to HOST_EXT6 only
 
 
 def test_host_reaches_loopback_and_its_own_addresses(topo: Topo, owner: str) -> None:
@@ -322,8 +383,9 @@ def test_only_published_ports_reach_sandboxes(topo: Topo, owner: str) -> None:
 
 def test_loopback_only_mapping_is_not_reachable_from_outside(topo: Topo, owner: str) -> None:
     """Docker #45610/#41872: a neighbour routing 127.0.0.1 to the host must not get through."""
-    nft.publish(owner, [m("tcp", "127.0.0.1", 8470, B1_4, 80), m("udp", "127.0.0.1", 5670, B1_4, 53)],
-                netns=topo.host)
+    nft.publish(
+        owner, [m("tcp", "127.0.0.1", 8470, B1_4, 80), m("udp", "127.0.0.1", 5670, B1_4, 53)], netns=topo.host
+    )
     assert curl(topo.host, "127.0.0.1", 8470) == f"{GW1_4} b1 80"  # the host itself: yes
     nb = f"pwt-fwn-{secrets.token_hex(3)}"
     try:
@@ -334,7 +396,13 @@ def test_loopback_only_mapping_is_not_reachable_from_outside(topo: Topo, owner: 
         sh("ip", "-n", topo.host, "link", "set", "pwtn0", "up")
         sh("ip", "-n", nb, "addr", "add", "198.18.214.2/24", "dev", "eth0")
         sh("ip", "-n", nb, "link", "set", "eth0", "up")
-        sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1", ns=nb)
+        sh(
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.route_localnet=1",
+            "net.ipv4.conf.eth0.route_localnet=1",
+            ns=nb,
+        )
         sh("ip", "-n", nb, "route", "add", "127.0.0.1/32", "via", "198.18.214.1", "dev", "eth0")
         sh("ip", "-n", nb, "route", "add", "default", "via", "198.18.214.1")
         assert curl(nb, "198.18.214.1", 8470, timeout=1) is None  # not bound there either
@@ -377,6 +445,7 @@ def test_udp_client_that_sent_early_is_unstuck_by_conntrack_flush(topo: Topo, ow
 # Ownership, conflicts, teardown
 # ---------------------------------------------------------------------------------------------
 
+
 def test_owners_are_independent_and_ports_are_refused_to_others(topo: Topo) -> None:
     a, b, c = ("pw:" + secrets.token_hex(6) for _ in range(3))
     try:
@@ -386,8 +455,11 @@ def test_owners_are_independent_and_ports_are_refused_to_others(topo: Topo) -> N
         before = nft.table_json(netns=topo.host)
         # a second sandbox asking for b's port (any address form) is refused, naming b, and
         # nothing changes
-        for asked in ([m("tcp", "0.0.0.0", 8581, B2_4, 80)], [m("tcp", HOST_EXT4, 8581, B2_4, 80)],
-                      [m("tcp", "::", 8581, B2_6, 80)]):
+        for asked in (
+            [m("tcp", "0.0.0.0", 8581, B2_4, 80)],
+            [m("tcp", HOST_EXT4, 8581, B2_4, 80)],
+            [m("tcp", "::", 8581, B2_6, 80)],
+        ):
             with pytest.raises(PortInUse, match=b):
                 nft.publish(c, asked, netns=topo.host)
         assert nft.table_json(netns=topo.host) == before
@@ -410,7 +482,9 @@ def test_failed_transaction_changes_nothing(topo: Topo, owner: str) -> None:
     before = nft.table_json(netns=topo.host)
     # same key, other target, straight through run(): the kernel refuses the element (EEXIST),
     # and the batch's other element must not appear either
-    cmds = rules.publish_commands(owner, [m("tcp", "0.0.0.0", 8681, B1_4, 80), m("tcp", "0.0.0.0", 8680, B1_4, 81)])
+    cmds = rules.publish_commands(
+        owner, [m("tcp", "0.0.0.0", 8681, B1_4, 80), m("tcp", "0.0.0.0", 8680, B1_4, 81)]
+    )
     with pytest.raises(KernelError, match="nft"):
         nft.run(cmds, netns=topo.host)
     assert nft.table_json(netns=topo.host) == before
@@ -432,6 +506,7 @@ def test_many_ports_first_and_last_work(topo: Topo, owner: str) -> None:
 # The in-memory fake (firewall.fake) against the kernel
 # ---------------------------------------------------------------------------------------------
 
+
 def _view(table: dict[str, Any]) -> dict[str, Any]:
     """Everything a reader can tell from a listing: the readers' answers, every object with its
     type, every element, and each chain's rules in order (handles aside)."""
@@ -445,9 +520,14 @@ def _view(table: dict[str, Any]) -> dict[str, Any]:
     chains: dict[str, list[tuple[str | None, Any]]] = {}
     for r in (i["rule"] for i in table.get("nftables", []) if "rule" in i):
         chains.setdefault(r["chain"], []).append((r.get("comment"), r["expr"]))
-    return {"published": sorted((str(p.owner), p.mapping().docker_format()) for p in rules.published(table)),
-            "owners": rules.owners(table), "networks": rules.networks(table), "bridges": rules.bridges(table),
-            "objects": objs, "rules": chains}
+    return {
+        "published": sorted((str(p.owner), p.mapping().docker_format()) for p in rules.published(table)),
+        "owners": rules.owners(table),
+        "networks": rules.networks(table),
+        "bridges": rules.bridges(table),
+        "objects": objs,
+        "rules": chains,
+    }
 
 
 def _outcome(fn: Callable[[Firewall], Any], fw: Firewall) -> str:
@@ -462,14 +542,27 @@ def _outcome(fn: Callable[[Firewall], Any], fw: Firewall) -> str:
 
 def _cmp_ops(rng: random.Random) -> list[tuple[str, Callable[[Firewall], Any]]]:
     """A fixed opening (every operation and refusal once), then random operations."""
-    nets = [Network(name=f"cmp{i}", bridge=f"pwtcmp{i}", subnet4=ipaddress.IPv4Network(f"198.18.22{i}.0/24"),
-                    gateway4=ipaddress.IPv4Address(f"198.18.22{i}.1"),
-                    subnet6=ipaddress.IPv6Network(f"2001:2:e{i}::/64") if i == 0 else None,
-                    gateway6=ipaddress.IPv6Address(f"2001:2:e{i}::1") if i == 0 else None, internal=i == 1)
-            for i in range(2)]
+    nets = [
+        Network(
+            name=f"cmp{i}",
+            bridge=f"pwtcmp{i}",
+            subnet4=ipaddress.IPv4Network(f"198.18.22{i}.0/24"),
+            gateway4=ipaddress.IPv4Address(f"198.18.22{i}.1"),
+            subnet6=ipaddress.IPv6Network(f"2001:2:e{i}::/64") if i == 0 else None,
+            gateway6=ipaddress.IPv6Address(f"2001:2:e{i}::1") if i == 0 else None,
+            internal=i == 1,
+        )
+        for i in range(2)
+    ]
     owners = [f"pw:{i:012x}" for i in range(3)] + ["cni:" + "c" * 64 + ":eth0:cmpnet"]
-    hosts = [("0.0.0.0", "198.18.220.2"), ("::", "2001:2:e0::2"), ("127.0.0.1", "198.18.220.3"),
-             ("198.18.220.1", "198.18.221.2"), ("2001:2:e0::1", "2001:2:e0::3"), ("::1", "2001:2:e0::2")]
+    hosts = [
+        ("0.0.0.0", "198.18.220.2"),
+        ("::", "2001:2:e0::2"),
+        ("127.0.0.1", "198.18.220.3"),
+        ("198.18.220.1", "198.18.221.2"),
+        ("2001:2:e0::1", "2001:2:e0::3"),
+        ("::1", "2001:2:e0::2"),
+    ]
 
     def some_mappings() -> list[Mapping]:
         out: dict[tuple[str, str, int], Mapping] = {}
@@ -482,19 +575,29 @@ def _cmp_ops(rng: random.Random) -> list[tuple[str, Callable[[Firewall], Any]]]:
     def publish(owner: str, maps: list[Mapping]) -> tuple[str, Callable[[Firewall], Any]]:
         cni = owner.startswith("cni:")
         extra = rules.bridge_masquerade_commands(owner, "cni0", maps, [nets[0].subnet4]) if cni else []
-        return (f"publish {owner} {[x.docker_format() for x in maps]}",
-                lambda fw: fw.publish(owner, maps, flush_udp=False, extra_rules=extra))
+        return (
+            f"publish {owner} {[x.docker_format() for x in maps]}",
+            lambda fw: fw.publish(owner, maps, flush_udp=False, extra_rules=extra),
+        )
 
     ops: list[tuple[str, Callable[[Firewall], Any]]] = [
         ("ensure_base", lambda fw: fw.ensure_base()),
         ("add_network 0", lambda fw: fw.add_network(nets[0])),
         ("add_network 1", lambda fw: fw.add_network(nets[1])),
-        publish(owners[0], [m("tcp", "0.0.0.0", 24000, "198.18.220.2", 80), m("udp", "::", 24000, "2001:2:e0::2", 53)]),
+        publish(
+            owners[0],
+            [m("tcp", "0.0.0.0", 24000, "198.18.220.2", 80), m("udp", "::", 24000, "2001:2:e0::2", 53)],
+        ),
         publish(owners[1], [m("tcp", "198.18.220.1", 24000, "198.18.220.3", 80)]),  # under owner 0's wildcard
         publish(owners[3], [m("tcp", "127.0.0.1", 24001, "198.18.220.3", 80)]),
         ("remove_table", lambda fw: fw.remove_table()),
-        ("delete a missing element", lambda fw: fw.backend.apply(rules.unpublish_commands(owners[0], fw.table())
-                                                                 + rules.unpublish_commands(owners[0], fw.table()))),
+        (
+            "delete a missing element",
+            lambda fw: fw.backend.apply(
+                rules.unpublish_commands(owners[0], fw.table())
+                + rules.unpublish_commands(owners[0], fw.table())
+            ),
+        ),
         ("add_network 0 again", lambda fw: fw.add_network(nets[0])),
         ("unpublish 0", lambda fw: fw.unpublish(owners[0])),
         ("unpublish 0 again", lambda fw: fw.unpublish(owners[0])),
@@ -532,9 +635,11 @@ def test_fake_matches_the_kernel() -> None:
             got = (_outcome(op, kernel), _outcome(op, fake))
             assert got[0] == got[1], (seed, i, what, got)
             assert _view(kernel.table()) == _view(fake.table()), (seed, i, what)
-        for what, op in (("unpublish all", lambda fw: [fw.unpublish(o) for o in fw.owners()]),
-                         ("remove networks", lambda fw: [fw.remove_network(n) for n in fw.networks()]),
-                         ("remove_table", lambda fw: fw.remove_table())):
+        for what, op in (
+            ("unpublish all", lambda fw: [fw.unpublish(o) for o in fw.owners()]),
+            ("remove networks", lambda fw: [fw.remove_network(n) for n in fw.networks()]),
+            ("remove_table", lambda fw: fw.remove_table()),
+        ):
             assert _outcome(op, kernel) == _outcome(op, fake) == "ok", (seed, what)
         assert kernel.table() == fake.table() == {}
     finally:
@@ -562,8 +667,10 @@ def test_docker_user_sync_is_needed_idempotent_and_removable(topo: Topo, owner: 
         nft.docker_user_sync([topo.net2.bridge, topo.net1.bridge], netns=topo.host)
         assert len(ours("iptables")) == 4 and len(ours("ip6tables")) == 4
         # ...and the sync lets it through again, our rules ahead of Docker's RETURN
-        assert sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.splitlines()[-1] == \
-            "-A DOCKER-USER -j RETURN"
+        assert (
+            sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.splitlines()[-1]
+            == "-A DOCKER-USER -j RETURN"
+        )
         assert curl(topo.ext, HOST_EXT4, 8780) == f"{EXT4} b1 80"
         assert curl(topo.ext, HOST_EXT6, 8780) == f"{EXT6} b1 80"
         # dropping a bridge removes only its rules
@@ -582,8 +689,11 @@ def test_cni_bridges_in_docker_user_survive_the_engine_sync(topo: Topo) -> None:
         for _ in range(2):  # idempotent
             dockeruser.docker_user_ensure(["pwtcnibr"], netns=topo.host)
         nft.docker_user_sync([topo.net1.bridge, topo.net2.bridge], netns=topo.host)
-        cni = [ln for ln in sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.splitlines()
-               if dockeruser.CNI_COMMENT in ln]
+        cni = [
+            ln
+            for ln in sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.splitlines()
+            if dockeruser.CNI_COMMENT in ln
+        ]
         assert len(cni) == 2 and all("pwtcnibr" in ln for ln in cni)
         dockeruser.docker_user_forget_missing(netns=topo.host)  # the bridge still exists: kept
         assert sh("iptables", "-S", "DOCKER-USER", ns=topo.host).stdout.count("pwtcnibr") == 2

@@ -54,7 +54,9 @@ def test_detached_descendants_die_with_the_sandbox() -> None:
         assert wait_until(lambda: len(_pids_with(f"sleep {marker}")) == 2), _pids_with(marker)
     finally:
         pw("rm", "-f", name)
-    assert wait_until(lambda: not _pids_with(f"sleep {marker}"), timeout=5), "a setsid descendant survived rm -f"
+    assert wait_until(lambda: not _pids_with(f"sleep {marker}"), timeout=5), (
+        "a setsid descendant survived rm -f"
+    )
 
 
 def test_foreground_exit_takes_detached_descendants() -> None:
@@ -102,7 +104,9 @@ def test_network_rm_racing_run_never_loses_a_sandbox() -> None:
         results: dict[str, subprocess.CompletedProcess[str]] = {}
 
         def run(net: str = net, name: str = name, results: dict = results) -> None:  # type: ignore[type-arg]
-            results["run"] = pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "60", check=False)
+            results["run"] = pw(
+                "run", "-d", "--name", name, "--network", net, "--", "sleep", "60", check=False
+            )
 
         def rm(net: str = net, results: dict = results) -> None:  # type: ignore[type-arg]
             time.sleep(rng.uniform(0, 0.6))
@@ -141,10 +145,13 @@ def test_udp_flow_does_not_follow_the_address_to_the_next_sandbox(tmp_path: obje
     given the same address never published that port and must receive nothing."""
     with temp_network(prefix="cu") as net:
         port = free_port(kind=socket.SOCK_DGRAM)
-        echo = [sys.executable, "-c",
-                "import socket,sys\n"
-                "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',5000))\n"
-                "while True:\n d,a=s.recvfrom(100);s.sendto(b'from-'+sys.argv[1].encode(),a)\n"]
+        echo = [
+            sys.executable,
+            "-c",
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',5000))\n"
+            "while True:\n d,a=s.recvfrom(100);s.sendto(b'from-'+sys.argv[1].encode(),a)\n",
+        ]
         a = uniq("ua")
         pw("run", "-d", "--name", a, "--network", net, "-p", f"127.0.0.1:{port}:5000/udp", "--", *echo, "a")
         ip = inspect(a)["NetworkSettings"]["IPAddress"]
@@ -184,8 +191,13 @@ def test_detached_relative_command_runs_from_the_users_directory() -> None:
             f.write("#!/bin/sh\necho relative-ok\n")
         os.chmod(script, 0o755)
         name = uniq("rl")
-        p = subprocess.run([sys.executable, "-m", "portwright", "run", "-d", "--name", name, "--", "./script.sh"],
-                           capture_output=True, text=True, cwd=d, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "portwright", "run", "-d", "--name", name, "--", "./script.sh"],
+            capture_output=True,
+            text=True,
+            cwd=d,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         assert wait_until(lambda: "relative-ok" in pw("logs", name).stdout)
         pw("rm", "-f", name)
@@ -230,8 +242,9 @@ def test_long_state_directory_works_end_to_end() -> None:
     marker = f"{random.randint(100000, 999999)}.75"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "portwright", *args], capture_output=True, text=True,
-                              env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "portwright", *args], capture_output=True, text=True, env=env, timeout=60
+        )
 
     try:
         assert len(os.path.join(deep, "ctl", "x" * 12 + ".sock")) > 108
@@ -266,12 +279,19 @@ def test_a_failure_after_cmd_started_leaves_nothing(monkeypatch: pytest.MonkeyPa
     marker = f"{random.randint(100000, 999999)}.125"
     name = uniq("af")
     before_ns, before_links = netns_names(), link_names()
-    sup = Supervisor(parse_sandbox_spec(["sh", "-c", f"setsid sleep {marker} & exec sleep {marker}"], name=name,
-                                        publish=[f"127.0.0.1:{free_port()}:80"], detach=True))
+    sup = Supervisor(
+        parse_sandbox_spec(
+            ["sh", "-c", f"setsid sleep {marker} & exec sleep {marker}"],
+            name=name,
+            publish=[f"127.0.0.1:{free_port()}:80"],
+            detach=True,
+        )
+    )
     with pytest.raises(PortwrightError, match="injected"):
         sup.setup()
     assert wait_until(lambda: not _pids_with(f"sleep {marker}"), timeout=5), "CMD outlived a failed setup"
     assert netns_names() <= before_ns and link_names() <= before_links
     assert not state_mod.State().name_taken(name)
     assert json.loads(pw("ps", "-a", "--format", "json").stdout) == [] or all(
-        r["Name"] != name for r in json.loads(pw("ps", "-a", "--format", "json").stdout))
+        r["Name"] != name for r in json.loads(pw("ps", "-a", "--format", "json").stdout)
+    )

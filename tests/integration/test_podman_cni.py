@@ -43,9 +43,22 @@ class Podman:
     network: str
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "runroot"),
-               "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-               "--tmpdir", str(self.base / "tmp"), *args]
+        cmd = [
+            "podman",
+            "--root",
+            str(self.base / "root"),
+            "--runroot",
+            str(self.base / "runroot"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--tmpdir",
+            str(self.base / "tmp"),
+            *args,
+        ]
         r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
@@ -89,19 +102,32 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
         (base / d).mkdir()
     (base / "bin" / "portwright-cni").symlink_to(plugin)
     conflist = {
-        "cniVersion": "1.0.0", "name": network,
+        "cniVersion": "1.0.0",
+        "name": network,
         "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": True, "isDefaultGateway": True,
-             "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]], "dataDir": str(base / "ipam")}},
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "isDefaultGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": SUBNET}]],
+                    "dataDir": str(base / "ipam"),
+                },
+            },
             {"type": "portwright-cni", "capabilities": {"portMappings": True}, "reserveHostPort": False},
         ],
     }
     (base / "net.d" / f"{network}.conflist").write_text(json.dumps(conflist, indent=2))
     conf = base / "containers.conf"
-    conf.write_text(f'[network]\nnetwork_backend = "cni"\n'
-                    f'cni_plugin_dirs = ["{base / "bin"}", "{CNI_DIR}"]\n'
-                    f'network_config_dir = "{base / "net.d"}"\ndefault_network = "{network}"\n')
+    conf.write_text(
+        f'[network]\nnetwork_backend = "cni"\n'
+        f'cni_plugin_dirs = ["{base / "bin"}", "{CNI_DIR}"]\n'
+        f'network_config_dir = "{base / "net.d"}"\ndefault_network = "{network}"\n'
+    )
     env = {**os.environ, "CONTAINERS_CONF": str(conf), "XDG_RUNTIME_DIR": str(base / "runroot")}
     pm = Podman(base, env, bridge, network)
     try:
@@ -139,8 +165,22 @@ def _entries_of(cid: str) -> set[str]:
 def test_podman_run_publish_rm(podman: Podman) -> None:
     need("curl", "curl")
     port = free_port()
-    r = podman.run("run", "-d", *_ulimits(), "--network", podman.network, "-p", f"{port}:8080",
-                   "localhost/pwt-busybox:latest", "/bin/httpd", "-f", "-p", "8080", "-h", "/www")
+    r = podman.run(
+        "run",
+        "-d",
+        *_ulimits(),
+        "--network",
+        podman.network,
+        "-p",
+        f"{port}:8080",
+        "localhost/pwt-busybox:latest",
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    )
     cid = r.stdout.strip().splitlines()[-1]
     assert len(cid) == 64, r.stdout
     assert _entries_of(cid) == {p.owner_tag(cid, "eth0", podman.network)}

@@ -40,7 +40,7 @@ A = ipaddress.ip_address
 TARGET = Target(ipaddress.IPv4Address("198.18.250.2"), ipaddress.IPv6Address("2001:2:fa::2"))
 MODES = {"nat": True, "proxy": False}  # publish mode -> allocate(dual_stack=...)
 
-HOLDER = r'''
+HOLDER = r"""
 import socket, sys
 proto, host, port, opts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -55,16 +55,23 @@ if proto == "tcp":
     s.listen(8)
 print("ready", flush=True)
 sys.stdin.read()  # hold the port until the test closes our stdin
-'''
+"""
 
 
 @contextlib.contextmanager
 def host_program(proto: str, host: str, port: int, *opts: str) -> Iterator[subprocess.Popen[str]]:
     """A host program holding host:port/proto with the given socket options, until the block ends."""
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, proto, host, str(port), ",".join(opts) or "-"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, proto, host, str(port), ",".join(opts) or "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
+            p.stderr.read() if p.stderr else ""
+        )
         yield p
     finally:
         p.kill()
@@ -84,6 +91,7 @@ def udp_spec(port: int, host: str = "") -> list[Any]:
 # ------------------------------------------------------------------------------------------------
 # (a) two reservations of one UDP port by the library
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("first", MODES)
 @pytest.mark.parametrize("second", MODES)
@@ -125,16 +133,21 @@ def test_a_udp_reservation_is_exclusive(opts: tuple[str, ...]) -> None:
 # (b), (c) host programs that share ports (SO_REUSEADDR on UDP, SO_REUSEPORT on TCP and UDP)
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("proto", "opts"), [
-    ("udp", ("SO_REUSEADDR",)),
-    ("udp", ("SO_REUSEPORT",)),
-    ("udp", ("SO_REUSEADDR", "SO_REUSEPORT")),
-    ("tcp", ("SO_REUSEPORT",)),
-    ("tcp", ("SO_REUSEADDR", "SO_REUSEPORT")),
-])
+
+@pytest.mark.parametrize(
+    ("proto", "opts"),
+    [
+        ("udp", ("SO_REUSEADDR",)),
+        ("udp", ("SO_REUSEPORT",)),
+        ("udp", ("SO_REUSEADDR", "SO_REUSEPORT")),
+        ("tcp", ("SO_REUSEPORT",)),
+        ("tcp", ("SO_REUSEADDR", "SO_REUSEPORT")),
+    ],
+)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_port_a_sharing_host_program_holds_is_refused_naming_it(proto: str, opts: tuple[str, ...],
-                                                                   mode: str) -> None:
+def test_a_port_a_sharing_host_program_holds_is_refused_naming_it(
+    proto: str, opts: tuple[str, ...], mode: str
+) -> None:
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     port = free_port(socket.AF_INET, kind)
     with host_program(proto, "0.0.0.0", port, *opts) as prog:
@@ -164,6 +177,7 @@ def test_dual_stack_and_v6_only_host_sockets_follow_the_one_clash_rule() -> None
 # (d) through the CLI: two sandboxes on one UDP host port
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def network() -> Iterator[str]:
     with temp_network("--ipv6", prefix="own") as name:
@@ -171,14 +185,30 @@ def network() -> Iterator[str]:
 
 
 def _run(network: str, name: str, mode: str, port: int) -> subprocess.CompletedProcess[str]:
-    return pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode,
-              "-p", f"{port}:5000/udp", "--", "sleep", "300", check=False)
+    return pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--publish-mode",
+        mode,
+        "-p",
+        f"{port}:5000/udp",
+        "--",
+        "sleep",
+        "300",
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("first", "second"), [("proxy", "proxy"), ("proxy", "nat"), ("nat", "nat"),
-                                               ("nat", "proxy")])
+@pytest.mark.parametrize(
+    ("first", "second"), [("proxy", "proxy"), ("proxy", "nat"), ("nat", "nat"), ("nat", "proxy")]
+)
 def test_cli_second_sandbox_on_a_udp_port_fails_in_one_line_and_leaves_nothing(
-        network: str, first: str, second: str) -> None:
+    network: str, first: str, second: str
+) -> None:
     port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
     one, two = uniq("own"), uniq("own")
     try:
@@ -194,7 +224,9 @@ def test_cli_second_sandbox_on_a_udp_port_fails_in_one_line_and_leaves_nothing(
         names = [rec["Name"] for rec in json.loads(pw("ps", "-a", "--format", "json").stdout)]
         assert two not in names and f"pw-{two}" not in netns_names()
         assert bridge_ports(network) == ports_before
-        owners = {p.owner for p in rules.published(nft.table_json()) if p.proto == "udp" and p.host_port == port}
+        owners = {
+            p.owner for p in rules.published(nft.table_json()) if p.proto == "udp" and p.host_port == port
+        }
         if first == "nat":
             one_id = json.loads(pw("inspect", one).stdout)["Id"]
             assert owners == {f"pw:{one_id}"} and nft_owner_elements(f"pw:{one_id}")
@@ -271,7 +303,8 @@ def _race_after_first_read(monkeypatch: pytest.MonkeyPatch, ns: str, action: Any
 
 
 def test_unpublish_never_deletes_an_element_another_owner_published_meanwhile(
-        fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fw_ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)
 
     def other_process() -> None:
@@ -288,7 +321,9 @@ def test_unpublish_never_deletes_an_element_another_owner_published_meanwhile(
     assert race["state"] == "waiting"  # because it had to wait for our read-and-delete to finish
 
 
-def test_concurrent_unpublish_of_one_owner_is_not_an_error(fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_unpublish_of_one_owner_is_not_an_error(
+    fw_ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)
     race = _race_after_first_read(monkeypatch, fw_ns, lambda: nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns))
     nft.unpublish("pw:aaaaaaaaaaaa", netns=fw_ns)  # deleting keys the other one removed failed (ENOENT)
@@ -298,8 +333,9 @@ def test_concurrent_unpublish_of_one_owner_is_not_an_error(fw_ns: str, monkeypat
 
 
 def test_concurrent_publish_of_one_key_names_the_owner(fw_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    race = _race_after_first_read(monkeypatch, fw_ns, lambda: nft.publish(
-        "pw:bbbbbbbbbbbb", [KEY_B], netns=fw_ns, flush_udp=False))
+    race = _race_after_first_read(
+        monkeypatch, fw_ns, lambda: nft.publish("pw:bbbbbbbbbbbb", [KEY_B], netns=fw_ns, flush_udp=False)
+    )
     nft.publish("pw:aaaaaaaaaaaa", [KEY_A], netns=fw_ns, flush_udp=False)  # found no clash, then adds
     race["thread"].join(timeout=60)
     # The loser is told who holds the port (not an nft "File exists"), and the winner keeps it.

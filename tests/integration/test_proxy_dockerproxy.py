@@ -33,8 +33,9 @@ def spawn(args: list[str], listen: socket.socket | None = None) -> tuple[subproc
         if lfd >= 0:
             os.dup2(lfd, 4)
 
-    p = subprocess.Popen([*PROXY, *args], close_fds=False, preexec_fn=child,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [*PROXY, *args], close_fds=False, preexec_fn=child, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     os.close(w)
     with os.fdopen(r, "rb") as f:
         status = f.read()  # read to EOF: proves the proxy closed fd 3
@@ -42,8 +43,18 @@ def spawn(args: list[str], listen: socket.socket | None = None) -> tuple[subproc
 
 
 def flags(proto: str, host_ip: str, port: int, cip: object, cport: int) -> list[str]:
-    return ["-proto", proto, "-host-ip", host_ip, "-host-port", str(port),
-            "-container-ip", str(cip), "-container-port", str(cport)]
+    return [
+        "-proto",
+        proto,
+        "-host-ip",
+        host_ip,
+        "-host-port",
+        str(port),
+        "-container-ip",
+        str(cip),
+        "-container-port",
+        str(cport),
+    ]
 
 
 def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -156,8 +167,11 @@ def test_stops_cleanly_while_connections_are_open(be: Backend) -> None:
     assert status == b"0\n"
     conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
     try:
-        assert wait_until(lambda: len(sh("ss", "-Htn", "state", "established", f"dport = :{port}").stdout
-                                      .splitlines()) == 20)
+        assert wait_until(
+            lambda: (
+                len(sh("ss", "-Htn", "state", "established", f"dport = :{port}").stdout.splitlines()) == 20
+            )
+        )
         assert stop(p) == 0
         for c in conns:
             c.settimeout(5)

@@ -41,15 +41,31 @@ def one(port: int, up: int, down: int, seed: int) -> None:
                 got += chunk
             fut.result()
     assert len(got) == down + 32, f"short read: {len(got)} of {down + 32} (up={up})"
-    assert bytes(got[:down]) == random.Random(seed).randbytes(down), f"server->client stream corrupted (down={down})"
+    assert bytes(got[:down]) == random.Random(seed).randbytes(down), (
+        f"server->client stream corrupted (down={down})"
+    )
     assert bytes(got[down:]) == hashlib.sha256(payload).digest(), f"client->server stream corrupted (up={up})"
 
 
 @pytest.mark.parametrize("mode", ["proxy", "nat"])
 def test_every_byte_arrives_in_order(network: str, mode: str) -> None:
     name = uniq(mode)
-    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode, "-p", f"127.0.0.1::{CPORT}",
-       "--", sys.executable, str(SERVERS / "integrity_server.py"), str(CPORT))
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--publish-mode",
+        mode,
+        "-p",
+        f"127.0.0.1::{CPORT}",
+        "--",
+        sys.executable,
+        str(SERVERS / "integrity_server.py"),
+        str(CPORT),
+    )
     try:
         info = inspect(name)
         wait_tcp(None, info["NetworkSettings"]["IPAddress"], CPORT)

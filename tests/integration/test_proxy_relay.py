@@ -49,8 +49,9 @@ def echo(host: str, port: int, payload: bytes = b"ping") -> bytes:
 
 
 @pytest.mark.parametrize("backend_v6", [False, True], ids=["to-v4-backend", "to-v6-backend"])
-def test_tcp_v4_and_v6_listeners_from_host_and_external(be: Backend, external: External,
-                                                         backend_v6: bool) -> None:
+def test_tcp_v4_and_v6_listeners_from_host_and_external(
+    be: Backend, external: External, backend_v6: bool
+) -> None:
     be.tcp_server(7000, v6=backend_v6)
     cip = be.ip6 if backend_v6 else be.ip4
     p = free_port()
@@ -69,10 +70,15 @@ def test_curl_through_specific_addresses(be: Backend, external: External) -> Non
         with open(os.path.join(d, "index.html"), "w") as f:
             f.write("served from the sandbox\n")
         be.popen("busybox", "httpd", "-f", "-p", "8080", "-h", d)
-        assert wait_until(lambda: sh("ip", "netns", "exec", be.ns, "ss", "-Hltn", "sport = :8080").stdout.strip())
+        assert wait_until(
+            lambda: sh("ip", "netns", "exec", be.ns, "ss", "-Hltn", "sport = :8080").stdout.strip()
+        )
         p = free_port()
-        maps = [M("tcp", "127.0.0.1", p, be.ip4, 8080), M("tcp", "::1", p, be.ip4, 8080),
-                M("tcp", str(external.host4), p, be.ip4, 8080)]
+        maps = [
+            M("tcp", "127.0.0.1", p, be.ip4, 8080),
+            M("tcp", "::1", p, be.ip4, 8080),
+            M("tcp", str(external.host4), p, be.ip4, 8080),
+        ]
         with ProxyServer(maps):
             for url in (f"http://127.0.0.1:{p}/", f"http://[::1]:{p}/", f"http://localhost:{p}/"):
                 assert sh("curl", "-sS", "--max-time", "5", url).stdout == "served from the sandbox\n"
@@ -96,8 +102,8 @@ def test_half_close_client_still_reads_reply(be: Backend) -> None:
             got = bytearray()
             while chunk := c.recv(1 << 16):
                 got += chunk
-        assert bytes(got[:len(data)]) == data
-        assert bytes(got[len(data):]) == f"EOF {len(data)}\n".encode()
+        assert bytes(got[: len(data)]) == data
+        assert bytes(got[len(data) :]) == f"EOF {len(data)}\n".encode()
 
 
 def test_reset_when_backend_is_down(be: Backend) -> None:
@@ -130,8 +136,11 @@ def test_proxy_protocol_header_reaches_backend(be: Backend, external: External) 
     be.tcp_server(7002, proxy_protocol=True)
     be.udp_server(7003, proxy_protocol=True)
     p = free_port()
-    maps = [M("tcp", "0.0.0.0", p, be.ip4, 7002), M("tcp", "::", p, be.ip4, 7002),
-            M("udp", "0.0.0.0", p, be.ip4, 7003)]
+    maps = [
+        M("tcp", "0.0.0.0", p, be.ip4, 7002),
+        M("tcp", "::", p, be.ip4, 7002),
+        M("udp", "0.0.0.0", p, be.ip4, 7003),
+    ]
     with ProxyServer(maps, proxy_protocol=True):
         out = external.run("sh", "-c", f"printf hi | nc -N {external.host4} {p}").stdout
         info = json.loads(out.splitlines()[0])
@@ -180,9 +189,11 @@ def test_udp_reply_leaves_from_the_address_the_client_used(be: Backend, external
             assert u.recv(100) == b"where"
         # from another machine to a host address that is not on the interface it arrives on
         for dst in (str(be.host4), str(be.host6)):
-            code = ("import socket,sys;fam=socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET;"
-                    "u=socket.socket(fam,socket.SOCK_DGRAM);u.settimeout(5);"
-                    "u.connect((sys.argv[1],int(sys.argv[2])));u.send(b'x'*1000);print(len(u.recv(2000)))")
+            code = (
+                "import socket,sys;fam=socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET;"
+                "u=socket.socket(fam,socket.SOCK_DGRAM);u.settimeout(5);"
+                "u.connect((sys.argv[1],int(sys.argv[2])));u.send(b'x'*1000);print(len(u.recv(2000)))"
+            )
             r = external.run("python3", "-c", code, dst, str(p))
             assert r.stdout.strip() == "1000", dst
 
@@ -218,8 +229,15 @@ def test_counters_move(be: Backend) -> None:
     p = free_port()
     with ProxyServer([M("tcp", "127.0.0.1", p, be.ip4, 7008)]) as srv:
         key = f"127.0.0.1:{p}->7008/tcp"
-        assert srv.stats()[key] == {"active": 0, "total": 0, "bytes_in": 0, "bytes_out": 0,
-                                    "udp_flows": 0, "errors": 0, "udp_dropped": 0}
+        assert srv.stats()[key] == {
+            "active": 0,
+            "total": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "udp_flows": 0,
+            "errors": 0,
+            "udp_dropped": 0,
+        }
         held = [socket.create_connection(("127.0.0.1", p), timeout=5) for _ in range(3)]
         assert wait_until(lambda: srv.stats()[key]["active"] == 3)
         for c in held:
@@ -237,9 +255,16 @@ def test_counters_move(be: Backend) -> None:
 def test_port_in_use_names_the_owner_and_leaves_nothing(be: Backend) -> None:
     p = free_port()
     q = free_port()
-    holder = subprocess.Popen(["python3", "-c", f"import socket,time;s=socket.socket();"
-                               f"s.bind(('127.0.0.1',{q}));s.listen();print('up',flush=True);time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            f"import socket,time;s=socket.socket();"
+            f"s.bind(('127.0.0.1',{q}));s.listen();print('up',flush=True);time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
         srv = ProxyServer([M("tcp", "127.0.0.1", p, be.ip4, 80), M("tcp", "127.0.0.1", q, be.ip4, 80)])
@@ -261,16 +286,32 @@ def test_port_in_use_names_the_owner_and_leaves_nothing(be: Backend) -> None:
 
 def test_backpressure_holds_bounded_bytes_without_spinning(be: Backend) -> None:
     # a backend that accepts and never reads
-    be.start("import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-             "s.bind((HOST,PORT));s.listen();print('ready',flush=True)\nc,_=s.accept();time.sleep(120)\n",
-             "0.0.0.0", 7009)
+    be.start(
+        "import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        "s.bind((HOST,PORT));s.listen();print('ready',flush=True)\nc,_=s.accept();time.sleep(120)\n",
+        "0.0.0.0",
+        7009,
+    )
     p = free_port()
     r, w = os.pipe()
-    proxy = subprocess.Popen([os.path.join(os.path.dirname(shutil.which("python3") or ""), "python3"),
-                              "-m", "portwright.proxy.dockerproxy", "-host-ip", "127.0.0.1",
-                              "-host-port", str(p), "-container-ip", str(be.ip4), "-container-port", "7009"],
-                             close_fds=False, preexec_fn=lambda: os.dup2(w, 3),
-                             env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "..", "src")})
+    proxy = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(shutil.which("python3") or ""), "python3"),
+            "-m",
+            "portwright.proxy.dockerproxy",
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            str(p),
+            "-container-ip",
+            str(be.ip4),
+            "-container-port",
+            "7009",
+        ],
+        close_fds=False,
+        preexec_fn=lambda: os.dup2(w, 3),
+        env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "..", "src")},
+    )
     os.close(w)
     try:
         with os.fdopen(r, "rb") as f:
@@ -312,8 +353,12 @@ def _attach_drop_all(s: socket.socket) -> object:
     import ctypes
 
     class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]

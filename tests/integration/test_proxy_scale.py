@@ -22,7 +22,7 @@ from proxynet import Backend, backend_ns, free_port
 
 TARGET = 10_000
 
-PROXY = r'''
+PROXY = r"""
 import ipaddress, json, sys
 from portwright.model import Mapping
 from portwright.proxy.server import ProxyServer
@@ -33,9 +33,9 @@ print("ready", flush=True)
 for line in sys.stdin:
     print(json.dumps(list(srv.stats().values())[0]), flush=True)
 srv.stop()
-'''
+"""
 
-CLIENT = r'''
+CLIENT = r"""
 import errno, os, resource, select, socket, sys, time
 n, port = int(sys.argv[1]), int(sys.argv[2])
 h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -73,7 +73,7 @@ sys.stdin.readline()
 for s in socks:
     s.close()
 print("closed", flush=True)
-'''
+"""
 
 
 @pytest.fixture
@@ -105,13 +105,21 @@ def test_ten_thousand_concurrent_connections_bounded_memory(be: Backend) -> None
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     n = TARGET if hard == resource.RLIM_INFINITY else min(TARGET, (hard - 200) // 2)
     if n < TARGET:
-        warnings.warn(f"hard RLIMIT_NOFILE is {hard} here (no CAP_SYS_RESOURCE to raise it): one proxy "
-                      f"process can relay at most {n} connections, so the test holds {n}", stacklevel=1)
+        warnings.warn(
+            f"hard RLIMIT_NOFILE is {hard} here (no CAP_SYS_RESOURCE to raise it): one proxy "
+            f"process can relay at most {n} connections, so the test holds {n}",
+            stacklevel=1,
+        )
     be.tcp_server(7200)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "..", "src")}
-    proxy = subprocess.Popen([sys.executable, "-c", PROXY, str(port), str(be.ip4), "7200"], env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proxy = subprocess.Popen(
+        [sys.executable, "-c", PROXY, str(port), str(be.ip4), "7200"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     client: subprocess.Popen[str] | None = None
     try:
         assert proxy.stdout is not None and proxy.stdin is not None
@@ -125,8 +133,12 @@ def test_ten_thousand_concurrent_connections_bounded_memory(be: Backend) -> None
 
         base_pss = _pss_kb(proxy.pid)
         t0 = time.monotonic()
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(n), str(port)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(n), str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert client.stdout is not None and client.stdin is not None
         line = client.stdout.readline().strip()
         assert line == f"held {n}", line
@@ -134,17 +146,29 @@ def test_ten_thousand_concurrent_connections_bounded_memory(be: Backend) -> None
         deadline = time.monotonic() + 5
         while True:
             st = stats()
-            if (st["active"], st["total"], st["bytes_in"], st["bytes_out"]) == (n, n, n, n) \
-                    or time.monotonic() > deadline:
+            if (st["active"], st["total"], st["bytes_in"], st["bytes_out"]) == (
+                n,
+                n,
+                n,
+                n,
+            ) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert (st["active"], st["total"], st["bytes_in"], st["bytes_out"], st["errors"]) == (n, n, n, n, 0), st
+        assert (st["active"], st["total"], st["bytes_in"], st["bytes_out"], st["errors"]) == (
+            n,
+            n,
+            n,
+            n,
+            0,
+        ), st
         grown_kb = _pss_kb(proxy.pid) - base_pss
         # ~1-2 KB of Python objects per relayed connection; idle connections hold no pipe
         assert grown_kb < 8 * n, f"proxy PSS grew {grown_kb} KB for {n} connections"
         assert _pipe_fds(proxy.pid) <= 4 * 64 + 8
-        print(f"\n{n} connections held in {time.monotonic() - t0:.1f} s; proxy PSS +{grown_kb / 1024:.1f} MB "
-              f"({grown_kb * 1024 / n:.0f} bytes per connection)")
+        print(
+            f"\n{n} connections held in {time.monotonic() - t0:.1f} s; proxy PSS +{grown_kb / 1024:.1f} MB "
+            f"({grown_kb * 1024 / n:.0f} bytes per connection)"
+        )
         client.stdin.write("\n")
         client.stdin.flush()
         assert client.stdout.readline().strip() == "closed"

@@ -68,13 +68,33 @@ def network(request: pytest.FixtureRequest) -> Iterator[str]:
 def start(network: str, mode: str, extra: list[str] | None = None) -> Published:
     name = uniq(mode)
     port, lo_port, udp_port = free_port(), free_port(), free_port()
-    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode,
-       "-p", f"{port}:{CPORT}", "-p", f"127.0.0.1:{lo_port}:{CPORT}", "-p", f"{udp_port}:{CPORT}/udp",
-       *(extra or []), "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--publish-mode",
+        mode,
+        "-p",
+        f"{port}:{CPORT}",
+        "-p",
+        f"127.0.0.1:{lo_port}:{CPORT}",
+        "-p",
+        f"{udp_port}:{CPORT}/udp",
+        *(extra or []),
+        "--",
+        sys.executable,
+        str(SERVERS / "peer_server.py"),
+        str(CPORT),
+    )
     info = inspect(name)
     ns = info["NetworkSettings"]
     wait_tcp(None, ns["IPAddress"], CPORT)
-    return Published(name, mode, port, lo_port, udp_port, ns["IPAddress"], ns["GlobalIPv6Address"], info["Id"])
+    return Published(
+        name, mode, port, lo_port, udp_port, ns["IPAddress"], ns["GlobalIPv6Address"], info["Id"]
+    )
 
 
 @pytest.fixture(params=MODES)
@@ -115,7 +135,10 @@ def test_host_local_paths(pub: Published, external: External) -> None:
 
 
 def test_external_client_keeps_source_address(pub: Published, external: External) -> None:
-    gateways = {inspect(pub.name)["NetworkSettings"]["Gateway"], inspect(pub.name)["NetworkSettings"]["IPv6Gateway"]}
+    gateways = {
+        inspect(pub.name)["NetworkSettings"]["Gateway"],
+        inspect(pub.name)["NetworkSettings"]["IPv6Gateway"],
+    }
     for host, client in ((str(external.host4), external.addr4), (f"[{external.host6}]", external.addr6)):
         reply = curl(f"http://{host}:{pub.port}/", ns=external.ns)
         if pub.mode == "nat":
@@ -141,7 +164,10 @@ def test_loopback_binding_unreachable_from_outside(pub: Published, external: Ext
     r = sh("nc", "-z", "-w", "2", "127.0.0.1", str(pub.lo_port), ns=external.ns, check=False)
     assert r.returncode != 0
     # ... while the same namespace does reach the wildcard mapping.
-    assert sh("nc", "-z", "-w", "2", str(external.host4), str(pub.port), ns=external.ns, check=False).returncode == 0
+    assert (
+        sh("nc", "-z", "-w", "2", str(external.host4), str(pub.port), ns=external.ns, check=False).returncode
+        == 0
+    )
 
 
 def test_from_other_sandbox_and_hairpin(pub: Published, network: str, external: External) -> None:
@@ -162,10 +188,26 @@ def test_binding_to_one_host_address(network: str, external: External, mode: str
     """-p HOSTIP:P:C answers on that address only (v4 and v6), from the host and from outside."""
     name = uniq("ip")
     port = free_port()
-    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", mode,
-       "-p", f"{external.host4}:{port}:{CPORT}", "-p", f"[{external.host6}]:{port}:{CPORT}",
-       "-p", f"{external.host4}:{port}:{CPORT}/udp",
-       "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--publish-mode",
+        mode,
+        "-p",
+        f"{external.host4}:{port}:{CPORT}",
+        "-p",
+        f"[{external.host6}]:{port}:{CPORT}",
+        "-p",
+        f"{external.host4}:{port}:{CPORT}/udp",
+        "--",
+        sys.executable,
+        str(SERVERS / "peer_server.py"),
+        str(CPORT),
+    )
     try:
         wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
         for ns in (None, external.ns):
@@ -182,21 +224,45 @@ def test_binding_to_one_host_address(network: str, external: External, mode: str
 
 
 def test_udp_large_datagram(pub: Published) -> None:
-    assert udp_ask("127.0.0.1", pub.udp_port, size=60000) .endswith(" 60000")
+    assert udp_ask("127.0.0.1", pub.udp_port, size=60000).endswith(" 60000")
 
 
 def test_port_refused_to_second_sandbox_and_host_program(pub: Published, network: str) -> None:
     second, third = uniq("second"), uniq("third")
-    r = pw("run", "-d", "--name", second, "--network", network, "-p", f"{pub.port}:80", "--", "sleep", "5",
-           check=False)
+    r = pw(
+        "run",
+        "-d",
+        "--name",
+        second,
+        "--network",
+        network,
+        "-p",
+        f"{pub.port}:80",
+        "--",
+        "sleep",
+        "5",
+        check=False,
+    )
     assert r.returncode != 0 and pub.name in r.stderr and "already in use" in r.stderr
     s = socket.socket()
     s.bind(("0.0.0.0", 0))
     s.listen()
     taken = s.getsockname()[1]
     try:
-        r = pw("run", "-d", "--name", third, "--network", network, "-p", f"{taken}:80", "--", "sleep", "5",
-               check=False)
+        r = pw(
+            "run",
+            "-d",
+            "--name",
+            third,
+            "--network",
+            network,
+            "-p",
+            f"{taken}:80",
+            "--",
+            "sleep",
+            "5",
+            check=False,
+        )
         assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr
     finally:
         s.close()
@@ -249,12 +315,31 @@ def test_rm_and_kill9_leave_nothing(network: str) -> None:
 
 def test_publish_all_and_ranges(network: str) -> None:
     name = uniq("P")
-    pw("run", "-d", "--name", name, "--network", network, "-P", "--expose", f"{CPORT}", "--expose", "7001-7002/udp",
-       "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "-P",
+        "--expose",
+        f"{CPORT}",
+        "--expose",
+        "7001-7002/udp",
+        "--",
+        sys.executable,
+        str(SERVERS / "peer_server.py"),
+        str(CPORT),
+    )
     try:
         maps = inspect(name)["NetworkSettings"]["Ports"]
         lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-        assert {(m["proto"], m["container_port"]) for m in maps} == {("tcp", CPORT), ("udp", 7001), ("udp", 7002)}
+        assert {(m["proto"], m["container_port"]) for m in maps} == {
+            ("tcp", CPORT),
+            ("udp", 7001),
+            ("udp", 7002),
+        }
         assert all(lo <= m["host_port"] <= hi for m in maps)
         tcp = [m for m in maps if m["proto"] == "tcp"]
         assert len({m["host_port"] for m in tcp}) == 1  # v4 and v6 halves share one port
@@ -278,14 +363,27 @@ def test_proxy_counters_move(network: str) -> None:
 def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
     # -p A-B:C takes the first port of the range that nobody holds.
     # Two neighbouring ports below the ephemeral range, so no client connection sits on them.
-    taken = next(p for p in range(21000 + os.getpid() % 2000 * 2, 30000, 2)
-                 if port_is_free(p) and port_is_free(p + 1))
+    taken = next(
+        p for p in range(21000 + os.getpid() % 2000 * 2, 30000, 2) if port_is_free(p) and port_is_free(p + 1)
+    )
     s = socket.socket()
     s.bind(("0.0.0.0", taken))
     s.listen()
     name = uniq("rg")
     try:
-        pw("run", "-d", "--name", name, "--network", network, "-p", f"{taken}-{taken + 1}:{CPORT}", "--", "sleep", "30")
+        pw(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "-p",
+            f"{taken}-{taken + 1}:{CPORT}",
+            "--",
+            "sleep",
+            "30",
+        )
         assert {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]} == {taken + 1}
     finally:
         s.close()
@@ -299,7 +397,20 @@ def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
     try:
         with open(key, "w") as f:
             f.write(f"{lo}-{lo + 49}")
-        pw("run", "-d", "--name", name, "--network", network, "-P", "--expose", str(CPORT), "--", "sleep", "30")
+        pw(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "-P",
+            "--expose",
+            str(CPORT),
+            "--",
+            "sleep",
+            "30",
+        )
         ports = {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]}
         assert ports and not ports & reserved
     finally:
@@ -311,15 +422,34 @@ def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
 def test_proxy_udp_idle_timeout_is_configurable(network: str) -> None:
     name = uniq("ut")
     port = free_port()
-    pw("run", "-d", "--name", name, "--network", network, "--publish-mode", "proxy", "--udp-timeout", "1",
-       "-p", f"127.0.0.1:{port}:{CPORT}/udp", "--", sys.executable, str(SERVERS / "peer_server.py"), str(CPORT))
+    pw(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--publish-mode",
+        "proxy",
+        "--udp-timeout",
+        "1",
+        "-p",
+        f"127.0.0.1:{port}:{CPORT}/udp",
+        "--",
+        sys.executable,
+        str(SERVERS / "peer_server.py"),
+        str(CPORT),
+    )
     try:
         wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
         assert udp_ask("127.0.0.1", port).startswith("PEER ")
         key = f"127.0.0.1:{port}->{CPORT}/udp"
         assert json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] == 1
         deadline = time.time() + 10
-        while json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] and time.time() < deadline:
+        while (
+            json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"]
+            and time.time() < deadline
+        ):
             time.sleep(0.3)
         assert json.loads(pw("stats", name, "--format", "json").stdout)[key]["udp_flows"] == 0
     finally:

@@ -20,8 +20,9 @@ from portwright.publish.reserve import bind_socket
 
 
 @contextlib.contextmanager
-def relay(proto: str, backend_port: int, host: str = "127.0.0.1", backend: str = "127.0.0.1",
-          **kw: Any) -> Iterator[tuple[ProxyServer, int, str]]:
+def relay(
+    proto: str, backend_port: int, host: str = "127.0.0.1", backend: str = "127.0.0.1", **kw: Any
+) -> Iterator[tuple[ProxyServer, int, str]]:
     hip = ipaddress.ip_address(host)
     s = bind_socket(proto, hip, 0)
     port = s.getsockname()[1]

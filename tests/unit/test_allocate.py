@@ -42,7 +42,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("a", "a_dual", "b", "b_dual", "want"), CASES)
-def test_bindings_clash_is_binds_rule_and_symmetric(a: str, a_dual: bool, b: str, b_dual: bool, want: bool) -> None:
+def test_bindings_clash_is_binds_rule_and_symmetric(
+    a: str, a_dual: bool, b: str, b_dual: bool, want: bool
+) -> None:
     assert bindings_clash(A(a), A(b), a_dual=a_dual, b_dual=b_dual) is want
     assert bindings_clash(A(b), A(a), a_dual=b_dual, b_dual=a_dual) is want
 
@@ -82,16 +84,24 @@ def test_a_port_a_known_sandbox_holds_is_refused_naming_it(proto: str) -> None:
     port = _free_udp_tcp_port()
     theirs = Mapping(proto, A("0.0.0.0"), port, A("198.18.0.9"), 5000)  # type: ignore[arg-type]
     with pytest.raises(PortInUse) as e:
-        allocate([parse_port(f"127.0.0.1:{port}:5000/{proto}")], Target(SANDBOX4, None),
-                 [("sandbox 'web' (abc)", theirs)], ipv6_host=False)
+        allocate(
+            [parse_port(f"127.0.0.1:{port}:5000/{proto}")],
+            Target(SANDBOX4, None),
+            [("sandbox 'web' (abc)", theirs)],
+            ipv6_host=False,
+        )
     assert "sandbox 'web' (abc)" in str(e.value) and f"127.0.0.1:{port}/{proto}" in str(e.value)
 
 
 def test_a_known_v6_only_mapping_leaves_the_v4_address_free() -> None:
     port = _free_udp_tcp_port()
     theirs = Mapping("udp", A("::"), port, A("198.18.0.9"), 5000)
-    bound = allocate([parse_port(f"127.0.0.1:{port}:5000/udp")], Target(SANDBOX4, None),
-                     [("sandbox 'v6' (abc)", theirs)], ipv6_host=False)
+    bound = allocate(
+        [parse_port(f"127.0.0.1:{port}:5000/udp")],
+        Target(SANDBOX4, None),
+        [("sandbox 'v6' (abc)", theirs)],
+        ipv6_host=False,
+    )
     try:
         assert [m.host_port for m, _ in bound] == [port]
     finally:
@@ -105,8 +115,12 @@ def test_a_range_skips_a_port_a_known_sandbox_holds() -> None:
     nxt = port + 1
     theirs = Mapping("udp", A("127.0.0.1"), port, A("198.18.0.9"), 5000)
     try:
-        bound = allocate([parse_port(f"127.0.0.1:{port}-{nxt}:5000/udp")], Target(SANDBOX4, None),
-                         [("sandbox 'web' (abc)", theirs)], ipv6_host=False)
+        bound = allocate(
+            [parse_port(f"127.0.0.1:{port}-{nxt}:5000/udp")],
+            Target(SANDBOX4, None),
+            [("sandbox 'web' (abc)", theirs)],
+            ipv6_host=False,
+        )
     except PortInUse:
         pytest.skip(f"port {nxt} is in use on this host")
     try:

@@ -14,11 +14,23 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "portwright"
 TESTS = Path(__file__).resolve().parents[1]
 #: Pure: no I/O, no kernel. Unit-tested with golden data.
-PURE_CORE = ("portwright.spec", "portwright.model", "portwright.ipam", "portwright.errors", "portwright.owners",
-             "portwright.firewall.rules")
+PURE_CORE = (
+    "portwright.spec",
+    "portwright.model",
+    "portwright.ipam",
+    "portwright.errors",
+    "portwright.owners",
+    "portwright.firewall.rules",
+)
 IMPURE_STDLIB = {"subprocess", "socket", "ctypes", "fcntl", "select", "sqlite3", "threading", "os", "signal"}
-IMPURE_OURS = ("portwright.kernel", "portwright.firewall.nft", "portwright.state", "portwright.engine",
-               "portwright.supervisor", "portwright.proxy")
+IMPURE_OURS = (
+    "portwright.kernel",
+    "portwright.firewall.nft",
+    "portwright.state",
+    "portwright.engine",
+    "portwright.supervisor",
+    "portwright.proxy",
+)
 #: The command runner, the bench's process driver, and the two places that start long-lived
 #: processes (CMD, the fork server).
 SUBPROCESS_LIMIT = 4
@@ -177,8 +189,11 @@ def test_no_function_is_long() -> None:
 def test_most_tests_run_without_root() -> None:
     total = rootful = 0
     for f in TESTS.rglob("test_*.py"):
-        n = sum(1 for x in ast.walk(ast.parse(f.read_text()))
-                if isinstance(x, ast.FunctionDef | ast.AsyncFunctionDef) and x.name.startswith("test"))
+        n = sum(
+            1
+            for x in ast.walk(ast.parse(f.read_text()))
+            if isinstance(x, ast.FunctionDef | ast.AsyncFunctionDef) and x.name.startswith("test")
+        )
         total += n
         rootful += n if "integration" in f.parts else 0
     assert total and (total - rootful) / total >= MIN_ROOTLESS_SHARE, (total, rootful)

@@ -17,7 +17,15 @@ def test_parse_proc_stat_recorded() -> None:
     assert cpu.cpu_count(snap) == 2
     a = snap["all"]
     assert (a.user, a.nice, a.system, a.idle, a.iowait, a.irq, a.softirq, a.steal) == (
-        3019, 0, 2032, 59323, 340, 0, 471, 8)
+        3019,
+        0,
+        2032,
+        59323,
+        340,
+        0,
+        471,
+        8,
+    )
 
 
 def test_usage_between_recorded_snapshots() -> None:
@@ -39,8 +47,9 @@ def test_usage_between_recorded_snapshots() -> None:
 def test_busy_excludes_iowait_like_the_article() -> None:
     # The article's 'all' line for docker-proxy: %iowait 0.26, %idle 14.07 -> busy 0.8567.
     b = cpu.CpuTimes(user=563, nice=0, system=6317, idle=0, iowait=0, irq=0, softirq=1688, steal=0)
-    a = cpu.CpuTimes(user=563 * 2, nice=0, system=6317 * 2, idle=1407, iowait=26, irq=0,
-                     softirq=1688 * 2, steal=0)
+    a = cpu.CpuTimes(
+        user=563 * 2, nice=0, system=6317 * 2, idle=1407, iowait=26, irq=0, softirq=1688 * 2, steal=0
+    )
     u = cpu.usage({"all": b}, {"all": a})["all"]
     assert u.busy == pytest.approx(1 - (1407 + 26) / (563 + 6317 + 1688 + 1407 + 26))
 
@@ -64,6 +73,7 @@ def test_parse_smaps_rollup() -> None:
 
 def test_read_proc_cost_of_self() -> None:
     import os
+
     cost = cpu.read_proc_cost([os.getpid()])
     assert cost is not None
     assert os.getpid() in cost.pids

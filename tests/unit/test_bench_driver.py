@@ -14,15 +14,18 @@ from portwright.bench import dockerpeer, driver
 
 
 def test_run_captures_output_and_status() -> None:
-    d = driver.run([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"])
+    d = driver.run(
+        [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"]
+    )
     assert (d.returncode, d.stdout, d.stderr.strip(), d.ok, d.timed_out) == (3, "out\n", "err", False, False)
     assert d.why() == "err"
     assert driver.run(["cat"], input="fed").stdout == "fed"
 
 
 def test_run_reports_a_timeout_and_keeps_what_was_printed() -> None:
-    d = driver.run([sys.executable, "-u", "-c", "import time; print('early', flush=True); time.sleep(30)"],
-                   timeout=1.5)
+    d = driver.run(
+        [sys.executable, "-u", "-c", "import time; print('early', flush=True); time.sleep(30)"], timeout=1.5
+    )
     assert d.timed_out and d.returncode == -1 and not d.ok
     assert "timed out after" in d.stderr
 
@@ -57,6 +60,7 @@ def _echo_backend() -> tuple[socket.socket, threading.Thread]:
             return
         with c:
             c.sendall(c.recv(100))
+
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return ls, t
@@ -100,4 +104,7 @@ def test_a_drop_in_that_cannot_bind_reports_why() -> None:
 
 def test_docker_proxy_command_names_the_binary() -> None:
     assert dockerpeer.docker_proxy_command("0.0.0.0", 9000, "198.19.0.2", 80, "udp", "/x/pp")[:3] == [
-        "/x/pp", "-proto", "udp"]
+        "/x/pp",
+        "-proto",
+        "udp",
+    ]

@@ -33,17 +33,23 @@ def test_only_the_driver_runs_programs_in_the_bench() -> None:
 
 def test_no_measurement_code_outside_the_bench() -> None:
     # iperf3 and wrk are the bench's load generators; nothing else in the package drives them.
-    outside = sorted(str(f.relative_to(SRC)) for f in SRC.rglob("*.py")
-                     if "bench" not in f.relative_to(SRC).parts
-                     and ('"iperf3"' in f.read_text() or '"wrk"' in f.read_text()))
+    outside = sorted(
+        str(f.relative_to(SRC))
+        for f in SRC.rglob("*.py")
+        if "bench" not in f.relative_to(SRC).parts
+        and ('"iperf3"' in f.read_text() or '"wrk"' in f.read_text())
+    )
     assert outside == []
     assert not (SRC / "proxy" / "measure.py").exists() and not (SRC / "firewall" / "bench.py").exists()
 
 
 def test_no_bench_function_is_over_80_lines() -> None:
-    long = [f"{f.name}:{n.name} {n.end_lineno - n.lineno + 1}" for f in (SRC / "bench").glob("*.py")
-            for n in ast.walk(ast.parse(f.read_text()))
-            if isinstance(n, ast.FunctionDef) and n.end_lineno and n.end_lineno - n.lineno + 1 > 80]
+    long = [
+        f"{f.name}:{n.name} {n.end_lineno - n.lineno + 1}"
+        for f in (SRC / "bench").glob("*.py")
+        for n in ast.walk(ast.parse(f.read_text()))
+        if isinstance(n, ast.FunctionDef) and n.end_lineno and n.end_lineno - n.lineno + 1 > 80
+    ]
     assert long == []
 
 
@@ -54,10 +60,12 @@ def test_udp_runs_are_unthrottled_single_stream_iperf3() -> None:
 
 
 def test_udp_iperf3_counts_what_arrived() -> None:
-    doc = ('{"start": {"test_start": {"num_streams": 1, "reverse": 0}}, "end": {'
-           '"sum": {"bits_per_second": 2e9, "bytes": 250000000, "seconds": 1.0, "lost_percent": 50},'
-           '"sum_sent": {"bits_per_second": 2e9, "bytes": 250000000, "seconds": 1.0},'
-           '"sum_received": {"bits_per_second": 1e9, "bytes": 125000000, "seconds": 1.0}}}')
+    doc = (
+        '{"start": {"test_start": {"num_streams": 1, "reverse": 0}}, "end": {'
+        '"sum": {"bits_per_second": 2e9, "bytes": 250000000, "seconds": 1.0, "lost_percent": 50},'
+        '"sum_sent": {"bits_per_second": 2e9, "bytes": 250000000, "seconds": 1.0},'
+        '"sum_received": {"bits_per_second": 1e9, "bytes": 125000000, "seconds": 1.0}}}'
+    )
     assert iperf3.parse(doc).gbit_per_second == pytest.approx(1.0)
 
 
@@ -70,10 +78,15 @@ def _lab_with(targets: dict[str, scenarios.Target]) -> scenarios.Lab:
 def test_runs_leave_out_what_a_target_cannot_do_and_keep_the_interleaving() -> None:
     t = {m: scenarios.Target(m, 1, 2, "127.0.0.1", "10.0.0.1") for m in ("nat", "direct", "docker-iptables")}
     t["docker-iptables"].cannot = {"bulk-udp": scenarios.IPTABLES_UDP_SKIP}
-    cfg = scenarios.Config(mechanisms=list(t), placements=["local", "external"], scenarios=["bulk-in", "bulk-udp"])
+    cfg = scenarios.Config(
+        mechanisms=list(t), placements=["local", "external"], scenarios=["bulk-in", "bulk-udp"]
+    )
     runs = scenarios._runs(cfg, _lab_with(t), list(t))
-    assert runs[:3] == [("local", "bulk-in", "nat"), ("local", "bulk-in", "direct"),
-                        ("local", "bulk-in", "docker-iptables")]
+    assert runs[:3] == [
+        ("local", "bulk-in", "nat"),
+        ("local", "bulk-in", "direct"),
+        ("local", "bulk-in", "docker-iptables"),
+    ]
     assert ("local", "bulk-udp", "docker-iptables") not in runs
     assert not [r for r in runs if r[0] == "external" and r[2] == "direct"]
     assert len(runs) == 3 + 2 + 2 + 1

@@ -48,5 +48,15 @@ def test_garbage_and_nonzero_exit() -> None:
 
 def test_client_command() -> None:
     assert iperf3.client_command("127.0.0.1", 9000, 10, 60, False) == [
-        "iperf3", "-c", "127.0.0.1", "-p", "9000", "-P", "10", "-t", "60", "-J"]
+        "iperf3",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        "9000",
+        "-P",
+        "10",
+        "-t",
+        "60",
+        "-J",
+    ]
     assert iperf3.client_command("198.18.0.2", 5201, 4, 1.5, True)[-3:] == ["1.5", "-J", "-R"]

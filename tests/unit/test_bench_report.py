@@ -14,16 +14,29 @@ DATA = Path(__file__).parent / "data"
 
 def _bulk(mech: str, rnd: int, gbit: float | None, busy: float, error: str | None = None) -> dict[str, Any]:
     ok = gbit is not None
-    return {"mechanism": mech, "scenario": "bulk-in", "placement": "local", "unit": "Gbit/s", "round": rnd,
-            "ok": ok, "error": error, "value": gbit, "cpu": {"ncpu": 4, "busy": busy},
-            "efficiency": gbit / (busy * 4) if ok and gbit else None, "tool": {}}
+    return {
+        "mechanism": mech,
+        "scenario": "bulk-in",
+        "placement": "local",
+        "unit": "Gbit/s",
+        "round": rnd,
+        "ok": ok,
+        "error": error,
+        "value": gbit,
+        "cpu": {"ncpu": 4, "busy": busy},
+        "efficiency": gbit / (busy * 4) if ok and gbit else None,
+        "tool": {},
+    }
 
 
 def _article_samples() -> list[dict[str, Any]]:
     # The article's three runs as one round each, plus a failed proxy run.
-    return [_bulk("host", 1, 70.0, 0.51), _bulk("docker-proxy", 1, 42.0, 0.86),
-            _bulk("docker-iptables", 1, 54.0, 0.51),
-            _bulk("proxy", 1, None, 0.9, error="iperf3: unable to connect to server: Connection refused")]
+    return [
+        _bulk("host", 1, 70.0, 0.51),
+        _bulk("docker-proxy", 1, 42.0, 0.86),
+        _bulk("docker-iptables", 1, 54.0, 0.51),
+        _bulk("proxy", 1, None, 0.9, error="iperf3: unable to connect to server: Connection refused"),
+    ]
 
 
 def test_aggregate_reproduces_article_ratios() -> None:
@@ -61,7 +74,9 @@ def test_median_over_rounds_and_spread() -> None:
     assert rows["nat"]["ratio_vs_host"]["median"] == pytest.approx(0.5)
     head = report.headline(list(rows.values()))
     nat_host = next(h for h in head if (h["a"], h["b"]) == ("nat", "host"))
-    assert nat_host["ratio"] == pytest.approx(rows["nat"]["efficiency"]["median"] / rows["host"]["efficiency"]["median"])
+    assert nat_host["ratio"] == pytest.approx(
+        rows["nat"]["efficiency"]["median"] / rows["host"]["efficiency"]["median"]
+    )
     paired = next(h for h in report.headline(list(rows.values()), s) if (h["a"], h["b"]) == ("nat", "host"))
     assert paired["ratio"] == pytest.approx(0.5) and paired["rounds"] == 2
     assert "nat vs host" in report.headline_text([paired]) and "[0.50-0.50]" in report.headline_text([paired])
@@ -74,15 +89,38 @@ def _recorded_run() -> dict[str, Any]:
     bad = wrk.parse((DATA / "wrk_refused.txt").read_text(), 1)
     samples: list[dict[str, Any]] = []
     for m in ("host", "nat"):
-        samples.append({"mechanism": m, "scenario": "bulk-in", "placement": "local", "unit": "Gbit/s", "round": 1,
-                        "ok": True, "error": None, "value": ing.gbit_per_second, "cpu": {"ncpu": 2, "busy": 0.9},
-                        "efficiency": (ing.gbit_per_second or 0) / 1.8, "tool": ing.to_json()})
+        samples.append(
+            {
+                "mechanism": m,
+                "scenario": "bulk-in",
+                "placement": "local",
+                "unit": "Gbit/s",
+                "round": 1,
+                "ok": True,
+                "error": None,
+                "value": ing.gbit_per_second,
+                "cpu": {"ncpu": 2, "busy": 0.9},
+                "efficiency": (ing.gbit_per_second or 0) / 1.8,
+                "tool": ing.to_json(),
+            }
+        )
         for sc, r in (("conn", close if m == "host" else bad), ("rr", ka)):
-            samples.append({"mechanism": m, "scenario": sc, "placement": "local", "unit": "req/s", "round": 1,
-                            "ok": r.ok, "error": r.error, "value": r.requests_per_second,
-                            "cpu": {"ncpu": 2, "busy": 0.95},
-                            "efficiency": None if not r.ok else (r.requests_per_second or 0) / 1.9,
-                            "tool": r.to_json(), "publisher": {"cpu_fraction": 0.1, "pss_kib": 2048}})
+            samples.append(
+                {
+                    "mechanism": m,
+                    "scenario": sc,
+                    "placement": "local",
+                    "unit": "req/s",
+                    "round": 1,
+                    "ok": r.ok,
+                    "error": r.error,
+                    "value": r.requests_per_second,
+                    "cpu": {"ncpu": 2, "busy": 0.95},
+                    "efficiency": None if not r.ok else (r.requests_per_second or 0) / 1.9,
+                    "tool": r.to_json(),
+                    "publisher": {"cpu_fraction": 0.1, "pss_kib": 2048},
+                }
+            )
     return {"started": 0.0, "finished": 1.0, "samples": samples, "mechanisms": ["host", "nat"], "skipped": {}}
 
 
@@ -119,6 +157,7 @@ def test_plot_renders(fmt: str, magic: bytes, tmp_path: Path) -> None:
 
 def test_plot_rejects_other_extensions(tmp_path: Path) -> None:
     from portwright.errors import BadInput
+
     with pytest.raises(BadInput, match=r"\.png or \.svg"):
         plot.write(str(tmp_path / "x.jpg"), _doc()["summary"])
 

@@ -29,7 +29,12 @@ def _table() -> dict[int, Proc]:
         (400, 1, "pw-helper", f"pw-helper --state {STATE}"),  # a shared helper naming our state
         (401, 1, "pw-helper", f"pw-helper --state {STATE}-2"),  # a prefix is not our state dir
         (500, 1, "containerd", "/usr/bin/containerd --root /var/tmp/pwb-dockerd-1/x"),
-        (501, 1, "containerd-shim", "/usr/bin/containerd-shim-runc-v2 -address /var/tmp/pwb-dockerd-1/c.sock"),
+        (
+            501,
+            1,
+            "containerd-shim",
+            "/usr/bin/containerd-shim-runc-v2 -address /var/tmp/pwb-dockerd-1/c.sock",
+        ),
         (502, 1, "containerd-shim", "/usr/bin/containerd-shim-runc-v2 -address /run/containerd/c.sock"),
         (503, 501, "sleep", "sleep 1000000"),
         (600, 1, "dockerd", "/usr/sbin/dockerd --data-root=/var/tmp/pwb-dockerd-1/data"),
@@ -57,17 +62,33 @@ def test_breakdown_groups_by_comm() -> None:
     assert got == {"portwright": {"count": 2, "pss_kib": 5000}, "pw-zygote": {"count": 1, "pss_kib": 9000}}
 
 
-def _s(system: str, variant: str, rnd: int, each: float | None, rm: float | None, ok: bool = True,
-       procs: dict[str, dict[str, int]] | None = None) -> dict[str, object]:
+def _s(
+    system: str,
+    variant: str,
+    rnd: int,
+    each: float | None,
+    rm: float | None,
+    ok: bool = True,
+    procs: dict[str, dict[str, int]] | None = None,
+) -> dict[str, object]:
     s = sandboxes._sample(system, variant, rnd, 20)
-    s.update(ok=ok, per_sandbox_kib=each, pss_kib=None if each is None else each * 20, rm_s=rm, start_s=10.0,
-             processes=procs or {}, error=None if ok else "boom")
+    s.update(
+        ok=ok,
+        per_sandbox_kib=each,
+        pss_kib=None if each is None else each * 20,
+        rm_s=rm,
+        start_s=10.0,
+        processes=procs or {},
+        error=None if ok else "boom",
+    )
     return s
 
 
 def test_summary_takes_medians_of_successful_rounds_and_the_ratio() -> None:
-    samples = [_s("portwright", "none", r, e, t, procs={"portwright": {"count": 20, "pss_kib": 1}})
-               for r, e, t in ((1, 2048, 1.0), (2, 3072, 3.0), (3, 4096, 2.0))]
+    samples = [
+        _s("portwright", "none", r, e, t, procs={"portwright": {"count": 20, "pss_kib": 1}})
+        for r, e, t in ((1, 2048, 1.0), (2, 3072, 3.0), (3, 4096, 2.0))
+    ]
     samples += [_s("docker", "none", r, e, t) for r, e, t in ((1, 2048, 2.0), (2, 2048, 4.0))]
     samples.append(_s("docker", "none", 3, None, None, ok=False))
     rows = sandboxes.summarize(samples)
@@ -81,8 +102,13 @@ def test_summary_takes_medians_of_successful_rounds_and_the_ratio() -> None:
 
 def test_table_shows_each_variant_and_says_when_docker_was_not_measured() -> None:
     samples = [_s("portwright", "published", 1, 2560, 1.25)]
-    result = {"n": 20, "rounds": 1, "samples": samples, "summary": sandboxes.summarize(samples),
-              "docker_skipped": "/usr/sbin/dockerd not found; install it with: apt-get install docker.io"}
+    result = {
+        "n": 20,
+        "rounds": 1,
+        "samples": samples,
+        "summary": sandboxes.summarize(samples),
+        "docker_skipped": "/usr/sbin/dockerd not found; install it with: apt-get install docker.io",
+    }
     text = sandboxes.table(result)
     assert "published  portwright" in text and "2.50" in text and "1.25" in text
     assert text.splitlines()[-1].startswith("Docker not measured: /usr/sbin/dockerd not found")
@@ -102,11 +128,14 @@ def test_sandboxes_option_defaults_to_twenty_and_both_variants() -> None:
     assert cli._sandbox_options(_parse("--sandboxes", "5", "--sandbox-variants", "none")) == (5, ("none",))
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (("--sandboxes", "0"), "--sandboxes 0"),
-    (("--sandboxes", "3", "--scale"), "one at a time"),
-    (("--sandboxes", "3", "--sandbox-variants", "host"), "unknown variant 'host'"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (("--sandboxes", "0"), "--sandboxes 0"),
+        (("--sandboxes", "3", "--scale"), "one at a time"),
+        (("--sandboxes", "3", "--sandbox-variants", "host"), "unknown variant 'host'"),
+    ],
+)
 def test_sandboxes_bad_input_is_one_line(argv: tuple[str, ...], needle: str) -> None:
     with pytest.raises(BadInput) as e:
         cli._sandbox_options(_parse(*argv))

@@ -42,9 +42,11 @@ def test_status_errors_fail_the_run() -> None:
 
 
 def test_few_errors_are_tolerated_and_reported() -> None:
-    line = ('PWJSON {"duration_us":1000000,"requests":1000,"bytes":1,"errors":{"connect":0,"read":5,'
-            '"write":0,"status":0,"timeout":0},"latency_us":{"min":1,"mean":2.0,"max":3,"stdev":0.5,'
-            '"p50":2,"p90":3,"p99":3,"p999":3}}')
+    line = (
+        'PWJSON {"duration_us":1000000,"requests":1000,"bytes":1,"errors":{"connect":0,"read":5,'
+        '"write":0,"status":0,"timeout":0},"latency_us":{"min":1,"mean":2.0,"max":3,"stdev":0.5,'
+        '"p50":2,"p90":3,"p99":3,"p999":3}}'
+    )
     r = wrk.parse(line + "\n")
     assert r.ok and r.errors["read"] == 5 and r.requests_per_second == pytest.approx(1000.0)
 

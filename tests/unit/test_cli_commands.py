@@ -18,10 +18,12 @@ from portwright.diagnose import commands as diagnose_commands
 
 
 def test_building_the_parser_loads_no_bench_or_diagnose_code() -> None:
-    code = ("import sys, portwright.cli as c\n"
-            "c.build_parser()\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('portwright.bench.', "
-            "'portwright.diagnose.')))))\n")
+    code = (
+        "import sys, portwright.cli as c\n"
+        "c.build_parser()\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('portwright.bench.', "
+        "'portwright.diagnose.')))))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["portwright.bench.commands", "portwright.diagnose.commands"]
 
@@ -41,8 +43,13 @@ def test_the_copied_names_equal_their_owners() -> None:
     cfg = scenarios.Config()
     assert c.MECHANISMS == scenarios.MECHANISMS and c.DEFAULT_MECHANISMS == scenarios.DEFAULT_MECHANISMS
     assert c.SCENARIOS == tuple(scenarios.SCENARIOS) and c.DEFAULT_SCENARIOS == scenarios.DEFAULT_SCENARIOS
-    assert (c.DEFAULT_DURATION, c.DEFAULT_ROUNDS, c.DEFAULT_STREAMS, c.DEFAULT_CONNECTIONS, c.DEFAULT_THREADS) == (
-        cfg.duration, cfg.rounds, cfg.streams, cfg.connections, cfg.threads)
+    assert (
+        c.DEFAULT_DURATION,
+        c.DEFAULT_ROUNDS,
+        c.DEFAULT_STREAMS,
+        c.DEFAULT_CONNECTIONS,
+        c.DEFAULT_THREADS,
+    ) == (cfg.duration, cfg.rounds, cfg.streams, cfg.connections, cfg.threads)
     assert (c.SIZES, c.SHAPES, c.ALL_SHAPES) == (scale.SIZES, scale.SHAPES, scale.ALL_SHAPES)
     assert (c.DEFAULT_SANDBOXES, c.SANDBOX_VARIANTS) == (sandboxes.DEFAULT_N, sandboxes.VARIANTS)
     assert c.SCALE_SECONDS == bench_cli.SCALE_SECONDS
@@ -62,12 +69,18 @@ def test_bench_defaults_are_the_config_defaults() -> None:
     assert dataclasses.astuple(cfg) == dataclasses.astuple(want)
 
 
-@pytest.mark.parametrize("argv,target", [(("bench", "--rounds", "2"), "portwright.bench.cli:handle"),
-                                         (("who", "80"), "portwright.diagnose.cli:cmd_who"),
-                                         (("ports",), "portwright.diagnose.cli:cmd_ports"),
-                                         (("audit", "--fail-on", "medium"), "portwright.diagnose.cli:cmd_audit")])
-def test_each_handler_reaches_the_real_one(monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...],
-                                           target: str) -> None:
+@pytest.mark.parametrize(
+    "argv,target",
+    [
+        (("bench", "--rounds", "2"), "portwright.bench.cli:handle"),
+        (("who", "80"), "portwright.diagnose.cli:cmd_who"),
+        (("ports",), "portwright.diagnose.cli:cmd_ports"),
+        (("audit", "--fail-on", "medium"), "portwright.diagnose.cli:cmd_audit"),
+    ],
+)
+def test_each_handler_reaches_the_real_one(
+    monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], target: str
+) -> None:
     import importlib
 
     mod, name = target.split(":")

@@ -10,13 +10,19 @@ import pytest
 from portwright.cni import protocol as p
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "cni").glob("*.conflist"))
-PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
-        "ips": [{"interface": 0, "address": "198.18.88.2/24"}]}
+PREV = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+    "ips": [{"interface": 0, "address": "198.18.88.2/24"}],
+}
 
 
 def test_three_runtimes_covered() -> None:
-    assert {e.name for e in EXAMPLES} == {"podman.conflist", "containerd-kubernetes.conflist",
-                                          "cnitool.conflist"}
+    assert {e.name for e in EXAMPLES} == {
+        "podman.conflist",
+        "containerd-kubernetes.conflist",
+        "cnitool.conflist",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda e: e.name)

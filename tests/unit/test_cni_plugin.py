@@ -29,9 +29,11 @@ from portwright.owners import cni_legacy_owner, cni_owner, nft_comment
 CID = "c0ffee" * 10 + "beef"
 BRIDGE = "pwtcni0"
 SUBNET = ipaddress.ip_network("198.18.200.0/24")
-PREV = {"cniVersion": "1.0.0",
-        "interfaces": [{"name": BRIDGE}, {"name": "vethx"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
-        "ips": [{"interface": 2, "address": "198.18.200.5/24", "gateway": "198.18.200.1"}]}
+PREV = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": BRIDGE}, {"name": "vethx"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+    "ips": [{"interface": 2, "address": "198.18.200.5/24", "gateway": "198.18.200.1"}],
+}
 
 
 class FakeHost:
@@ -115,19 +117,33 @@ class Rig:
 
 
 def masquerade_for(owner: str, mappings: Sequence[Mapping], bridge: str = BRIDGE) -> list[Any]:
-    return [c["add"]["rule"]["expr"] for c in rules.bridge_masquerade_commands(owner, bridge, mappings, [SUBNET])]
+    return [
+        c["add"]["rule"]["expr"] for c in rules.bridge_masquerade_commands(owner, bridge, mappings, [SUBNET])
+    ]
 
 
 def env(cmd: str, cid: str = CID, ifname: str = "eth0", netns: str = "/run/netns/x") -> dict[str, str]:
-    return {"CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns,
-            "CNI_PATH": "/usr/lib/cni"}
+    return {
+        "CNI_COMMAND": cmd,
+        "CNI_CONTAINERID": cid,
+        "CNI_IFNAME": ifname,
+        "CNI_NETNS": netns,
+        "CNI_PATH": "/usr/lib/cni",
+    }
 
 
 def stdin(pms: list[dict[str, object]] | None = None, version: str = "1.0.0", **kw: object) -> bytes:
-    c: dict[str, object] = {"cniVersion": version, "name": "pwnet", "type": "portwright-cni",
-                            "prevResult": PREV,
-                            "runtimeConfig": {"portMappings": pms if pms is not None else
-                                              [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    c: dict[str, object] = {
+        "cniVersion": version,
+        "name": "pwnet",
+        "type": "portwright-cni",
+        "prevResult": PREV,
+        "runtimeConfig": {
+            "portMappings": pms
+            if pms is not None
+            else [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+        },
+    }
     c.update(kw)
     return json.dumps({k: v for k, v in c.items() if v is not None}).encode()
 
@@ -157,8 +173,14 @@ def test_add_publishes_and_returns_prev_result() -> None:
 
 def test_add_on_a_portwright_bridge_adds_no_rules_of_its_own() -> None:
     be = Rig()
-    be.fw.add_network(Network(name="pw0", bridge=BRIDGE, subnet4=ipaddress.IPv4Network(SUBNET),
-                              gateway4=ipaddress.IPv4Address("198.18.200.1")))
+    be.fw.add_network(
+        Network(
+            name="pw0",
+            bridge=BRIDGE,
+            subnet4=ipaddress.IPv4Network(SUBNET),
+            gateway4=ipaddress.IPv4Address("198.18.200.1"),
+        )
+    )
     assert call(be, env("ADD"), stdin())[0] == 0
     assert len(be.elements[OWNER]) == 1 and be.masquerade(OWNER) == []  # the network's rules serve it
     assert be.fake_host.sysctl == {} and be.fake_host.docker_user == []
@@ -228,7 +250,9 @@ def test_publish_failure_rolls_back_holder() -> None:
     be = Rig()
     be.fake.fail_next(touches("element", "add"))
     code, out = call(be, env("ADD"), stdin())
-    assert code == 1 and out is not None and out["code"] == p.E_KERNEL and "injected failure" in str(out["msg"])
+    assert (
+        code == 1 and out is not None and out["code"] == p.E_KERNEL and "injected failure" in str(out["msg"])
+    )
     assert be.elements == {} and be.held == {} and be.masquerade(OWNER) == []
 
 
@@ -243,8 +267,13 @@ def test_failure_after_the_rules_are_in_removes_them() -> None:
     assert rules.owners(be.fw.table()) == set()
 
 
-@pytest.mark.parametrize("error,code", [(MissingTool("nft", "nftables"), p.E_MISSING_TOOL),
-                                        (KernelError("nft -j -f -", "Operation not supported"), p.E_KERNEL)])
+@pytest.mark.parametrize(
+    "error,code",
+    [
+        (MissingTool("nft", "nftables"), p.E_MISSING_TOOL),
+        (KernelError("nft -j -f -", "Operation not supported"), p.E_KERNEL),
+    ],
+)
 def test_kernel_errors_become_cni_codes(error: Exception, code: int) -> None:
     be = Rig()
     be.fake.fail_next(1, error=error)  # type: ignore[arg-type]
@@ -314,15 +343,21 @@ def test_gc_drops_only_invalid_attachments_of_this_network() -> None:
     sandbox(be)
     gc = stdin(version="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "alive", "ifname": "eth0"}]})
     assert call(be, {"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, gc) == (0, None)
-    assert set(be.elements) == {cni_owner("alive", "eth0", "pwnet"), cni_owner("elsewhere", "eth0", "othernet"),
-                                "pw:0123456789ab"}
+    assert set(be.elements) == {
+        cni_owner("alive", "eth0", "pwnet"),
+        cni_owner("elsewhere", "eth0", "othernet"),
+        "pw:0123456789ab",
+    }
     assert cni_owner("gone", "eth0", "pwnet") not in be.held
 
 
 def gc(be: Rig, network: str, valid: Sequence[str]) -> tuple[int, dict[str, object] | None]:
     """GC of ``network`` keeping the eth0 attachments of the container IDs in ``valid``."""
-    data = stdin(version="1.1.0", name=network,
-                 **{"cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in valid]})
+    data = stdin(
+        version="1.1.0",
+        name=network,
+        **{"cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in valid]},
+    )
     return call(be, {"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, data)
 
 
@@ -336,8 +371,10 @@ SANDBOX = "pw:0123456789ab"
 
 def sandbox(be: Rig) -> None:
     """A portwright sandbox in the same table: never GC's business."""
-    be.fw.publish(SANDBOX, [Mapping("tcp", ipaddress.ip_address("0.0.0.0"), 7000,
-                                    ipaddress.ip_address("198.18.201.2"), 80)])
+    be.fw.publish(
+        SANDBOX,
+        [Mapping("tcp", ipaddress.ip_address("0.0.0.0"), 7000, ipaddress.ip_address("198.18.201.2"), 80)],
+    )
 
 
 def test_gc_of_one_network_keeps_other_networks_attachments_without_holder() -> None:
@@ -375,11 +412,25 @@ def test_gc_collects_stale_long_container_id_and_keeps_valid_one(reserve: bool) 
 
 def test_gc_selection_pure() -> None:
     t = cni_owner
-    owners = {t("a", "eth0", "net1"), t("b", "eth0", "net1"), t("c", "eth1", "net2"), t("e", "eth0", "net2"),
-              "cni:legacy1:eth0", "cni:legacy2:eth0", "cni:legacy3:eth0", "cni:legacy4:eth0",
-              "pw:abc", "h:deadbeef"}
-    holders = {t("c", "eth1", "net2"): (1, "net2"), t("d", "eth0", "net1"): (2, "net1"),
-               "cni:legacy1:eth0": (3, "net1"), "cni:legacy2:eth0": (4, "net2"), "cni:legacy3:eth0": (5, "net1")}
+    owners = {
+        t("a", "eth0", "net1"),
+        t("b", "eth0", "net1"),
+        t("c", "eth1", "net2"),
+        t("e", "eth0", "net2"),
+        "cni:legacy1:eth0",
+        "cni:legacy2:eth0",
+        "cni:legacy3:eth0",
+        "cni:legacy4:eth0",
+        "pw:abc",
+        "h:deadbeef",
+    }
+    holders = {
+        t("c", "eth1", "net2"): (1, "net2"),
+        t("d", "eth0", "net1"): (2, "net1"),
+        "cni:legacy1:eth0": (3, "net1"),
+        "cni:legacy2:eth0": (4, "net2"),
+        "cni:legacy3:eth0": (5, "net1"),
+    }
     valid = [p.Attachment("a", "eth0"), p.Attachment("legacy3", "eth0")]
     got = plugin.gc_targets(valid, "net1", owners, holders)
     # net1's stale ones (held or not) and the legacy tag whose holder names net1; never net2's,
@@ -390,8 +441,9 @@ def test_gc_selection_pure() -> None:
 def test_gc_needs_valid_attachments_and_1_1() -> None:
     code, out = call(Rig(), {"CNI_COMMAND": "GC"}, stdin(version="1.1.0"))
     assert out is not None and out["code"] == p.E_INVALID_CONFIG
-    code, out = call(Rig(), {"CNI_COMMAND": "GC"},
-                     stdin(version="1.0.0", **{"cni.dev/valid-attachments": []}))
+    code, out = call(
+        Rig(), {"CNI_COMMAND": "GC"}, stdin(version="1.0.0", **{"cni.dev/valid-attachments": []})
+    )
     assert out is not None and out["code"] == p.E_INCOMPATIBLE_VERSION
 
 
@@ -418,12 +470,15 @@ def test_version_without_stdin() -> None:
     assert code == 0 and out is not None and out["cniVersion"] == "1.1.0"
 
 
-@pytest.mark.parametrize("e,data,code", [
-    ({"CNI_COMMAND": "BOGUS"}, stdin(), p.E_INVALID_ENV),
-    (env("ADD"), b"{oops", p.E_DECODE),
-    (env("ADD"), stdin(version="0.2.0"), p.E_INCOMPATIBLE_VERSION),
-    (env("ADD"), stdin(name=None), p.E_INVALID_CONFIG),
-])
+@pytest.mark.parametrize(
+    "e,data,code",
+    [
+        ({"CNI_COMMAND": "BOGUS"}, stdin(), p.E_INVALID_ENV),
+        (env("ADD"), b"{oops", p.E_DECODE),
+        (env("ADD"), stdin(version="0.2.0"), p.E_INCOMPATIBLE_VERSION),
+        (env("ADD"), stdin(name=None), p.E_INVALID_CONFIG),
+    ],
+)
 def test_errors_are_spec_json(e: dict[str, str], data: bytes, code: int) -> None:
     be = Rig()
     rc, out = call(be, e, data)
@@ -436,6 +491,7 @@ def test_errors_are_spec_json(e: dict[str, str], data: bytes, code: int) -> None
 def test_unexpected_exception_becomes_error_json() -> None:
     def boom() -> KernelBackend:
         raise RuntimeError("kaput")
+
     rc, out = plugin.run(env("ADD"), stdin(), boom)
     assert rc == 1 and json.loads(out)["code"] == p.E_INTERNAL
 
@@ -446,8 +502,11 @@ def test_ipv6_loopback_is_relayed_and_udp_refused() -> None:
     assert code == 0
     assert be.held[OWNER][2] == (Binding("tcp", "::1", 8081, "198.18.200.5", 80),)
     assert OWNER not in be.elements or be.elements[OWNER] == []
-    code, out = call(Rig(), env("ADD"),
-                     stdin([{"hostPort": 8081, "containerPort": 80, "hostIP": "::1", "protocol": "udp"}]))
+    code, out = call(
+        Rig(),
+        env("ADD"),
+        stdin([{"hostPort": 8081, "containerPort": 80, "hostIP": "::1", "protocol": "udp"}]),
+    )
     assert code == 1 and out is not None and "relays only TCP" in str(out["msg"])
 
 
@@ -476,8 +535,10 @@ def test_del_and_add_remove_what_the_previous_version_left(cid: str) -> None:
     _legacy_attachment(be, cid, 8080, "pwnet")
     assert call(be, env("ADD", cid=cid), stdin())[0] == 0  # no conflict with its own old self
     assert set(be.held) == {cni_owner(cid, "eth0", "pwnet")}
-    assert set(be.elements) == {nft_comment(cni_legacy_owner("bystander", "eth0")),
-                                cni_owner(cid, "eth0", "pwnet")}
+    assert set(be.elements) == {
+        nft_comment(cni_legacy_owner("bystander", "eth0")),
+        cni_owner(cid, "eth0", "pwnet"),
+    }
     assert rules.owners(be.fw.table()) == set(be.elements)
 
 

@@ -10,24 +10,36 @@ import pytest
 from portwright.cni import protocol as p
 from portwright.model import ANY4, ANY6, Mapping
 
-ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/x",
-       "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni:/opt/cni/bin"}
+ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "abc123",
+    "CNI_NETNS": "/var/run/netns/x",
+    "CNI_IFNAME": "eth0",
+    "CNI_PATH": "/usr/lib/cni:/opt/cni/bin",
+}
 
 PREV_100 = {
     "cniVersion": "1.0.0",
-    "interfaces": [{"name": "pwtcni0", "mac": "aa:bb:cc:dd:ee:01"},
-                   {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
-                   {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/x"}],
-    "ips": [{"interface": 2, "address": "198.18.200.5/24", "gateway": "198.18.200.1"},
-            {"interface": 2, "address": "2001:2:c::5/64", "gateway": "2001:2:c::1"}],
+    "interfaces": [
+        {"name": "pwtcni0", "mac": "aa:bb:cc:dd:ee:01"},
+        {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+        {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/x"},
+    ],
+    "ips": [
+        {"interface": 2, "address": "198.18.200.5/24", "gateway": "198.18.200.1"},
+        {"interface": 2, "address": "2001:2:c::5/64", "gateway": "2001:2:c::1"},
+    ],
 }
 
 
 def conf(**kw: object) -> str:
-    base: dict[str, object] = {"cniVersion": "1.0.0", "name": "pwnet", "type": "portwright-cni",
-                               "prevResult": PREV_100,
-                               "runtimeConfig": {"portMappings": [
-                                   {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    base: dict[str, object] = {
+        "cniVersion": "1.0.0",
+        "name": "pwnet",
+        "type": "portwright-cni",
+        "prevResult": PREV_100,
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+    }
     base.update(kw)
     return json.dumps({k: v for k, v in base.items() if v is not None})
 
@@ -39,19 +51,22 @@ class TestEnv:
         assert e.args == (("K8S_POD_NAME", "web"), ("IgnoreUnknown", "1"))
         assert e.path == ("/usr/lib/cni", "/opt/cni/bin")
 
-    @pytest.mark.parametrize("env,needle", [
-        ({}, "CNI_COMMAND is not set"),
-        ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND 'FROB' is unknown"),
-        ({**ENV, "CNI_CONTAINERID": ""}, "CNI_CONTAINERID is not set"),
-        ({**ENV, "CNI_CONTAINERID": "-bad"}, "CNI_CONTAINERID '-bad' is invalid"),
-        ({**ENV, "CNI_CONTAINERID": "a:b"}, "is invalid"),
-        ({**ENV, "CNI_CONTAINERID": "abc\n"}, "is invalid"),  # '$' matched before a final newline
-        ({**ENV, "CNI_IFNAME": ""}, "CNI_IFNAME is not set"),
-        ({**ENV, "CNI_IFNAME": "x" * 16}, "is invalid"),
-        ({**ENV, "CNI_IFNAME": "et/h0"}, "is invalid"),
-        ({**ENV, "CNI_NETNS": ""}, "CNI_NETNS is not set"),
-        ({**ENV, "CNI_ARGS": "novalue"}, "is not KEY=VALUE"),
-    ])
+    @pytest.mark.parametrize(
+        "env,needle",
+        [
+            ({}, "CNI_COMMAND is not set"),
+            ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND 'FROB' is unknown"),
+            ({**ENV, "CNI_CONTAINERID": ""}, "CNI_CONTAINERID is not set"),
+            ({**ENV, "CNI_CONTAINERID": "-bad"}, "CNI_CONTAINERID '-bad' is invalid"),
+            ({**ENV, "CNI_CONTAINERID": "a:b"}, "is invalid"),
+            ({**ENV, "CNI_CONTAINERID": "abc\n"}, "is invalid"),  # '$' matched before a final newline
+            ({**ENV, "CNI_IFNAME": ""}, "CNI_IFNAME is not set"),
+            ({**ENV, "CNI_IFNAME": "x" * 16}, "is invalid"),
+            ({**ENV, "CNI_IFNAME": "et/h0"}, "is invalid"),
+            ({**ENV, "CNI_NETNS": ""}, "CNI_NETNS is not set"),
+            ({**ENV, "CNI_ARGS": "novalue"}, "is not KEY=VALUE"),
+        ],
+    )
     def test_bad_env_is_code_4(self, env: dict[str, str], needle: str) -> None:
         with pytest.raises(p.CniError) as ei:
             p.parse_env(env)
@@ -79,7 +94,10 @@ class TestVersion:
         assert v in ei.value.msg and "1.1.0" in ei.value.msg
 
     def test_cni_versions_picks_highest_common(self) -> None:
-        assert p.negotiate_version({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0", "9.0.0"]}) == "1.1.0"
+        assert (
+            p.negotiate_version({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0", "9.0.0"]})
+            == "1.1.0"
+        )
         assert p.negotiate_version({"cniVersions": ["0.3.1", "0.4.0"]}) == "0.4.0"
 
     def test_missing_version_is_code_7(self) -> None:
@@ -95,8 +113,10 @@ class TestVersion:
             assert p.parse_config(conf(cniVersion="1.1.0"), cmd).cni_version == "1.1.0"
 
     def test_version_result(self) -> None:
-        assert p.version_result("0.4.0") == {"cniVersion": "0.4.0",
-                                             "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
+        assert p.version_result("0.4.0") == {
+            "cniVersion": "0.4.0",
+            "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"],
+        }
 
     def test_error_version(self) -> None:
         assert p.error_version(b'{"cniVersion": "0.4.0"}') == "0.4.0"
@@ -115,23 +135,44 @@ class TestConfig:
         c = p.parse_config(conf(reserveHostPort=False, snat=False), "ADD")
         assert c.reserve_host_port is False and c.snat is False
 
-    @pytest.mark.parametrize("raw,code,needle", [
-        ("{not json", p.E_DECODE, "not valid JSON"),
-        ("[1, 2]", p.E_DECODE, "must be a JSON object"),
-        (conf(name=None), p.E_INVALID_CONFIG, 'no "name"'),
-        (conf(prevResult=None), p.E_INVALID_CONFIG, "chained plugin"),
-        (conf(reserveHostPort="yes"), p.E_INVALID_CONFIG, "reserveHostPort"),
-        (conf(runtimeConfig={"portMappings": {"hostPort": 1}}), p.E_INVALID_CONFIG, "must be a list"),
-        (conf(runtimeConfig={"portMappings": [{"hostPort": 0, "containerPort": 80}]}),
-         p.E_INVALID_CONFIG, "hostPort 0"),
-        (conf(runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 70000}]}),
-         p.E_INVALID_CONFIG, "containerPort 70000"),
-        (conf(runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}),
-         p.E_INVALID_CONFIG, "'icmp' is not supported"),
-        (conf(runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "nope"}]}),
-         p.E_INVALID_CONFIG, "'nope' is not an IP address"),
-        (conf(cniVersion="0.3.1"), p.E_INCOMPATIBLE_VERSION, "0.3.1"),
-    ])
+    @pytest.mark.parametrize(
+        "raw,code,needle",
+        [
+            ("{not json", p.E_DECODE, "not valid JSON"),
+            ("[1, 2]", p.E_DECODE, "must be a JSON object"),
+            (conf(name=None), p.E_INVALID_CONFIG, 'no "name"'),
+            (conf(prevResult=None), p.E_INVALID_CONFIG, "chained plugin"),
+            (conf(reserveHostPort="yes"), p.E_INVALID_CONFIG, "reserveHostPort"),
+            (conf(runtimeConfig={"portMappings": {"hostPort": 1}}), p.E_INVALID_CONFIG, "must be a list"),
+            (
+                conf(runtimeConfig={"portMappings": [{"hostPort": 0, "containerPort": 80}]}),
+                p.E_INVALID_CONFIG,
+                "hostPort 0",
+            ),
+            (
+                conf(runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 70000}]}),
+                p.E_INVALID_CONFIG,
+                "containerPort 70000",
+            ),
+            (
+                conf(
+                    runtimeConfig={
+                        "portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]
+                    }
+                ),
+                p.E_INVALID_CONFIG,
+                "'icmp' is not supported",
+            ),
+            (
+                conf(
+                    runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "nope"}]}
+                ),
+                p.E_INVALID_CONFIG,
+                "'nope' is not an IP address",
+            ),
+            (conf(cniVersion="0.3.1"), p.E_INCOMPATIBLE_VERSION, "0.3.1"),
+        ],
+    )
     def test_bad_config(self, raw: str, code: int, needle: str) -> None:
         with pytest.raises(p.CniError) as ei:
             p.parse_config(raw, "ADD")
@@ -143,16 +184,29 @@ class TestConfig:
         assert c.prev_result is None
 
     def test_protocol_case_and_host_ip(self) -> None:
-        c = p.parse_config(conf(runtimeConfig={"portMappings": [
-            {"hostPort": 53, "containerPort": 5353, "protocol": "UDP", "hostIP": "127.0.0.1"},
-            {"hostPort": 81, "containerPort": 80, "hostIP": "[::1]"}]}), "ADD")
+        c = p.parse_config(
+            conf(
+                runtimeConfig={
+                    "portMappings": [
+                        {"hostPort": 53, "containerPort": 5353, "protocol": "UDP", "hostIP": "127.0.0.1"},
+                        {"hostPort": 81, "containerPort": 80, "hostIP": "[::1]"},
+                    ]
+                }
+            ),
+            "ADD",
+        )
         assert c.port_mappings == (
             p.PortMapping(53, 5353, "udp", ipaddress.ip_address("127.0.0.1")),
-            p.PortMapping(81, 80, "tcp", ipaddress.ip_address("::1")))
+            p.PortMapping(81, 80, "tcp", ipaddress.ip_address("::1")),
+        )
 
     def test_valid_attachments(self) -> None:
-        c = p.parse_config(conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [
-            {"containerID": "a1", "ifname": "eth0"}]}), "GC")
+        c = p.parse_config(
+            conf(
+                cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "a1", "ifname": "eth0"}]}
+            ),
+            "GC",
+        )
         assert c.valid_attachments == (p.Attachment("a1", "eth0"),)
         c = p.parse_config(conf(cniVersion="1.1.0", **{"cni.dev/attachments": []}), "GC")
         assert c.valid_attachments == ()
@@ -162,9 +216,13 @@ class TestConfig:
 
 class TestAddresses:
     def test_sandbox_addresses_only(self) -> None:
-        prev = {"interfaces": [{"name": "br"}, {"name": "eth0", "sandbox": "/n"}],
-                "ips": [{"interface": 0, "address": "198.18.200.1/24"},
-                        {"interface": 1, "address": "198.18.200.7/24"}]}
+        prev = {
+            "interfaces": [{"name": "br"}, {"name": "eth0", "sandbox": "/n"}],
+            "ips": [
+                {"interface": 0, "address": "198.18.200.1/24"},
+                {"interface": 1, "address": "198.18.200.7/24"},
+            ],
+        }
         a = p.container_addresses(prev)
         assert str(a.ip4) == "198.18.200.7" and a.ip6 is None
 
@@ -185,8 +243,10 @@ class TestMappings:
 
     def test_wildcard_both_families(self) -> None:
         ms = p.to_mappings((p.PortMapping(8080, 80, "tcp", None),), self.addrs)
-        assert ms == [Mapping("tcp", ANY4, 8080, self.addrs.ip4, 80),  # type: ignore[arg-type]
-                      Mapping("tcp", ANY6, 8080, self.addrs.ip6, 80)]  # type: ignore[arg-type]
+        assert ms == [
+            Mapping("tcp", ANY4, 8080, self.addrs.ip4, 80),  # type: ignore[arg-type]
+            Mapping("tcp", ANY6, 8080, self.addrs.ip6, 80),
+        ]  # type: ignore[arg-type]
 
     def test_v4_only_container(self) -> None:
         a = p.ContainerAddrs(self.addrs.ip4, None)
@@ -215,6 +275,10 @@ class TestResults:
 
     def test_error_json(self) -> None:
         e = p.CniError(100, "host port 0.0.0.0:8080/tcp is held", "by container x")
-        assert e.to_json("1.0.0") == {"cniVersion": "1.0.0", "code": 100,
-                                      "msg": "host port 0.0.0.0:8080/tcp is held", "details": "by container x"}
+        assert e.to_json("1.0.0") == {
+            "cniVersion": "1.0.0",
+            "code": 100,
+            "msg": "host port 0.0.0.0:8080/tcp is held",
+            "details": "by container x",
+        }
         assert "details" not in p.CniError(7, "x").to_json("1.0.0")

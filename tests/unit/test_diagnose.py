@@ -43,24 +43,56 @@ def ruleset(name: str) -> Any:
     return parse_ruleset((DATA / f"{name}.json").read_text(), (DATA / f"{name}.nft").read_text())
 
 
-def inspect_doc(name: str, cid: str, pid: int, ip4: str, ports: dict[str, Any], mode: str = "bridge",
-                exposed: tuple[str, ...] = ()) -> dict[str, Any]:
+def inspect_doc(
+    name: str,
+    cid: str,
+    pid: int,
+    ip4: str,
+    ports: dict[str, Any],
+    mode: str = "bridge",
+    exposed: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """The fields of ``docker inspect`` that diagnostics read, in Docker 20.10's shape."""
-    nets = {} if mode == "host" else {"bridge": {"IPAddress": ip4, "IPPrefixLen": 24, "Gateway": "198.19.0.1",
-                                                  "GlobalIPv6Address": "", "NetworkID": "f00"}}
+    nets = (
+        {}
+        if mode == "host"
+        else {
+            "bridge": {
+                "IPAddress": ip4,
+                "IPPrefixLen": 24,
+                "Gateway": "198.19.0.1",
+                "GlobalIPv6Address": "",
+                "NetworkID": "f00",
+            }
+        }
+    )
     if mode == "host":
         nets = {"host": {"IPAddress": "", "Gateway": "", "GlobalIPv6Address": ""}}
-    return {"Id": cid, "Name": "/" + name, "State": {"Running": True, "Pid": pid},
-            "Config": {"Image": "pwt-busybox", "ExposedPorts": {e: {} for e in exposed}},
-            "HostConfig": {"NetworkMode": mode},
-            "NetworkSettings": {"Ports": ports, "Networks": nets}}
+    return {
+        "Id": cid,
+        "Name": "/" + name,
+        "State": {"Running": True, "Pid": pid},
+        "Config": {"Image": "pwt-busybox", "ExposedPorts": {e: {} for e in exposed}},
+        "HostConfig": {"NetworkMode": mode},
+        "NetworkSettings": {"Ports": ports, "Networks": nets},
+    }
 
 
-WEB = container_from_inspect(inspect_doc("web", "a" * 64, 4100, "198.19.0.2",
-                                         {"9000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9000"}]},
-                                         exposed=("9000/tcp",)))
-DB = container_from_inspect(inspect_doc("db", "b" * 64, 4200, "198.19.0.3",
-                                        {"6379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "6380"}]}))
+WEB = container_from_inspect(
+    inspect_doc(
+        "web",
+        "a" * 64,
+        4100,
+        "198.19.0.2",
+        {"9000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9000"}]},
+        exposed=("9000/tcp",),
+    )
+)
+DB = container_from_inspect(
+    inspect_doc(
+        "db", "b" * 64, 4200, "198.19.0.3", {"6379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "6380"}]}
+    )
+)
 
 
 def proc(pid: int, comm: str, cmd: str) -> Process:
@@ -71,15 +103,32 @@ def ln(proto: str, addr: str, port: int, *procs: Process, v6only: bool | None = 
     return Listener(proto, ip(addr), port, 1000 + port, tuple(procs), v6only)
 
 
-def snapshot(rs_name: str, listeners: list[Listener], containers: list[Container] | None = None,
-             sandboxes: list[SandboxRecord] | None = None, inner: dict[str, list[Listener]] | None = None,
-             alive: bool = True) -> Snapshot:
-    dv = DockerView(containers=containers or [], available=containers is not None,
-                    networks={"bridge": [ipaddress.ip_network("198.19.0.0/24")]})
-    return Snapshot(listeners=listeners, ruleset=ruleset(rs_name), sandboxes=sandboxes or [], docker=dv,
-                    host4=HOST4, host6=None, host_if="eth0", local_addrs=(HOST4, ip("127.0.0.1"), ip("::1")),
-                    route_localnet={"docker0": 1, "eth0": 0},
-                    inner=lambda path: (inner or {}).get(path, []), alive=lambda rec: alive)
+def snapshot(
+    rs_name: str,
+    listeners: list[Listener],
+    containers: list[Container] | None = None,
+    sandboxes: list[SandboxRecord] | None = None,
+    inner: dict[str, list[Listener]] | None = None,
+    alive: bool = True,
+) -> Snapshot:
+    dv = DockerView(
+        containers=containers or [],
+        available=containers is not None,
+        networks={"bridge": [ipaddress.ip_network("198.19.0.0/24")]},
+    )
+    return Snapshot(
+        listeners=listeners,
+        ruleset=ruleset(rs_name),
+        sandboxes=sandboxes or [],
+        docker=dv,
+        host4=HOST4,
+        host6=None,
+        host_if="eth0",
+        local_addrs=(HOST4, ip("127.0.0.1"), ip("::1")),
+        route_localnet={"docker0": 1, "eth0": 0},
+        inner=lambda path: (inner or {}).get(path, []),
+        alive=lambda rec: alive,
+    )
 
 
 DOCKERD = proc(900, "dockerd", "/usr/sbin/dockerd --storage-driver=vfs")
@@ -91,9 +140,11 @@ def test_docker_dnat_targets_come_from_the_text_listing() -> None:
     rs = ruleset("diagnose_docker_nat")
     entries = [e for e in nat_entries(rs) if e.hook == "prerouting"]
     got = {(e.proto, e.ports, str(e.to_addr), e.to_port, tuple(map(str, e.daddrs))) for e in entries}
-    assert got == {("tcp", ((9000, 9000),), "198.19.0.2", 9000, ()),
-                   ("tcp", ((6380, 6380),), "198.19.0.3", 6379, ("127.0.0.1/32",)),
-                   ("tcp", ((7777, 7777),), "198.19.0.9", 80, ())}
+    assert got == {
+        ("tcp", ((9000, 9000),), "198.19.0.2", 9000, ()),
+        ("tcp", ((6380, 6380),), "198.19.0.3", 6379, ("127.0.0.1/32",)),
+        ("tcp", ((7777, 7777),), "198.19.0.9", 80, ()),
+    }
     assert {e.hook for e in nat_entries(rs)} == {"prerouting", "output"}
 
 
@@ -126,27 +177,44 @@ def test_walk_portwright_maps_guard_and_owner_tag() -> None:
 # ---------------------------------------------------------------- docker parsing
 def test_container_from_inspect() -> None:
     assert WEB.name == "web" and WEB.pid == 4100 and WEB.addresses() == [ip("198.19.0.2")]
-    assert [(p.proto, str(p.host_ip), p.host_port, p.container_port) for p in DB.published] == \
-        [("tcp", "127.0.0.1", 6380, 6379)]
+    assert [(p.proto, str(p.host_ip), p.host_port, p.container_port) for p in DB.published] == [
+        ("tcp", "127.0.0.1", 6380, 6379)
+    ]
     assert WEB.exposed == ((9000, "tcp"),)
     dv = DockerView(containers=[WEB, DB], available=True)
     assert dv.find("web") is WEB and dv.find("aaaa") is WEB and dv.by_ip(ip("198.19.0.3")) is DB
 
 
-@pytest.mark.parametrize("cmd,expect", [
-    ("/usr/sbin/docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 9000 -container-ip 198.19.0.2 "
-     "-container-port 9000", ("tcp", "0.0.0.0", 9000, "198.19.0.2", 9000)),
-    ("docker-proxy -proto udp -host-ip :: -host-port 53 -container-ip 198.19.0.4 -container-port 5353 "
-     "-use-listen-fd", ("udp", "::", 53, "198.19.0.4", 5353)),
-    # the article's ps output, with the addresses left empty
-    ("/usr/sbin/docker-proxy -proto tcp -host-ip -host-port 9001 -container-ip -container-port 9000",
-     ("tcp", None, 9001, None, 9000)),
-])
+@pytest.mark.parametrize(
+    "cmd,expect",
+    [
+        (
+            "/usr/sbin/docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 9000 -container-ip 198.19.0.2 "
+            "-container-port 9000",
+            ("tcp", "0.0.0.0", 9000, "198.19.0.2", 9000),
+        ),
+        (
+            "docker-proxy -proto udp -host-ip :: -host-port 53 -container-ip 198.19.0.4 -container-port 5353 "
+            "-use-listen-fd",
+            ("udp", "::", 53, "198.19.0.4", 5353),
+        ),
+        # the article's ps output, with the addresses left empty
+        (
+            "/usr/sbin/docker-proxy -proto tcp -host-ip -host-port 9001 -container-ip -container-port 9000",
+            ("tcp", None, 9001, None, 9000),
+        ),
+    ],
+)
 def test_parse_docker_proxy(cmd: str, expect: tuple[Any, ...]) -> None:
     a = parse_docker_proxy(cmd)
     assert a is not None
-    got = (a.proto, str(a.host_ip) if a.host_ip else None, a.host_port,
-           str(a.container_ip) if a.container_ip else None, a.container_port)
+    got = (
+        a.proto,
+        str(a.host_ip) if a.host_ip else None,
+        a.host_port,
+        str(a.container_ip) if a.container_ip else None,
+        a.container_port,
+    )
     assert got == expect
 
 
@@ -155,8 +223,9 @@ def test_parse_docker_proxy_rejects_other_programs() -> None:
 
 
 # ---------------------------------------------------------------- who
-@pytest.mark.parametrize("text,err", [("70000", "1-65535"), ("0", "1-65535"), ("80/tcpx", "tcpx"),
-                                      ("http", "http")])
+@pytest.mark.parametrize(
+    "text,err", [("70000", "1-65535"), ("0", "1-65535"), ("80/tcpx", "tcpx"), ("http", "http")]
+)
 def test_parse_port_bad_input_is_one_line(text: str, err: str) -> None:
     with pytest.raises(BadInput) as e:
         parse_port(text)
@@ -169,8 +238,12 @@ def test_parse_port() -> None:
 
 def test_who_docker_nat_names_container_inner_listener_and_placeholder_difference() -> None:
     lns = [ln("tcp", "0.0.0.0", 9000, DOCKERD), ln("tcp", "::", 9000, DOCKERD, v6only=True)]
-    snap = snapshot("diagnose_docker_nat", lns, [WEB, DB],
-                    inner={"/proc/4100/ns/net": [ln("tcp", "0.0.0.0", 9000, NGINX)]})
+    snap = snapshot(
+        "diagnose_docker_nat",
+        lns,
+        [WEB, DB],
+        inner={"/proc/4100/ns/net": [ln("tcp", "0.0.0.0", 9000, NGINX)]},
+    )
     rep = who(snap, 9000)
     assert rep.summary().startswith("container web")
     assert {h.kind for _, h in rep.holders} == {DOCKERD_PLACEHOLDER}
@@ -188,11 +261,19 @@ def test_who_docker_nat_names_container_inner_listener_and_placeholder_differenc
 
 
 def test_who_docker_proxy_parses_its_arguments() -> None:
-    dp = proc(5000, "docker-proxy", "/usr/sbin/docker-proxy -proto tcp -host-ip 127.0.0.1 -host-port 6380 "
-              "-container-ip 198.19.0.3 -container-port 6379")
+    dp = proc(
+        5000,
+        "docker-proxy",
+        "/usr/sbin/docker-proxy -proto tcp -host-ip 127.0.0.1 -host-port 6380 "
+        "-container-ip 198.19.0.3 -container-port 6379",
+    )
     rs_empty = "diagnose_docker_nat"
-    snap = snapshot(rs_empty, [ln("tcp", "127.0.0.1", 6390, dp)], [WEB, DB],
-                    inner={"/proc/4200/ns/net": [ln("tcp", "0.0.0.0", 6379, proc(4201, "redis-server", "redis"))]})
+    snap = snapshot(
+        rs_empty,
+        [ln("tcp", "127.0.0.1", 6390, dp)],
+        [WEB, DB],
+        inner={"/proc/4200/ns/net": [ln("tcp", "0.0.0.0", 6379, proc(4201, "redis-server", "redis"))]},
+    )
     rep = who(snap, 6390)
     h = rep.holders[0][1]
     assert h.kind == DOCKER_PROXY and h.container == "db" and h.proxy_to == (ip("198.19.0.3"), 6379)
@@ -202,7 +283,9 @@ def test_who_docker_proxy_parses_its_arguments() -> None:
 
 
 def test_who_inner_nothing_listening_is_said() -> None:
-    snap = snapshot("diagnose_docker_nat", [], [WEB], inner={"/proc/4100/ns/net": [ln("tcp", "127.0.0.1", 9000)]})
+    snap = snapshot(
+        "diagnose_docker_nat", [], [WEB], inner={"/proc/4100/ns/net": [ln("tcp", "127.0.0.1", 9000)]}
+    )
     p4 = who(snap, 9000).paths[0]
     assert p4.inner is not None and not p4.inner.listeners and "nothing listens" in p4.inner.note
 
@@ -213,25 +296,49 @@ def test_who_nothing() -> None:
     assert all(p.via == "nothing" for p in rep.paths)
 
 
-def _record(name: str, sid: str, mode: str, maps: tuple[Mapping, ...], network: str = "pw0",
-            sup: int = 700, cmd_pid: int = 701, ip4: str = "198.18.0.2") -> SandboxRecord:
-    sb = Sandbox(id=sid, name=name, network=network, netns=f"/run/netns/pw-{name}" if network != "host" else None,
-                 veth=None, ip4=ipaddress.IPv4Address(ip4) if network != "host" else None, publish_mode=mode,
-                 mappings=maps)
-    return SandboxRecord(sb, "running", sup, None, cmd_pid, None, ("x",), SandboxSpec(cmd=("x",)), None, None, 0.0)
+def _record(
+    name: str,
+    sid: str,
+    mode: str,
+    maps: tuple[Mapping, ...],
+    network: str = "pw0",
+    sup: int = 700,
+    cmd_pid: int = 701,
+    ip4: str = "198.18.0.2",
+) -> SandboxRecord:
+    sb = Sandbox(
+        id=sid,
+        name=name,
+        network=network,
+        netns=f"/run/netns/pw-{name}" if network != "host" else None,
+        veth=None,
+        ip4=ipaddress.IPv4Address(ip4) if network != "host" else None,
+        publish_mode=mode,
+        mappings=maps,
+    )
+    return SandboxRecord(
+        sb, "running", sup, None, cmd_pid, None, ("x",), SandboxSpec(cmd=("x",)), None, None, 0.0
+    )
 
 
-M8080 = (Mapping("tcp", ip("0.0.0.0"), 8080, ip("198.18.0.2"), 80),
-         Mapping("tcp", ip("::"), 8080, ip("2001:2::2"), 80),
-         Mapping("tcp", ip("127.0.0.1"), 5432, ip("198.18.0.2"), 5432))
+M8080 = (
+    Mapping("tcp", ip("0.0.0.0"), 8080, ip("198.18.0.2"), 80),
+    Mapping("tcp", ip("::"), 8080, ip("2001:2::2"), 80),
+    Mapping("tcp", ip("127.0.0.1"), 5432, ip("198.18.0.2"), 5432),
+)
 
 
 def test_who_portwright_nat_sandbox_reservation_and_v6_proxy() -> None:
     sup = proc(700, "portwright", "python -m portwright _supervise web1")
     rec = _record("web1", "abc123abc123", "nat", M8080)
     lns = [ln("tcp", "0.0.0.0", 8080, sup), ln("tcp", "::", 8080, sup, v6only=True)]
-    snap = snapshot("diagnose_mixed", lns, None, [rec],
-                    inner={"/run/netns/pw-web1": [ln("tcp", "0.0.0.0", 80, proc(702, "python3", "http.server"))]})
+    snap = snapshot(
+        "diagnose_mixed",
+        lns,
+        None,
+        [rec],
+        inner={"/run/netns/pw-web1": [ln("tcp", "0.0.0.0", 80, proc(702, "python3", "http.server"))]},
+    )
     rep = who(snap, 8080)
     kinds = {h.kind for _, h in rep.holders}
     assert kinds == {PW_RESERVATION, PW_PROXY}
@@ -259,8 +366,11 @@ def codes(rep: audit_mod.AuditReport) -> set[tuple[str, str, str]]:
 
 
 def test_audit_docker_host() -> None:
-    lns = [ln("tcp", "0.0.0.0", 9000, DOCKERD), ln("tcp", "::", 9000, DOCKERD, v6only=True),
-           ln("tcp", "127.0.0.1", 6380, DOCKERD)]
+    lns = [
+        ln("tcp", "0.0.0.0", 9000, DOCKERD),
+        ln("tcp", "::", 9000, DOCKERD, v6only=True),
+        ln("tcp", "127.0.0.1", 6380, DOCKERD),
+    ]
     rep = audit_mod.audit(snapshot("diagnose_docker_nat", lns, [WEB, DB]))
     got = codes(rep)
     assert ("high", "loopback-leak", "tcp 127.0.0.1:6380") in got
@@ -296,11 +406,17 @@ def test_audit_stale_sandbox_whose_supervisor_died() -> None:
 
 
 def test_audit_undeclared_host_network_ports() -> None:
-    host_c = container_from_inspect(inspect_doc("hostnet", "c" * 64, 4300, "", {}, mode="host",
-                                                exposed=("8080/tcp",)))
-    snap = snapshot("diagnose_docker_nat", [ln("tcp", "0.0.0.0", 8080, proc(4301, "app", "app")),
-                                            ln("tcp", "0.0.0.0", 6379, proc(4302, "redis-server", "redis"))],
-                    [host_c])
+    host_c = container_from_inspect(
+        inspect_doc("hostnet", "c" * 64, 4300, "", {}, mode="host", exposed=("8080/tcp",))
+    )
+    snap = snapshot(
+        "diagnose_docker_nat",
+        [
+            ln("tcp", "0.0.0.0", 8080, proc(4301, "app", "app")),
+            ln("tcp", "0.0.0.0", 6379, proc(4302, "redis-server", "redis")),
+        ],
+        [host_c],
+    )
     snap.pidns = {4300: "pid:[1]", 4301: "pid:[1]", 4302: "pid:[1]"}
     got = codes(audit_mod.audit(snap))
     assert ("medium", "undeclared", "tcp 0.0.0.0:6379") in got
@@ -308,7 +424,11 @@ def test_audit_undeclared_host_network_ports() -> None:
 
 
 def test_cli_helpers() -> None:
-    assert dcli.table(("A", "BB"), [("x", "y"), ("long", "z")]).splitlines() == ["A     BB", "x     y", "long  z"]
+    assert dcli.table(("A", "BB"), [("x", "y"), ("long", "z")]).splitlines() == [
+        "A     BB",
+        "x     y",
+        "long  z",
+    ]
     assert dcli._allow(["80,443", "8080"]) == {80, 443, 8080}
     with pytest.raises(BadInput):
         dcli._allow(["http"])

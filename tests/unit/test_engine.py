@@ -37,8 +37,12 @@ def parts(tmp_path: Path) -> Iterator[tuple[Engine, FakeBackend, FakeHost]]:
     yield eng, backend, host
 
 
-def _create(eng: Engine, *publish: str, mode: str = "nat", network: str = "pw0", name: str | None = None) -> Live:
-    spec = parse_sandbox_spec(["sleep", "60"], name=name, network=network, publish=list(publish), publish_mode=mode)
+def _create(
+    eng: Engine, *publish: str, mode: str = "nat", network: str = "pw0", name: str | None = None
+) -> Live:
+    spec = parse_sandbox_spec(
+        ["sleep", "60"], name=name, network=network, publish=list(publish), publish_mode=mode
+    )
     with ExitStack() as stack:
         live = eng.create(spec, stack, supervisor_pid=os.getpid())
         eng.started(live, os.getpid())
@@ -112,7 +116,9 @@ def test_reconcile_after_a_crash_clears_kernel_and_state(parts: tuple[Engine, Fa
     assert eng.state.sandboxes() == []
 
 
-@pytest.mark.parametrize("step", ["netns_add", "create_veth", "configure_sandbox", "cgroup_create", "publish"])
+@pytest.mark.parametrize(
+    "step", ["netns_add", "create_veth", "configure_sandbox", "cgroup_create", "publish"]
+)
 def test_a_failure_at_any_step_leaves_nothing(parts: tuple[Engine, FakeBackend, FakeHost], step: str) -> None:
     eng, backend, host = parts
     eng.ensure_network("pw0")

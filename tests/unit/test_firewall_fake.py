@@ -28,22 +28,43 @@ A = ipaddress.ip_address
 OWNER_A, OWNER_B = "pw:0123456789ab", "pw:bbbbbbbbbbbb"
 OWNER_CNI = "cni:" + "f" * 64 + ":eth0"
 
-WEB = Network(name="web", bridge="pwbr0", subnet4=ipaddress.IPv4Network("198.18.5.0/24"),
-              gateway4=ipaddress.IPv4Address("198.18.5.1"),
-              subnet6=ipaddress.IPv6Network("2001:2:5::/64"), gateway6=ipaddress.IPv6Address("2001:2:5::1"))
-DB = Network(name="db", bridge="pwbr1", subnet4=ipaddress.IPv4Network("198.18.6.0/24"),
-             gateway4=ipaddress.IPv4Address("198.18.6.1"), internal=True)
+WEB = Network(
+    name="web",
+    bridge="pwbr0",
+    subnet4=ipaddress.IPv4Network("198.18.5.0/24"),
+    gateway4=ipaddress.IPv4Address("198.18.5.1"),
+    subnet6=ipaddress.IPv6Network("2001:2:5::/64"),
+    gateway6=ipaddress.IPv6Address("2001:2:5::1"),
+)
+DB = Network(
+    name="db",
+    bridge="pwbr1",
+    subnet4=ipaddress.IPv4Network("198.18.6.0/24"),
+    gateway4=ipaddress.IPv4Address("198.18.6.1"),
+    internal=True,
+)
 
 
 def m(proto: str, host: str, hport: int, cont: str, cport: int) -> Mapping:
-    return Mapping(proto=proto, host_ip=A(host), host_port=hport, container_ip=A(cont),  # type: ignore[arg-type]
-                   container_port=cport)
+    return Mapping(
+        proto=proto,
+        host_ip=A(host),
+        host_port=hport,
+        container_ip=A(cont),  # type: ignore[arg-type]
+        container_port=cport,
+    )
 
 
-MAPS_A = [m("tcp", "0.0.0.0", 8080, "198.18.5.2", 80), m("tcp", "::", 8080, "2001:2:5::2", 80),
-          m("udp", "127.0.0.1", 5353, "198.18.5.2", 53)]
-MAPS_CNI = [m("tcp", "198.18.5.1", 8081, "198.18.5.3", 81), m("tcp", "0.0.0.0", 9090, "198.18.5.3", 90),
-            m("tcp", "2001:2:5::1", 8443, "2001:2:5::3", 443)]
+MAPS_A = [
+    m("tcp", "0.0.0.0", 8080, "198.18.5.2", 80),
+    m("tcp", "::", 8080, "2001:2:5::2", 80),
+    m("udp", "127.0.0.1", 5353, "198.18.5.2", 53),
+]
+MAPS_CNI = [
+    m("tcp", "198.18.5.1", 8081, "198.18.5.3", 81),
+    m("tcp", "0.0.0.0", 9090, "198.18.5.3", 90),
+    m("tcp", "2001:2:5::1", 8443, "2001:2:5::3", 443),
+]
 
 
 @pytest.fixture
@@ -64,6 +85,7 @@ def published(fw: Firewall) -> set[tuple[str | None, str]]:
 
 
 # --- the operations ----------------------------------------------------------------------------------
+
 
 def test_publish_unpublish_owners_networks(fw: Firewall, fake: FakeBackend) -> None:
     fw.publish(OWNER_A, MAPS_A)
@@ -87,10 +109,12 @@ def test_publish_skips_what_nat_cannot_serve(fw: Firewall, fake: FakeBackend) ->
 def test_conflict_names_the_owner_and_changes_nothing(fw: Firewall, fake: FakeBackend) -> None:
     fw.publish(OWNER_A, MAPS_A)
     before, committed = fw.table(), len(fake.transactions)
-    for asked in ([m("tcp", "0.0.0.0", 8080, "198.18.5.9", 80)],   # the same wildcard binding
-                  [m("tcp", "198.18.5.1", 8080, "198.18.5.9", 80)],  # one address under A's wildcard
-                  [m("tcp", "::", 8080, "2001:2:5::9", 80)],
-                  [m("udp", "0.0.0.0", 5353, "198.18.5.9", 53)]):  # a wildcard over A's 127.0.0.1
+    for asked in (
+        [m("tcp", "0.0.0.0", 8080, "198.18.5.9", 80)],  # the same wildcard binding
+        [m("tcp", "198.18.5.1", 8080, "198.18.5.9", 80)],  # one address under A's wildcard
+        [m("tcp", "::", 8080, "2001:2:5::9", 80)],
+        [m("udp", "0.0.0.0", 5353, "198.18.5.9", 53)],
+    ):  # a wildcard over A's 127.0.0.1
         with pytest.raises(PortInUse, match=OWNER_A):
             fw.publish(OWNER_B, asked)
     assert fw.table() == before and len(fake.transactions) == committed
@@ -152,6 +176,7 @@ def test_ensure_base_keeps_elements_and_networks(fw: Firewall) -> None:
 
 # --- order of the kernel calls ---------------------------------------------------------------------
 
+
 def test_publish_reads_and_writes_under_the_lock_then_flushes_udp(fw: Firewall, fake: FakeBackend) -> None:
     fake.calls.clear()
     fw.publish(OWNER_A, MAPS_A)
@@ -185,6 +210,7 @@ def test_teardown_helpers_are_recorded(fw: Firewall, fake: FakeBackend) -> None:
 
 # --- atomicity ------------------------------------------------------------------------------------------
 
+
 def test_injected_failure_changes_nothing(fw: Firewall, fake: FakeBackend) -> None:
     fw.publish(OWNER_A, MAPS_A[:1])
     before, committed = fw.table(), len(fake.transactions)
@@ -201,8 +227,9 @@ def test_a_refused_command_undoes_the_whole_batch(fw: Firewall, fake: FakeBacken
     before = fw.table()
     # as in the kernel test: the same key with another target is refused (EEXIST), and the
     # batch's other element must not appear either
-    cmds = rules.publish_commands(OWNER_A, [m("tcp", "0.0.0.0", 8681, "198.18.5.2", 80),
-                                            m("tcp", "0.0.0.0", 8680, "198.18.5.2", 81)])
+    cmds = rules.publish_commands(
+        OWNER_A, [m("tcp", "0.0.0.0", 8681, "198.18.5.2", 80), m("tcp", "0.0.0.0", 8680, "198.18.5.2", 81)]
+    )
     with pytest.raises(KernelError, match="File exists"):
         fake.apply(cmds)
     assert fw.table() == before
@@ -221,6 +248,7 @@ def test_fail_next_counts_applies(fw: Firewall, fake: FakeBackend) -> None:
 
 # --- owner rules (the CNI plugin's masquerade on foreign bridges) -----------------------------------
 
+
 def test_extra_rules_go_in_with_the_elements_and_out_with_unpublish(fw: Firewall, fake: FakeBackend) -> None:
     subnets = [ipaddress.ip_network("198.18.200.0/24")]
     maps = [m("tcp", "0.0.0.0", 8080, "198.18.200.5", 80)]
@@ -228,7 +256,9 @@ def test_extra_rules_go_in_with_the_elements_and_out_with_unpublish(fw: Firewall
     committed = len(fake.transactions)
     fw.publish(OWNER_CNI, maps, extra_rules=extra)
     assert len(fake.transactions) == committed + 1  # one transaction for elements and rules
-    assert [r["expr"] for r in rules.owner_rules(fw.table(), OWNER_CNI)] == [c["add"]["rule"]["expr"] for c in extra]
+    assert [r["expr"] for r in rules.owner_rules(fw.table(), OWNER_CNI)] == [
+        c["add"]["rule"]["expr"] for c in extra
+    ]
     fw.publish(OWNER_CNI, maps, extra_rules=extra)  # again: replaced, not doubled
     assert len(rules.owner_rules(fw.table(), OWNER_CNI)) == len(extra) == 2
     fw.unpublish(OWNER_CNI)
@@ -240,11 +270,14 @@ def test_extra_rules_must_carry_the_owner_tag(fw: Firewall) -> None:
     with pytest.raises(BadInput, match="tagged 'pw:0123456789ab'"):
         fw.publish(OWNER_A, MAPS_A[:1], extra_rules=extra)
     with pytest.raises(BadInput, match="extra firewall rule"):
-        fw.publish(OWNER_A, MAPS_A[:1], extra_rules=[{"delete": {"table": {"family": "inet", "name": "portwright"}}}])
+        fw.publish(
+            OWNER_A, MAPS_A[:1], extra_rules=[{"delete": {"table": {"family": "inet", "name": "portwright"}}}]
+        )
     assert fw.owners() == set()
 
 
 # --- the lock ------------------------------------------------------------------------------------------
+
 
 class RacingFake(FakeBackend):
     """Runs ``action`` in another thread right after the main thread's first read, and lets it
@@ -265,7 +298,9 @@ class RacingFake(FakeBackend):
             t.start()
             deadline = time.monotonic() + 30
             while t.is_alive() and t.ident not in self.waiting:
-                assert time.monotonic() < deadline, "the racing thread neither finished nor waited for the lock"
+                assert time.monotonic() < deadline, (
+                    "the racing thread neither finished nor waited for the lock"
+                )
                 time.sleep(0.001)
             self.result["state"] = "waiting" if t.is_alive() else "done"
         return table
@@ -330,17 +365,23 @@ def test_the_lock_is_not_reentrant(fake: FakeBackend) -> None:
 T = {"family": "inet", "table": "portwright"}
 
 
-@pytest.mark.parametrize("cmd,err", [
-    ({"delete": {"element": {**T, "name": rules.MAP_ANY4, "elem": [{"concat": ["tcp", 1]}]}}}, "No such file"),
-    ({"create": {"table": {"family": "inet", "name": "portwright"}}}, "File exists"),
-    ({"delete": {"chain": {**T, "name": rules.CHAIN_PUBLISH}}}, "busy"),  # prerouting jumps to it
-    ({"delete": {"set": {**T, "name": rules.SET_BRIDGES}}}, "busy"),  # rules look it up
-    ({"add": {"rule": {**T, "chain": "nope", "expr": [{"accept": None}]}}}, "No such file"),
-    ({"delete": {"rule": {**T, "chain": rules.CHAIN_GUARD, "handle": 99999}}}, "No such file"),
-    ({"add": {"element": {**T, "name": "nope", "elem": ["x"]}}}, "No such file"),
-    ({"delete": {"table": {"family": "ip", "name": "portwright"}}}, "No such file"),
-    ({"frobnicate": {"table": {"family": "inet", "name": "portwright"}}}, "not supported"),
-])
+@pytest.mark.parametrize(
+    "cmd,err",
+    [
+        (
+            {"delete": {"element": {**T, "name": rules.MAP_ANY4, "elem": [{"concat": ["tcp", 1]}]}}},
+            "No such file",
+        ),
+        ({"create": {"table": {"family": "inet", "name": "portwright"}}}, "File exists"),
+        ({"delete": {"chain": {**T, "name": rules.CHAIN_PUBLISH}}}, "busy"),  # prerouting jumps to it
+        ({"delete": {"set": {**T, "name": rules.SET_BRIDGES}}}, "busy"),  # rules look it up
+        ({"add": {"rule": {**T, "chain": "nope", "expr": [{"accept": None}]}}}, "No such file"),
+        ({"delete": {"rule": {**T, "chain": rules.CHAIN_GUARD, "handle": 99999}}}, "No such file"),
+        ({"add": {"element": {**T, "name": "nope", "elem": ["x"]}}}, "No such file"),
+        ({"delete": {"table": {"family": "ip", "name": "portwright"}}}, "No such file"),
+        ({"frobnicate": {"table": {"family": "inet", "name": "portwright"}}}, "not supported"),
+    ],
+)
 def test_refusals(fw: Firewall, fake: FakeBackend, cmd: dict[str, Any], err: str) -> None:
     before = fw.table()
     with pytest.raises(KernelError, match=err):
@@ -349,13 +390,21 @@ def test_refusals(fw: Firewall, fake: FakeBackend, cmd: dict[str, Any], err: str
 
 
 def test_chain_and_rule_handles(fw: Firewall, fake: FakeBackend) -> None:
-    fake.apply([{"add": {"chain": {**T, "name": "extra"}}},
-                {"add": {"rule": {**T, "chain": "extra", "expr": [{"accept": None}], "comment": "b"}}},
-                {"insert": {"rule": {**T, "chain": "extra", "expr": [{"drop": None}], "comment": "a"}}}])
+    fake.apply(
+        [
+            {"add": {"chain": {**T, "name": "extra"}}},
+            {"add": {"rule": {**T, "chain": "extra", "expr": [{"accept": None}], "comment": "b"}}},
+            {"insert": {"rule": {**T, "chain": "extra", "expr": [{"drop": None}], "comment": "a"}}},
+        ]
+    )
     listed = [r for r in _rules(fw.table()) if r["chain"] == "extra"]
     assert [r["comment"] for r in listed] == ["a", "b"] and listed[0]["handle"] > listed[1]["handle"]
-    fake.apply([{"delete": {"rule": {**T, "chain": "extra", "handle": listed[0]["handle"]}}},
-                {"delete": {"chain": {**T, "name": "extra"}}}])  # a chain nobody jumps to goes, rules and all
+    fake.apply(
+        [
+            {"delete": {"rule": {**T, "chain": "extra", "handle": listed[0]["handle"]}}},
+            {"delete": {"chain": {**T, "name": "extra"}}},
+        ]
+    )  # a chain nobody jumps to goes, rules and all
     assert "extra" not in {c["name"] for c in _objects(fw.table(), "chain")}
 
 
@@ -367,6 +416,7 @@ def test_re_adding_an_element_keeps_its_first_comment(fw: Firewall, fake: FakeBa
 
 # --- the fake's listing reads like the kernel's -------------------------------------------------
 
+
 def test_listing_matches_a_real_nft_listing() -> None:
     """The same state as the real listing in tests/golden/live_table.json reads back the same."""
     live: dict[str, Any] = json.loads((GOLDEN / "live_table.json").read_text())
@@ -376,16 +426,27 @@ def test_listing_matches_a_real_nft_listing() -> None:
     fw.add_network(WEB)
     fw.add_network(DB)
     fw.publish(OWNER_A, MAPS_A, flush_udp=False)
-    fw.publish(OWNER_CNI, MAPS_CNI, extra_rules=[{"add": {"rule": {
-        **T, "chain": cni_rule["chain"], "expr": cni_rule["expr"], "comment": OWNER_CNI}}}])
+    fw.publish(
+        OWNER_CNI,
+        MAPS_CNI,
+        extra_rules=[
+            {
+                "add": {
+                    "rule": {**T, "chain": cni_rule["chain"], "expr": cni_rule["expr"], "comment": OWNER_CNI}
+                }
+            }
+        ],
+    )
     got = fw.table()
-    assert {(p.owner, p.mapping()) for p in rules.published(got)} == \
-        {(p.owner, p.mapping()) for p in rules.published(live)}
+    assert {(p.owner, p.mapping()) for p in rules.published(got)} == {
+        (p.owner, p.mapping()) for p in rules.published(live)
+    }
     assert rules.owners(got) == rules.owners(live) and rules.networks(got) == rules.networks(live)
     assert rules.bridges(got) == rules.bridges(live)
     assert _shape(got) == _shape(live)
-    assert rules.unpublish_commands(OWNER_CNI, got) == _without_handles(rules.unpublish_commands(OWNER_CNI, live),
-                                                                       got, OWNER_CNI)
+    assert rules.unpublish_commands(OWNER_CNI, got) == _without_handles(
+        rules.unpublish_commands(OWNER_CNI, live), got, OWNER_CNI
+    )
 
 
 def _objects(table: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -401,10 +462,16 @@ def _shape(table: dict[str, Any]) -> dict[str, Any]:
     strip = ("handle", "elem")
     shape: dict[str, Any] = {}
     for kind in ("table", "chain", "set", "map"):
-        shape[kind] = sorted(json.dumps({k: v for k, v in o.items() if k not in strip}, sort_keys=True)
-                             for o in _objects(table, kind))
-    shape["elements"] = sorted(json.dumps(e, sort_keys=True) for kind in ("set", "map")
-                               for o in _objects(table, kind) for e in o.get("elem", []))
+        shape[kind] = sorted(
+            json.dumps({k: v for k, v in o.items() if k not in strip}, sort_keys=True)
+            for o in _objects(table, kind)
+        )
+    shape["elements"] = sorted(
+        json.dumps(e, sort_keys=True)
+        for kind in ("set", "map")
+        for o in _objects(table, kind)
+        for e in o.get("elem", [])
+    )
     # which chains hold whose rules (the golden listing predates the IPv6 hairpin rule, so not how many)
     shape["rules"] = {(r["chain"], r.get("comment")) for r in _rules(table)}
     return shape

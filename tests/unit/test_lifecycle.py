@@ -29,8 +29,21 @@ def test_a_good_name_passes() -> None:
 
 def _insert(st: State, sid: str, name: str) -> None:
     with st.tx():
-        st.insert_sandbox(Sandbox(id=sid, name=name, network="none", netns=None, veth=None, ip4=None, ip6=None,
-                                  mac=None, publish_mode="nat"), ["true"], spec={})
+        st.insert_sandbox(
+            Sandbox(
+                id=sid,
+                name=name,
+                network="none",
+                netns=None,
+                veth=None,
+                ip4=None,
+                ip6=None,
+                mac=None,
+                publish_mode="nat",
+            ),
+            ["true"],
+            spec={},
+        )
 
 
 def test_name_taken_is_exact_while_lookups_accept_id_prefixes(tmp_path: Path) -> None:
@@ -52,7 +65,8 @@ def test_old_state_files_gain_the_cmd_start_column(tmp_path: Path) -> None:
         " cmd TEXT NOT NULL, spec TEXT NOT NULL DEFAULT '{}', exit_code INTEGER, log_path TEXT,"
         " created REAL NOT NULL);"
         "INSERT INTO sandboxes (id, name, network, status, cmd_pid, cmd, created)"
-        " VALUES ('abc', 'old', 'none', 'running', 42, '[\"true\"]', 0);")
+        " VALUES ('abc', 'old', 'none', 'running', 42, '[\"true\"]', 0);"
+    )
     db.close()
     st = State(str(tmp_path))
     rec = st.sandbox("old")
@@ -73,9 +87,11 @@ def test_relative_command_is_checked_against_cmds_directory(tmp_path: Path) -> N
 
 def test_cgroup2_root_prefers_the_unified_mount(tmp_path: Path) -> None:
     hybrid = tmp_path / "hybrid"
-    hybrid.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
-                      "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
-                      "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    hybrid.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
     unified = tmp_path / "unified"
     unified.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")
     v1 = tmp_path / "v1"
@@ -83,7 +99,9 @@ def test_cgroup2_root_prefers_the_unified_mount(tmp_path: Path) -> None:
     assert cgroup.cgroup2_root(str(hybrid)) == "/sys/fs/cgroup/unified"
     assert cgroup.cgroup2_root(str(unified)) == "/sys/fs/cgroup"
     assert cgroup.cgroup2_root(str(v1)) is None
-    assert cgroup.sandbox_path("abc", "/sys/fs/cgroup") == os.path.join("/sys/fs/cgroup", cgroup.PARENT, "abc")
+    assert cgroup.sandbox_path("abc", "/sys/fs/cgroup") == os.path.join(
+        "/sys/fs/cgroup", cgroup.PARENT, "abc"
+    )
 
 
 def test_no_cgroup_means_nothing_to_kill_or_join() -> None:

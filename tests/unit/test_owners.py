@@ -17,16 +17,19 @@ def test_sandbox_owner() -> None:
     assert o.parse_owner("pw:0123456789ab") == o.Owner("sandbox", "pw:0123456789ab", "0123456789ab")
 
 
-@pytest.mark.parametrize("tag,kind,name", [
-    ("pw:abc", "sandbox", "abc"),
-    ("cni:abc:eth0:pwnet", "cni", "abc:eth0:pwnet"),
-    ("cni:nocolon", "cni", "nocolon"),
-    ("pw-net:web", "network", "web"),
-    ("pw-base: replies", "base", "replies"),
-    ("h:" + "0" * 64, "hashed", "0" * 64),
-    ("sandbox:abc", "other", "sandbox:abc"),
-    ("", "other", ""),
-])
+@pytest.mark.parametrize(
+    "tag,kind,name",
+    [
+        ("pw:abc", "sandbox", "abc"),
+        ("cni:abc:eth0:pwnet", "cni", "abc:eth0:pwnet"),
+        ("cni:nocolon", "cni", "nocolon"),
+        ("pw-net:web", "network", "web"),
+        ("pw-base: replies", "base", "replies"),
+        ("h:" + "0" * 64, "hashed", "0" * 64),
+        ("sandbox:abc", "other", "sandbox:abc"),
+        ("", "other", ""),
+    ],
+)
 def test_parse_owner_tells_kinds_apart(tag: str, kind: str, name: str) -> None:
     got = o.parse_owner(tag)
     assert (got.kind, got.name, got.tag) == (kind, name, tag)
@@ -102,8 +105,18 @@ def test_cni_tags_fit_nft_and_round_trip_random() -> None:
         n = rng.choice([1, 12, 13, 63, 64, 65, 90, 110, 120, 200, 1000, rng.randrange(1, 300)])
         cid = rng.choice(string.ascii_letters + string.digits) + "".join(rng.choices(id_chars, k=n - 1))
         ifname = rng.choice(["eth0", "net1", "e" * 15, rng.choice("abc") * rng.randrange(1, 16)])
-        network = rng.choice(["pwnet", "podman", "n" * 40, "n" * 41, "a b", "net:x", "é" * 30,
-                              "".join(rng.choices(id_chars, k=rng.randrange(1, 60))).lstrip("_.-") or "n"])
+        network = rng.choice(
+            [
+                "pwnet",
+                "podman",
+                "n" * 40,
+                "n" * 41,
+                "a b",
+                "net:x",
+                "é" * 30,
+                "".join(rng.choices(id_chars, k=rng.randrange(1, 60))).lstrip("_.-") or "n",
+            ]
+        )
         tag = o.cni_owner(cid, ifname, network)
         assert len(tag.encode()) <= o.MAX_COMMENT and tag.isprintable(), (seed, tag)
         assert o.nft_comment(tag) == tag  # never hashed by the firewall: the kernel holds it whole

@@ -7,8 +7,18 @@ import pytest
 from portwright.proxy import dockerproxy
 from portwright.proxy.dockerproxy import FlagError, HelpRequested, ProxyArgs, parse_args
 
-DOCKERD_2010 = ["-proto", "tcp", "-host-ip", "0.0.0.0", "-host-port", "8080",
-                "-container-ip", "198.19.0.2", "-container-port", "80"]
+DOCKERD_2010 = [
+    "-proto",
+    "tcp",
+    "-host-ip",
+    "0.0.0.0",
+    "-host-port",
+    "8080",
+    "-container-ip",
+    "198.19.0.2",
+    "-container-port",
+    "80",
+]
 
 
 def test_dockerd_20_10_command_line() -> None:
@@ -20,10 +30,22 @@ def test_dockerd_28_adds_use_listen_fd() -> None:
     assert a.use_listen_fd is True
 
 
-@pytest.mark.parametrize("argv", [
-    ["--proto=udp", "--host-ip=::", "--host-port=53", "--container-ip=198.19.0.3", "--container-port=53"],
-    ["-proto=udp", "-host-ip", "::", "-host-port", "53", "-container-ip=198.19.0.3", "-container-port", "53"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--proto=udp", "--host-ip=::", "--host-port=53", "--container-ip=198.19.0.3", "--container-port=53"],
+        [
+            "-proto=udp",
+            "-host-ip",
+            "::",
+            "-host-port",
+            "53",
+            "-container-ip=198.19.0.3",
+            "-container-port",
+            "53",
+        ],
+    ],
+)
 def test_go_flag_spellings(argv: list[str]) -> None:
     assert parse_args(argv) == ProxyArgs("udp", "::", 53, "198.19.0.3", 53, False)
 
@@ -47,14 +69,17 @@ def test_ipv6_addresses_are_normalised() -> None:
     assert parse_args(["-host-ip", "2001:2:0::1"]).host_ip == "2001:2::1"
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["-bogus"], "flag provided but not defined: -bogus"),
-    (["-host-port"], "flag needs an argument: -host-port"),
-    (["-host-port", "eighty"], 'invalid value "eighty" for flag -host-port'),
-    (["-host-ip", "999.1.1.1"], 'invalid value "999.1.1.1" for flag -host-ip'),
-    (["-use-listen-fd=maybe"], 'invalid boolean value "maybe"'),
-    (["---proto", "tcp"], "bad flag syntax"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["-bogus"], "flag provided but not defined: -bogus"),
+        (["-host-port"], "flag needs an argument: -host-port"),
+        (["-host-port", "eighty"], 'invalid value "eighty" for flag -host-port'),
+        (["-host-ip", "999.1.1.1"], 'invalid value "999.1.1.1" for flag -host-ip'),
+        (["-use-listen-fd=maybe"], 'invalid boolean value "maybe"'),
+        (["---proto", "tcp"], "bad flag syntax"),
+    ],
+)
 def test_bad_flags(argv: list[str], msg: str) -> None:
     with pytest.raises(FlagError, match=msg):
         parse_args(argv)

@@ -43,13 +43,16 @@ def test_local_header() -> None:
     assert d.proto == "unspec" and d.src is None and d.length == 16
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (b"GET / HTTP/1.1\r\n\r\n", "signature"),
-    (b"\r\n\r\n\x00\r\nQUIT\n\x21", "needs 16 bytes"),
-    (proxyproto.SIGNATURE + b"\x21\x11\x00\x0c" + b"\x00" * 4, "announces 12"),
-    (proxyproto.SIGNATURE + b"\x11\x11\x00\x00", "version 1"),
-    (proxyproto.SIGNATURE + b"\x21\x31\x00\x0c" + b"\x00" * 12, "0x31"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "signature"),
+        (b"\r\n\r\n\x00\r\nQUIT\n\x21", "needs 16 bytes"),
+        (proxyproto.SIGNATURE + b"\x21\x11\x00\x0c" + b"\x00" * 4, "announces 12"),
+        (proxyproto.SIGNATURE + b"\x11\x11\x00\x00", "version 1"),
+        (proxyproto.SIGNATURE + b"\x21\x31\x00\x0c" + b"\x00" * 12, "0x31"),
+    ],
+)
 def test_decode_rejects(bad: bytes, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         proxyproto.decode(bad)

@@ -30,8 +30,16 @@ CHUNK = 1 << 18
 HEADER = struct.Struct("!4sIQQ16sQ")
 MAGIC = b"PWST"
 SIZES = [0, 1, 100, 4095, 65536, 65537, 300_000, 1 << 20, 3 << 20, 5 << 20]
-FAULTS = ["none", "none", "none", "client_halfclose", "backend_halfclose",
-          "client_reset", "backend_reset", "client_vanish"]
+FAULTS = [
+    "none",
+    "none",
+    "none",
+    "client_halfclose",
+    "backend_halfclose",
+    "client_reset",
+    "backend_reset",
+    "client_vanish",
+]
 CONNECTIONS = 200
 PARALLEL = 64
 DEADLINE = 60.0  # per connection; a relay that stalls shows up as a "timeout" end
@@ -45,7 +53,7 @@ class Stream:
 
     def at(self, off: int, n: int) -> bytes:
         s = off % PERIOD
-        return self.tile[s:s + n]
+        return self.tile[s : s + n]
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,17 @@ def _plan(rng: random.Random, cid: int) -> Plan:
     return Plan(cid, up, down, fault, at)
 
 
-def _duplex(s: socket.socket, out: Stream, out_len: int, inp: Stream, *, send_first: bool = False,
-            reset_after_send: int | None = None, reset_after_recv: int | None = None,
-            vanish_after_recv: int | None = None) -> Side:
+def _duplex(
+    s: socket.socket,
+    out: Stream,
+    out_len: int,
+    inp: Stream,
+    *,
+    send_first: bool = False,
+    reset_after_send: int | None = None,
+    reset_after_recv: int | None = None,
+    vanish_after_recv: int | None = None,
+) -> Side:
     """Send ``out_len`` bytes of ``out`` (then SHUT_WR) while checking what arrives against ``inp``."""
     side = Side()
     s.setblocking(False)
@@ -100,8 +116,9 @@ def _duplex(s: socket.socket, out: Stream, out_len: int, inp: Stream, *, send_fi
                         return side
                     s.shutdown(socket.SHUT_WR)
                     wr_done = True
-                mask = (0 if wr_done else selectors.EVENT_WRITE) | \
-                    (0 if rd_done or (send_first and not wr_done) else selectors.EVENT_READ)
+                mask = (0 if wr_done else selectors.EVENT_WRITE) | (
+                    0 if rd_done or (send_first and not wr_done) else selectors.EVENT_READ
+                )
                 if not mask:
                     continue
                 sel.modify(s, mask)
@@ -184,8 +201,14 @@ class StressBackend:
             return
         fault = fault_b.rstrip(b"\0").decode()
         inp, out = Plan(cid, up, down, fault, at).streams(self.seed)
-        side = _duplex(c, out, down, inp, send_first=fault == "backend_halfclose",
-                       reset_after_recv=at if fault == "backend_reset" else None)
+        side = _duplex(
+            c,
+            out,
+            down,
+            inp,
+            send_first=fault == "backend_halfclose",
+            reset_after_recv=at if fault == "backend_reset" else None,
+        )
         with self.lock:
             self.results[cid] = side
 
@@ -205,9 +228,15 @@ def _client(port: int, plan: Plan, seed: int) -> Side:
     except OSError as e:
         s.close()
         return Side(end=f"header {e}")
-    return _duplex(s, out, plan.up, inp, send_first=f == "client_halfclose",
-                   reset_after_send=plan.at if f == "client_reset" else None,
-                   vanish_after_recv=plan.at if f == "client_vanish" else None)
+    return _duplex(
+        s,
+        out,
+        plan.up,
+        inp,
+        send_first=f == "client_halfclose",
+        reset_after_send=plan.at if f == "client_reset" else None,
+        vanish_after_recv=plan.at if f == "client_vanish" else None,
+    )
 
 
 def _problems(plans: list[Plan], clients: dict[int, Side], backend: StressBackend) -> list[str]:

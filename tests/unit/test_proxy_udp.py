@@ -59,7 +59,10 @@ def test_one_client_two_local_addresses_get_replies_from_each() -> None:
 
 def test_the_flow_table_is_capped_and_counts_what_it_drops() -> None:
     cap, spray = 8, 40
-    with udp_echo() as bport, relay("udp", bport, udp_max_flows=cap, udp_idle_timeout=1.0) as (srv, port, key):
+    with (
+        udp_echo() as bport,
+        relay("udp", bport, udp_max_flows=cap, udp_idle_timeout=1.0) as (srv, port, key),
+    ):
         with contextlib.ExitStack() as stack:
             legit = stack.enter_context(_client())
             legit.sendto(b"legit", ("127.0.0.1", port))

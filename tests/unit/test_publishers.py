@@ -136,7 +136,9 @@ def test_host_mode_refuses_an_exposed_port_someone_holds() -> None:
     with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
         spec = parse_sandbox_spec(["x"], network="host", expose=[str(port)])
-        pub = registry.create("host", registry.PublishContext(spec, "pw:0123456789ab", Firewall(FakeBackend())))
+        pub = registry.create(
+            "host", registry.PublishContext(spec, "pw:0123456789ab", Firewall(FakeBackend()))
+        )
         with pytest.raises(PortInUse, match=str(port)):
             pub.publish([])
     pub.publish([])  # free now

@@ -27,16 +27,31 @@ A = ipaddress.ip_address
 OWNER_A = "pw:0123456789ab"
 OWNER_CNI = "cni:" + "f" * 64 + ":eth0"
 
-WEB = Network(name="web", bridge="pwbr0", subnet4=ipaddress.IPv4Network("198.18.5.0/24"),
-              gateway4=ipaddress.IPv4Address("198.18.5.1"),
-              subnet6=ipaddress.IPv6Network("2001:2:5::/64"), gateway6=ipaddress.IPv6Address("2001:2:5::1"))
-DB = Network(name="db", bridge="pwbr1", subnet4=ipaddress.IPv4Network("198.18.6.0/24"),
-             gateway4=ipaddress.IPv4Address("198.18.6.1"), internal=True)
+WEB = Network(
+    name="web",
+    bridge="pwbr0",
+    subnet4=ipaddress.IPv4Network("198.18.5.0/24"),
+    gateway4=ipaddress.IPv4Address("198.18.5.1"),
+    subnet6=ipaddress.IPv6Network("2001:2:5::/64"),
+    gateway6=ipaddress.IPv6Address("2001:2:5::1"),
+)
+DB = Network(
+    name="db",
+    bridge="pwbr1",
+    subnet4=ipaddress.IPv4Network("198.18.6.0/24"),
+    gateway4=ipaddress.IPv4Address("198.18.6.1"),
+    internal=True,
+)
 
 
 def m(proto: str, host: str, hport: int, cont: str, cport: int) -> Mapping:
-    return Mapping(proto=proto, host_ip=A(host), host_port=hport, container_ip=A(cont),  # type: ignore[arg-type]
-                   container_port=cport)
+    return Mapping(
+        proto=proto,
+        host_ip=A(host),
+        host_port=hport,
+        container_ip=A(cont),  # type: ignore[arg-type]
+        container_port=cport,
+    )
 
 
 MAPPINGS = [
@@ -45,8 +60,8 @@ MAPPINGS = [
     m("udp", "127.0.0.1", 5353, "198.18.5.2", 53),
     m("tcp", "198.18.5.1", 8081, "198.18.5.2", 81),
     m("sctp", "2001:2:5::1", 3868, "2001:2:5::2", 3868),
-    m("tcp", "::1", 8080, "2001:2:5::2", 80),      # not NAT-capable: proxy serves ::1
-    m("tcp", "::", 8082, "198.18.5.2", 82),        # not NAT-capable: v6 host -> v4 sandbox
+    m("tcp", "::1", 8080, "2001:2:5::2", 80),  # not NAT-capable: proxy serves ::1
+    m("tcp", "::", 8082, "198.18.5.2", 82),  # not NAT-capable: v6 host -> v4 sandbox
 ]
 
 
@@ -68,6 +83,7 @@ def live() -> dict[str, Any]:
 
 
 # --- golden outputs ------------------------------------------------------------------------------
+
 
 def test_base_golden() -> None:
     golden("base.json", rules.base_commands())
@@ -102,6 +118,7 @@ def test_remove_network_golden(live: dict[str, Any]) -> None:
 
 # --- structure -------------------------------------------------------------------------------------
 
+
 def test_base_is_rerunnable_and_never_flushes_elements() -> None:
     cmds = rules.base_commands()
     verbs = {next(iter(c)) for c in cmds}
@@ -118,17 +135,23 @@ def test_base_is_rerunnable_and_never_flushes_elements() -> None:
 
 
 def test_guard_runs_before_dnat() -> None:
-    chains = {c["add"]["chain"]["name"]: c["add"]["chain"] for c in rules.base_commands()
-              if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]}
+    chains = {
+        c["add"]["chain"]["name"]: c["add"]["chain"]
+        for c in rules.base_commands()
+        if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]
+    }
     assert chains[rules.CHAIN_GUARD]["hook"] == chains[rules.CHAIN_PREROUTING]["hook"] == "prerouting"
     assert chains[rules.CHAIN_GUARD]["prio"] < chains[rules.CHAIN_PREROUTING]["prio"]
 
 
 def test_specific_address_maps_are_looked_up_first() -> None:
-    order = [c["add"]["rule"]["expr"][0]["dnat"]["addr"]["map"]["data"]
-             for c in rules.base_commands()
-             if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == rules.CHAIN_PUBLISH
-             and "dnat" in c["add"]["rule"]["expr"][0]]
+    order = [
+        c["add"]["rule"]["expr"][0]["dnat"]["addr"]["map"]["data"]
+        for c in rules.base_commands()
+        if "rule" in c.get("add", {})
+        and c["add"]["rule"]["chain"] == rules.CHAIN_PUBLISH
+        and "dnat" in c["add"]["rule"]["expr"][0]
+    ]
     assert order == ["@" + rules.MAP_ADDR4, "@" + rules.MAP_ANY4, "@" + rules.MAP_ADDR6, "@" + rules.MAP_ANY6]
 
 
@@ -155,7 +178,7 @@ def test_ten_thousand_mappings_are_one_batch_of_elements() -> None:
 def test_publish_skips_what_nat_cannot_do() -> None:
     assert not rules.nat_capable(MAPPINGS[5])  # ::1
     assert not rules.nat_capable(MAPPINGS[6])  # cross-family
-    assert rules.nat_capable(MAPPINGS[2])       # 127.0.0.1 works through route_localnet
+    assert rules.nat_capable(MAPPINGS[2])  # 127.0.0.1 works through route_localnet
     assert rules.publish_commands(OWNER_A, MAPPINGS[5:]) == []
 
 
@@ -178,8 +201,11 @@ def test_needs_relay_is_the_one_relay_decision() -> None:
 
 
 CNI_SUBNETS = [ipaddress.ip_network("198.18.200.0/24"), ipaddress.ip_network("2001:2:c::/64")]
-CNI_MAPPINGS = [m("tcp", "0.0.0.0", 8080, "198.18.200.5", 80), m("tcp", "::", 8080, "2001:2:c::5", 80),
-                m("udp", "127.0.0.1", 5353, "198.18.200.5", 53)]
+CNI_MAPPINGS = [
+    m("tcp", "0.0.0.0", 8080, "198.18.200.5", 80),
+    m("tcp", "::", 8080, "2001:2:c::5", 80),
+    m("udp", "127.0.0.1", 5353, "198.18.200.5", 53),
+]
 
 
 def test_bridge_masquerade_golden() -> None:
@@ -190,8 +216,10 @@ def test_bridge_masquerade_golden() -> None:
     for c in cmds:
         rule = c["add"]["rule"]
         assert rule["chain"] == rules.CHAIN_NET_POSTROUTING and rule["comment"] == OWNER_CNI
-        assert rule["expr"][-1] == {"masquerade": None} and {"match": {"op": "in", "left": {"ct": {"key": "status"}},
-                                                                      "right": "dnat"}} in rule["expr"]
+        assert (
+            rule["expr"][-1] == {"masquerade": None}
+            and {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}} in rule["expr"]
+        )
 
 
 def test_bridge_masquerade_rules_go_with_their_owner() -> None:
@@ -203,6 +231,7 @@ def test_bridge_masquerade_rules_go_with_their_owner() -> None:
 
 
 # --- owners never touch each other ---------------------------------------------------------------
+
 
 def _deleted(cmds: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[int]]:
     keys: set[tuple[str, str]] = set()
@@ -229,8 +258,9 @@ def test_unpublish_a_never_touches_b(live: dict[str, Any]) -> None:
 
 
 def test_unpublish_removes_owner_rules_too(live: dict[str, Any]) -> None:
-    cni_rules = {r["rule"]["handle"] for r in live["nftables"]
-                 if "rule" in r and r["rule"].get("comment") == OWNER_CNI}
+    cni_rules = {
+        r["rule"]["handle"] for r in live["nftables"] if "rule" in r and r["rule"].get("comment") == OWNER_CNI
+    }
     assert len(cni_rules) == 1
     _, handles = _deleted(rules.unpublish_commands(OWNER_CNI, live))
     assert handles == cni_rules
@@ -244,14 +274,18 @@ def test_unpublish_of_unknown_owner_is_empty(live: dict[str, Any]) -> None:
 
 
 def test_remove_network_only_touches_that_network(live: dict[str, Any]) -> None:
-    web_handles = {r["rule"]["handle"] for r in live["nftables"]
-                   if "rule" in r and r["rule"].get("comment") == "pw-net:web"}
+    web_handles = {
+        r["rule"]["handle"]
+        for r in live["nftables"]
+        if "rule" in r and r["rule"].get("comment") == "pw-net:web"
+    }
     keys, handles = _deleted(rules.remove_network_commands("web", live))
     assert handles == web_handles and len(handles) == 5
     assert keys == {(rules.SET_BRIDGES, json.dumps("pwbr0"))}
 
 
 # --- readers ----------------------------------------------------------------------------------------
+
 
 def test_published_reads_real_listing(live: dict[str, Any]) -> None:
     got = {(p.owner, p.mapping()) for p in rules.published(live)}
@@ -277,8 +311,18 @@ def test_owners_ignore_base_and_network_rules_and_keep_hashed_ones(live: dict[st
     extra = copy.deepcopy(live)
     hashed = rules.owner_tag("cni:" + "a" * 200 + ":eth0")
     for comment in (hashed, "pw-net:web", "pw-base: test"):
-        extra["nftables"].append({"rule": {"family": "inet", "table": "portwright", "chain": "net-postrouting",
-                                           "handle": 99, "comment": comment, "expr": [{"accept": None}]}})
+        extra["nftables"].append(
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "portwright",
+                    "chain": "net-postrouting",
+                    "handle": 99,
+                    "comment": comment,
+                    "expr": [{"accept": None}],
+                }
+            }
+        )
     assert rules.owners(extra) == {OWNER_A, OWNER_CNI, hashed}
     assert rules.networks(extra) == {"web", "db"}
 
@@ -292,9 +336,18 @@ def test_conflicts_follow_bind_rules(live: dict[str, Any]) -> None:
     # a wildcard over the CNI owner's specific address
     assert rules.conflicts(other, [m("tcp", "0.0.0.0", 8081, "198.18.5.9", 80)], live)[0][1] == OWNER_CNI
     # other protocol, other family, other address: free
-    assert rules.conflicts(other, [m("udp", "0.0.0.0", 8080, "198.18.5.9", 80),
-                                   m("tcp", "2001:2:5::9", 8081, "2001:2:5::9", 80),
-                                   m("tcp", "198.18.5.7", 8081, "198.18.5.9", 80)], live) == []
+    assert (
+        rules.conflicts(
+            other,
+            [
+                m("udp", "0.0.0.0", 8080, "198.18.5.9", 80),
+                m("tcp", "2001:2:5::9", 8081, "2001:2:5::9", 80),
+                m("tcp", "198.18.5.7", 8081, "198.18.5.9", 80),
+            ],
+            live,
+        )
+        == []
+    )
     # an owner never conflicts with itself (re-publish is idempotent)
     assert rules.conflicts(OWNER_A, [m("tcp", "0.0.0.0", 8080, "198.18.5.2", 80)], live) == []
 
@@ -310,6 +363,7 @@ def test_readers_ignore_other_tables(live: dict[str, Any]) -> None:
 
 
 # --- tags ---------------------------------------------------------------------------------------------
+
 
 def test_owner_tag_fits_nft_comment_limit() -> None:
     assert rules.owner_tag(OWNER_CNI) == OWNER_CNI  # 73 bytes: kept as is
@@ -333,6 +387,7 @@ def test_bad_bridge_name_is_refused() -> None:
 
 
 # --- nft.py pieces that need no root -------------------------------------------------------------
+
 
 def test_missing_nft_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from portwright.errors import MissingTool

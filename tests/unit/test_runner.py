@@ -33,10 +33,20 @@ def bindir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-@pytest.mark.parametrize("tool,package", [("nft", "nftables"), ("conntrack", "conntrack"), ("ip", "iproute2"),
-                                          ("ip6tables", "iptables"), ("frobnicate", "frobnicate")])
+@pytest.mark.parametrize(
+    "tool,package",
+    [
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+        ("ip", "iproute2"),
+        ("ip6tables", "iptables"),
+        ("frobnicate", "frobnicate"),
+    ],
+)
 def test_a_missing_tool_names_its_package(bindir: Path, tool: str, package: str) -> None:
-    with pytest.raises(MissingTool, match=f"^{tool} is not available; install it with: apt-get install {package}$"):
+    with pytest.raises(
+        MissingTool, match=f"^{tool} is not available; install it with: apt-get install {package}$"
+    ):
         runner.run([tool, "--version"])
     assert not runner.available(tool)
 
@@ -99,20 +109,26 @@ def test_spawn_detached_gets_a_session_a_log_and_only_the_descriptors_passed(tmp
     keep_r, keep_w = os.pipe()
     other_r, other_w = os.pipe()
     os.set_inheritable(other_r, True)  # close_fds must close it anyway
-    probe = ("import os, sys\n"
-             "print('session', os.getsid(0) == os.getpid())\n"
-             "print('stdin', repr(sys.stdin.read()))\n"
-             "print('cwd', os.getcwd())\n"
-             "print('env', os.environ.get('PW_RUNNER_TEST'))\n"
-             f"print('keep', os.read({keep_r}, 10))\n"
-             f"try:\n    os.fstat({other_r}); print('other open')\n"
-             "except OSError:\n    print('other closed')\n"
-             "print('to stderr', file=sys.stderr)\n")
+    probe = (
+        "import os, sys\n"
+        "print('session', os.getsid(0) == os.getpid())\n"
+        "print('stdin', repr(sys.stdin.read()))\n"
+        "print('cwd', os.getcwd())\n"
+        "print('env', os.environ.get('PW_RUNNER_TEST'))\n"
+        f"print('keep', os.read({keep_r}, 10))\n"
+        f"try:\n    os.fstat({other_r}); print('other open')\n"
+        "except OSError:\n    print('other closed')\n"
+        "print('to stderr', file=sys.stderr)\n"
+    )
     try:
         os.write(keep_w, b"hello")
-        pid = runner.spawn_detached([sys.executable, "-c", probe], log_path=str(log), cwd=str(tmp_path),
-                                    env={"PW_RUNNER_TEST": "yes", "PATH": os.environ.get("PATH", "")},
-                                    pass_fds=(keep_r,))
+        pid = runner.spawn_detached(
+            [sys.executable, "-c", probe],
+            log_path=str(log),
+            cwd=str(tmp_path),
+            env={"PW_RUNNER_TEST": "yes", "PATH": os.environ.get("PATH", "")},
+            pass_fds=(keep_r,),
+        )
         _, status = os.waitpid(pid, 0)
     finally:
         for fd in (keep_r, keep_w, other_r, other_w):
@@ -120,8 +136,15 @@ def test_spawn_detached_gets_a_session_a_log_and_only_the_descriptors_passed(tmp
     assert os.waitstatus_to_exitcode(status) == 0, log.read_text()
     lines = log.read_text().splitlines()
     assert lines[0] == "earlier"  # appended, not truncated
-    assert set(lines[1:]) == {"session True", "stdin ''", f"cwd {tmp_path}", "env yes", "keep b'hello'",
-                              "other closed", "to stderr"}
+    assert set(lines[1:]) == {
+        "session True",
+        "stdin ''",
+        f"cwd {tmp_path}",
+        "env yes",
+        "keep b'hello'",
+        "other closed",
+        "to stderr",
+    }
 
 
 def test_spawn_detached_errors(tmp_path: Path) -> None:
@@ -147,10 +170,20 @@ def test_ruff_keeps_subprocess_in_the_runner() -> None:
     snippet = '"""x."""\n\nimport subprocess\n\nsubprocess.run(["true"], check=False)\n'
 
     def lint(path: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ruff), "check", "--no-cache", "--stdin-filename", path, "-"], input=snippet,
-                              capture_output=True, text=True, cwd=ROOT, check=False)
+        return subprocess.run(
+            [str(ruff), "check", "--no-cache", "--stdin-filename", path, "-"],
+            input=snippet,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
 
     banned = lint("src/portwright/engine.py")
     assert banned.returncode == 1 and "TID251" in banned.stdout and "kernel/runner.py" in banned.stdout
-    for allowed in ("src/portwright/kernel/runner.py", "src/portwright/bench/driver.py", "tests/unit/test_x.py"):
+    for allowed in (
+        "src/portwright/kernel/runner.py",
+        "src/portwright/bench/driver.py",
+        "tests/unit/test_x.py",
+    ):
         assert lint(allowed).returncode == 0, allowed

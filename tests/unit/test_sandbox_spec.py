@@ -13,11 +13,21 @@ from portwright.spec import SPEC_VERSION, SandboxSpec, parse_sandbox_spec
 
 
 def _full() -> SandboxSpec:
-    return parse_sandbox_spec(["nginx", "-g", "daemon off;"], name="web", network="n1",
-                              publish=["127.0.0.1:8080:80", "[::1]::53/udp", "9000-9002:9000-9002"],
-                              publish_all=True, expose=["7000-7001/udp", "443"], env=["A=1", "B="],
-                              publish_mode="proxy", detach=True, proxy_protocol=True, udp_timeout=5,
-                              remove=True, cwd="/srv")
+    return parse_sandbox_spec(
+        ["nginx", "-g", "daemon off;"],
+        name="web",
+        network="n1",
+        publish=["127.0.0.1:8080:80", "[::1]::53/udp", "9000-9002:9000-9002"],
+        publish_all=True,
+        expose=["7000-7001/udp", "443"],
+        env=["A=1", "B="],
+        publish_mode="proxy",
+        detach=True,
+        proxy_protocol=True,
+        udp_timeout=5,
+        remove=True,
+        cwd="/srv",
+    )
 
 
 def test_round_trip_through_json() -> None:
@@ -32,17 +42,36 @@ def test_round_trip_through_json() -> None:
 
 def test_port_specs_add_publish_all_after_publish() -> None:
     specs = _full().port_specs()
-    assert [s.text for s in specs] == ["127.0.0.1:8080:80", "[::1]::53/udp", "9000-9002:9000-9002",
-                                       "7000-7001/udp", "443/tcp"]
+    assert [s.text for s in specs] == [
+        "127.0.0.1:8080:80",
+        "[::1]::53/udp",
+        "9000-9002:9000-9002",
+        "7000-7001/udp",
+        "443/tcp",
+    ]
     assert all(s.host is None for s in specs[3:])
 
 
 def test_the_first_releases_untyped_spec_still_reads() -> None:
-    legacy = {"cmd": ["sleep", "1"], "name": "old", "network": "pw0", "publish": ["8080:80"], "publish_all": False,
-              "expose": ["53/udp"], "env": ["X=y"], "publish_mode": "nat", "detach": True, "proxy_protocol": False,
-              "udp_timeout": 90.0, "remove": False, "cwd": "/tmp"}
+    legacy = {
+        "cmd": ["sleep", "1"],
+        "name": "old",
+        "network": "pw0",
+        "publish": ["8080:80"],
+        "publish_all": False,
+        "expose": ["53/udp"],
+        "env": ["X=y"],
+        "publish_mode": "nat",
+        "detach": True,
+        "proxy_protocol": False,
+        "udp_timeout": 90.0,
+        "remove": False,
+        "cwd": "/tmp",
+    }
     spec = SandboxSpec.from_json(legacy)
-    assert spec.publish[0].container.start == 80 and spec.expose[0].proto == "udp" and spec.env == (("X", "y"),)
+    assert (
+        spec.publish[0].container.start == 80 and spec.expose[0].proto == "udp" and spec.env == (("X", "y"),)
+    )
 
 
 def test_newer_keys_are_kept_not_lost() -> None:
@@ -50,16 +79,19 @@ def test_newer_keys_are_kept_not_lost() -> None:
     assert SandboxSpec.from_json(d).to_json()["future_flag"] == [1, 2]
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"cmd": []}, "no command"),
-    ({"cmd": ["x"], "name": "bad name"}, "name"),
-    ({"cmd": ["x"], "udp_timeout": 0}, "--udp-timeout"),
-    ({"cmd": ["x"], "publish_mode": "teleport"}, "--publish-mode"),
-    ({"cmd": ["x"], "network": "host", "publish": ["80"]}, "host network"),
-    ({"cmd": ["x"], "network": "none", "publish_all": True}, "--network none"),
-    ({"cmd": ["x"], "publish": ["80:80:80:80"]}, "-p 80:80:80:80"),
-    ({"cmd": ["x"], "env": ["1BAD=x"]}, "-e"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"cmd": []}, "no command"),
+        ({"cmd": ["x"], "name": "bad name"}, "name"),
+        ({"cmd": ["x"], "udp_timeout": 0}, "--udp-timeout"),
+        ({"cmd": ["x"], "publish_mode": "teleport"}, "--publish-mode"),
+        ({"cmd": ["x"], "network": "host", "publish": ["80"]}, "host network"),
+        ({"cmd": ["x"], "network": "none", "publish_all": True}, "--network none"),
+        ({"cmd": ["x"], "publish": ["80:80:80:80"]}, "-p 80:80:80:80"),
+        ({"cmd": ["x"], "env": ["1BAD=x"]}, "-e"),
+    ],
+)
 def test_bad_requests_are_one_clear_error(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(BadInput, match=needle.replace("-", r"\-")):
         parse_sandbox_spec(**kwargs)  # type: ignore[arg-type]

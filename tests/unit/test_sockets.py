@@ -17,8 +17,10 @@ DATA = Path(__file__).parent / "data"
 
 def test_parse_proc_net_tcp_keeps_only_listeners() -> None:
     rows = sockets.parse_proc_net((DATA / "diagnose_proc_net_tcp.txt").read_text(), "tcp")
-    assert rows == [(ipaddress.ip_address("127.0.0.1"), 9000, 31337),
-                    (ipaddress.ip_address("0.0.0.0"), 8080, 31338)]
+    assert rows == [
+        (ipaddress.ip_address("127.0.0.1"), 9000, 31337),
+        (ipaddress.ip_address("0.0.0.0"), 8080, 31338),
+    ]
 
 
 def test_parse_proc_net_tcp6_decodes_host_endian_words() -> None:
@@ -28,8 +30,24 @@ def test_parse_proc_net_tcp6_decodes_host_endian_words() -> None:
 
 def _diag_msg(family: int, ip: str, port: int, inode: int, v6only: int | None) -> bytes:
     raw = socket.inet_pton(family, ip).ljust(16, b"\0")
-    body = struct.pack("=BBBB2s2s16s16sI8sIIIII", family, 10, 0, 0, port.to_bytes(2, "big"), b"\0\0",
-                       raw, b"\0" * 16, 0, b"\0" * 8, 0, 0, 0, 0, inode)
+    body = struct.pack(
+        "=BBBB2s2s16s16sI8sIIIII",
+        family,
+        10,
+        0,
+        0,
+        port.to_bytes(2, "big"),
+        b"\0\0",
+        raw,
+        b"\0" * 16,
+        0,
+        b"\0" * 8,
+        0,
+        0,
+        0,
+        0,
+        inode,
+    )
     if v6only is not None:
         body += struct.pack("=HHB3x", 5, sockets.INET_DIAG_SKV6ONLY, v6only)
     return struct.pack("=IHHII", 16 + len(body), sockets.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
@@ -37,12 +55,17 @@ def _diag_msg(family: int, ip: str, port: int, inode: int, v6only: int | None) -
 
 def test_parse_diag_messages_reads_address_port_inode_and_v6only() -> None:
     done = struct.pack("=IHHII", 20, sockets.NLMSG_DONE, 2, 1, 0) + b"\0" * 4
-    data = (_diag_msg(socket.AF_INET, "127.0.0.1", 9000, 77, None)
-            + _diag_msg(socket.AF_INET6, "::", 8080, 78, 0) + done)
+    data = (
+        _diag_msg(socket.AF_INET, "127.0.0.1", 9000, 77, None)
+        + _diag_msg(socket.AF_INET6, "::", 8080, 78, 0)
+        + done
+    )
     rows, finished = sockets.parse_diag_messages(data)
     assert finished
-    assert rows == [(ipaddress.ip_address("127.0.0.1"), 9000, 77, None),
-                    (ipaddress.ip_address("::"), 8080, 78, False)]
+    assert rows == [
+        (ipaddress.ip_address("127.0.0.1"), 9000, 77, None),
+        (ipaddress.ip_address("::"), 8080, 78, False),
+    ]
 
 
 def test_parse_diag_messages_raises_the_kernel_error() -> None:
@@ -104,7 +127,12 @@ def test_describe_owner_names_the_process_of_a_dual_stack_clash_only() -> None:
     try:
         port = v4.getsockname()[1]
         # A dual-stack [::] bind clashes with 0.0.0.0; a v6-only one does not.
-        assert f"pid {os.getpid()} " in sockets.describe_owner("udp", port, ipaddress.ip_address("::"), dual=True)
-        assert sockets.describe_owner("udp", port, ipaddress.ip_address("::")) == "another socket (owner not visible)"
+        assert f"pid {os.getpid()} " in sockets.describe_owner(
+            "udp", port, ipaddress.ip_address("::"), dual=True
+        )
+        assert (
+            sockets.describe_owner("udp", port, ipaddress.ip_address("::"))
+            == "another socket (owner not visible)"
+        )
     finally:
         v4.close()

@@ -26,8 +26,9 @@ from portwright.spec import check_name, parse_env, parse_expose, parse_publish
         ("9000:9000/SCTP", None, (9000, 9000), (9000, 9000), "sctp"),
     ],
 )
-def test_parse_valid(text: str, host_ip: str | None, host: tuple[int, int] | None,
-                     container: tuple[int, int], proto: str) -> None:
+def test_parse_valid(
+    text: str, host_ip: str | None, host: tuple[int, int] | None, container: tuple[int, int], proto: str
+) -> None:
     s = parse_publish(text)
     assert s.host_ip == (ipaddress.ip_address(host_ip) if host_ip else None)
     assert (s.host.start, s.host.end) == host if host else s.host is None

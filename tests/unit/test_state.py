@@ -13,8 +13,12 @@ from portwright.errors import Conflict, NotFound
 from portwright.model import ANY4, Mapping, Network, Sandbox
 from portwright.state import State, pid_alive, proc_start_time
 
-NET = Network(name="n1", bridge="pw-test1", subnet4=ipaddress.IPv4Network("198.18.40.0/24"),
-              gateway4=ipaddress.IPv4Address("198.18.40.1"))
+NET = Network(
+    name="n1",
+    bridge="pw-test1",
+    subnet4=ipaddress.IPv4Network("198.18.40.0/24"),
+    gateway4=ipaddress.IPv4Address("198.18.40.1"),
+)
 
 
 def test_roundtrip(tmp_path: os.PathLike[str]) -> None:
@@ -22,8 +26,14 @@ def test_roundtrip(tmp_path: os.PathLike[str]) -> None:
     st.add_network(NET)
     with pytest.raises(Conflict):
         st.add_network(NET)
-    sb = Sandbox(id="a" * 12, name="web", network="n1", netns="/run/netns/pw-web", veth="pwvaaaa",
-                 ip4=ipaddress.IPv4Address("198.18.40.2"))
+    sb = Sandbox(
+        id="a" * 12,
+        name="web",
+        network="n1",
+        netns="/run/netns/pw-web",
+        veth="pwvaaaa",
+        ip4=ipaddress.IPv4Address("198.18.40.2"),
+    )
     st.insert_sandbox(sb, ["sleep", "1"], {"detach": True})
     with pytest.raises(Conflict):
         st.insert_sandbox(Sandbox(id="b" * 12, name="web", network="n1", netns=None, veth=None), ["x"], {})
@@ -45,8 +55,11 @@ def _allocate(directory: str, n: int, out: multiprocessing.Queue[str]) -> None:
             used = [r.sandbox.ip4 for r in st.sandboxes() if r.sandbox.ip4]
             ip = ipam.next_address(NET.subnet4, used)
             sid = f"{os.getpid():06d}{i:06d}"
-            st.insert_sandbox(Sandbox(id=sid, name=f"s{sid}", network="n1", netns=None, veth=None, ip4=ip),  # type: ignore[arg-type]
-                              ["true"], {})
+            st.insert_sandbox(
+                Sandbox(id=sid, name=f"s{sid}", network="n1", netns=None, veth=None, ip4=ip),  # type: ignore[arg-type]
+                ["true"],
+                {},
+            )
         out.put(str(ip))
 
 

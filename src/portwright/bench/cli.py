@@ -42,11 +42,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for pl in placements:
         if pl not in PLACEMENTS:
             raise BadInput(f"--placement {args.placement}: use local, external or both")
-    cfg = Config(mechanisms=_list(args.mechanisms, "--mechanisms"), placements=placements,
-                 scenarios=_list(args.scenarios, "--scenarios"),
-                 duration=DEFAULTS.duration if args.duration is None else args.duration,
-                 rounds=args.rounds, streams=args.streams, connections=args.connections,
-                 threads=args.threads)
+    cfg = Config(
+        mechanisms=_list(args.mechanisms, "--mechanisms"),
+        placements=placements,
+        scenarios=_list(args.scenarios, "--scenarios"),
+        duration=DEFAULTS.duration if args.duration is None else args.duration,
+        rounds=args.rounds,
+        streams=args.streams,
+        connections=args.connections,
+        threads=args.threads,
+    )
     cfg.validate()
     return cfg
 
@@ -77,7 +82,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if path:
             d = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(d):
-                raise BadInput(f"--{opt} {path}: directory {d} does not exist; create it or pick another path")
+                raise BadInput(
+                    f"--{opt} {path}: directory {d} does not exist; create it or pick another path"
+                )
 
 
 class _Stop(KeyboardInterrupt):
@@ -88,6 +95,7 @@ class _Stop(KeyboardInterrupt):
 def _signals() -> Iterator[None]:
     def raise_stop(signum: int, frame: FrameType | None) -> None:
         raise _Stop()
+
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     for s in old:
         signal.signal(s, raise_stop)
@@ -119,18 +127,28 @@ def _sandbox_options(args: argparse.Namespace) -> tuple[int, tuple[str, ...]]:
     variants = tuple(_list(args.sandbox_variants, "--sandbox-variants"))
     for v in variants:
         if v not in sandboxes.VARIANTS:
-            raise BadInput(f"--sandbox-variants: unknown variant {v!r}; choose from {', '.join(sandboxes.VARIANTS)}")
+            raise BadInput(
+                f"--sandbox-variants: unknown variant {v!r}; choose from {', '.join(sandboxes.VARIANTS)}"
+            )
     return n, variants
 
 
-def _header(args: argparse.Namespace, cfg: Config, machine: dict[str, Any], conf: dict[str, Any]) -> list[str]:
+def _header(
+    args: argparse.Namespace, cfg: Config, machine: dict[str, Any], conf: dict[str, Any]
+) -> list[str]:
     head = report.header_lines(machine, conf)
     if args.sandboxes is not None:
-        return [head[0], f"--sandboxes {args.sandboxes}: {cfg.rounds} interleaved rounds of portwright and "
-                f"Docker, variants {args.sandbox_variants}"]
+        return [
+            head[0],
+            f"--sandboxes {args.sandboxes}: {cfg.rounds} interleaved rounds of portwright and "
+            f"Docker, variants {args.sandbox_variants}",
+        ]
     if args.scale:
-        return [head[0], f"--scale: sizes {args.scale_sizes}; shapes {args.scale_shapes}; iperf3 -P 4 for "
-                f"{SCALE_SECONDS if args.duration is None else cfg.duration:g} s to the first and the last port"]
+        return [
+            head[0],
+            f"--scale: sizes {args.scale_sizes}; shapes {args.scale_shapes}; iperf3 -P 4 for "
+            f"{SCALE_SECONDS if args.duration is None else cfg.duration:g} s to the first and the last port",
+        ]
     return head
 
 
@@ -152,11 +170,18 @@ def _experiment(args: argparse.Namespace, cfg: Config, lab: Lab, log: Callable[[
     return run_bench(cfg, lab, open(os.devnull, "w") if args.quiet else sys.stderr)  # noqa: SIM115
 
 
-def _report(args: argparse.Namespace, machine: dict[str, Any], conf: dict[str, Any],
-            result: Any) -> tuple[dict[str, Any], str, bool]:
+def _report(
+    args: argparse.Namespace, machine: dict[str, Any], conf: dict[str, Any], result: Any
+) -> tuple[dict[str, Any], str, bool]:
     """(the --json document, the text for stdout, whether any run failed)."""
-    empty: dict[str, Any] = {"schema": report.SCHEMA, "machine": machine, "config": conf,
-                             "samples": [], "summary": [], "headline": []}
+    empty: dict[str, Any] = {
+        "schema": report.SCHEMA,
+        "machine": machine,
+        "config": conf,
+        "samples": [],
+        "summary": [],
+        "headline": [],
+    }
     if args.sandboxes is not None:
         failed = any(not s["ok"] for s in result["samples"])
         return {**empty, "sandboxes": result}, sandboxes.table(result), failed
@@ -218,7 +243,9 @@ def _write_outputs(args: argparse.Namespace, doc: dict[str, Any]) -> None:
             json.dump(doc, f, indent=1)
     if args.plot and doc["summary"]:
         from . import plot
+
         plot.write(args.plot, doc["summary"], report.header_lines(doc["machine"], doc["config"])[0])
     if args.html:
         from . import html
+
         html.write(args.html, doc)

@@ -36,8 +36,16 @@ class CpuTimes:
 
     @property
     def total(self) -> int:
-        return (self.user + self.nice + self.system + self.idle + self.iowait + self.irq
-                + self.softirq + self.steal)
+        return (
+            self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +67,18 @@ class CpuUsage:
         return max(0.0, 1.0 - self.idle - self.iowait)
 
     def to_json(self) -> dict[str, float | str]:
-        return {"cpu": self.cpu, "user": self.user, "nice": self.nice, "system": self.system,
-                "irq": self.irq, "softirq": self.softirq, "steal": self.steal,
-                "iowait": self.iowait, "idle": self.idle, "busy": self.busy}
+        return {
+            "cpu": self.cpu,
+            "user": self.user,
+            "nice": self.nice,
+            "system": self.system,
+            "irq": self.irq,
+            "softirq": self.softirq,
+            "steal": self.steal,
+            "iowait": self.iowait,
+            "idle": self.idle,
+            "busy": self.busy,
+        }
 
 
 def parse_proc_stat(text: str) -> dict[str, CpuTimes]:
@@ -74,9 +91,16 @@ def parse_proc_stat(text: str) -> dict[str, CpuTimes]:
         name = parts[0][3:] or "all"
         nums = [int(x) for x in parts[1:]] + [0] * len(_STAT_FIELDS)
         vals = dict(zip(_STAT_FIELDS, nums, strict=False))
-        out[name] = CpuTimes(user=vals["user"], nice=vals["nice"], system=vals["system"],
-                             idle=vals["idle"], iowait=vals["iowait"], irq=vals["irq"],
-                             softirq=vals["softirq"], steal=vals["steal"])
+        out[name] = CpuTimes(
+            user=vals["user"],
+            nice=vals["nice"],
+            system=vals["system"],
+            idle=vals["idle"],
+            iowait=vals["iowait"],
+            irq=vals["irq"],
+            softirq=vals["softirq"],
+            steal=vals["steal"],
+        )
     if "all" not in out:
         raise ValueError("no aggregate 'cpu' line in /proc/stat text")
     return out
@@ -97,9 +121,17 @@ def usage(before: dict[str, CpuTimes], after: dict[str, CpuTimes]) -> dict[str, 
             delta: int = getattr(a, field) - getattr(b, field)
             return max(0, delta) / total
 
-        out[name] = CpuUsage(cpu=name, user=frac("user"), nice=frac("nice"), system=frac("system"),
-                             irq=frac("irq"), softirq=frac("softirq"), steal=frac("steal"),
-                             iowait=frac("iowait"), idle=frac("idle"))
+        out[name] = CpuUsage(
+            cpu=name,
+            user=frac("user"),
+            nice=frac("nice"),
+            system=frac("system"),
+            irq=frac("irq"),
+            softirq=frac("softirq"),
+            steal=frac("steal"),
+            iowait=frac("iowait"),
+            idle=frac("idle"),
+        )
     return out
 
 
@@ -114,10 +146,11 @@ def cpu_count(snapshot: dict[str, CpuTimes]) -> int:
 
 # ---- per-process costs ---------------------------------------------------------------------
 
+
 def parse_pid_stat(text: str) -> tuple[int, int]:
     """/proc/PID/stat -> (utime, stime) in clock ticks. Threads are included by the kernel."""
     # The command name (field 2) may contain spaces and parentheses; split after the last ')'.
-    rest = text[text.rindex(")") + 2:].split()
+    rest = text[text.rindex(")") + 2 :].split()
     # rest[0] is field 3 (state); utime is field 14, stime field 15.
     return int(rest[11]), int(rest[12])
 

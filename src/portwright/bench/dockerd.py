@@ -40,7 +40,11 @@ READY_TIMEOUT_S = 60.0
 
 def unavailable() -> str | None:
     """None when a private dockerd can be started here, else the one-line reason."""
-    for path, pkg in ((DOCKERD, "docker.io"), (DOCKER_CLI, "docker.io"), ("/usr/bin/containerd", "containerd")):
+    for path, pkg in (
+        (DOCKERD, "docker.io"),
+        (DOCKER_CLI, "docker.io"),
+        ("/usr/bin/containerd", "containerd"),
+    ):
         if not os.access(path, os.X_OK):
             return f"{path} not found; install it with: apt-get install {pkg}"
     if _static_busybox() is None:
@@ -94,7 +98,9 @@ class PrivateDockerd:
         return self.proc.pid if self.proc is not None else None
 
     def docker(self, *args: str, timeout: float = 120) -> Done:
-        return run([DOCKER_CLI, *args], timeout=timeout, env={**os.environ, "DOCKER_HOST": f"unix://{self.sock}"})
+        return run(
+            [DOCKER_CLI, *args], timeout=timeout, env={**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
+        )
 
     def _take_lock(self) -> None:
         os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
@@ -107,28 +113,48 @@ class PrivateDockerd:
                 return True
             except BlockingIOError:
                 return False
+
         if not locked():
             self.log(f"waiting for another private dockerd to finish ({LOCK_PATH})")
             if not wait_until(locked, LOCK_WAIT_S, every=0.5):
-                raise KernelError("starting dockerd", f"another private dockerd held {LOCK_PATH} for "
-                                  f"{LOCK_WAIT_S:.0f} s; try again when it is done")
+                raise KernelError(
+                    "starting dockerd",
+                    f"another private dockerd held {LOCK_PATH} for "
+                    f"{LOCK_WAIT_S:.0f} s; try again when it is done",
+                )
 
     def start(self) -> None:
         self._take_lock()
         if os.path.exists("/sys/class/net/docker0") and not self._had_docker0:
             self._had_docker0 = True
         if self._had_docker0:
-            raise KernelError("starting dockerd", "docker0 exists (another dockerd runs here); "
-                              "stop it or measure without Docker")
+            raise KernelError(
+                "starting dockerd",
+                "docker0 exists (another dockerd runs here); stop it or measure without Docker",
+            )
         self.root = tempfile.mkdtemp(prefix="pwb-dockerd-", dir="/var/tmp")
         with open(os.path.join(self.root, "daemon.json"), "w", encoding="ascii") as f:
             f.write("{}\n")
         r = self.root
-        self.proc = spawn([DOCKERD, "--storage-driver=vfs", f"--bip={BIP}", f"--data-root={r}/data",
-                           f"--exec-root={r}/exec", f"--pidfile={r}/docker.pid", f"--config-file={r}/daemon.json",
-                           "-H", f"unix://{self.sock}", "--iptables=false", "--ip6tables=false",
-                           "--ip-forward=false", "--ip-masq=false"],
-                          log_path=os.path.join(r, "dockerd.log"), new_session=True)
+        self.proc = spawn(
+            [
+                DOCKERD,
+                "--storage-driver=vfs",
+                f"--bip={BIP}",
+                f"--data-root={r}/data",
+                f"--exec-root={r}/exec",
+                f"--pidfile={r}/docker.pid",
+                f"--config-file={r}/daemon.json",
+                "-H",
+                f"unix://{self.sock}",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ],
+            log_path=os.path.join(r, "dockerd.log"),
+            new_session=True,
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
@@ -154,7 +180,9 @@ class PrivateDockerd:
             return IMAGE
         busybox = _static_busybox()
         if busybox is None:
-            raise KernelError("building the busybox image", "no static busybox (apt-get install busybox-static)")
+            raise KernelError(
+                "building the busybox image", "no static busybox (apt-get install busybox-static)"
+            )
         with tempfile.TemporaryDirectory(prefix="pwb-rootfs-") as tmp:
             rootfs = os.path.join(tmp, "rootfs")
             for sub in ("bin", "etc", "tmp", "proc", "sys", "dev"):

@@ -56,12 +56,29 @@ def dropin_available() -> str | None:
     return None
 
 
-def docker_proxy_command(host_ip: str, host_port: int, container_ip: str, container_port: int,
-                         proto: str = "tcp", binary: str = DOCKER_PROXY) -> list[str]:
+def docker_proxy_command(
+    host_ip: str,
+    host_port: int,
+    container_ip: str,
+    container_port: int,
+    proto: str = "tcp",
+    binary: str = DOCKER_PROXY,
+) -> list[str]:
     """The argv dockerd 20.10 uses for one published port (of ``binary``: docker-proxy or a
     drop-in)."""
-    return [binary, "-proto", proto, "-host-ip", host_ip, "-host-port", str(host_port),
-            "-container-ip", container_ip, "-container-port", str(container_port)]
+    return [
+        binary,
+        "-proto",
+        proto,
+        "-host-ip",
+        host_ip,
+        "-host-port",
+        str(host_port),
+        "-container-ip",
+        container_ip,
+        "-container-port",
+        str(container_port),
+    ]
 
 
 class DockerProxy:
@@ -78,14 +95,18 @@ class DockerProxy:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.running]
 
-    def start(self, host_ip: str, host_port: int, container_ip: str, container_port: int,
-              proto: str = "tcp") -> None:
+    def start(
+        self, host_ip: str, host_port: int, container_ip: str, container_port: int, proto: str = "tcp"
+    ) -> None:
         if not os.access(self.binary, os.X_OK):
             raise MissingTool(self.binary, "docker.io")
         r, w = os.pipe()
         try:
-            proc = spawn(docker_proxy_command(host_ip, host_port, container_ip, container_port, proto,
-                                              self.binary), ready_fd=w, new_session=True)
+            proc = spawn(
+                docker_proxy_command(host_ip, host_port, container_ip, container_port, proto, self.binary),
+                ready_fd=w,
+                new_session=True,
+            )
         except BaseException:
             os.close(r)
             os.close(w)
@@ -97,8 +118,9 @@ class DockerProxy:
         finally:
             os.close(r)
         if msg != "0":
-            raise KernelError(f"{self.name} on port {host_port}/{proto}",
-                              msg or "exited before reporting ready")
+            raise KernelError(
+                f"{self.name} on port {host_port}/{proto}", msg or "exited before reporting ready"
+            )
 
     def stop(self) -> list[str]:
         errors: list[str] = []
@@ -130,6 +152,7 @@ def _read_ready(fd: int, timeout: float) -> str:
 
 # ---- iptables: dockerd 20.10's userland-proxy=false shape ----------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Forward:
     """One published TCP port: host_port -> container_ip:container_port."""
@@ -156,34 +179,51 @@ def docker_shape(prefix: str, bridge: str, subnet: str, forwards: list[Forward])
     dn, du, i1, i2 = prefix, f"{prefix}-U", f"{prefix}-I1", f"{prefix}-I2"
     s = IptablesShape()
     s.chains = [("nat", dn), ("filter", dn), ("filter", du), ("filter", i1), ("filter", i2)]
-    nat = s.rules
-    nat.append(("nat", ["-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", dn]))
-    nat.append(("nat", ["-A", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", dn]))
-    nat.append(("nat", ["-A", "POSTROUTING", "-o", bridge, "-m", "addrtype", "--src-type", "LOCAL",
-                        "-j", "MASQUERADE"]))
-    nat.append(("nat", ["-A", "POSTROUTING", "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]))
-    for f in forwards:
-        nat.append(("nat", ["-A", "POSTROUTING", "-s", f"{f.container_ip}/32", "-d", f"{f.container_ip}/32",
-                            "-p", "tcp", "-m", "tcp", "--dport", str(f.container_port), "-j", "MASQUERADE"]))
-    for f in forwards:
-        nat.append(("nat", ["-A", dn, "-p", "tcp", "-m", "tcp", "--dport", str(f.host_port), "-j", "DNAT",
-                            "--to-destination", f"{f.container_ip}:{f.container_port}"]))
-    s.rules.append(("filter", ["-A", du, "-j", "RETURN"]))
-    s.rules.append(("filter", ["-A", i1, "-i", bridge, "!", "-o", bridge, "-j", i2]))
-    s.rules.append(("filter", ["-A", i1, "-j", "RETURN"]))
-    s.rules.append(("filter", ["-A", i2, "-o", bridge, "-j", "DROP"]))
-    s.rules.append(("filter", ["-A", i2, "-j", "RETURN"]))
-    for f in forwards:
-        s.rules.append(("filter", ["-A", dn, "-d", f"{f.container_ip}/32", "!", "-i", bridge, "-o", bridge,
-                                   "-p", "tcp", "-m", "tcp", "--dport", str(f.container_port), "-j", "ACCEPT"]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-j", du]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-j", i1]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate",
-                               "RELATED,ESTABLISHED", "-j", "ACCEPT"]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-o", bridge, "-j", dn]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]))
-    s.rules.append(("filter", ["-A", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]))
+    s.rules += [("nat", r.split()) for r in _docker_nat(dn, bridge, subnet, forwards)]
+    s.rules += [("filter", r.split()) for r in _docker_filter(dn, du, i1, i2, bridge, forwards)]
     return s
+
+
+def _docker_nat(dn: str, bridge: str, subnet: str, forwards: list[Forward]) -> list[str]:
+    rules = [
+        f"-A PREROUTING -m addrtype --dst-type LOCAL -j {dn}",
+        f"-A OUTPUT -m addrtype --dst-type LOCAL -j {dn}",
+        f"-A POSTROUTING -o {bridge} -m addrtype --src-type LOCAL -j MASQUERADE",
+        f"-A POSTROUTING -s {subnet} ! -o {bridge} -j MASQUERADE",
+    ]
+    rules += [
+        f"-A POSTROUTING -s {f.container_ip}/32 -d {f.container_ip}/32 -p tcp -m tcp "
+        f"--dport {f.container_port} -j MASQUERADE"
+        for f in forwards
+    ]
+    rules += [
+        f"-A {dn} -p tcp -m tcp --dport {f.host_port} -j DNAT --to-destination {f.container_ip}:{f.container_port}"
+        for f in forwards
+    ]
+    return rules
+
+
+def _docker_filter(dn: str, du: str, i1: str, i2: str, bridge: str, forwards: list[Forward]) -> list[str]:
+    rules = [
+        f"-A {du} -j RETURN",
+        f"-A {i1} -i {bridge} ! -o {bridge} -j {i2}",
+        f"-A {i1} -j RETURN",
+        f"-A {i2} -o {bridge} -j DROP",
+        f"-A {i2} -j RETURN",
+    ]
+    rules += [
+        f"-A {dn} -d {f.container_ip}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {f.container_port} -j ACCEPT"
+        for f in forwards
+    ]
+    rules += [
+        f"-A FORWARD -j {du}",
+        f"-A FORWARD -j {i1}",
+        f"-A FORWARD -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-A FORWARD -o {bridge} -j {dn}",
+        f"-A FORWARD -i {bridge} ! -o {bridge} -j ACCEPT",
+        f"-A FORWARD -i {bridge} -o {bridge} -j ACCEPT",
+    ]
+    return rules
 
 
 def restore_text(shape: IptablesShape) -> str:
@@ -242,8 +282,10 @@ class DockerIptables:
             if not p.ok:
                 # Someone changed the tables under us (a rule or chain is already gone): remove
                 # whatever is still there piece by piece, and only report what stays behind.
-                errors.append("Docker's rule shape was changed from outside while it was installed "
-                              f"({(p.stderr or p.stdout).strip().splitlines()[0]})")
+                errors.append(
+                    "Docker's rule shape was changed from outside while it was installed "
+                    f"({(p.stderr or p.stdout).strip().splitlines()[0]})"
+                )
                 errors.extend(self._remove_piecewise(own))
             self.installed = False
         errors.extend(self._restore_localnet())
@@ -252,6 +294,7 @@ class DockerIptables:
     def _remove_piecewise(self, own: set[str]) -> list[str]:
         def ipt(table: str, *args: str) -> Done:
             return run(["iptables", "-w", "-t", table, *args], timeout=60)
+
         for t, args in reversed(self.shape.rules):
             if args[1] not in own:
                 ipt(t, "-D", *args[1:])  # absent already: nothing to do
@@ -262,8 +305,10 @@ class DockerIptables:
             ipt(t, "-F", c)
             r = ipt(t, "-X", c)
             if r.returncode != 0:
-                left.append(f"could not delete iptables chain {t}/{c}: {r.stderr.strip()}; "
-                            f"remove it with: iptables -t {t} -F {c}; iptables -t {t} -X {c}")
+                left.append(
+                    f"could not delete iptables chain {t}/{c}: {r.stderr.strip()}; "
+                    f"remove it with: iptables -t {t} -F {c}; iptables -t {t} -X {c}"
+                )
         return left
 
     def _restore_localnet(self) -> list[str]:

@@ -42,7 +42,7 @@ class Done:
 
     def why(self) -> str:
         """One line saying why it failed (its last stderr line, else stdout's, else the status)."""
-        text = (self.stderr.strip() or self.stdout.strip() or f"exit status {self.returncode}")
+        text = self.stderr.strip() or self.stdout.strip() or f"exit status {self.returncode}"
         return text.splitlines()[-1][:300]
 
 
@@ -50,14 +50,27 @@ def _text(x: str | bytes | None) -> str:
     return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
 
 
-def run(argv: Sequence[str], *, timeout: float = 120, input: str | None = None, cwd: str | None = None,
-        env: Mapping[str, str] | None = None) -> Done:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 120,
+    input: str | None = None,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Done:
     """Run ``argv`` to completion with its output captured (text). Never raises for a non-zero
     exit or a timeout (the child is killed); raises OSError when the program cannot start."""
     try:
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
-                           stdin=None if input is not None else subprocess.DEVNULL, cwd=cwd,
-                           env=None if env is None else dict(env))
+        p = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+        )
     except subprocess.TimeoutExpired as e:
         return Done(tuple(argv), -1, _text(e.stdout), f"timed out after {timeout:.0f}s", timed_out=True)
     return Done(tuple(argv), p.returncode, p.stdout, p.stderr)
@@ -113,8 +126,14 @@ class Child:
         return True
 
 
-def spawn(argv: Sequence[str], *, ready_fd: int | None = None, log_path: str | None = None,
-          new_session: bool = False, env: Mapping[str, str] | None = None) -> Child:
+def spawn(
+    argv: Sequence[str],
+    *,
+    ready_fd: int | None = None,
+    log_path: str | None = None,
+    new_session: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Child:
     """Start ``argv`` with stdin from /dev/null and output discarded (or appended to
     ``log_path``). ``ready_fd``: a pipe's write end the child gets as fd 3 (dockerd's readiness
     contract with docker-proxy). Raises OSError when it cannot start."""
@@ -129,11 +148,17 @@ def spawn(argv: Sequence[str], *, ready_fd: int | None = None, log_path: str | N
 
             def child_setup() -> None:
                 os.dup2(fd, 3)  # dup2 makes fd 3 inheritable; ready_fd itself is close-on-exec
+
             kw = {"pass_fds": (3,), "preexec_fn": child_setup}
-        p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT if logf is not None else subprocess.DEVNULL,
-                             start_new_session=new_session, env=None if env is None else dict(env),
-                             **kw)  # type: ignore[call-overload]
+        p = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if logf is not None else subprocess.DEVNULL,
+            start_new_session=new_session,
+            env=None if env is None else dict(env),
+            **kw,
+        )  # type: ignore[call-overload]
     finally:
         if logf is not None:
             logf.close()
@@ -194,9 +219,14 @@ def _info(doc: dict[str, object]) -> SandboxInfo:
             return None
         return n if n > 0 else None
 
-    return SandboxInfo(name=str(doc.get("Name", "")).lstrip("/"), ip=net.get("IPAddress") or None,
-                       pid=pid(state.get("Pid")), supervisor_pid=pid(state.get("SupervisorPid")),
-                       netns=net.get("SandboxKey") or None, ports=tuple(net.get("Ports") or ()))
+    return SandboxInfo(
+        name=str(doc.get("Name", "")).lstrip("/"),
+        ip=net.get("IPAddress") or None,
+        pid=pid(state.get("Pid")),
+        supervisor_pid=pid(state.get("SupervisorPid")),
+        netns=net.get("SandboxKey") or None,
+        ports=tuple(net.get("Ports") or ()),
+    )
 
 
 def parse_inspect_all(text: str) -> list[SandboxInfo]:
@@ -239,8 +269,15 @@ class Portwright:
     def network_rm(self, name: str) -> None:
         self.call("network", "rm", name)
 
-    def run(self, name: str, network: str, cmd: list[str], publish: list[str] | None = None,
-            mode: str | None = None, timeout: float = 120) -> str:
+    def run(
+        self,
+        name: str,
+        network: str,
+        cmd: list[str],
+        publish: list[str] | None = None,
+        mode: str | None = None,
+        timeout: float = 120,
+    ) -> str:
         args = ["run", "-d", "--name", name, "--network", network]
         for p in publish or []:
             args += ["-p", p]

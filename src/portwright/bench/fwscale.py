@@ -36,8 +36,16 @@ def mappings(n: int) -> list[Mapping]:
     """``n`` TCP ports 0.0.0.0:20000+i -> backend:30000+i."""
     any4 = ipaddress.IPv4Address(0)
     backend = ipaddress.IPv4Address(BACKEND4)
-    return [Mapping(proto="tcp", host_ip=any4, host_port=HOST_FIRST_PORT + i, container_ip=backend,
-                    container_port=CONTAINER_FIRST_PORT + i) for i in range(n)]
+    return [
+        Mapping(
+            proto="tcp",
+            host_ip=any4,
+            host_port=HOST_FIRST_PORT + i,
+            container_ip=backend,
+            container_port=CONTAINER_FIRST_PORT + i,
+        )
+        for i in range(n)
+    ]
 
 
 def topology_commands(host: str, backend: str, ext: str) -> list[list[str]]:
@@ -75,8 +83,12 @@ class NftLab:
     def __init__(self) -> None:
         tag = secrets.token_hex(3)
         self.host, self.backend, self.ext = (f"pwb-fw-{r}-{tag}" for r in ("h", "b", "x"))
-        self.net = Network(name="bench", bridge="pwbench0", subnet4=ipaddress.IPv4Network("198.18.221.0/24"),
-                           gateway4=ipaddress.IPv4Address(GW4))
+        self.net = Network(
+            name="bench",
+            bridge="pwbench0",
+            subnet4=ipaddress.IPv4Network("198.18.221.0/24"),
+            gateway4=ipaddress.IPv4Address(GW4),
+        )
         self.created = False
         self.fw = default_firewall(self.host)
 
@@ -111,8 +123,9 @@ class NftLab:
         """Fill a scale row for ``n`` ports: publish and unpublish times, first and last port."""
         maps = mappings(n)
         ports = sorted({maps[0].container_port, maps[-1].container_port})
-        servers: list[Child] = [spawn(["ip", "netns", "exec", self.backend, *iperf3.server_command(p)])
-                                for p in ports]
+        servers: list[Child] = [
+            spawn(["ip", "netns", "exec", self.backend, *iperf3.server_command(p)]) for p in ports
+        ]
         owner = f"pw:bench-{secrets.token_hex(4)}"
         published = False
         try:
@@ -124,8 +137,12 @@ class NftLab:
             row["setup_note"] = "one nft transaction (firewall library: table read, clash check, publish)"
             first = self._iperf(maps[0].host_port, seconds, streams)
             last = self._iperf(maps[-1].host_port, seconds, streams) if n > 1 else first
-            row.update(first=first.to_json(), last=last.to_json(), first_gbit=first.gbit_per_second,
-                       last_gbit=last.gbit_per_second)
+            row.update(
+                first=first.to_json(),
+                last=last.to_json(),
+                first_gbit=first.gbit_per_second,
+                last_gbit=last.gbit_per_second,
+            )
             if first.ok and last.ok and first.gbit_per_second:
                 row["last_vs_first"] = (last.gbit_per_second or 0) / first.gbit_per_second
             bad = [r.error or "failed" for r in (first, last) if not r.ok]

@@ -17,7 +17,7 @@ def render(doc: dict[str, Any]) -> str:
     head = report.header_lines(doc["machine"], doc["config"], doc.get("started"))
     try:
         svg = plot.render(rows, "svg", head[0]).decode()
-        svg = svg[svg.find("<svg"):]
+        svg = svg[svg.find("<svg") :]
     except Exception as e:  # the page is still useful without the chart; say why it is missing
         svg = f"<p><em>chart unavailable: {html.escape(str(e))}</em></p>"
     table = report.table(rows, doc.get("skipped"))
@@ -26,6 +26,7 @@ def render(doc: dict[str, Any]) -> str:
     scale_txt = ""
     if scale:
         from .scale import scale_table
+
         scale_txt = f"<h2>Scale</h2><pre>{html.escape(scale_table(scale))}</pre>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>portwright bench</title>
@@ -35,7 +36,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 .meta {{ color: #555; }}
 </style></head><body>
 <h1>portwright bench</h1>
-<p class="meta">{'<br>'.join(html.escape(x) for x in head)}</p>
+<p class="meta">{"<br>".join(html.escape(x) for x in head)}</p>
 {svg}
 <h2>Results</h2>
 <pre>{html.escape(table)}</pre>

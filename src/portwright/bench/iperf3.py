@@ -21,8 +21,9 @@ def server_command(port: int) -> list[str]:
 UDP_ARGS = ("-u", "-b", "0", "-l", "1400")
 
 
-def client_command(host: str, port: int, streams: int, seconds: float, reverse: bool,
-                   udp: bool = False) -> list[str]:
+def client_command(
+    host: str, port: int, streams: int, seconds: float, reverse: bool, udp: bool = False
+) -> list[str]:
     """``iperf3 -c HOST -P N -t T -J`` (+ ``-R`` for the server-to-client direction, + ``UDP_ARGS``
     for UDP). For UDP the result is what arrived (``sum_received``), not what was sent."""
     cmd = ["iperf3", "-c", host, "-p", str(port), "-P", str(streams), "-t", _secs(seconds), "-J"]
@@ -55,14 +56,29 @@ class IperfResult:
         return None if self.bits_per_second is None else self.bits_per_second / 1e9
 
     def to_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "error": self.error, "bits_per_second": self.bits_per_second,
-                "bytes": self.bytes, "seconds": self.seconds, "retransmits": self.retransmits,
-                "streams": self.streams, "reverse": self.reverse}
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "bits_per_second": self.bits_per_second,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+            "retransmits": self.retransmits,
+            "streams": self.streams,
+            "reverse": self.reverse,
+        }
 
 
 def _failed(why: str, streams: int = 0, reverse: bool = False) -> IperfResult:
-    return IperfResult(ok=False, error=why, bits_per_second=None, bytes=None, seconds=None,
-                       retransmits=None, streams=streams, reverse=reverse)
+    return IperfResult(
+        ok=False,
+        error=why,
+        bits_per_second=None,
+        bytes=None,
+        seconds=None,
+        retransmits=None,
+        streams=streams,
+        reverse=reverse,
+    )
 
 
 def parse(stdout: str, returncode: int = 0, stderr: str = "") -> IperfResult:
@@ -70,7 +86,7 @@ def parse(stdout: str, returncode: int = 0, stderr: str = "") -> IperfResult:
     try:
         doc = json.loads(stdout)
     except ValueError:
-        why = (stderr.strip() or stdout.strip() or f"iperf3 exited {returncode} with no output")
+        why = stderr.strip() or stdout.strip() or f"iperf3 exited {returncode} with no output"
         return _failed(f"iperf3 gave no JSON: {why.splitlines()[-1][:200]}")
     if not isinstance(doc, dict):
         return _failed("iperf3 JSON is not an object")
@@ -93,6 +109,13 @@ def parse(stdout: str, returncode: int = 0, stderr: str = "") -> IperfResult:
     if nbytes <= 0 or bps <= 0:
         return _failed("iperf3 moved no data", streams, reverse)
     retr = sent.get("retransmits")
-    return IperfResult(ok=True, error=None, bits_per_second=float(bps), bytes=int(nbytes),
-                       seconds=float(secs), retransmits=None if retr is None else int(retr),
-                       streams=streams, reverse=reverse)
+    return IperfResult(
+        ok=True,
+        error=None,
+        bits_per_second=float(bps),
+        bytes=int(nbytes),
+        seconds=float(secs),
+        retransmits=None if retr is None else int(retr),
+        streams=streams,
+        reverse=reverse,
+    )

@@ -14,8 +14,14 @@ from typing import Any
 from ..errors import BadInput, MissingTool
 from .report import ORDER, TITLES
 
-COLORS = {"host": "#4c72b0", "direct": "#8172b2", "nat": "#55a868", "proxy": "#c44e52",
-          "docker-proxy": "#dd8452", "docker-iptables": "#937860"}
+COLORS = {
+    "host": "#4c72b0",
+    "direct": "#8172b2",
+    "nat": "#55a868",
+    "proxy": "#c44e52",
+    "docker-proxy": "#dd8452",
+    "docker-iptables": "#937860",
+}
 
 
 def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -36,6 +42,7 @@ def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
 def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> bytes:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
@@ -47,8 +54,10 @@ def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> byt
     nrows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(nrows, ncols, figsize=(12, 3.4 * nrows), squeeze=False)
     for ax, (placement, sc, key, ylabel) in zip(axes.flat, panels, strict=False):
-        sect = sorted((r for r in rows if r["placement"] == placement and r["scenario"] == sc),
-                      key=lambda r: ORDER.index(r["mechanism"]) if r["mechanism"] in ORDER else 99)
+        sect = sorted(
+            (r for r in rows if r["placement"] == placement and r["scenario"] == sc),
+            key=lambda r: ORDER.index(r["mechanism"]) if r["mechanism"] in ORDER else 99,
+        )
         names = [r["mechanism"] for r in sect]
         meds, lo, hi = [], [], []
         for r in sect:
@@ -58,15 +67,22 @@ def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> byt
             lo.append(0.0 if m is None else m - s["min"])
             hi.append(0.0 if m is None else s["max"] - m)
         xs = range(len(names))
-        ax.bar(xs, meds, yerr=[lo, hi], capsize=3,
-               color=[COLORS.get(n, "#999999") for n in names])
+        ax.bar(xs, meds, yerr=[lo, hi], capsize=3, color=[COLORS.get(n, "#999999") for n in names])
         for x, r in zip(xs, sect, strict=True):
             if r[key]["median"] is None:
                 ax.text(x, 0, "failed", ha="center", va="bottom", color="red", rotation=90)
             elif r[key]["failed"]:
                 ok = r[key]["n"] - r[key]["failed"]
-                ax.text(x, r[key]["median"] / 2, f"{ok}/{r[key]['n']} ok", ha="center", va="center",
-                        color="red", fontsize=8, rotation=90)
+                ax.text(
+                    x,
+                    r[key]["median"] / 2,
+                    f"{ok}/{r[key]['n']} ok",
+                    ha="center",
+                    va="center",
+                    color="red",
+                    fontsize=8,
+                    rotation=90,
+                )
             if r[key]["median"] is not None and key == "efficiency" and r.get("ratio_vs_host"):
                 rh = r["ratio_vs_host"]["median"]
                 if rh is not None:
@@ -77,7 +93,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> byt
         what = "efficiency" if key == "efficiency" else TITLES.get(sc, sc).split(" (")[0]
         ax.set_title(f"{sc} · {placement}: {what}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -42,20 +42,37 @@ def aggregate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys.sort(key=lambda k: (k[0], _idx(SCENARIO_ORDER, k[1]), _idx(ORDER, k[2])))
     rows: list[dict[str, Any]] = []
     for placement, scenario, mech in keys:
-        mine = [s for s in samples if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, mech)]
-        host = {s.get("round"): s for s in samples
-                if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, "host")}
+        mine = [
+            s
+            for s in samples
+            if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, mech)
+        ]
+        host = {
+            s.get("round"): s
+            for s in samples
+            if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, "host")
+        }
         ok = [s for s in mine if s.get("ok")]
-        paired = [ratio(_f(s.get("efficiency")), _f(host[s.get("round")].get("efficiency")))
-                  for s in ok if s.get("round") in host and host[s.get("round")].get("ok")]
-        pub = [s["publisher"] for s in ok if isinstance(s.get("publisher"), dict)
-               and s["publisher"].get("cpu_fraction") is not None]
+        paired = [
+            ratio(_f(s.get("efficiency")), _f(host[s.get("round")].get("efficiency")))
+            for s in ok
+            if s.get("round") in host and host[s.get("round")].get("ok")
+        ]
+        pub = [
+            s["publisher"]
+            for s in ok
+            if isinstance(s.get("publisher"), dict) and s["publisher"].get("cpu_fraction") is not None
+        ]
         lat = [s["tool"].get("latency_us", {}) for s in ok if isinstance(s.get("tool"), dict)]
         row: dict[str, Any] = {
-            "placement": placement, "scenario": scenario, "mechanism": mech,
+            "placement": placement,
+            "scenario": scenario,
+            "mechanism": mech,
             "unit": mine[0].get("unit"),
             "value": summarize(_f(s.get("value")) if s.get("ok") else None for s in mine).to_json(),
-            "busy": summarize(_f((s.get("cpu") or {}).get("busy")) if s.get("ok") else None for s in mine).to_json(),
+            "busy": summarize(
+                _f((s.get("cpu") or {}).get("busy")) if s.get("ok") else None for s in mine
+            ).to_json(),
             "efficiency": summarize(_f(s.get("efficiency")) if s.get("ok") else None for s in mine).to_json(),
             "ratio_vs_host": summarize(paired).to_json() if paired else None,
             "errors": sorted({str(s.get("error")) for s in mine if not s.get("ok")}),
@@ -67,11 +84,16 @@ def aggregate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pss_kib": max(int(p["pss_kib"]) for p in pub),
             }
         if lat and all("p50" in x for x in lat):
-            row["latency_us"] = {q: statistics.median(float(x[q]) for x in lat) for q in ("p50", "p90", "p99")}
+            row["latency_us"] = {
+                q: statistics.median(float(x[q]) for x in lat) for q in ("p50", "p90", "p99")
+            }
         art = ARTICLE.get(mech)
         if art is not None and scenario == "bulk-in":
-            row["article"] = {"gbit_per_s": art.gbit, "idle": art.idle,
-                              "ratio_vs_host": article_ratio_vs_host(mech)}
+            row["article"] = {
+                "gbit_per_s": art.gbit,
+                "idle": art.idle,
+                "ratio_vs_host": article_ratio_vs_host(mech),
+            }
         rows.append(row)
     return rows
 
@@ -101,8 +123,15 @@ def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = 
     minutes apart at most); without, the ratio of the medians."""
     out: list[dict[str, Any]] = []
     placements = sorted({r["placement"] for r in rows})
-    pairs = (("nat", "host"), ("proxy", "docker-proxy"), ("nat", "docker-iptables"), ("proxy", "host"),
-             ("docker-proxy", "host"), ("docker-iptables", "host"), ("proxy-dropin", "docker-proxy"))
+    pairs = (
+        ("nat", "host"),
+        ("proxy", "docker-proxy"),
+        ("nat", "docker-iptables"),
+        ("proxy", "host"),
+        ("docker-proxy", "host"),
+        ("docker-iptables", "host"),
+        ("proxy-dropin", "docker-proxy"),
+    )
     for placement in placements:
         for scenario in SCENARIO_ORDER:
             key = "efficiency" if scenario.startswith("bulk") else "value"
@@ -110,8 +139,13 @@ def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = 
                 ra, rb = _find(rows, placement, scenario, a), _find(rows, placement, scenario, b)
                 if ra is None or rb is None:
                     continue
-                item: dict[str, Any] = {"placement": placement, "scenario": scenario, "a": a, "b": b,
-                                        "measure": key}
+                item: dict[str, Any] = {
+                    "placement": placement,
+                    "scenario": scenario,
+                    "a": a,
+                    "b": b,
+                    "measure": key,
+                }
                 if samples is None:
                     item["ratio"] = ratio(_med(ra, key), _med(rb, key))
                 else:
@@ -126,14 +160,20 @@ def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = 
     return out
 
 
-def _by_round(samples: list[dict[str, Any]], placement: str, scenario: str, mech: str,
-              key: str) -> dict[Any, float]:
-    return {s.get("round"): float(s[key]) for s in samples
-            if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, mech)
-            and s.get("ok") and s.get(key) is not None}
+def _by_round(
+    samples: list[dict[str, Any]], placement: str, scenario: str, mech: str, key: str
+) -> dict[Any, float]:
+    return {
+        s.get("round"): float(s[key])
+        for s in samples
+        if (s["placement"], s["scenario"], s["mechanism"]) == (placement, scenario, mech)
+        and s.get("ok")
+        and s.get(key) is not None
+    }
 
 
 # ---- text ----------------------------------------------------------------------------------
+
 
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
@@ -168,8 +208,10 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> 
             lines.append(f"{TITLES[scenario]} · {placement} client")
             unit = "Gbit/s" if bulk else "req/s"
             eff_unit = "Gb/s/CPU" if bulk else "req/s/CPU"
-            head = (f"  {'mechanism':<16}{unit:>9} {'spread':>7} {'idle':>5} {'busy CPU':>9} "
-                    f"{eff_unit:>10} {'vs host':>8}")
+            head = (
+                f"  {'mechanism':<16}{unit:>9} {'spread':>7} {'idle':>5} {'busy CPU':>9} "
+                f"{eff_unit:>10} {'vs host':>8}"
+            )
             if not bulk:
                 head += f" {'p50 ms':>7} {'p99 ms':>7}"
             head += f" {'pub CPU':>8} {'pub PSS':>8}"
@@ -181,8 +223,10 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> 
                 lines.append(_row(r, bulk, art))
             for r in sect:
                 if r["value"]["failed"] and r["value"]["median"] is not None:
-                    lines.append(f"  ! {r['mechanism']}: {r['value']['failed']}/{r['value']['n']} runs failed: "
-                                 + "; ".join(r["errors"]))
+                    lines.append(
+                        f"  ! {r['mechanism']}: {r['value']['failed']}/{r['value']['n']} runs failed: "
+                        + "; ".join(r["errors"])
+                    )
     if skipped:
         lines.append("")
         for m, why in skipped.items():
@@ -203,8 +247,10 @@ def _row(r: dict[str, Any], bulk: bool, art: bool) -> str:
     val = _num(v["median"], ".1f" if bulk else ",.0f")
     eff = _num(r["efficiency"]["median"], ".2f" if bulk else ",.0f")
     rh = r.get("ratio_vs_host") or {}
-    s = (f"  {name:<16}{val:>9} {_pct(Summary(v['n'], v['failed'], v['median'], v['min'], v['max']).spread):>7} "
-         f"{_pct(idle):>5} {_num(busy_cpu, '.2f'):>9} {eff:>10} {_num(rh.get('median'), '.2f'):>8}")
+    s = (
+        f"  {name:<16}{val:>9} {_pct(Summary(v['n'], v['failed'], v['median'], v['min'], v['max']).spread):>7} "
+        f"{_pct(idle):>5} {_num(busy_cpu, '.2f'):>9} {eff:>10} {_num(rh.get('median'), '.2f'):>8}"
+    )
     if not bulk:
         lat = r.get("latency_us") or {}
         p50, p99 = lat.get("p50"), lat.get("p99")
@@ -223,25 +269,44 @@ def _row(r: dict[str, Any], bulk: bool, art: bool) -> str:
 
 
 def headline_text(items: list[dict[str, Any]]) -> str:
-    lines = ["Ratios, median of per-round ratios [min-max] (bulk: efficiency, i.e. throughput per busy "
-             "CPU; HTTP: requests/s):"]
+    lines = [
+        "Ratios, median of per-round ratios [min-max] (bulk: efficiency, i.e. throughput per busy "
+        "CPU; HTTP: requests/s):"
+    ]
     for h in items:
         if h["a"] in ("docker-proxy", "docker-iptables") and h["b"] == "host":
             continue
         rng = ""
         if h.get("min") is not None and h.get("max") is not None and h.get("rounds", 0) > 1:
             rng = f"  [{h['min']:.2f}-{h['max']:.2f}]"
-        lines.append(f"  {h['placement']:<8} {h['scenario']:<8} {h['a']:>12} vs {h['b']:<16} "
-                     f"{_num(h['ratio'], '.2f')}{rng}")
+        lines.append(
+            f"  {h['placement']:<8} {h['scenario']:<8} {h['a']:>12} vs {h['b']:<16} "
+            f"{_num(h['ratio'], '.2f')}{rng}"
+        )
     return "\n".join(lines)
 
 
 def document(machine: dict[str, Any], config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """The --json document: every raw sample plus the aggregates and ratios derived from them."""
     rows = aggregate(run["samples"])
-    return {"schema": SCHEMA, "machine": machine, "config": config,
-            "started": run.get("started"), "finished": run.get("finished"),
-            "mechanisms": run.get("mechanisms"), "skipped": run.get("skipped", {}),
-            "summary": rows, "headline": headline(rows, run["samples"]), "samples": run["samples"],
-            "article": {k: {"label": a.label, "gbit_per_s": a.gbit, "idle": a.idle,
-                            "ratio_vs_host": article_ratio_vs_host(k)} for k, a in ARTICLE.items()}}
+    return {
+        "schema": SCHEMA,
+        "machine": machine,
+        "config": config,
+        "started": run.get("started"),
+        "finished": run.get("finished"),
+        "mechanisms": run.get("mechanisms"),
+        "skipped": run.get("skipped", {}),
+        "summary": rows,
+        "headline": headline(rows, run["samples"]),
+        "samples": run["samples"],
+        "article": {
+            k: {
+                "label": a.label,
+                "gbit_per_s": a.gbit,
+                "idle": a.idle,
+                "ratio_vs_host": article_ratio_vs_host(k),
+            }
+            for k, a in ARTICLE.items()
+        },
+    }

@@ -56,8 +56,8 @@ class Proc:
 
 def parse_stat(text: str) -> tuple[str, int]:
     """(comm, ppid) from /proc/PID/stat; comm may hold spaces and parentheses."""
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    return comm, int(text[text.rindex(")") + 2:].split()[1])
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    return comm, int(text[text.rindex(")") + 2 :].split()[1])
 
 
 def read_proc_table() -> dict[int, Proc]:
@@ -95,8 +95,9 @@ def _tree(roots: Iterable[int], kids: dict[int, list[int]]) -> set[int]:
     return seen
 
 
-def portwright_kept(table: dict[int, Proc], supervisors: Iterable[int], commands: Iterable[int],
-                    state: str) -> set[int]:
+def portwright_kept(
+    table: dict[int, Proc], supervisors: Iterable[int], commands: Iterable[int], state: str
+) -> set[int]:
     """The processes portwright keeps for its sandboxes (see the module docstring): supervisors
     and their descendants, their portwright ancestors, and portwright processes naming ``state``;
     never a sandbox command or anything it started."""
@@ -109,8 +110,11 @@ def portwright_kept(table: dict[int, Proc], supervisors: Iterable[int], commands
         while p in table and table[p].comm.startswith(PW_PREFIXES) and p not in kept:
             kept.add(p)
             p = table[p].ppid
-    kept |= {p.pid for p in table.values()
-             if p.comm.startswith(PW_PREFIXES) and state in p.cmdline.split() and p.pid not in theirs}
+    kept |= {
+        p.pid
+        for p in table.values()
+        if p.comm.startswith(PW_PREFIXES) and state in p.cmdline.split() and p.pid not in theirs
+    }
     return kept
 
 
@@ -146,10 +150,22 @@ def breakdown(table: dict[int, Proc], pss: dict[int, int]) -> dict[str, dict[str
 
 # ---- one round of one system ---------------------------------------------------------------
 
+
 def _sample(system: str, variant: str, rnd: int, n: int) -> dict[str, Any]:
-    return {"system": system, "variant": variant, "round": rnd, "n": n, "ok": False, "error": None,
-            "start_s": None, "rm_s": None, "pss_kib": None, "per_sandbox_kib": None, "processes": {},
-            "left_after_rm": None}
+    return {
+        "system": system,
+        "variant": variant,
+        "round": rnd,
+        "n": n,
+        "ok": False,
+        "error": None,
+        "start_s": None,
+        "rm_s": None,
+        "pss_kib": None,
+        "per_sandbox_kib": None,
+        "processes": {},
+        "left_after_rm": None,
+    }
 
 
 def _measure(sample: dict[str, Any], table: dict[int, Proc], kept: set[int]) -> None:
@@ -200,8 +216,9 @@ def portwright_round(lab: Lab, n: int, variant: str, rnd: int) -> dict[str, Any]
     return s
 
 
-def docker_round(d: dockerd.PrivateDockerd, image: str, n: int, variant: str, rnd: int,
-                 tag: str) -> dict[str, Any]:
+def docker_round(
+    d: dockerd.PrivateDockerd, image: str, n: int, variant: str, rnd: int, tag: str
+) -> dict[str, Any]:
     """N busybox containers up, their shims (and proxies) read, then one ``docker rm -f``, timed."""
     s = _sample("docker", variant, rnd, n)
     names = [f"pwb{tag}-d{rnd}{variant[0]}{i}" for i in range(n)]
@@ -245,10 +262,12 @@ def _alive(pid: int) -> bool:
             text = f.read()
     except OSError:
         return False
-    return text[text.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    return text[text.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
 
-def start_docker(lab: Lab, log: Callable[[str], None]) -> tuple[dockerd.PrivateDockerd | None, str, str | None]:
+def start_docker(
+    lab: Lab, log: Callable[[str], None]
+) -> tuple[dockerd.PrivateDockerd | None, str, str | None]:
     """(dockerd, image, None) when Docker can be measured, else (None, "", why). The dockerd is
     registered with the lab's cleanups before it starts, so Ctrl-C at any point removes it."""
     why = dockerd.unavailable()
@@ -265,8 +284,14 @@ def start_docker(lab: Lab, log: Callable[[str], None]) -> tuple[dockerd.PrivateD
         return None, "", "; ".join([str(e), *errors])
 
 
-def run_sandboxes(lab: Lab, n: int = DEFAULT_N, rounds: int = 3, variants: tuple[str, ...] = VARIANTS,
-                  docker: bool = True, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_sandboxes(
+    lab: Lab,
+    n: int = DEFAULT_N,
+    rounds: int = 3,
+    variants: tuple[str, ...] = VARIANTS,
+    docker: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Interleaved rounds of both systems and every variant; the result for ``--json``."""
     d, image, why = start_docker(lab, log) if docker else (None, "", "not asked for (--sandboxes-no-docker)")
     if why:
@@ -285,11 +310,18 @@ def run_sandboxes(lab: Lab, n: int = DEFAULT_N, rounds: int = 3, variants: tuple
             else:
                 assert d is not None
                 samples.append(docker_round(d, image, n, variant, rnd, lab.tag))
-    return {"n": n, "rounds": rounds, "variants": list(variants), "docker_skipped": why,
-            "samples": samples, "summary": summarize(samples)}
+    return {
+        "n": n,
+        "rounds": rounds,
+        "variants": list(variants),
+        "docker_skipped": why,
+        "samples": samples,
+        "summary": summarize(samples),
+    }
 
 
 # ---- report (pure) ---------------------------------------------------------------------------
+
 
 def _median(xs: Iterable[float | None]) -> float | None:
     good = [x for x in xs if x is not None]
@@ -316,19 +348,31 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for comm, v in s["processes"].items():
                     comms[comm] = max(comms.get(comm, 0), v["count"])
             med[system] = row = {
-                "variant": variant, "system": system, "n": mine[0]["n"], "rounds": len(mine),
+                "variant": variant,
+                "system": system,
+                "n": mine[0]["n"],
+                "rounds": len(mine),
                 "failed": len(mine) - len(ok),
                 "per_sandbox_kib": _median(s["per_sandbox_kib"] for s in ok),
                 "pss_kib": _median(s["pss_kib"] for s in ok),
-                "rm_s": _median(s["rm_s"] for s in ok), "start_s": _median(s["start_s"] for s in ok),
-                "processes": comms, "errors": sorted({str(s["error"]) for s in mine if not s["ok"]}),
+                "rm_s": _median(s["rm_s"] for s in ok),
+                "start_s": _median(s["start_s"] for s in ok),
+                "processes": comms,
+                "errors": sorted({str(s["error"]) for s in mine if not s["ok"]}),
             }
             rows.append(row)
         if "portwright" in med and "docker" in med:
             pw, dk = med["portwright"], med["docker"]
-            rows.append({"variant": variant, "system": "portwright/docker", "ratio": True,
-                         "per_sandbox_kib": _ratio(pw["per_sandbox_kib"], dk["per_sandbox_kib"]),
-                         "rm_s": _ratio(pw["rm_s"], dk["rm_s"]), "start_s": _ratio(pw["start_s"], dk["start_s"])})
+            rows.append(
+                {
+                    "variant": variant,
+                    "system": "portwright/docker",
+                    "ratio": True,
+                    "per_sandbox_kib": _ratio(pw["per_sandbox_kib"], dk["per_sandbox_kib"]),
+                    "rm_s": _ratio(pw["rm_s"], dk["rm_s"]),
+                    "start_s": _ratio(pw["start_s"], dk["start_s"]),
+                }
+            )
     return rows
 
 
@@ -339,20 +383,26 @@ def _num(x: float | None, fmt: str) -> str:
 def table(result: dict[str, Any]) -> str:
     """The terminal table of ``run_sandboxes``' result."""
     n, rounds = result["n"], result["rounds"]
-    lines = [f"idle sandboxes: PSS of the processes kept for {n} of them (per sandbox = total / {n}), "
-             f"one rm -f of all {n}, and starting them one by one; medians of {rounds} rounds",
-             f"  {'variant':<10} {'system':<18} {'MiB each':>9} {'MiB total':>10} {'rm -f all s':>12} "
-             f"{'start all s':>12}  kept processes"]
+    lines = [
+        f"idle sandboxes: PSS of the processes kept for {n} of them (per sandbox = total / {n}), "
+        f"one rm -f of all {n}, and starting them one by one; medians of {rounds} rounds",
+        f"  {'variant':<10} {'system':<18} {'MiB each':>9} {'MiB total':>10} {'rm -f all s':>12} "
+        f"{'start all s':>12}  kept processes",
+    ]
     for r in result["summary"]:
         if r.get("ratio"):
-            lines.append(f"  {r['variant']:<10} {r['system']:<18} {_num(r['per_sandbox_kib'], '.2f'):>9} "
-                         f"{'':>10} {_num(r['rm_s'], '.2f'):>12} {_num(r['start_s'], '.2f'):>12}")
+            lines.append(
+                f"  {r['variant']:<10} {r['system']:<18} {_num(r['per_sandbox_kib'], '.2f'):>9} "
+                f"{'':>10} {_num(r['rm_s'], '.2f'):>12} {_num(r['start_s'], '.2f'):>12}"
+            )
             continue
         each, tot = r["per_sandbox_kib"], r["pss_kib"]
         procs = ", ".join(f"{c} {k}" for k, c in sorted(r["processes"].items()))
-        s = (f"  {r['variant']:<10} {r['system']:<18} {_num(None if each is None else each / 1024, '.2f'):>9} "
-             f"{_num(None if tot is None else tot / 1024, '.1f'):>10} {_num(r['rm_s'], '.2f'):>12} "
-             f"{_num(r['start_s'], '.2f'):>12}  {procs}")
+        s = (
+            f"  {r['variant']:<10} {r['system']:<18} {_num(None if each is None else each / 1024, '.2f'):>9} "
+            f"{_num(None if tot is None else tot / 1024, '.1f'):>10} {_num(r['rm_s'], '.2f'):>12} "
+            f"{_num(r['start_s'], '.2f'):>12}  {procs}"
+        )
         if r["failed"]:
             s += f"  ({r['failed']}/{r['rounds']} rounds FAILED: {'; '.join(r['errors'])})"
         lines.append(s)

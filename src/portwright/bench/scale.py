@@ -86,9 +86,14 @@ def skip_reason(shape: str, n: int) -> str | None:
     return None
 
 
-def run_scale(lab: Lab, sizes: tuple[int, ...] = SIZES, shapes: tuple[str, ...] = SHAPES,
-              seconds: float = 2.0, streams: int = 4,
-              log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+def run_scale(
+    lab: Lab,
+    sizes: tuple[int, ...] = SIZES,
+    shapes: tuple[str, ...] = SHAPES,
+    seconds: float = 2.0,
+    streams: int = 4,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
     """Needs ``lab`` opened with a network (``lab.network``) unless the only shape is ``nft-only``;
     returns one row per (shape, size)."""
     rows: list[dict[str, Any]] = []
@@ -125,8 +130,9 @@ class _Published:
     undo: Callable[[], list[str]] | None = None  # None: the sandbox's rm -f undoes it
 
 
-def _publish_peer(lab: Lab, shape: str, n: int, info: SandboxInfo, h_first: int, c_first: int,
-                  row: dict[str, Any]) -> _Published:
+def _publish_peer(
+    lab: Lab, shape: str, n: int, info: SandboxInfo, h_first: int, c_first: int, row: dict[str, Any]
+) -> _Published:
     """Docker's shapes and the drop-in, in front of a sandbox that publishes nothing itself."""
     if shape in ("docker-proxy", "proxy-dropin"):
         dp = DockerProxy(DOCKER_PROXY if shape == "docker-proxy" else DROPIN)
@@ -143,8 +149,12 @@ def _publish_peer(lab: Lab, shape: str, n: int, info: SandboxInfo, h_first: int,
         return _Published(dp.pids, dp.stop)
     bridge = _bridge_for(str(info.ip))
     lab.bridge = bridge
-    shape_rules = docker_shape(f"PWB-{lab.tag.upper()}-S", bridge, lab.subnet,
-                               [Forward(h_first + i, str(info.ip), c_first + i) for i in range(n)])
+    shape_rules = docker_shape(
+        f"PWB-{lab.tag.upper()}-S",
+        bridge,
+        lab.subnet,
+        [Forward(h_first + i, str(info.ip), c_first + i) for i in range(n)],
+    )
     dip = DockerIptables(shape_rules, bridge)
     t0 = time.monotonic()
     try:
@@ -157,8 +167,15 @@ def _publish_peer(lab: Lab, shape: str, n: int, info: SandboxInfo, h_first: int,
     return _Published([], dip.remove)
 
 
-def _measure(pub: _Published, info: SandboxInfo, h_first: int, n: int, seconds: float, streams: int,
-             row: dict[str, Any]) -> None:
+def _measure(
+    pub: _Published,
+    info: SandboxInfo,
+    h_first: int,
+    n: int,
+    seconds: float,
+    streams: int,
+    row: dict[str, Any],
+) -> None:
     """PSS of the publishers, then iperf3 to the first and to the last port."""
     cost = cpu.read_proc_cost(pub.pids, [info.pid] if info.pid else []) if pub.pids else None
     if cost is not None:
@@ -189,14 +206,24 @@ def _one(lab: Lab, shape: str, n: int, seconds: float, streams: int, row: dict[s
     c_first, c_last = CONTAINER_BASE, CONTAINER_BASE + n - 1
     h_first = free_port_block(n, low=HOST_LOW, high=HOST_HIGH)
     ours = shape in ("nat", "proxy")
-    publish = [f"{h_first}:{c_first}" if n == 1 else f"{h_first}-{h_first + n - 1}:{c_first}-{c_last}"] if ours else []
+    publish = (
+        [f"{h_first}:{c_first}" if n == 1 else f"{h_first}-{h_first + n - 1}:{c_first}-{c_last}"]
+        if ours
+        else []
+    )
     name = f"pwb{lab.tag}-scale-{shape}-{n}"
     lab.sandboxes.append(name)
     created = False
     try:
         t0 = time.monotonic()
-        pw.run(name, lab.network, _servers(c_first, c_last), publish=publish, mode=shape if ours else None,
-               timeout=900)
+        pw.run(
+            name,
+            lab.network,
+            _servers(c_first, c_last),
+            publish=publish,
+            mode=shape if ours else None,
+            timeout=900,
+        )
         t_run = time.monotonic() - t0
         created = True
         info = pw.inspect(name)
@@ -230,25 +257,32 @@ def _one(lab: Lab, shape: str, n: int, seconds: float, streams: int, row: dict[s
 
 
 def scale_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"  {'shape':<16}{'ports':>7} {'setup s':>9} {'teardown s':>11} {'first Gb/s':>11} "
-            f"{'last Gb/s':>10} {'last/first':>11} {'PSS MiB':>9}")
-    lines = ["publishing N ports: setup/teardown time, iperf3 to the first and last port, publisher PSS",
-             head]
+    head = (
+        f"  {'shape':<16}{'ports':>7} {'setup s':>9} {'teardown s':>11} {'first Gb/s':>11} "
+        f"{'last Gb/s':>10} {'last/first':>11} {'PSS MiB':>9}"
+    )
+    lines = [
+        "publishing N ports: setup/teardown time, iperf3 to the first and last port, publisher PSS",
+        head,
+    ]
     for r in rows:
         if not r.get("ok") and r.get("first_gbit") is None:
-            lines.append(f"  {r['shape']:<16}{r['ports']:>7,} {'FAILED' if not str(r.get('error', '')).startswith('skipped') else ''}"
-                         f" {r.get('error') or ''}".rstrip())
+            lines.append(
+                f"  {r['shape']:<16}{r['ports']:>7,} {'FAILED' if not str(r.get('error', '')).startswith('skipped') else ''}"
+                f" {r.get('error') or ''}".rstrip()
+            )
             continue
 
         def n(x: Any, fmt: str) -> str:
             return "-" if x is None else format(x, fmt)
+
         pss = r.get("pss_kib")
-        s = (f"  {r['shape']:<16}{r['ports']:>7,} {n(r.get('setup_s'), '.2f'):>9} {n(r.get('teardown_s'), '.2f'):>11} "
-             f"{n(r.get('first_gbit'), '.1f'):>11} {n(r.get('last_gbit'), '.1f'):>10} "
-             f"{n(r.get('last_vs_first'), '.2f'):>11} {n(None if pss is None else pss / 1024, '.1f'):>9}")
+        s = (
+            f"  {r['shape']:<16}{r['ports']:>7,} {n(r.get('setup_s'), '.2f'):>9} {n(r.get('teardown_s'), '.2f'):>11} "
+            f"{n(r.get('first_gbit'), '.1f'):>11} {n(r.get('last_gbit'), '.1f'):>10} "
+            f"{n(r.get('last_vs_first'), '.2f'):>11} {n(None if pss is None else pss / 1024, '.1f'):>9}"
+        )
         if not r.get("ok"):
             s += f"  FAILED: {r.get('error')}"
         lines.append(s)
     return "\n".join(lines)
-
-

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import BadInput, Conflict, KernelError, MissingTool, PortwrightError
 from . import cpu, iperf3, wrk
@@ -59,12 +59,18 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {
     "bulk-in": Scenario("bulk-in", "iperf3", "Gbit/s", "bulk TCP, client to server (article's ingress)"),
-    "bulk-out": Scenario("bulk-out", "iperf3", "Gbit/s", "bulk TCP, server to client (iperf3 -R)",
-                         reverse=True),
+    "bulk-out": Scenario(
+        "bulk-out", "iperf3", "Gbit/s", "bulk TCP, server to client (iperf3 -R)", reverse=True
+    ),
     "conn": Scenario("conn", "wrk", "req/s", "short connections (HTTP, Connection: close)", close=True),
     "rr": Scenario("rr", "wrk", "req/s", "request/response over keep-alive connections"),
-    "bulk-udp": Scenario("bulk-udp", "iperf3", "Gbit/s",
-                         "UDP datagrams, client to server (iperf3 -u, unthrottled; what arrived)", udp=True),
+    "bulk-udp": Scenario(
+        "bulk-udp",
+        "iperf3",
+        "Gbit/s",
+        "UDP datagrams, client to server (iperf3 -u, unthrottled; what arrived)",
+        udp=True,
+    ),
 }
 DEFAULT_SCENARIOS = ("bulk-in", "bulk-out", "conn", "rr")
 # Docker's iptables shape is installed for TCP only (as the article measured it).
@@ -77,8 +83,10 @@ WARMUP_S = 1.0
 SETTLE_S = 0.3  # pause between runs so one run's tail does not spill into the next window
 # An external client has no route to a sandbox's own address, and portwright's firewall (like
 # Docker's FORWARD chain) drops unpublished ingress into its bridges: "direct" is local only.
-EXTERNAL_DIRECT_SKIP = ("an external client cannot dial a sandbox address; only published ports "
-                        "reach sandboxes (use --placement local for the direct baseline)")
+EXTERNAL_DIRECT_SKIP = (
+    "an external client cannot dial a sandbox address; only published ports "
+    "reach sandboxes (use --placement local for the direct baseline)"
+)
 # Subnets for the bench network: a random /24 out of 198.19.200-239 (benchmarking range).
 SUBNET_THIRD_OCTETS = range(200, 240)
 
@@ -116,9 +124,16 @@ class Config:
             raise BadInput("--connections/--threads: need 1 <= threads <= connections <= 10000")
 
     def to_json(self) -> dict[str, object]:
-        return {"mechanisms": self.mechanisms, "placements": self.placements, "scenarios": self.scenarios,
-                "duration_s": self.duration, "rounds": self.rounds, "iperf3_streams": self.streams,
-                "wrk_connections": self.connections, "wrk_threads": self.threads}
+        return {
+            "mechanisms": self.mechanisms,
+            "placements": self.placements,
+            "scenarios": self.scenarios,
+            "duration_s": self.duration,
+            "rounds": self.rounds,
+            "iperf3_streams": self.streams,
+            "wrk_connections": self.connections,
+            "wrk_threads": self.threads,
+        }
 
     def planned_runs(self, mechanisms: list[str]) -> int:
         return self.rounds * len(self.placements) * len(self.scenarios) * len(mechanisms)
@@ -149,10 +164,17 @@ def machine_info() -> dict[str, object]:
                     os_name = line.split("=", 1)[1].strip().strip('"')
     except OSError:
         pass
-    return {"cpus": cpu.cpu_count(snap), "cpu_model": model, "kernel": platform.release(),
-            "os": os_name, "mem_mib": mem_kib // 1024, "hostname": platform.node(),
-            "iperf3": version_of(["iperf3", "--version"]), "wrk": version_of(["wrk", "-v"]),
-            "nginx": version_of(["nginx", "-v"])}
+    return {
+        "cpus": cpu.cpu_count(snap),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "os": os_name,
+        "mem_mib": mem_kib // 1024,
+        "hostname": platform.node(),
+        "iperf3": version_of(["iperf3", "--version"]),
+        "wrk": version_of(["wrk", "-v"]),
+        "nginx": version_of(["nginx", "-v"]),
+    }
 
 
 def _ports_in_use() -> set[int]:
@@ -226,6 +248,7 @@ class Target:
                 pass
             gone.append(f"{comm} (pid {pid})")
         return gone
+
     activate: Callable[[], None] = lambda: None
     deactivate: Callable[[], list[str]] = lambda: []
     cannot: dict[str, str] = field(default_factory=dict)  # scenario -> why this target cannot run it
@@ -263,8 +286,11 @@ class Lab:
 
     def open(self) -> None:
         want = self.config.mechanisms
-        for m, why in (("docker-proxy", docker_proxy_available()), ("docker-iptables", iptables_available()),
-                       ("proxy-dropin", dropin_available())):
+        for m, why in (
+            ("docker-proxy", docker_proxy_available()),
+            ("docker-iptables", iptables_available()),
+            ("proxy-dropin", dropin_available()),
+        ):
             if m in want and why:
                 self.skipped[m] = why
                 self.log(f"skipping {m}: {why}")
@@ -286,16 +312,27 @@ class Lab:
         for i, mode in ((2, "nat"), (4, "proxy")):
             if mode in want:
                 hp_i, hp_h = base + i, base + i + 1
-                publish = [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"] + ([f"{hp_i}:{IPERF_PORT}/udp"] if udp else [])
+                publish = [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"] + (
+                    [f"{hp_i}:{IPERF_PORT}/udp"] if udp else []
+                )
                 name = self._start(mode, self.network, IPERF_PORT, HTTP_PORT, publish, mode)
                 sup = self._supervisor(name)
                 sup_pids: list[int] = [sup] if sup else []
                 cmd_pid = self.sandbox_info[name].get("pid")
-                self.targets[mode] = Target(mode, hp_i, hp_h, "127.0.0.1", ext,
-                                            publisher_pids=_const(sup_pids),
-                                            exclude_pids=[int(str(cmd_pid))] if cmd_pid else [])
-        peers: list[str] = [m for m in ("direct", "docker-proxy", "docker-iptables", "proxy-dropin")
-                 if m in want and m not in self.skipped]
+                self.targets[mode] = Target(
+                    mode,
+                    hp_i,
+                    hp_h,
+                    "127.0.0.1",
+                    ext,
+                    publisher_pids=_const(sup_pids),
+                    exclude_pids=[int(str(cmd_pid))] if cmd_pid else [],
+                )
+        peers: list[str] = [
+            m
+            for m in ("direct", "docker-proxy", "docker-iptables", "proxy-dropin")
+            if m in want and m not in self.skipped
+        ]
         if peers:
             self._open_peers(peers, base, ext, udp)
         role = {"host": "host", "nat": "nat", "proxy": "proxy"}
@@ -318,19 +355,31 @@ class Lab:
             dp.start("0.0.0.0", base + off + 1, ip, HTTP_PORT)
             if udp:
                 dp.start("0.0.0.0", base + off, ip, IPERF_PORT, proto="udp")
-            self.targets[mech] = Target(mech, base + off, base + off + 1, "127.0.0.1", ext,
-                                        publisher_pids=_pids_of(dp))
+            self.targets[mech] = Target(
+                mech, base + off, base + off + 1, "127.0.0.1", ext, publisher_pids=_pids_of(dp)
+            )
         if "docker-iptables" in peers:
             self.bridge = _bridge_for(ip)
-            shape = docker_shape(f"PWB-{self.tag.upper()}", self.bridge, self.subnet,
-                                 [Forward(base + 8, ip, IPERF_PORT), Forward(base + 9, ip, HTTP_PORT)])
+            shape = docker_shape(
+                f"PWB-{self.tag.upper()}",
+                self.bridge,
+                self.subnet,
+                [Forward(base + 8, ip, IPERF_PORT), Forward(base + 9, ip, HTTP_PORT)],
+            )
             dip = DockerIptables(shape, self.bridge)
             self.docker_iptables = dip
             # Installed only around its own runs, so its FORWARD rules never sit on the
             # other mechanisms' paths.
             self.targets["docker-iptables"] = Target(
-                "docker-iptables", base + 8, base + 9, "127.0.0.1", ext,
-                activate=dip.install, deactivate=dip.remove, cannot={"bulk-udp": IPTABLES_UDP_SKIP})
+                "docker-iptables",
+                base + 8,
+                base + 9,
+                "127.0.0.1",
+                ext,
+                activate=dip.install,
+                deactivate=dip.remove,
+                cannot={"bulk-udp": IPTABLES_UDP_SKIP},
+            )
 
     def create_network(self) -> None:
         octets = list(SUBNET_THIRD_OCTETS)
@@ -349,15 +398,20 @@ class Lab:
         assert last is not None
         raise last
 
-    def _start(self, role: str, network: str, iperf_port: int, http_port: int, publish: list[str],
-               mode: str | None) -> str:
+    def _start(
+        self, role: str, network: str, iperf_port: int, http_port: int, publish: list[str], mode: str | None
+    ) -> str:
         name = f"pwb{self.tag}-{role}"
         cmd = server_command(os.path.join(self.tmp, role), iperf_port, http_port)
         self.sandboxes.append(name)
         self.pw.run(name, network, cmd, publish=publish, mode=mode)
         info = self.pw.inspect(name)
-        self.sandbox_info[name] = {"ip": info.ip, "pid": info.pid, "supervisor_pid": info.supervisor_pid,
-                                   "ports": list(info.ports)}
+        self.sandbox_info[name] = {
+            "ip": info.ip,
+            "pid": info.pid,
+            "supervisor_pid": info.supervisor_pid,
+            "ports": list(info.ports),
+        }
         if info.pid:
             self.server_pids.append(info.pid)
         self._wait_listening(name, [iperf_port, http_port], host=(network == "host"))
@@ -395,8 +449,10 @@ class Lab:
             if ports_listening(out, ports):
                 return
             time.sleep(0.2)
-        raise KernelError(f"starting iperf3 and nginx in sandbox {name}",
-                          f"ports {ports} not listening after {timeout:.0f}s")
+        raise KernelError(
+            f"starting iperf3 and nginx in sandbox {name}",
+            f"ports {ports} not listening after {timeout:.0f}s",
+        )
 
     # ---- teardown ------------------------------------------------------------------------
 
@@ -434,12 +490,14 @@ class Lab:
 def _pids_of(dp: DockerProxy) -> Callable[[], list[int]]:
     def get() -> list[int]:
         return dp.pids
+
     return get
 
 
 def _const(pids: list[int]) -> Callable[[], list[int]]:
     def get() -> list[int]:
         return list(pids)
+
     return get
 
 
@@ -470,27 +528,55 @@ def _reap(pids: list[int], marker: str) -> None:
 
 # ---- one measured run ----------------------------------------------------------------------
 
-def run_once(target: Target, scenario: Scenario, placement: str, config: Config, lua_script: str,
-             external: ExternalClient | None) -> dict[str, object]:
-    """Run one client against one target, sampling CPU and the publisher around it."""
+
+def _client_command(
+    target: Target,
+    scenario: Scenario,
+    placement: str,
+    config: Config,
+    lua_script: str,
+    external: ExternalClient | None,
+) -> list[str]:
     addr = target.addr(placement)
     if scenario.tool == "iperf3":
-        cmd = iperf3.client_command(addr, target.iperf_port, 1 if scenario.udp else config.streams,
-                                    config.duration, scenario.reverse, udp=scenario.udp)
+        streams = 1 if scenario.udp else config.streams
+        cmd = iperf3.client_command(
+            addr, target.iperf_port, streams, config.duration, scenario.reverse, udp=scenario.udp
+        )
         cmd[1:1] = ["--connect-timeout", "3000"]
     else:
         host = f"[{addr}]" if ":" in addr else addr
-        cmd = wrk.client_command(f"http://{host}:{target.http_port}/", config.duration, config.connections,
-                                 config.threads, scenario.close, lua_script)
+        url = f"http://{host}:{target.http_port}/"
+        cmd = wrk.client_command(
+            url, config.duration, config.connections, config.threads, scenario.close, lua_script
+        )
     if placement == "external" and external is not None:
         cmd = external.wrap(cmd)
-    sample: dict[str, object] = {"mechanism": target.mechanism, "scenario": scenario.name,
-                                 "placement": placement, "unit": scenario.unit, "command": cmd}
+    return cmd
+
+
+def run_once(
+    target: Target,
+    scenario: Scenario,
+    placement: str,
+    config: Config,
+    lua_script: str,
+    external: ExternalClient | None,
+) -> dict[str, object]:
+    """Run one client against one target, sampling CPU and the publisher around it."""
+    cmd = _client_command(target, scenario, placement, config, lua_script, external)
+    sample: dict[str, object] = {
+        "mechanism": target.mechanism,
+        "scenario": scenario.name,
+        "placement": placement,
+        "unit": scenario.unit,
+        "command": cmd,
+    }
     pids = target.publisher_pids()
     gone = target.dead_servers()
     if gone:
-        sample.update(ok=False, value=None, efficiency=None,
-                      error=f"server {', '.join(gone)} is no longer running (killed from outside the bench?)")
+        why = f"server {', '.join(gone)} is no longer running (killed from outside the bench?)"
+        sample.update(ok=False, value=None, efficiency=None, error=why)
         return sample
     try:
         target.activate()
@@ -510,9 +596,32 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
         pub1 = cpu.read_proc_cost(pids, target.exclude_pids) if pids else None
     finally:
         deact_errors = target.deactivate()
-    window = t1 - t0
-    use = cpu.usage(s0, s1)
-    ncpu = cpu.cpu_count(s1)
+    _record(sample, scenario, (out, err, rc), t1 - t0, (s0, s1), deact_errors)
+    if pub0 is not None and pub1 is not None:
+        dt = pub1.cpu_seconds - pub0.cpu_seconds
+        sample["publisher"] = {
+            "pids": list(pub1.pids),
+            "cpu_seconds": dt,
+            "cpu_fraction": dt / (t1 - t0) if t1 > t0 else None,
+            "pss_kib": pub1.pss_kib,
+        }
+    elif pids:
+        sample["publisher"] = {"pids": pids, "error": "publisher process not readable"}
+    return sample
+
+
+def _record(
+    sample: dict[str, object],
+    scenario: Scenario,
+    output: tuple[str, str, int],
+    window: float,
+    stats: tuple[Any, Any],
+    deact_errors: list[str],
+) -> None:
+    """The tool's result and the CPU read around it, into ``sample``."""
+    out, err, rc = output
+    use = cpu.usage(*stats)
+    ncpu = cpu.cpu_count(stats[1])
     busy = use["all"].busy if "all" in use else None
     result: iperf3.IperfResult | wrk.WrkResult
     value: float | None
@@ -526,23 +635,20 @@ def run_once(target: Target, scenario: Scenario, placement: str, config: Config,
     if deact_errors:
         error = (error + "; " if error else "") + "; ".join(deact_errors)
     sample.update(
-        ok=result.ok and not deact_errors, error=error, value=value if result.ok else None,
+        ok=result.ok and not deact_errors,
+        error=error,
+        value=value if result.ok else None,
         window_s=window,
-        cpu={"ncpu": ncpu, "busy": busy,
-             "all": use["all"].to_json() if "all" in use else None,
-             "per_cpu": [u.to_json() for k, u in sorted(use.items()) if k != "all"]},
+        cpu={
+            "ncpu": ncpu,
+            "busy": busy,
+            "all": use["all"].to_json() if "all" in use else None,
+            "per_cpu": [u.to_json() for k, u in sorted(use.items()) if k != "all"],
+        },
         efficiency=efficiency(value, busy, ncpu) if result.ok else None,
         tool=result.to_json(),
         raw=_raw(scenario.tool, out, err),
     )
-    if pub0 is not None and pub1 is not None:
-        dt = pub1.cpu_seconds - pub0.cpu_seconds
-        sample["publisher"] = {"pids": list(pub1.pids), "cpu_seconds": dt,
-                               "cpu_fraction": dt / window if window > 0 else None,
-                               "pss_kib": pub1.pss_kib}
-    elif pids:
-        sample["publisher"] = {"pids": pids, "error": "publisher process not readable"}
-    return sample
 
 
 def _raw(tool: str, out: str, err: str) -> dict[str, object]:
@@ -559,7 +665,7 @@ def _raw(tool: str, out: str, err: str) -> dict[str, object]:
             raw["stdout_tail"] = out[-500:]
     else:
         line = next((ln for ln in out.splitlines() if ln.startswith(wrk.MARKER)), None)
-        raw["summary"] = line[len(wrk.MARKER):] if line else None
+        raw["summary"] = line[len(wrk.MARKER) :] if line else None
         if line is None:
             raw["stdout_tail"] = out[-500:]
     if err.strip():
@@ -568,6 +674,7 @@ def _raw(tool: str, out: str, err: str) -> dict[str, object]:
 
 
 # ---- the loop ------------------------------------------------------------------------------
+
 
 class Progress:
     """One status line on stderr: mechanism, round, scenario and the time left."""
@@ -590,8 +697,10 @@ class Progress:
     def show(self, rnd: int, rounds: int, placement: str, scenario: str, mechanism: str) -> None:
         left = int(self.left_s())
         stage = "warm-up" if rnd == 0 else f"round {rnd}/{rounds}"
-        line = (f"bench: {stage} · {placement} · {scenario} · {mechanism} "
-                f"· run {self.done + 1}/{self.total} · ~{left // 60}:{left % 60:02d} left")
+        line = (
+            f"bench: {stage} · {placement} · {scenario} · {mechanism} "
+            f"· run {self.done + 1}/{self.total} · ~{left // 60}:{left % 60:02d} left"
+        )
         self._write(line)
 
     def _write(self, line: str) -> None:
@@ -611,8 +720,13 @@ class Progress:
 def _runs(config: Config, lab: Lab, mechs: list[str]) -> list[tuple[str, str, str]]:
     """(placement, scenario, mechanism) of one round, in the interleaved order, without the
     combinations that cannot run (an external client to "direct", a target's ``cannot``)."""
-    return [(pl, sc, m) for pl in config.placements for sc in config.scenarios for m in mechs
-            if not (pl == "external" and m == "direct") and sc not in lab.targets[m].cannot]
+    return [
+        (pl, sc, m)
+        for pl in config.placements
+        for sc in config.scenarios
+        for m in mechs
+        if not (pl == "external" and m == "direct") and sc not in lab.targets[m].cannot
+    ]
 
 
 def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, object]:
@@ -652,5 +766,10 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
                 time.sleep(SETTLE_S)
     finally:
         prog.finish()
-    return {"started": started, "finished": time.time(), "samples": samples,
-            "mechanisms": mechs, "skipped": skipped}
+    return {
+        "started": started,
+        "finished": time.time(),
+        "samples": samples,
+        "mechanisms": mechs,
+        "skipped": skipped,
+    }

@@ -58,7 +58,7 @@ def server_command(directory: str, iperf_port: int, http_port: int) -> list[str]
     script = (
         f"iperf3 -s -p {iperf_port} >/dev/null 2>&1 & a=$!; "
         f"nginx -c {shlex.quote(conf)} -p {shlex.quote(directory)} & b=$!; "
-        'trap \'kill $a $b 2>/dev/null; wait; exit 0\' TERM INT HUP; wait'
+        "trap 'kill $a $b 2>/dev/null; wait; exit 0' TERM INT HUP; wait"
     )
     return ["sh", "-c", script]
 

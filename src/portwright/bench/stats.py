@@ -31,8 +31,14 @@ class Summary:
         return (self.high - self.low) / self.median
 
     def to_json(self) -> dict[str, object]:
-        return {"n": self.n, "failed": self.failed, "median": self.median, "min": self.low,
-                "max": self.high, "spread": self.spread}
+        return {
+            "n": self.n,
+            "failed": self.failed,
+            "median": self.median,
+            "min": self.low,
+            "max": self.high,
+            "spread": self.spread,
+        }
 
 
 def summarize(values: Iterable[float | None]) -> Summary:
@@ -41,8 +47,7 @@ def summarize(values: Iterable[float | None]) -> Summary:
     failed = len(vals) - len(good)
     if not good:
         return Summary(n=len(vals), failed=failed, median=None, low=None, high=None)
-    return Summary(n=len(vals), failed=failed, median=statistics.median(good), low=min(good),
-                   high=max(good))
+    return Summary(n=len(vals), failed=failed, median=statistics.median(good), low=min(good), high=max(good))
 
 
 def efficiency(throughput: float | None, busy_fraction: float | None, ncpu: int = 1) -> float | None:

@@ -32,12 +32,12 @@ end
 """
 
 
-def client_command(url: str, seconds: float, connections: int, threads: int, close: bool,
-                   script: str) -> list[str]:
+def client_command(
+    url: str, seconds: float, connections: int, threads: int, close: bool, script: str
+) -> list[str]:
     """wrk with the JSON hook; ``close`` adds ``Connection: close`` (one request per connection)."""
     secs = str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{secs}s", "--latency",
-           "-s", script]
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{secs}s", "--latency", "-s", script]
     if close:
         cmd += ["-H", "Connection: close"]
     cmd.append(url)
@@ -62,25 +62,42 @@ class WrkResult:
         return self.requests / self.duration_s
 
     def to_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "error": self.error, "requests": self.requests,
-                "duration_s": self.duration_s, "requests_per_second": self.requests_per_second,
-                "errors": self.errors, "latency_us": self.latency_us}
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "requests": self.requests,
+            "duration_s": self.duration_s,
+            "requests_per_second": self.requests_per_second,
+            "errors": self.errors,
+            "latency_us": self.latency_us,
+        }
 
 
-def _failed(why: str, requests: int | None = None, duration: float | None = None,
-            errors: dict[str, int] | None = None, latency: dict[str, float] | None = None) -> WrkResult:
-    return WrkResult(ok=False, error=why, requests=requests, duration_s=duration,
-                     errors=errors or {}, latency_us=latency or {})
+def _failed(
+    why: str,
+    requests: int | None = None,
+    duration: float | None = None,
+    errors: dict[str, int] | None = None,
+    latency: dict[str, float] | None = None,
+) -> WrkResult:
+    return WrkResult(
+        ok=False,
+        error=why,
+        requests=requests,
+        duration_s=duration,
+        errors=errors or {},
+        latency_us=latency or {},
+    )
 
 
 def parse(stdout: str, returncode: int = 0, stderr: str = "") -> WrkResult:
     """Parse wrk's output (with the hook's PWJSON line) into a WrkResult (never raises)."""
     line = next((ln for ln in stdout.splitlines() if ln.startswith(MARKER)), None)
     if line is None:
-        text = (stderr.strip() or stdout.strip() or f"wrk exited {returncode} with no output")
+        text = stderr.strip() or stdout.strip() or f"wrk exited {returncode} with no output"
         return _failed(f"wrk gave no summary: {text.splitlines()[-1][:200]}")
     try:
-        doc = json.loads(line[len(MARKER):])
+        doc = json.loads(line[len(MARKER) :])
         requests = int(doc["requests"])
         duration = int(doc["duration_us"]) / 1e6
         errors = {k: int(v) for k, v in dict(doc["errors"]).items()}
@@ -94,7 +111,9 @@ def parse(stdout: str, returncode: int = 0, stderr: str = "") -> WrkResult:
     nerr = sum(errors.values())
     if nerr > MAX_ERROR_FRACTION * requests:
         detail = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
-        return _failed(f"wrk saw errors on {nerr} of {requests} requests ({detail})",
-                       requests, duration, errors, latency)
-    return WrkResult(ok=True, error=None, requests=requests, duration_s=duration, errors=errors,
-                     latency_us=latency)
+        return _failed(
+            f"wrk saw errors on {nerr} of {requests} requests ({detail})", requests, duration, errors, latency
+        )
+    return WrkResult(
+        ok=True, error=None, requests=requests, duration_s=duration, errors=errors, latency_us=latency
+    )

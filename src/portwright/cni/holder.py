@@ -52,13 +52,23 @@ class Binding:
         return f"{h}:{self.port}/{self.proto}"
 
     def to_json(self) -> dict[str, object]:
-        return {"proto": self.proto, "ip": self.ip, "port": self.port, "to_ip": self.to_ip,
-                "to_port": self.to_port}
+        return {
+            "proto": self.proto,
+            "ip": self.ip,
+            "port": self.port,
+            "to_ip": self.to_ip,
+            "to_port": self.to_port,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> Binding:
-        return cls(str(d["proto"]), str(d["ip"]), int(str(d["port"])), str(d.get("to_ip", "")),
-                   int(str(d.get("to_port", 0))))
+        return cls(
+            str(d["proto"]),
+            str(d["ip"]),
+            int(str(d["port"])),
+            str(d.get("to_ip", "")),
+            int(str(d.get("to_port", 0))),
+        )
 
 
 def open_socket(b: Binding, drop_all: bool) -> socket.socket:
@@ -71,8 +81,16 @@ def open_socket(b: Binding, drop_all: bool) -> socket.socket:
 def start_relay(relayed: list[tuple[Binding, socket.socket]]) -> ProxyServer:
     """Serve the bindings NAT cannot (``[::1]``) with portwright's ProxyServer, on the sockets
     already bound."""
-    socks = {Mapping(b.proto, ipaddress.ip_address(b.ip), b.port,  # type: ignore[arg-type]
-                     ipaddress.ip_address(b.to_ip), b.to_port): s for b, s in relayed}
+    socks = {
+        Mapping(
+            b.proto,  # type: ignore[arg-type]
+            ipaddress.ip_address(b.ip),
+            b.port,
+            ipaddress.ip_address(b.to_ip),
+            b.to_port,
+        ): s
+        for b, s in relayed
+    }
     srv = ProxyServer(list(socks), sockets=socks)
     srv.start()
     return srv

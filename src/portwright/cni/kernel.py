@@ -68,9 +68,23 @@ class Host:
         r, w = os.pipe()
         try:
             pid = runner.spawn_detached(
-                [sys.executable, "-m", HOLDER_MODULE, "--owner", owner, "--network", network,
-                 "--ready-fd", str(w), "--bindings", json.dumps([b.to_json() for b in bindings])],
-                log_path=None, pass_fds=(w,), what="starting the portwright-cni holder process")
+                [
+                    sys.executable,
+                    "-m",
+                    HOLDER_MODULE,
+                    "--owner",
+                    owner,
+                    "--network",
+                    network,
+                    "--ready-fd",
+                    str(w),
+                    "--bindings",
+                    json.dumps([b.to_json() for b in bindings]),
+                ],
+                log_path=None,
+                pass_fds=(w,),
+                what="starting the portwright-cni holder process",
+            )
         except BaseException:
             os.close(r)
             raise
@@ -86,12 +100,21 @@ class Host:
         parts = line.split(None, 3)
         if len(parts) >= 3 and parts[1] == "EADDRINUSE":
             b = next((x for x in bindings if x.text == parts[2]), None)
-            owner_text = ksockets.describe_owner(b.proto, b.port, ipaddress.ip_address(b.ip)) if b else "another socket"
+            owner_text = (
+                ksockets.describe_owner(b.proto, b.port, ipaddress.ip_address(b.ip))
+                if b
+                else "another socket"
+            )
             raise PortInUse(parts[2], owner_text)
         if len(parts) >= 3 and parts[1] == "EADDRNOTAVAIL":
-            raise p.CniError(p.E_INVALID_CONFIG, f"hostIP of {parts[2]} is not an address of this host; use one "
-                             "of the host's addresses, or leave hostIP empty for all")
-        raise KernelError("the portwright-cni holder process", line.strip() or "exited before binding its ports")
+            raise p.CniError(
+                p.E_INVALID_CONFIG,
+                f"hostIP of {parts[2]} is not an address of this host; use one "
+                "of the host's addresses, or leave hostIP empty for all",
+            )
+        raise KernelError(
+            "the portwright-cni holder process", line.strip() or "exited before binding its ports"
+        )
 
     @staticmethod
     def _kill(pid: int) -> None:
@@ -125,11 +148,12 @@ class Host:
 
     def check_host_port(self, m: Mapping) -> None:
         if not ksockets.port_free(m.proto, m.host_ip, m.host_port):
-            raise PortInUse(f"{m.host_binding()}/{m.proto}", ksockets.describe_owner(m.proto, m.host_port, m.host_ip))
+            raise PortInUse(
+                f"{m.host_binding()}/{m.proto}", ksockets.describe_owner(m.proto, m.host_port, m.host_ip)
+            )
 
     def netns_exists(self, path: str) -> bool:
         return bool(path) and os.path.exists(path)
-
 
 
 class KernelBackend:
@@ -158,12 +182,22 @@ class KernelBackend:
             out.setdefault(tag, [])
         return out
 
-    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
-                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None:
+    def publish(
+        self,
+        owner: str,
+        mappings: Sequence[Mapping],
+        bridge: str | None,
+        subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        snat: bool,
+    ) -> None:
         self._table = None
         self.fw.ensure_base()
         foreign = self._foreign_bridge(bridge)
-        extra = rules.bridge_masquerade_commands(owner, str(bridge), mappings, subnets) if foreign and snat else []
+        extra = (
+            rules.bridge_masquerade_commands(owner, str(bridge), mappings, subnets)
+            if foreign and snat
+            else []
+        )
         self._table = None
         # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
         self.fw.publish(owner, mappings, flush_udp=False, extra_rules=extra)
@@ -187,11 +221,15 @@ class KernelBackend:
         if not snat or not self._foreign_bridge(bridge):
             return None
         if self.host.route_localnet(bridge) != "1":
-            return (f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
-                    "container; delete and re-add the container to restore it")
+            return (
+                f"route_localnet is off on bridge {bridge}, so 127.0.0.1 mappings cannot reach the "
+                "container; delete and re-add the container to restore it"
+            )
         if not rules.owner_rules(self._live(), owner):
-            return (f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
-                    "table inet portwright; delete and re-add the container to restore them")
+            return (
+                f"the hairpin/localhost masquerade rules of {owner} on bridge {bridge} are missing from "
+                "table inet portwright; delete and re-add the container to restore them"
+            )
         return None
 
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:

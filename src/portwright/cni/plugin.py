@@ -49,8 +49,14 @@ class Backend(Protocol):
     """The kernel operations the commands need; ``kernel.KernelBackend`` is the real one."""
 
     def published(self) -> dict[str, list[Mapping]]: ...  # nft comment (owners.nft_comment) -> NAT mappings
-    def publish(self, owner: str, mappings: Sequence[Mapping], bridge: str | None,
-                subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], snat: bool) -> None: ...
+    def publish(
+        self,
+        owner: str,
+        mappings: Sequence[Mapping],
+        bridge: str | None,
+        subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        snat: bool,
+    ) -> None: ...
     def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
     def flush_conntrack(self, proto: str, port: int) -> None: ...
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None: ...  # problem text or None
@@ -77,16 +83,26 @@ def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
         only_loopback = capable and m.host_ip.is_unspecified
         relay = rules.needs_relay(m) and (conf.reserve_host_port or not only_loopback)
         if relay or conf.reserve_host_port:
-            bindings.append(Binding(m.proto, str(m.host_ip), m.host_port,
-                                    str(m.container_ip) if relay else "",
-                                    m.container_port if relay else 0))
+            bindings.append(
+                Binding(
+                    m.proto,
+                    str(m.host_ip),
+                    m.host_port,
+                    str(m.container_ip) if relay else "",
+                    m.container_port if relay else 0,
+                )
+            )
     for b in bindings:
         if b.to_ip and b.proto != "tcp":
-            raise p.CniError(p.E_INVALID_CONFIG, f"hostIP {b.ip} for {b.port}/{b.proto} cannot be NATed by the "
-                             "kernel and portwright relays only TCP there; use 127.0.0.1 for UDP/SCTP")
+            raise p.CniError(
+                p.E_INVALID_CONFIG,
+                f"hostIP {b.ip} for {b.port}/{b.proto} cannot be NATed by the "
+                "kernel and portwright relays only TCP there; use 127.0.0.1 for UDP/SCTP",
+            )
     hosts = p.host_interfaces(conf.prev_result)
-    return Plan(owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None,
-                p.container_subnets(conf.prev_result))
+    return Plan(
+        owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None, p.container_subnets(conf.prev_result)
+    )
 
 
 def _overlap(a: Mapping, b: Mapping) -> bool:
@@ -97,8 +113,11 @@ def _overlap(a: Mapping, b: Mapping) -> bool:
 
 def find_conflict(pl: Plan, published: AbcMapping[str, Sequence[Mapping]]) -> tuple[Mapping, str] | None:
     """The first of our mappings another owner's live mapping already holds, with that owner."""
-    wanted = list(pl.nat) + [Mapping(b.proto, ipaddress.ip_address(b.ip), b.port, ipaddress.ip_address(b.ip), b.port)  # type: ignore[arg-type]
-                             for b in pl.bindings if b.to_ip]
+    wanted = list(pl.nat) + [
+        Mapping(b.proto, ipaddress.ip_address(b.ip), b.port, ipaddress.ip_address(b.ip), b.port)  # type: ignore[arg-type]
+        for b in pl.bindings
+        if b.to_ip
+    ]
     for other, theirs in published.items():
         if other == pl.owner:
             continue
@@ -127,13 +146,18 @@ def _owners(env: p.Env, conf: p.Config, backend: Backend) -> list[str]:
     """The attachment's tag, plus the one an earlier portwright-cni gave it if that is still in
     the kernel (so ADD and DEL replace or remove what an upgrade left)."""
     legacy = cni_legacy_owner(env.container_id, env.ifname)
-    return [cni_owner(env.container_id, env.ifname, conf.name)] + ([legacy] if _present(legacy, backend) else [])
+    return [cni_owner(env.container_id, env.ifname, conf.name)] + (
+        [legacy] if _present(legacy, backend) else []
+    )
 
 
 def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
     if not backend.netns_exists(env.netns):
-        raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; pass the path of "
-                         "the container's network namespace (e.g. /var/run/netns/NAME)")
+        raise p.CniError(
+            p.E_UNKNOWN_CONTAINER,
+            f"CNI_NETNS {env.netns} does not exist; pass the path of "
+            "the container's network namespace (e.g. /var/run/netns/NAME)",
+        )
     result = p.passthrough_result(conf)
     pl = plan(env, conf, backend)
     # A repeated ADD (a runtime retrying after a timeout) replaces the earlier attempt.
@@ -180,13 +204,16 @@ def _teardown(owner: str, backend: Backend) -> list[str]:
 def cmd_del(env: p.Env, conf: p.Config, backend: Backend) -> None:
     errors = [e for owner in _owners(env, conf, backend) for e in _teardown(owner, backend)]
     if errors:
-        raise p.CniError(p.E_KERNEL, "DEL could not remove everything; fix the cause and run DEL again",
-                         "; ".join(errors))
+        raise p.CniError(
+            p.E_KERNEL, "DEL could not remove everything; fix the cause and run DEL again", "; ".join(errors)
+        )
 
 
 def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
     if not backend.netns_exists(env.netns):
-        raise p.CniError(p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; the container is gone")
+        raise p.CniError(
+            p.E_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns} does not exist; the container is gone"
+        )
     pl = plan(env, conf, backend)
     legacy = cni_legacy_owner(env.container_id, env.ifname)
     if not _present(pl.owner, backend) and _present(legacy, backend):
@@ -195,21 +222,28 @@ def cmd_check(env: p.Env, conf: p.Config, backend: Backend) -> None:
     live = backend.published().get(nft_comment(pl.owner), [])
     missing = [m for m in pl.nat if m not in live]
     if missing:
-        raise p.CniError(p.E_CHECK_FAILED, f"port mapping {missing[0].docker_format()} of "
-                         f"{describe_owner(pl.owner)} is missing from nftables table inet portwright; "
-                         "delete and re-add the container (DEL then ADD) to restore it",
-                         "missing: " + ", ".join(m.docker_format() for m in missing))
+        raise p.CniError(
+            p.E_CHECK_FAILED,
+            f"port mapping {missing[0].docker_format()} of "
+            f"{describe_owner(pl.owner)} is missing from nftables table inet portwright; "
+            "delete and re-add the container (DEL then ADD) to restore it",
+            "missing: " + ", ".join(m.docker_format() for m in missing),
+        )
     if pl.bindings and pl.owner not in holders:
-        raise p.CniError(p.E_CHECK_FAILED, f"the portwright holder process of {describe_owner(pl.owner)} is "
-                         "gone, so its host ports are unreserved; delete and re-add the container")
+        raise p.CniError(
+            p.E_CHECK_FAILED,
+            f"the portwright holder process of {describe_owner(pl.owner)} is "
+            "gone, so its host ports are unreserved; delete and re-add the container",
+        )
     if pl.nat and pl.bridge:
         problem = backend.check_bridge(pl.owner, pl.bridge, conf.snat)
         if problem:
             raise p.CniError(p.E_CHECK_FAILED, problem)
 
 
-def gc_targets(valid: Sequence[p.Attachment], network: str, owners: set[str],
-               holders: AbcMapping[str, tuple[int, str]]) -> list[str]:
+def gc_targets(
+    valid: Sequence[p.Attachment], network: str, owners: set[str], holders: AbcMapping[str, tuple[int, str]]
+) -> list[str]:
     """The CNI owners GC of ``network`` removes: those of this network not in ``valid``.
 
     A tag names its network, so another network's attachment is never collected, held or not.
@@ -237,15 +271,19 @@ def gc_targets(valid: Sequence[p.Attachment], network: str, owners: set[str],
 
 def cmd_gc(conf: p.Config, backend: Backend) -> None:
     if conf.valid_attachments is None:
-        raise p.CniError(p.E_INVALID_CONFIG, "GC got no cni.dev/valid-attachments; pass the list of "
-                         "attachments that are still valid (an empty list removes them all)")
+        raise p.CniError(
+            p.E_INVALID_CONFIG,
+            "GC got no cni.dev/valid-attachments; pass the list of "
+            "attachments that are still valid (an empty list removes them all)",
+        )
     targets = gc_targets(conf.valid_attachments, conf.name, set(backend.published()), backend.holders())
     errors: list[str] = []
     for owner in targets:
         errors.extend(_teardown(owner, backend))
     if errors:
-        raise p.CniError(p.E_KERNEL, f"GC could not remove {len(errors)} stale resources; run GC again",
-                         "; ".join(errors))
+        raise p.CniError(
+            p.E_KERNEL, f"GC could not remove {len(errors)} stale resources; run GC again", "; ".join(errors)
+        )
 
 
 def cmd_status(backend: Backend) -> None:
@@ -266,7 +304,9 @@ def _from_portwright(e: PortwrightError) -> p.CniError:
     return p.CniError(p.E_INVALID_CONFIG, str(e))
 
 
-def run(environ: AbcMapping[str, str], stdin: bytes, backend_factory: Callable[[], Backend]) -> tuple[int, str]:
+def run(
+    environ: AbcMapping[str, str], stdin: bytes, backend_factory: Callable[[], Backend]
+) -> tuple[int, str]:
     """One plugin invocation: (exit status, stdout text). Never raises."""
     version = p.error_version(stdin)
     try:
@@ -296,8 +336,13 @@ def run(environ: AbcMapping[str, str], stdin: bytes, backend_factory: Callable[[
     except PortwrightError as e:
         return 1, json.dumps(_from_portwright(e).to_json(version))
     except Exception as e:  # the runtime must always get the spec's error JSON
-        return 1, json.dumps(p.CniError(p.E_INTERNAL, f"portwright-cni internal error: {type(e).__name__}: "
-                                        f"{e}; please report it", repr(e)).to_json(version))
+        return 1, json.dumps(
+            p.CniError(
+                p.E_INTERNAL,
+                f"portwright-cni internal error: {type(e).__name__}: {e}; please report it",
+                repr(e),
+            ).to_json(version)
+        )
 
 
 def main() -> None:

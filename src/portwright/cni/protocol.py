@@ -90,21 +90,24 @@ def negotiate_version(conf: AbcMapping[str, Any]) -> str:
     versions = conf.get("cniVersions")
     if versions is not None:
         if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
-            raise CniError(E_INVALID_CONFIG, "cniVersions must be a list of version strings, "
-                           'e.g. ["1.0.0", "1.1.0"]')
+            raise CniError(
+                E_INVALID_CONFIG, 'cniVersions must be a list of version strings, e.g. ["1.0.0", "1.1.0"]'
+            )
         offered.extend(versions)
     single = conf.get("cniVersion")
     if single is not None:
         if not isinstance(single, str):
-            raise CniError(E_INVALID_CONFIG, f"cniVersion {single!r} must be a string such as \"1.0.0\"")
+            raise CniError(E_INVALID_CONFIG, f'cniVersion {single!r} must be a string such as "1.0.0"')
         offered.append(single)
     if not offered:
         raise CniError(E_INVALID_CONFIG, 'network configuration has no cniVersion; add "cniVersion": "1.0.0"')
     common = [v for v in offered if v in SUPPORTED_VERSIONS]
     if not common:
-        raise CniError(E_INCOMPATIBLE_VERSION,
-                       f"cniVersion {', '.join(offered)} is not supported by portwright-cni; "
-                       f"use one of {', '.join(SUPPORTED_VERSIONS)}")
+        raise CniError(
+            E_INCOMPATIBLE_VERSION,
+            f"cniVersion {', '.join(offered)} is not supported by portwright-cni; "
+            f"use one of {', '.join(SUPPORTED_VERSIONS)}",
+        )
     return max(common, key=_version_key)
 
 
@@ -139,7 +142,9 @@ def parse_env(environ: AbcMapping[str, str]) -> Env:
     if not command:
         raise CniError(E_INVALID_ENV, "CNI_COMMAND is not set; set it to one of " + ", ".join(COMMANDS))
     if command not in COMMANDS:
-        raise CniError(E_INVALID_ENV, f"CNI_COMMAND {command!r} is unknown; use one of " + ", ".join(COMMANDS))
+        raise CniError(
+            E_INVALID_ENV, f"CNI_COMMAND {command!r} is unknown; use one of " + ", ".join(COMMANDS)
+        )
     cid = environ.get("CNI_CONTAINERID", "")
     netns = environ.get("CNI_NETNS", "")
     ifname = environ.get("CNI_IFNAME", "")
@@ -147,13 +152,21 @@ def parse_env(environ: AbcMapping[str, str]) -> Env:
         if not cid:
             raise CniError(E_INVALID_ENV, f"CNI_CONTAINERID is not set; {command} needs the container's ID")
         if not _CONTAINER_ID_RE.fullmatch(cid):
-            raise CniError(E_INVALID_ENV, f"CNI_CONTAINERID {cid!r} is invalid; it must start with a letter "
-                           "or digit and contain only letters, digits, '_', '.' and '-'")
+            raise CniError(
+                E_INVALID_ENV,
+                f"CNI_CONTAINERID {cid!r} is invalid; it must start with a letter "
+                "or digit and contain only letters, digits, '_', '.' and '-'",
+            )
         if not ifname:
-            raise CniError(E_INVALID_ENV, f"CNI_IFNAME is not set; {command} needs the interface name, e.g. eth0")
+            raise CniError(
+                E_INVALID_ENV, f"CNI_IFNAME is not set; {command} needs the interface name, e.g. eth0"
+            )
         if len(ifname) >= 16 or ifname in (".", "..") or _IFNAME_BAD.search(ifname):
-            raise CniError(E_INVALID_ENV, f"CNI_IFNAME {ifname!r} is invalid; use a Linux interface name "
-                           "shorter than 16 characters without '/', ':' or spaces")
+            raise CniError(
+                E_INVALID_ENV,
+                f"CNI_IFNAME {ifname!r} is invalid; use a Linux interface name "
+                "shorter than 16 characters without '/', ':' or spaces",
+            )
     if command in ("ADD", "CHECK") and not netns:
         raise CniError(E_INVALID_ENV, f"CNI_NETNS is not set; {command} needs the container's netns path")
     args: list[tuple[str, str]] = []
@@ -162,11 +175,19 @@ def parse_env(environ: AbcMapping[str, str]) -> Env:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise CniError(E_INVALID_ENV, f"CNI_ARGS item {part!r} is not KEY=VALUE; write e.g. \"FOO=BAR;ABC=123\"")
+            raise CniError(
+                E_INVALID_ENV, f'CNI_ARGS item {part!r} is not KEY=VALUE; write e.g. "FOO=BAR;ABC=123"'
+            )
         args.append((key, value))
     path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
-    return Env(command=command, container_id=cid, netns=netns, ifname=ifname,  # type: ignore[arg-type]
-               args=tuple(args), path=path)
+    return Env(
+        command=command,  # type: ignore[arg-type]
+        container_id=cid,
+        netns=netns,
+        ifname=ifname,
+        args=tuple(args),
+        path=path,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +223,11 @@ class Config:
 
 def _int_port(value: object, what: str, index: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise CniError(E_INVALID_CONFIG, f"runtimeConfig.portMappings[{index}].{what} {value!r} is not a "
-                       "port number; use an integer 1-65535")
+        raise CniError(
+            E_INVALID_CONFIG,
+            f"runtimeConfig.portMappings[{index}].{what} {value!r} is not a "
+            "port number; use an integer 1-65535",
+        )
     return value
 
 
@@ -212,19 +236,27 @@ def parse_port_mappings(value: object) -> tuple[PortMapping, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise CniError(E_INVALID_CONFIG, "runtimeConfig.portMappings must be a list of "
-                       '{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"} objects')
+        raise CniError(
+            E_INVALID_CONFIG,
+            "runtimeConfig.portMappings must be a list of "
+            '{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"} objects',
+        )
     out: list[PortMapping] = []
     for i, pm in enumerate(value):
         if not isinstance(pm, dict):
-            raise CniError(E_INVALID_CONFIG, f"runtimeConfig.portMappings[{i}] is not an object; write "
-                           '{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}')
+            raise CniError(
+                E_INVALID_CONFIG,
+                f"runtimeConfig.portMappings[{i}] is not an object; write "
+                '{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}',
+            )
         host_port = _int_port(pm.get("hostPort"), "hostPort", i)
         container_port = _int_port(pm.get("containerPort"), "containerPort", i)
         proto = pm.get("protocol") or "tcp"
         if not isinstance(proto, str) or proto.lower() not in PROTOS:
-            raise CniError(E_INVALID_CONFIG, f"runtimeConfig.portMappings[{i}].protocol {proto!r} is not "
-                           "supported; use tcp, udp or sctp")
+            raise CniError(
+                E_INVALID_CONFIG,
+                f"runtimeConfig.portMappings[{i}].protocol {proto!r} is not supported; use tcp, udp or sctp",
+            )
         host_ip_text = pm.get("hostIP") or ""
         host_ip: IPAddress | None = None
         if host_ip_text:
@@ -233,8 +265,11 @@ def parse_port_mappings(value: object) -> tuple[PortMapping, ...]:
             try:
                 host_ip = ipaddress.ip_address(host_ip_text.strip("[]"))
             except ValueError:
-                raise CniError(E_INVALID_CONFIG, f"runtimeConfig.portMappings[{i}].hostIP {host_ip_text!r} is "
-                               "not an IP address; use e.g. 127.0.0.1, ::1 or leave it empty for all") from None
+                raise CniError(
+                    E_INVALID_CONFIG,
+                    f"runtimeConfig.portMappings[{i}].hostIP {host_ip_text!r} is "
+                    "not an IP address; use e.g. 127.0.0.1, ::1 or leave it empty for all",
+                ) from None
         out.append(PortMapping(host_port, container_port, proto.lower(), host_ip))  # type: ignore[arg-type]
     return tuple(out)
 
@@ -252,14 +287,20 @@ def parse_valid_attachments(conf: AbcMapping[str, Any]) -> tuple[Attachment, ...
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise CniError(E_INVALID_CONFIG, "cni.dev/valid-attachments must be a list of "
-                       '{"containerID": "...", "ifname": "..."} objects')
+        raise CniError(
+            E_INVALID_CONFIG,
+            'cni.dev/valid-attachments must be a list of {"containerID": "...", "ifname": "..."} objects',
+        )
     out = []
     for i, a in enumerate(raw):
-        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) \
-                or not isinstance(a.get("ifname"), str):
-            raise CniError(E_INVALID_CONFIG, f"cni.dev/valid-attachments[{i}] needs string fields "
-                           "containerID and ifname")
+        if (
+            not isinstance(a, dict)
+            or not isinstance(a.get("containerID"), str)
+            or not isinstance(a.get("ifname"), str)
+        ):
+            raise CniError(
+                E_INVALID_CONFIG, f"cni.dev/valid-attachments[{i}] needs string fields containerID and ifname"
+            )
         out.append(Attachment(a["containerID"], a["ifname"]))
     return tuple(out)
 
@@ -269,15 +310,22 @@ def parse_config(raw_stdin: bytes | str, command: str) -> Config:
     try:
         conf = json.loads(raw_stdin)
     except (ValueError, TypeError) as e:
-        raise CniError(E_DECODE, f"network configuration on stdin is not valid JSON ({e}); "
-                       "pass the plugin's configuration object as JSON") from None
+        raise CniError(
+            E_DECODE,
+            f"network configuration on stdin is not valid JSON ({e}); "
+            "pass the plugin's configuration object as JSON",
+        ) from None
     if not isinstance(conf, dict):
-        raise CniError(E_DECODE, "network configuration on stdin must be a JSON object, "
-                       f"got {type(conf).__name__}")
+        raise CniError(
+            E_DECODE, f"network configuration on stdin must be a JSON object, got {type(conf).__name__}"
+        )
     version = negotiate_version(conf)
     if command in V1_1_COMMANDS and _version_key(version) < (1, 1, 0):
-        raise CniError(E_INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0 but the configuration "
-                       f"says {version}; set \"cniVersion\": \"1.1.0\"")
+        raise CniError(
+            E_INCOMPATIBLE_VERSION,
+            f"{command} needs cniVersion 1.1.0 but the configuration "
+            f'says {version}; set "cniVersion": "1.1.0"',
+        )
     name = conf.get("name")
     if command != "VERSION" and (not isinstance(name, str) or not name):
         raise CniError(E_INVALID_CONFIG, 'network configuration has no "name"; add the network\'s name')
@@ -291,10 +339,15 @@ def parse_config(raw_stdin: bytes | str, command: str) -> Config:
     if prev is not None and not isinstance(prev, dict):
         raise CniError(E_INVALID_CONFIG, "prevResult must be an object (the previous plugin's result)")
     if command in ("ADD", "CHECK") and prev is None:
-        raise CniError(E_INVALID_CONFIG, f"{command} got no prevResult; portwright-cni is a chained plugin: "
-                       "list it after an interface plugin such as bridge in a conflist")
+        raise CniError(
+            E_INVALID_CONFIG,
+            f"{command} got no prevResult; portwright-cni is a chained plugin: "
+            "list it after an interface plugin such as bridge in a conflist",
+        )
     return Config(
-        cni_version=version, name=str(name or ""), type=typ,
+        cni_version=version,
+        name=str(name or ""),
+        type=typ,
         reserve_host_port=_bool_opt(conf, "reserveHostPort", True),
         snat=_bool_opt(conf, "snat", True),
         port_mappings=parse_port_mappings(runtime.get("portMappings")),
@@ -340,8 +393,11 @@ def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
         try:
             addr = ipaddress.ip_interface(str(entry.get("address", ""))).ip
         except ValueError:
-            raise CniError(E_INVALID_CONFIG, f"prevResult address {entry.get('address')!r} is not CIDR; "
-                           "the previous plugin's result is malformed") from None
+            raise CniError(
+                E_INVALID_CONFIG,
+                f"prevResult address {entry.get('address')!r} is not CIDR; "
+                "the previous plugin's result is malformed",
+            ) from None
         if isinstance(addr, ipaddress.IPv4Address) and ip4 is None:
             ip4 = addr
         elif isinstance(addr, ipaddress.IPv6Address) and ip6 is None:
@@ -349,7 +405,9 @@ def container_addresses(prev: AbcMapping[str, Any] | None) -> ContainerAddrs:
     return ContainerAddrs(ip4, ip6)
 
 
-def container_subnets(prev: AbcMapping[str, Any] | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def container_subnets(
+    prev: AbcMapping[str, Any] | None,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """The on-link subnets of the container's addresses in ``prevResult`` (for hairpin SNAT)."""
     out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for entry in _sandbox_ips(prev):
@@ -386,22 +444,35 @@ def to_mappings(pms: tuple[PortMapping, ...], addrs: ContainerAddrs) -> list[Map
             pairs: list[tuple[IPAddress, IPAddress | None]] = [(ANY4, addrs.ip4), (ANY6, addrs.ip6)]
             chosen = [(h, c) for h, c in pairs if c is not None]
             if not chosen:
-                raise CniError(E_INVALID_CONFIG, "prevResult has no container address to publish "
-                               f"{pm.host_port}/{pm.proto} to; chain portwright-cni after a plugin "
-                               "that assigns one (bridge with host-local IPAM)")
+                raise CniError(
+                    E_INVALID_CONFIG,
+                    "prevResult has no container address to publish "
+                    f"{pm.host_port}/{pm.proto} to; chain portwright-cni after a plugin "
+                    "that assigns one (bridge with host-local IPAM)",
+                )
         else:
             same = addrs.ip4 if pm.host_ip.version == 4 else addrs.ip6
             if same is None and pm.host_ip.version == 6 and pm.host_ip.is_loopback:
                 same = addrs.ip4
             if same is None:
-                raise CniError(E_INVALID_CONFIG, f"hostIP {pm.host_ip} for {pm.host_port}/{pm.proto} needs "
-                               f"an IPv{pm.host_ip.version} container address but prevResult has none; "
-                               "remove hostIP or give the container that family")
+                raise CniError(
+                    E_INVALID_CONFIG,
+                    f"hostIP {pm.host_ip} for {pm.host_port}/{pm.proto} needs "
+                    f"an IPv{pm.host_ip.version} container address but prevResult has none; "
+                    "remove hostIP or give the container that family",
+                )
             chosen = [(pm.host_ip, same)]
         for host_ip, cip in chosen:
             assert cip is not None
-            out.append(Mapping(proto=pm.proto, host_ip=host_ip, host_port=pm.host_port,
-                               container_ip=cip, container_port=pm.container_port))
+            out.append(
+                Mapping(
+                    proto=pm.proto,
+                    host_ip=host_ip,
+                    host_port=pm.host_port,
+                    container_ip=cip,
+                    container_port=pm.container_port,
+                )
+            )
     return out
 
 

@@ -23,12 +23,26 @@ SEVERITIES = ("info", "low", "medium", "high")
 # Services that are almost never meant to face the network: publishing them on every interface
 # is the classic accident (databases, caches, search, the Docker API itself).
 SENSITIVE_PORTS = {
-    2375: "Docker API", 2376: "Docker API (TLS)", 2379: "etcd", 3306: "MySQL", 5432: "PostgreSQL",
-    5984: "CouchDB", 6379: "Redis", 9200: "Elasticsearch", 11211: "memcached", 27017: "MongoDB",
-    5672: "RabbitMQ", 9092: "Kafka", 8500: "Consul", 1433: "SQL Server", 9000: "PHP-FPM / MinIO",
+    2375: "Docker API",
+    2376: "Docker API (TLS)",
+    2379: "etcd",
+    3306: "MySQL",
+    5432: "PostgreSQL",
+    5984: "CouchDB",
+    6379: "Redis",
+    9200: "Elasticsearch",
+    11211: "memcached",
+    27017: "MongoDB",
+    5672: "RabbitMQ",
+    9092: "Kafka",
+    8500: "Consul",
+    1433: "SQL Server",
+    9000: "PHP-FPM / MinIO",
 }
-LEAK_FIX_NFT = ("drop 127.0.0.0/8 arriving on other interfaces before DNAT: "
-                "iptables -t raw -I PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP")
+LEAK_FIX_NFT = (
+    "drop 127.0.0.0/8 arriving on other interfaces before DNAT: "
+    "iptables -t raw -I PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +56,15 @@ class Finding:
     owner: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"severity": self.severity, "code": self.code, "subject": self.subject, "owner": self.owner,
-                "message": self.message, "fix": self.fix, "evidence": list(self.evidence)}
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "subject": self.subject,
+            "owner": self.owner,
+            "message": self.message,
+            "fix": self.fix,
+            "evidence": list(self.evidence),
+        }
 
 
 @dataclass
@@ -61,14 +82,20 @@ class AuditReport:
         return [f for f in self.findings if SEVERITIES.index(f.severity) >= floor]
 
     def to_json(self) -> dict[str, Any]:
-        return {"findings": [f.to_json() for f in self.findings], "notes": self.notes,
-                "counts": {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}}
+        return {
+            "findings": [f.to_json() for f in self.findings],
+            "notes": self.notes,
+            "counts": {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES},
+        }
 
 
 def _published(rows: list[PortRow]) -> list[PortRow]:
     """Rows that publish a port for a sandbox or container (not plain host listeners)."""
-    return [r for r in rows if r.owner_kind in ("sandbox", "container", "cni")
-            and r.mechanism in ("nat", "proxy", "docker-proxy")]
+    return [
+        r
+        for r in rows
+        if r.owner_kind in ("sandbox", "container", "cni") and r.mechanism in ("nat", "proxy", "docker-proxy")
+    ]
 
 
 def _who(r: PortRow) -> str:
@@ -92,13 +119,19 @@ def check_exposed(rows: list[PortRow], allow: set[int]) -> list[Finding]:
         svc = SENSITIVE_PORTS.get(r.port) or SENSITIVE_PORTS.get(r.target_port or 0)
         sev = "high" if svc else "medium"
         what = f" ({svc})" if svc else ""
-        out.append(Finding(
-            sev, "exposed", f"{r.proto} {r.binding}",
-            f"{_who(r)} publishes {r.proto} port {r.port}{what} on all interfaces: every machine that "
-            "can reach this host can connect",
-            f"bind to 127.0.0.1 (-p 127.0.0.1:{r.port}:{_cport(r)}), or pass --allow-public {r.port} "
-            "if it is meant to be public",
-            (f"{r.mechanism} {r.binding} -> {r.target or '?'}",), _who(r)))
+        out.append(
+            Finding(
+                sev,
+                "exposed",
+                f"{r.proto} {r.binding}",
+                f"{_who(r)} publishes {r.proto} port {r.port}{what} on all interfaces: every machine that "
+                "can reach this host can connect",
+                f"bind to 127.0.0.1 (-p 127.0.0.1:{r.port}:{_cport(r)}), or pass --allow-public {r.port} "
+                "if it is meant to be public",
+                (f"{r.mechanism} {r.binding} -> {r.target or '?'}",),
+                _who(r),
+            )
+        )
     return out
 
 
@@ -116,14 +149,25 @@ def check_loopback_leak(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
         o = walk(snap.ruleset, pkt)
         if o.kind != "dnat":
             continue
-        ev = [f"a packet for {fmt_ep(r.host_ip, r.port)} arriving on {snap.host_if} is DNATed to "
-              f"{fmt_ep(o.to_addr, o.to_port)}:", *o.trace,
-              "route_localnet=1 on: " + (", ".join(localnet) if localnet else "(none)"),
-              "no rule drops 127.0.0.0/8 from other interfaces before DNAT"]
-        out.append(Finding(
-            "high", "loopback-leak", f"{r.proto} {r.binding}",
-            f"{_who(r)} is published on {r.host_ip} only, but other machines that route 127.0.0.0/8 "
-            "to this host reach it too (Docker #45610)", LEAK_FIX_NFT, tuple(ev), _who(r)))
+        ev = [
+            f"a packet for {fmt_ep(r.host_ip, r.port)} arriving on {snap.host_if} is DNATed to "
+            f"{fmt_ep(o.to_addr, o.to_port)}:",
+            *o.trace,
+            "route_localnet=1 on: " + (", ".join(localnet) if localnet else "(none)"),
+            "no rule drops 127.0.0.0/8 from other interfaces before DNAT",
+        ]
+        out.append(
+            Finding(
+                "high",
+                "loopback-leak",
+                f"{r.proto} {r.binding}",
+                f"{_who(r)} is published on {r.host_ip} only, but other machines that route 127.0.0.0/8 "
+                "to this host reach it too (Docker #45610)",
+                LEAK_FIX_NFT,
+                tuple(ev),
+                _who(r),
+            )
+        )
     return out
 
 
@@ -137,18 +181,31 @@ def check_input_bypass(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
         if r.mechanism != "nat" or not r.external or r.loopback or r.stale or (r.proto, r.port) in seen:
             continue
         seen.add((r.proto, r.port))
-        ev = ["INPUT filter: " + ("policy drop" if policy_drop else f"{len(drops)} drop/reject rule(s)"),
-              *(f"{d.where}: {d.text}" for d in drops[:3]),
-              f"DNAT {r.binding} -> {r.target} ({', '.join(r.hooks)}): the packet is routed to FORWARD, "
-              "never to INPUT"]
+        ev = [
+            "INPUT filter: " + ("policy drop" if policy_drop else f"{len(drops)} drop/reject rule(s)"),
+            *(f"{d.where}: {d.text}" for d in drops[:3]),
+            f"DNAT {r.binding} -> {r.target} ({', '.join(r.hooks)}): the packet is routed to FORWARD, "
+            "never to INPUT",
+        ]
         docker = r.owner_kind == "container"
-        fix = (f"filter it in DOCKER-USER (iptables -I DOCKER-USER -p {r.proto} -m conntrack --ctorigdstport "
-               f"{r.port} ! -s <allowed> -j DROP) or bind to 127.0.0.1" if docker else
-               f"filter it in a forward-hook chain (ct original proto-dst {r.port}) or bind to 127.0.0.1")
-        out.append(Finding(
-            "high" if policy_drop else "medium", "input-bypass", f"{r.proto} {r.binding}",
-            f"{_who(r)}'s port {r.port} is DNATed before INPUT: the host firewall's INPUT rules do not "
-            "apply to it (Docker #4737, ufw)", fix, tuple(ev), _who(r)))
+        fix = (
+            f"filter it in DOCKER-USER (iptables -I DOCKER-USER -p {r.proto} -m conntrack --ctorigdstport "
+            f"{r.port} ! -s <allowed> -j DROP) or bind to 127.0.0.1"
+            if docker
+            else f"filter it in a forward-hook chain (ct original proto-dst {r.port}) or bind to 127.0.0.1"
+        )
+        out.append(
+            Finding(
+                "high" if policy_drop else "medium",
+                "input-bypass",
+                f"{r.proto} {r.binding}",
+                f"{_who(r)}'s port {r.port} is DNATed before INPUT: the host firewall's INPUT rules do not "
+                "apply to it (Docker #4737, ufw)",
+                fix,
+                tuple(ev),
+                _who(r),
+            )
+        )
     return out
 
 
@@ -172,12 +229,18 @@ def check_families(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
             sev, what = "low", "is refused (published on one family only)"
         else:
             sev, what = "medium", f"reaches {bad.holder.describe() if bad.holder else bad.via} instead"
-        out.append(Finding(
-            sev, "family-mismatch", f"{r.proto} {bad.label}:{r.port}",
-            f"{good.label}:{r.port} reaches {_who(r)} but {bad.label}:{r.port} {what}",
-            "publish both families (add -p [::]:P:C, or enable IPv6 NAT/ip6tables for Docker), "
-            "or tell clients to use 127.0.0.1",
-            (f"{good.label}: {good.via} {good.detail}", f"{bad.label}: {bad.via} {bad.detail}"), _who(r)))
+        out.append(
+            Finding(
+                sev,
+                "family-mismatch",
+                f"{r.proto} {bad.label}:{r.port}",
+                f"{good.label}:{r.port} reaches {_who(r)} but {bad.label}:{r.port} {what}",
+                "publish both families (add -p [::]:P:C, or enable IPv6 NAT/ip6tables for Docker), "
+                "or tell clients to use 127.0.0.1",
+                (f"{good.label}: {good.via} {good.detail}", f"{bad.label}: {bad.via} {bad.detail}"),
+                _who(r),
+            )
+        )
     return out
 
 
@@ -190,16 +253,30 @@ def check_placeholders(snap: Snapshot) -> list[Finding]:
         probe_ip = ln.ip if not ln.ip.is_unspecified else (LOOP4 if ln.ip.version == 4 else LOOP6)
         p = follow(snap, fmt_ep(probe_ip, None), Packet("output", ln.proto, probe_ip, ln.port))
         if p.via == "dnat":
-            out.append(Finding("info", "placeholder", f"{ln.proto} {ln.binding}",
-                               f"{h.describe()} holds {ln.binding} so nothing else can bind it; NAT serves "
-                               "the traffic", "none needed", (f"{p.label}: DNAT {p.detail}",), h.sandbox or ""))
+            out.append(
+                Finding(
+                    "info",
+                    "placeholder",
+                    f"{ln.proto} {ln.binding}",
+                    f"{h.describe()} holds {ln.binding} so nothing else can bind it; NAT serves the traffic",
+                    "none needed",
+                    (f"{p.label}: DNAT {p.detail}",),
+                    h.sandbox or "",
+                )
+            )
             continue
-        out.append(Finding(
-            "medium", "placeholder", f"{ln.proto} {ln.binding}",
-            f"{h.describe()} holds {ln.binding} but no NAT rule serves {fmt_ep(probe_ip, ln.port)}: connections "
-            "land on a socket that never answers",
-            "publish that family through NAT too, or connect to the address that is published",
-            (f"{ln.binding}: {h.describe()}", f"{p.label}: {p.via}"), h.sandbox or h.container or ""))
+        out.append(
+            Finding(
+                "medium",
+                "placeholder",
+                f"{ln.proto} {ln.binding}",
+                f"{h.describe()} holds {ln.binding} but no NAT rule serves {fmt_ep(probe_ip, ln.port)}: connections "
+                "land on a socket that never answers",
+                "publish that family through NAT too, or connect to the address that is published",
+                (f"{ln.binding}: {h.describe()}", f"{p.label}: {p.via}"),
+                h.sandbox or h.container or "",
+            )
+        )
     return out
 
 
@@ -225,12 +302,18 @@ def check_undeclared(snap: Snapshot) -> list[Finding]:
         if (ln.port, ln.proto) in declared:
             continue
         sev = "low" if ln.ip.is_loopback else "medium"
-        out.append(Finding(
-            sev, "undeclared", f"{ln.proto} {ln.binding}",
-            f"{owner} uses the host network and listens on {ln.binding}/{ln.proto}, which it did not declare",
-            f"declare it (--expose {ln.port}/{ln.proto} / -p {ln.port}:{ln.port}) or make {h.comm} bind to "
-            "127.0.0.1 or another port",
-            (f"pid {h.pid} {h.comm}: {h.cmdline[:100]}",), owner))
+        out.append(
+            Finding(
+                sev,
+                "undeclared",
+                f"{ln.proto} {ln.binding}",
+                f"{owner} uses the host network and listens on {ln.binding}/{ln.proto}, which it did not declare",
+                f"declare it (--expose {ln.port}/{ln.proto} / -p {ln.port}:{ln.port}) or make {h.comm} bind to "
+                "127.0.0.1 or another port",
+                (f"pid {h.pid} {h.comm}: {h.cmdline[:100]}",),
+                owner,
+            )
+        )
     return out
 
 
@@ -242,22 +325,40 @@ def check_stale(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
             continue
         seen.add((r.mechanism, r.proto, r.port))
         if r.mechanism == "nat":
-            fix = (f"remove the sandbox's leftovers: portwright rm -f {r.owner}" if r.owner_kind == "sandbox" else
-                   "delete the rule (nft -a list ruleset; nft delete rule ... handle N) or restart dockerd")
+            fix = (
+                f"remove the sandbox's leftovers: portwright rm -f {r.owner}"
+                if r.owner_kind == "sandbox"
+                else "delete the rule (nft -a list ruleset; nft delete rule ... handle N) or restart dockerd"
+            )
             msg = f"a DNAT rule for {r.proto} {r.binding} outlives its owner: {r.why_stale}"
         else:
             fix = f"kill the leftover process (kill {r.pid})" if r.pid else "stop the leftover process"
             msg = f"{r.mechanism} on {r.proto} {r.binding} outlives its owner: {r.why_stale}"
-        out.append(Finding("high", "stale", f"{r.proto} {r.binding}", msg, fix,
-                           (f"{r.mechanism} {r.binding} -> {r.target or '?'}",), _who(r)))
+        out.append(
+            Finding(
+                "high",
+                "stale",
+                f"{r.proto} {r.binding}",
+                msg,
+                fix,
+                (f"{r.mechanism} {r.binding} -> {r.target or '?'}",),
+                _who(r),
+            )
+        )
     for rec in snap.sandboxes:
         if rec.status in ("running", "creating") and not snap.alive(rec):
-            out.append(Finding(
-                "high", "stale", f"sandbox {rec.name}",
-                f"sandbox {rec.name} is recorded as {rec.status} but its supervisor (pid {rec.supervisor_pid}) "
-                "is gone: its rules and sockets are left behind",
-                f"portwright rm -f {rec.name}", (f"state: status={rec.status} supervisor_pid={rec.supervisor_pid}",),
-                f"sandbox {rec.name}"))
+            out.append(
+                Finding(
+                    "high",
+                    "stale",
+                    f"sandbox {rec.name}",
+                    f"sandbox {rec.name} is recorded as {rec.status} but its supervisor (pid {rec.supervisor_pid}) "
+                    "is gone: its rules and sockets are left behind",
+                    f"portwright rm -f {rec.name}",
+                    (f"state: status={rec.status} supervisor_pid={rec.supervisor_pid}",),
+                    f"sandbox {rec.name}",
+                )
+            )
     return out
 
 

@@ -77,7 +77,9 @@ def _allow(values: list[str]) -> set[int]:
             if not part:
                 continue
             if not part.isdigit() or not 1 <= int(part) <= 65535:
-                raise BadInput(f"--allow-public {part!r} is not a port in 1-65535; write e.g. --allow-public 80,443")
+                raise BadInput(
+                    f"--allow-public {part!r} is not a port in 1-65535; write e.g. --allow-public 80,443"
+                )
             out.add(int(part))
     return out
 
@@ -91,7 +93,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         shown = rep.at_least(args.min_severity)
         if not shown:
-            print("no findings" + (f" at {args.min_severity} or above" if args.min_severity != "info" else ""))
+            print(
+                "no findings" + (f" at {args.min_severity} or above" if args.min_severity != "info" else "")
+            )
         for f in shown:
             print(f"{paint(f.severity.upper().ljust(6), f.severity)} {f.code:<16} {f.subject}")
             print(f"       {f.message}")

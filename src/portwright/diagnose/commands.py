@@ -35,7 +35,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    w = sub.add_parser("who", help="who owns a host port: socket, NAT rule, sandbox/container, inner listener")
+    w = sub.add_parser(
+        "who", help="who owns a host port: socket, NAT rule, sandbox/container, inner listener"
+    )
     w.add_argument("port", help="PORT or PORT/PROTO (tcp, udp, sctp), e.g. 8080 or 53/udp")
     w.add_argument("--json", action="store_true", help="machine-readable output")
     w.set_defaults(func=cmd_who)
@@ -47,11 +49,21 @@ def register(sub: Any) -> None:
 
     a = sub.add_parser("audit", help="find accidental exposure; exits 10 on findings at --fail-on or above")
     a.add_argument("--json", action="store_true", help="machine-readable output")
-    a.add_argument("--allow-public", action="append", default=[], metavar="PORT[,PORT]",
-                   help="ports meant to be published on all interfaces")
-    a.add_argument("--fail-on", choices=SEVERITIES, default="high",
-                   help="lowest severity that makes the exit code non-zero (default: high)")
-    a.add_argument("--min-severity", choices=SEVERITIES, default="low",
-                   help="lowest severity to print (default: low)")
+    a.add_argument(
+        "--allow-public",
+        action="append",
+        default=[],
+        metavar="PORT[,PORT]",
+        help="ports meant to be published on all interfaces",
+    )
+    a.add_argument(
+        "--fail-on",
+        choices=SEVERITIES,
+        default="high",
+        help="lowest severity that makes the exit code non-zero (default: high)",
+    )
+    a.add_argument(
+        "--min-severity", choices=SEVERITIES, default="low", help="lowest severity to print (default: low)"
+    )
     a.add_argument("-v", "--verbose", action="store_true", help="print the evidence of each finding")
     a.set_defaults(func=cmd_audit)

@@ -102,11 +102,16 @@ def container_from_inspect(d: dict[str, Any]) -> Container:
             published.append(Published(proto, ipaddress.ip_address(host_ip), int(b["HostPort"]), cport))
     exposed = tuple(sorted(_port_key(k) for k in (config.get("ExposedPorts") or {})))
     return Container(
-        id=str(d.get("Id", "")), name=str(d.get("Name", "")).lstrip("/"),
-        running=bool(state.get("Running")), pid=int(state.get("Pid") or 0),
+        id=str(d.get("Id", "")),
+        name=str(d.get("Name", "")).lstrip("/"),
+        running=bool(state.get("Running")),
+        pid=int(state.get("Pid") or 0),
         network_mode=str(host_config.get("NetworkMode") or "default"),
-        networks=tuple(nets), published=tuple(published), exposed=exposed,
-        image=str(config.get("Image") or ""))
+        networks=tuple(nets),
+        published=tuple(published),
+        exposed=exposed,
+        image=str(config.get("Image") or ""),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +156,13 @@ def parse_docker_proxy(cmdline: str | Iterable[str]) -> DockerProxyArgs | None:
         v = vals.get(key, "")
         return int(v) if v.isdigit() else None
 
-    return DockerProxyArgs(proto=vals.get("proto", "tcp") or "tcp", host_ip=ip("host-ip"),
-                           host_port=port("host-port"), container_ip=ip("container-ip"),
-                           container_port=port("container-port"))
+    return DockerProxyArgs(
+        proto=vals.get("proto", "tcp") or "tcp",
+        host_ip=ip("host-ip"),
+        host_port=port("host-port"),
+        container_ip=ip("container-ip"),
+        container_port=port("container-port"),
+    )
 
 
 @dataclass
@@ -170,8 +179,10 @@ class DockerView:
         try:
             import docker
         except ImportError:
-            return cls(note="the docker Python SDK is not installed (pip install 'portwright[docker]'); "
-                            "Docker containers were not examined")
+            return cls(
+                note="the docker Python SDK is not installed (pip install 'portwright[docker]'); "
+                "Docker containers were not examined"
+            )
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         try:
             client = docker.from_env(timeout=timeout)
@@ -187,11 +198,13 @@ class DockerView:
             conts = [container_from_inspect(c.attrs) for c in client.containers.list(all=True)]
             nets: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
             for n in client.networks.list():
-                for cfg in ((n.attrs.get("IPAM") or {}).get("Config") or ()):
+                for cfg in (n.attrs.get("IPAM") or {}).get("Config") or ():
                     if cfg.get("Subnet"):
                         nets.setdefault(n.name, []).append(ipaddress.ip_network(cfg["Subnet"], strict=False))
         except Exception as e:
-            return cls(note=f"Docker API at {where} failed while listing containers ({e}); Docker part skipped")
+            return cls(
+                note=f"Docker API at {where} failed while listing containers ({e}); Docker part skipped"
+            )
         finally:
             client.close()
         return cls(containers=conts, available=True, note="", networks=nets)

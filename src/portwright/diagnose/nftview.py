@@ -30,7 +30,9 @@ IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 NAT_DST_PRIORITY = -100
 READ_TIMEOUT = 30.0  # seconds for one ``nft list ruleset``
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
-_DNAT_TEXT = re.compile(r"\bdnat(?: ip6?)? to (\[[0-9a-fA-F:.]+\]|[0-9a-fA-F:.]+?)(?::(\d+)(?:-\d+)?)?(?:\s|$)")
+_DNAT_TEXT = re.compile(
+    r"\bdnat(?: ip6?)? to (\[[0-9a-fA-F:.]+\]|[0-9a-fA-F:.]+?)(?::(\d+)(?:-\d+)?)?(?:\s|$)"
+)
 _REDIRECT_TEXT = re.compile(r"\bredirect to :(\d+)")
 
 
@@ -114,8 +116,11 @@ class Ruleset:
 
     def base_chains(self, hook: str, family: int | None = None, type_: str | None = None) -> list[Chain]:
         fams = {4: ("ip", "inet"), 6: ("ip6", "inet"), None: ("ip", "ip6", "inet")}[family]
-        out = [c for c in self.chains.values()
-               if c.hook == hook and c.family in fams and (type_ is None or c.type == type_)]
+        out = [
+            c
+            for c in self.chains.values()
+            if c.hook == hook and c.family in fams and (type_ is None or c.type == type_)
+        ]
         return sorted(out, key=lambda c: c.prio)
 
     def chain(self, family: str, table: str, name: str) -> Chain | None:
@@ -132,8 +137,9 @@ def _net(v: Any) -> IPNet | None:
             return ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
         if isinstance(v, dict) and "range" in v:
             lo, hi = v["range"]
-            nets: list[IPNet] = list(ipaddress.summarize_address_range(
-                ipaddress.ip_address(lo), ipaddress.ip_address(hi)))
+            nets: list[IPNet] = list(
+                ipaddress.summarize_address_range(ipaddress.ip_address(lo), ipaddress.ip_address(hi))
+            )
             return nets[0] if len(nets) == 1 else None
     except (ValueError, TypeError, KeyError):
         return None
@@ -247,7 +253,9 @@ def _lookup_keys(key: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _rule(family: str, table: str, chain: str, r: dict[str, Any], texts: dict[tuple[str, str, str, int], str]) -> Rule:
+def _rule(
+    family: str, table: str, chain: str, r: dict[str, Any], texts: dict[tuple[str, str, str, int], str]
+) -> Rule:
     handle = int(r.get("handle", 0))
     text = texts.get((family, table, chain, handle), "")
     conds: list[Cond] = []
@@ -276,7 +284,9 @@ def _rule(family: str, table: str, chain: str, r: dict[str, Any], texts: dict[tu
             elif xt.get("type") == "target":
                 verdict = "xt:" + str(xt.get("name"))
             else:
-                conds.append(Cond("unknown", False, (f"xt {xt.get('name')}",), text=f"xt match {xt.get('name')}"))
+                conds.append(
+                    Cond("unknown", False, (f"xt {xt.get('name')}",), text=f"xt match {xt.get('name')}")
+                )
         elif "jump" in e or "goto" in e:
             verdict = "jump" if "jump" in e else "goto"
             target = str(e[verdict]["target"])
@@ -308,8 +318,21 @@ def _rule(family: str, table: str, chain: str, r: dict[str, Any], texts: dict[tu
             if isinstance(port, int):
                 to_port = port
     comment = r.get("comment")
-    return Rule(family, table, chain, handle, tuple(conds), verdict, target, to_addr, to_port, to_family,
-                lookup, str(comment) if comment else None, _clean_text(text))
+    return Rule(
+        family,
+        table,
+        chain,
+        handle,
+        tuple(conds),
+        verdict,
+        target,
+        to_addr,
+        to_port,
+        to_family,
+        lookup,
+        str(comment) if comment else None,
+        _clean_text(text),
+    )
 
 
 def _clean_text(text: str) -> str:
@@ -397,9 +420,16 @@ def parse_ruleset(data: dict[str, Any] | str, text: str = "") -> Ruleset:
             rs.maps[(m.family, m.table, m.name)] = m
     for key, c in chains.items():
         prio = c.get("prio", 0)
-        rs.chains[key] = Chain(c["family"], c["table"], c["name"], c.get("hook"), c.get("type"),
-                               int(prio) if isinstance(prio, int) else 0, c.get("policy"),
-                               tuple(rules.get(key, ())))
+        rs.chains[key] = Chain(
+            c["family"],
+            c["table"],
+            c["name"],
+            c.get("hook"),
+            c.get("type"),
+            int(prio) if isinstance(prio, int) else 0,
+            c.get("policy"),
+            tuple(rules.get(key, ())),
+        )
     return rs
 
 
@@ -479,8 +509,12 @@ def _component_match(comp: Any, key: str, p: Packet) -> bool:
     if val is None:
         return False
     if isinstance(comp, tuple) and comp and comp[0] == "prefix":
-        return isinstance(val, ipaddress.IPv4Address | ipaddress.IPv6Address) and comp[1] is not None \
-            and val.version == comp[1].version and val in comp[1]
+        return (
+            isinstance(val, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            and comp[1] is not None
+            and val.version == comp[1].version
+            and val in comp[1]
+        )
     if isinstance(comp, tuple) and comp and comp[0] == "range":
         lo, hi = comp[1], comp[2]
         if key == "dport":
@@ -522,6 +556,18 @@ class _Walk:
     depth: int = 0
 
 
+def _matches(w: _Walk, r: Any) -> bool:
+    """Do the rule's conditions hold for the packet? One that cannot be decided is assumed true
+    and noted."""
+    for c in r.conds:
+        t = _cond_true(c, w.p)
+        if t is None:
+            w.assumed.append(f"{r.where}: {c.describe()}")
+        elif not t:
+            return False
+    return True
+
+
 def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
     """Evaluate one chain; an Outcome ends the hook (dnat/drop), "accept" ends this base chain.
 
@@ -529,15 +575,7 @@ def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
     if w.depth > 32:
         return None
     for r in ch.rules:
-        ok = True
-        for c in r.conds:
-            t = _cond_true(c, w.p)
-            if t is None:
-                w.assumed.append(f"{r.where}: {c.describe()}")
-            elif not t:
-                ok = False
-                break
-        if not ok:
+        if not _matches(w, r):
             continue
         line = f"{r.where}: {r.text or r.verdict}"
         if r.verdict in ("jump", "goto") and r.target:
@@ -561,7 +599,9 @@ def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
             sub = w.rs.chain(r.family, r.table, str(el.value[1]))
             if sub is None:
                 continue
-            w.trace.append(f"{line} -> {el.value[0]} {el.value[1]}" + (f" ({el.comment})" if el.comment else ""))
+            w.trace.append(
+                f"{line} -> {el.value[0]} {el.value[1]}" + (f" ({el.comment})" if el.comment else "")
+            )
             w.depth += 1
             out = _walk_chain(w, sub)
             w.depth -= 1
@@ -587,11 +627,19 @@ def _walk_chain(w: _Walk, ch: Chain) -> Outcome | None:
                 addr = ipaddress.ip_address(str(el.value[0]))
                 port = int(el.value[1]) if len(el.value) > 1 else None
                 w.trace.append(line + (f" [{el.comment}]" if el.comment else ""))
-                return Outcome("dnat", r, addr, port or w.p.dport, el.comment or r.comment,
-                               tuple(w.trace), tuple(w.assumed))
+                return Outcome(
+                    "dnat",
+                    r,
+                    addr,
+                    port or w.p.dport,
+                    el.comment or r.comment,
+                    tuple(w.trace),
+                    tuple(w.assumed),
+                )
             w.trace.append(line)
-            return Outcome("dnat", r, r.to_addr, r.to_port or w.p.dport, r.comment,
-                           tuple(w.trace), tuple(w.assumed))
+            return Outcome(
+                "dnat", r, r.to_addr, r.to_port or w.p.dport, r.comment, tuple(w.trace), tuple(w.assumed)
+            )
     return None
 
 
@@ -601,7 +649,11 @@ def walk(rs: Ruleset, p: Packet) -> Outcome:
     A drop in a chain that runs before the nat stage (raw, mangle, an early filter chain) wins.
     """
     for ch in rs.base_chains(p.hook, p.daddr.version):
-        if ch.type == "nat" or ch.prio < NAT_DST_PRIORITY or (ch.type == "filter" and ch.prio <= NAT_DST_PRIORITY):
+        if (
+            ch.type == "nat"
+            or ch.prio < NAT_DST_PRIORITY
+            or (ch.type == "filter" and ch.prio <= NAT_DST_PRIORITY)
+        ):
             w = _Walk(rs, p)
             w.trace.append(f"{ch.family} {ch.table} {ch.name} (hook {ch.hook}, prio {ch.prio})")
             out = _walk_chain(w, ch)
@@ -666,8 +718,11 @@ def _entry_from(rule: Rule, hook: str, conds: list[Cond], el: Element | None) ->
                     daddrs = [ipaddress.ip_network(str(comp))]
                 neg = False
             elif key == "dport":
-                r = _port_range(comp) if not (isinstance(comp, tuple) and comp[0] == "range") \
+                r = (
+                    _port_range(comp)
+                    if not (isinstance(comp, tuple) and comp[0] == "range")
                     else (int(comp[1]), int(comp[2]))
+                )
                 if r:
                     ports = [r]
         to_addr = ipaddress.ip_address(str(el.value[0]))
@@ -675,7 +730,9 @@ def _entry_from(rule: Rule, hook: str, conds: list[Cond], el: Element | None) ->
         fam = to_addr.version
     if daddrs and all(d.prefixlen == 0 for d in daddrs) and not neg:
         daddrs = []  # 0.0.0.0/0 is "any"
-    return NatEntry(hook, fam, proto, tuple(daddrs), neg, tuple(ports), to_addr, to_port, owner, tuple(iif), rule)
+    return NatEntry(
+        hook, fam, proto, tuple(daddrs), neg, tuple(ports), to_addr, to_port, owner, tuple(iif), rule
+    )
 
 
 def nat_entries(rs: Ruleset) -> list[NatEntry]:
@@ -694,7 +751,7 @@ def nat_entries(rs: Ruleset) -> list[NatEntry]:
                     visit(sub, hook, conds, depth + 1)
             elif r.verdict == "vmap" and r.lookup:
                 m = rs.maps.get((r.family, r.table, r.lookup.name))
-                for el in (m.elements if m else ()):
+                for el in m.elements if m else ():
                     if el.value and el.value[0] in ("jump", "goto"):
                         sub = rs.chain(r.family, r.table, str(el.value[1]))
                         if sub:

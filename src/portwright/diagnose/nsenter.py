@@ -26,8 +26,9 @@ def same_netns(path: str, other: str = "/proc/self/ns/net") -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def listeners_in(path: str, protos: tuple[str, ...] = ("tcp", "udp"),
-                 by_inode: dict[int, list[int]] | None = None) -> list[sockets.Listener]:
+def listeners_in(
+    path: str, protos: tuple[str, ...] = ("tcp", "udp"), by_inode: dict[int, list[int]] | None = None
+) -> list[sockets.Listener]:
     """The listening sockets inside the namespace at path, with the processes that hold them."""
     raw = run_in_netns(path, lambda: sockets.raw_listeners(protos))
     return sockets.attach_processes(raw, by_inode)
@@ -62,5 +63,7 @@ def netns_path_for(pid: int | None = None, container: str | None = None) -> str:
     if c is None:
         raise NotFound(f"no running Docker container named {container!r}; list them with 'docker ps'")
     if not c.pid:
-        raise NotFound(f"Docker container {container!r} is not running; start it with 'docker start {container}'")
+        raise NotFound(
+            f"Docker container {container!r} is not running; start it with 'docker start {container}'"
+        )
     return pid_netns_path(c.pid)

@@ -66,11 +66,21 @@ class PortRow:
         return self.host_ip is not None and self.host_ip.is_loopback
 
     def to_json(self) -> dict[str, Any]:
-        return {"proto": self.proto, "host": self.binding, "host_ip": str(self.host_ip) if self.host_ip else None,
-                "port": self.port, "port_end": self.port_end, "mechanism": self.mechanism,
-                "owner_kind": self.owner_kind, "owner": self.owner, "target": self.target or None,
-                "stale": self.stale, "why_stale": self.why_stale or None, "hooks": list(self.hooks),
-                "pid": self.pid}
+        return {
+            "proto": self.proto,
+            "host": self.binding,
+            "host_ip": str(self.host_ip) if self.host_ip else None,
+            "port": self.port,
+            "port_end": self.port_end,
+            "mechanism": self.mechanism,
+            "owner_kind": self.owner_kind,
+            "owner": self.owner,
+            "target": self.target or None,
+            "stale": self.stale,
+            "why_stale": self.why_stale or None,
+            "hooks": list(self.hooks),
+            "pid": self.pid,
+        }
 
 
 def _entry_host(e: NatEntry) -> list[IPAddress | None]:
@@ -106,7 +116,13 @@ def owner_of_entry(snap: Snapshot, e: NatEntry) -> tuple[str, str, bool, str]:
     docker_net = snap.docker.in_docker_subnet(e.to_addr)
     pw_net = snap.sandbox_network_of(e.to_addr)
     if snap.docker.available or pw_net:
-        where = f" (Docker network {docker_net})" if docker_net else f" (portwright network {pw_net})" if pw_net else ""
+        where = (
+            f" (Docker network {docker_net})"
+            if docker_net
+            else f" (portwright network {pw_net})"
+            if pw_net
+            else ""
+        )
         return "unknown", str(e.to_addr), True, f"no running container or sandbox has {e.to_addr}{where}"
     return "unknown", str(e.to_addr), False, ""
 
@@ -124,8 +140,21 @@ def _nat_rows(snap: Snapshot) -> list[PortRow]:
                 prev = merged.get(key)
                 hooks = tuple(sorted({*(prev.hooks if prev else ()), e.hook}))
                 external = (prev.external if prev else False) or (e.hook == "prerouting" and not lo_only)
-                merged[key] = PortRow(e.proto or "tcp", host, lo, hi, "nat", kind, name, e.to_addr, e.to_port,
-                                      stale, why, hooks, external)
+                merged[key] = PortRow(
+                    e.proto or "tcp",
+                    host,
+                    lo,
+                    hi,
+                    "nat",
+                    kind,
+                    name,
+                    e.to_addr,
+                    e.to_port,
+                    stale,
+                    why,
+                    hooks,
+                    external,
+                )
     return list(merged.values())
 
 
@@ -140,17 +169,40 @@ def _listener_row(snap: Snapshot, proto: str, ip: IPAddress, port: int, h: Holde
             if ep.kind in ("sandbox", "container"):
                 return PortRow(proto, ip, port, port, h.kind, ep.kind, ep.name or "", tip, tport, pid=h.pid)
             stale = snap.docker.available
-            return PortRow(proto, ip, port, port, h.kind, "unknown", str(tgt[0]), tip, tport, stale=stale,
-                           why_stale=f"{h.kind} pid {h.pid} forwards to {fmt_ep(*tgt)}, which no running "
-                                     "container or sandbox has" if stale else "", pid=h.pid)
+            return PortRow(
+                proto,
+                ip,
+                port,
+                port,
+                h.kind,
+                "unknown",
+                str(tgt[0]),
+                tip,
+                tport,
+                stale=stale,
+                why_stale=f"{h.kind} pid {h.pid} forwards to {fmt_ep(*tgt)}, which no running "
+                "container or sandbox has"
+                if stale
+                else "",
+                pid=h.pid,
+            )
         return PortRow(proto, ip, port, port, h.kind, "unknown", f"pid {h.pid}", pid=h.pid)
     if h.kind in PLACEHOLDERS:
         kind, name = ("sandbox", h.sandbox) if h.sandbox else ("process", f"pid {h.pid} {h.comm}")
         return PortRow(proto, ip, port, port, "placeholder", kind, name or "", pid=h.pid)
     if h.kind == PW_ORPHAN:
-        return PortRow(proto, ip, port, port, "listener", "process", f"pid {h.pid} {h.comm}", stale=True,
-                       why_stale=f"portwright process {h.pid} holds the port but no sandbox records it",
-                       pid=h.pid)
+        return PortRow(
+            proto,
+            ip,
+            port,
+            port,
+            "listener",
+            "process",
+            f"pid {h.pid} {h.comm}",
+            stale=True,
+            why_stale=f"portwright process {h.pid} holds the port but no sandbox records it",
+            pid=h.pid,
+        )
     if h.kind == APPLICATION and (h.sandbox or h.container):
         kind = "sandbox" if h.sandbox else "container"
         return PortRow(proto, ip, port, port, "host", kind, (h.sandbox or h.container) or "", pid=h.pid)

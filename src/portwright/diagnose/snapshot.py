@@ -149,14 +149,19 @@ class Snapshot:
             # nat mode serves what the kernel cannot DNAT ([::1], [::]) with an in-process proxy;
             # every other socket of its supervisor is a drop-all reservation.
             proxied = rec.sandbox.publish_mode == "proxy" or (
-                ln is not None and ln.ip.version == 6 and (ln.ip.is_loopback or ln.ip.is_unspecified))
+                ln is not None and ln.ip.version == 6 and (ln.ip.is_loopback or ln.ip.is_unspecified)
+            )
             if proxied:
                 to = (m.container_ip, m.container_port) if m else None
                 if m is not None and rec.sandbox.publish_mode != "proxy":
                     # the nat publisher relays [::1]/[::] to the sandbox's IPv4 address when it has one
                     for v4 in rec.sandbox.mappings:
-                        if (v4.container_ip.version == 4 and v4.proto == m.proto and v4.host_port == m.host_port
-                                and v4.container_port == m.container_port):
+                        if (
+                            v4.container_ip.version == 4
+                            and v4.proto == m.proto
+                            and v4.host_port == m.host_port
+                            and v4.container_port == m.container_port
+                        ):
                             to = (v4.container_ip, v4.container_port)
                             break
                 return Holder(PW_PROXY, sandbox=rec.name, proxy_to=to, **base)  # type: ignore[arg-type]
@@ -164,8 +169,11 @@ class Snapshot:
         argv0 = os.path.basename(proc.cmdline.split(" ", 1)[0]) if proc.cmdline else ""
         if proc.comm == "docker-proxy" or argv0 == "docker-proxy" or argv0.startswith("portwright-proxy"):
             args = parse_docker_proxy(["docker-proxy", *proc.cmdline.split()[1:]])
-            to = (args.container_ip, args.container_port) if args and args.container_ip and args.container_port \
+            to = (
+                (args.container_ip, args.container_port)
+                if args and args.container_ip and args.container_port
                 else None
+            )
             c = self.container_by_ip(to[0]) if to else None
             return Holder(DOCKER_PROXY, container=c.name if c else None, proxy_to=to, **base)  # type: ignore[arg-type]
         if proc.comm == "dockerd":
@@ -181,12 +189,20 @@ class Snapshot:
         for rec in self.sandboxes:
             sb = rec.sandbox
             if ip in (sb.ip4, sb.ip6):
-                return Endpoint(ip, "sandbox", sb.name, sb.network, sb.netns if self.alive(rec) else None, sb.id)
+                return Endpoint(
+                    ip, "sandbox", sb.name, sb.network, sb.netns if self.alive(rec) else None, sb.id
+                )
         c = self.container_by_ip(ip)
         if c is not None:
             n = c.network_of(ip)
-            return Endpoint(ip, "container", c.name, n.name if n else c.network_mode,
-                            f"/proc/{c.pid}/ns/net" if c.pid else None, c.id)
+            return Endpoint(
+                ip,
+                "container",
+                c.name,
+                n.name if n else c.network_mode,
+                f"/proc/{c.pid}/ns/net" if c.pid else None,
+                c.id,
+            )
         if ip in self.local_addrs or ip.is_loopback:
             return Endpoint(ip, "host", "this host", None, None)
         return Endpoint(ip, "unknown")
@@ -232,7 +248,11 @@ def _addrs() -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None
             except (KeyError, ValueError):
                 continue
             local.append(ip)
-            if ip.is_loopback or ip.is_link_local or link.get("ifname", "").startswith(("docker", "br-", "pw")):
+            if (
+                ip.is_loopback
+                or ip.is_link_local
+                or link.get("ifname", "").startswith(("docker", "br-", "pw"))
+            ):
                 continue
             if ip.version == 4 and h4 is None:
                 h4, ifname = ip, str(link.get("ifname", ifname))
@@ -304,6 +324,20 @@ def collect(what: str = "portwright diagnostics") -> Snapshot:
     def alive(rec: SandboxRecord) -> bool:
         return rec.status in ("running", "creating") and pid_alive(rec.supervisor_pid, rec.supervisor_start)
 
-    return Snapshot(listeners=lns, ruleset=rs, sandboxes=sbs, networks=nets, docker=docker, host4=h4, host6=h6,
-                    host_if=ifname, local_addrs=local, route_localnet=_route_localnet(), notes=notes,
-                    inner=inner, alive=alive, pidns=pidns, ppid=ppid)
+    return Snapshot(
+        listeners=lns,
+        ruleset=rs,
+        sandboxes=sbs,
+        networks=nets,
+        docker=docker,
+        host4=h4,
+        host6=h6,
+        host_if=ifname,
+        local_addrs=local,
+        route_localnet=_route_localnet(),
+        notes=notes,
+        inner=inner,
+        alive=alive,
+        pidns=pidns,
+        ppid=ppid,
+    )

@@ -98,33 +98,56 @@ class WhoReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "port": self.port, "proto": self.proto, "owned": self.owned, "summary": self.summary(),
+            "port": self.port,
+            "proto": self.proto,
+            "owned": self.owned,
+            "summary": self.summary(),
             "holders": [{"binding": ln.binding, **holder_json(h)} for ln, h in self.holders],
             "paths": [path_json(p) for p in self.paths],
-            "differences": self.differences, "notes": self.notes,
+            "differences": self.differences,
+            "notes": self.notes,
         }
 
 
 def holder_json(h: Holder) -> dict[str, Any]:
-    return {"kind": h.kind, "pid": h.pid, "comm": h.comm, "cmdline": h.cmdline, "sandbox": h.sandbox,
-            "container": h.container,
-            "proxy_to": fmt_ep(*h.proxy_to) if h.proxy_to else None}
+    return {
+        "kind": h.kind,
+        "pid": h.pid,
+        "comm": h.comm,
+        "cmdline": h.cmdline,
+        "sandbox": h.sandbox,
+        "container": h.container,
+        "proxy_to": fmt_ep(*h.proxy_to) if h.proxy_to else None,
+    }
 
 
 def endpoint_json(e: Endpoint | None, port: int | None) -> dict[str, Any] | None:
     if e is None:
         return None
-    return {"kind": e.kind, "name": e.name, "ip": str(e.ip), "port": port, "network": e.network, "id": e.ident}
+    return {
+        "kind": e.kind,
+        "name": e.name,
+        "ip": str(e.ip),
+        "port": port,
+        "network": e.network,
+        "id": e.ident,
+    }
 
 
 def path_json(p: Path) -> dict[str, Any]:
     return {
-        "client": p.label, "via": p.via, "detail": p.detail, "owner_tag": p.owner_tag,
+        "client": p.label,
+        "via": p.via,
+        "detail": p.detail,
+        "owner_tag": p.owner_tag,
         "holder": holder_json(p.holder) if p.holder else None,
         "target": endpoint_json(p.target, p.target_port),
-        "inner": None if p.inner is None else {
+        "inner": None
+        if p.inner is None
+        else {
             "note": p.inner.note,
-            "listeners": [{"binding": ln.binding, **holder_json(h)} for ln, h in p.inner.listeners]},
+            "listeners": [{"binding": ln.binding, **holder_json(h)} for ln, h in p.inner.listeners],
+        },
         "trace": list(p.trace),
     }
 
@@ -168,19 +191,28 @@ def inner_of(snap: Snapshot, target: Endpoint, proto: str, port: int) -> Inner:
         return Inner(note=f"could not read sockets inside {target.name}: {e}")
     hits = [ln for ln in lns if ln.proto == proto and ln.port == port and accepts(ln, target.ip)]
     if not hits:
-        return Inner(note=f"nothing listens on {fmt_ep(target.ip, port)}/{proto} inside {target.name}: "
-                          "connections are refused there")
-    return Inner(listeners=tuple((ln, snap.classify(ln.processes[0] if ln.processes else None, ln))
-                                for ln in hits))
+        return Inner(
+            note=f"nothing listens on {fmt_ep(target.ip, port)}/{proto} inside {target.name}: "
+            "connections are refused there"
+        )
+    return Inner(
+        listeners=tuple((ln, snap.classify(ln.processes[0] if ln.processes else None, ln)) for ln in hits)
+    )
 
 
 def _probes(snap: Snapshot, proto: str, port: int) -> list[tuple[str, Packet]]:
-    out = [("127.0.0.1", Packet("output", proto, LOOP4, port)),
-           ("[::1]", Packet("output", proto, LOOP6, port))]
+    out = [
+        ("127.0.0.1", Packet("output", proto, LOOP4, port)),
+        ("[::1]", Packet("output", proto, LOOP6, port)),
+    ]
     if snap.host4:
-        out.append((f"{snap.host4} (other machines)", Packet("prerouting", proto, snap.host4, port, snap.host_if)))
+        out.append(
+            (f"{snap.host4} (other machines)", Packet("prerouting", proto, snap.host4, port, snap.host_if))
+        )
     if snap.host6:
-        out.append((f"[{snap.host6}] (other machines)", Packet("prerouting", proto, snap.host6, port, snap.host_if)))
+        out.append(
+            (f"[{snap.host6}] (other machines)", Packet("prerouting", proto, snap.host6, port, snap.host_if))
+        )
     return out
 
 
@@ -201,23 +233,49 @@ def follow(snap: Snapshot, label: str, pkt: Packet) -> Path:
             if rec is not None:
                 target = Endpoint(out.to_addr, "sandbox", rec.name, rec.sandbox.network, None, rec.id)
         inner = inner_of(snap, target, pkt.proto, tport)
-        return Path(label, "dnat", out.rule.text if out.rule else "", target=target, target_port=tport,
-                    owner_tag=tag, inner=inner, trace=out.trace)
+        return Path(
+            label,
+            "dnat",
+            out.rule.text if out.rule else "",
+            target=target,
+            target_port=tport,
+            owner_tag=tag,
+            inner=inner,
+            trace=out.trace,
+        )
     ln = best_listener(snap.listeners, pkt.proto, pkt.daddr, pkt.dport)
     if ln is None:
-        return Path(label, "nothing", "no NAT rule and no socket: connections are refused"
-                    if pkt.proto == "tcp" else "no NAT rule and no socket")
+        return Path(
+            label,
+            "nothing",
+            "no NAT rule and no socket: connections are refused"
+            if pkt.proto == "tcp"
+            else "no NAT rule and no socket",
+        )
     holder = snap.classify(ln.processes[0] if ln.processes else None, ln)
     path = Path(label, "socket", ln.binding, holder=holder)
     if holder.proxy_to:
         target = snap.resolve(holder.proxy_to[0])
-        return Path(label, "socket", ln.binding, holder=holder, target=target, target_port=holder.proxy_to[1],
-                    inner=inner_of(snap, target, pkt.proto, holder.proxy_to[1]))
+        return Path(
+            label,
+            "socket",
+            ln.binding,
+            holder=holder,
+            target=target,
+            target_port=holder.proxy_to[1],
+            inner=inner_of(snap, target, pkt.proto, holder.proxy_to[1]),
+        )
     if holder.sandbox or holder.container:
         name = holder.sandbox or holder.container
         kind = "sandbox" if holder.sandbox else "container"
-        return Path(label, "socket", ln.binding, holder=holder,
-                    target=Endpoint(ln.ip, kind, name, "host"), target_port=ln.port)
+        return Path(
+            label,
+            "socket",
+            ln.binding,
+            holder=holder,
+            target=Endpoint(ln.ip, kind, name, "host"),
+            target_port=ln.port,
+        )
     return path
 
 
@@ -226,15 +284,21 @@ def differences(paths: list[Path], proto: str, port: int) -> list[str]:
     by = {p.label: p for p in paths}
     l4, l6 = by.get("127.0.0.1"), by.get("[::1]")
     if l4 and l6 and l4.end != l6.end:
-        out.append(f"127.0.0.1:{port}/{proto} reaches {_end_text(l4)} but [::1]:{port}/{proto} reaches "
-                   f"{_end_text(l6)}")
+        out.append(
+            f"127.0.0.1:{port}/{proto} reaches {_end_text(l4)} but [::1]:{port}/{proto} reaches "
+            f"{_end_text(l6)}"
+        )
     remote = [p for p in paths if p.label.endswith("(other machines)")]
     if len(remote) == 2 and remote[0].end != remote[1].end:
-        out.append(f"from other machines, IPv4 reaches {_end_text(remote[0])} but IPv6 reaches {_end_text(remote[1])}")
+        out.append(
+            f"from other machines, IPv4 reaches {_end_text(remote[0])} but IPv6 reaches {_end_text(remote[1])}"
+        )
     for p in paths:
         if p.via == "socket" and p.holder and p.holder.kind in PLACEHOLDERS and not p.holder.proxy_to:
-            out.append(f"{p.label} lands on {p.holder.describe()}, which accepts nothing useful: "
-                       "that family is not published by NAT")
+            out.append(
+                f"{p.label} lands on {p.holder.describe()}, which accepts nothing useful: "
+                "that family is not published by NAT"
+            )
     return out
 
 

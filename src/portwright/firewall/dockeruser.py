@@ -81,7 +81,9 @@ def _listings(netns: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def docker_user_ensure(bridges: Sequence[str], *, comment: str = CNI_COMMENT, netns: str | None = None) -> None:
+def docker_user_ensure(
+    bridges: Sequence[str], *, comment: str = CNI_COMMENT, netns: str | None = None
+) -> None:
     """Add (never remove) ACCEPT rules for ``bridges`` tagged ``comment``; idempotent."""
     want = rule_specs(bridges, comment)
     for tool, listing in _listings(netns):

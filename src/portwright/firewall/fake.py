@@ -45,9 +45,15 @@ class _Refused(Exception):
 def touches(kind: str, verb: str | None = None) -> Predicate:
     """A ``fail_next`` predicate: the batch has a command on ``kind`` (``element``, ``rule``,
     ``table``...), with ``verb`` (``add``, ``delete``...) if given."""
+
     def pred(cmds: list[Cmd]) -> bool:
-        return any(kind in body for c in cmds for v, body in c.items()
-                   if isinstance(body, dict) and (verb is None or v == verb))
+        return any(
+            kind in body
+            for c in cmds
+            for v, body in c.items()
+            if isinstance(body, dict) and (verb is None or v == verb)
+        )
+
     return pred
 
 
@@ -69,8 +75,7 @@ def _listed_expr(expr: Any) -> Any:
     if isinstance(expr, list):
         return [_listed_expr(e) for e in expr]
     if isinstance(expr, dict):
-        return {k: _listed_expr(v) for k, v in expr.items()
-                if not (k == "type_flags" and "addr" in expr)}
+        return {k: _listed_expr(v) for k, v in expr.items() if not (k == "type_flags" and "addr" in expr)}
     return expr
 
 
@@ -129,7 +134,9 @@ class FakeBackend:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         if self._lock_holder == threading.get_ident():
-            raise RuntimeError("the table lock is not re-entrant: a flock on the same file would deadlock here")
+            raise RuntimeError(
+                "the table lock is not re-entrant: a flock on the same file would deadlock here"
+            )
         self.waiting.add(threading.get_ident())
         with self._lock:
             self.waiting.discard(threading.get_ident())
@@ -159,8 +166,12 @@ class FakeBackend:
 
     # --- fault injection ----------------------------------------------------------------------------
 
-    def fail_next(self, when: int | Predicate = 1, detail: str = "injected failure",
-                  error: PortwrightError | None = None) -> None:
+    def fail_next(
+        self,
+        when: int | Predicate = 1,
+        detail: str = "injected failure",
+        error: PortwrightError | None = None,
+    ) -> None:
         """Make a coming apply() raise and change nothing: the ``when``-th one from now (1: the
         next), or the next one whose command list satisfies ``when`` (see ``touches``). It raises
         ``error`` if given (a NeedRoot, a MissingTool), else KernelError with ``detail``. Each
@@ -196,13 +207,20 @@ class FakeBackend:
             {"table": {"family": family, "name": name, "handle": t["handle"]}},
         ]
         for sname, s in t["sets"].items():
-            body: dict[str, Any] = {"family": family, "name": sname, "table": name, "type": s["type"],
-                                    "handle": s["handle"]}
+            body: dict[str, Any] = {
+                "family": family,
+                "name": sname,
+                "table": name,
+                "type": s["type"],
+                "handle": s["handle"],
+            }
             if s["kind"] == "map":
                 body["map"] = s["map"]
             if s.get("flags"):
                 body["flags"] = s["flags"]
-            elems = [self._dump_elem(s["kind"], key, value, comment) for key, value, comment in s["elems"].values()]
+            elems = [
+                self._dump_elem(s["kind"], key, value, comment) for key, value, comment in s["elems"].values()
+            ]
             if elems:
                 body["elem"] = elems
             out.append({s["kind"]: body})
@@ -392,7 +410,11 @@ class FakeBackend:
         pos = len(chain_rules) if not insert else 0
         if "handle" in body:  # add: after that rule; insert: before it
             pos = self._rule_index(chain_rules, body["handle"], cmd) + (0 if insert else 1)
-        rule = {"handle": self._next_handle(t), "comment": body.get("comment"), "expr": _listed_expr(body.get("expr", []))}
+        rule = {
+            "handle": self._next_handle(t),
+            "comment": body.get("comment"),
+            "expr": _listed_expr(body.get("expr", [])),
+        }
         chain_rules.insert(pos, rule)
 
     def _insert_rule(self, body: dict[str, Any], cmd: Cmd) -> None:

@@ -42,11 +42,27 @@ from portwright.firewall.ops import Firewall
 from portwright.kernel import runner
 from portwright.model import Mapping, Network
 
-__all__ = ["NftBackend", "run", "table_json", "table_lock", "flush_conntrack", "flush_conntrack_ports",
-           "flush_conntrack_addrs", "NETNS_ENV", "TABLE_LOCK",
-           # the compatibility surface (see the module docstring)
-           "ensure_base", "add_network", "remove_network", "publish", "unpublish", "owners", "networks",
-           "remove_table", "docker_user_sync"]
+__all__ = [
+    "NftBackend",
+    "run",
+    "table_json",
+    "table_lock",
+    "flush_conntrack",
+    "flush_conntrack_ports",
+    "flush_conntrack_addrs",
+    "NETNS_ENV",
+    "TABLE_LOCK",
+    # the compatibility surface (see the module docstring)
+    "ensure_base",
+    "add_network",
+    "remove_network",
+    "publish",
+    "unpublish",
+    "owners",
+    "networks",
+    "remove_table",
+    "docker_user_sync",
+]
 
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"  # run every tool in this network namespace (tests)
 NFT_TIMEOUT = 120.0  # seconds; 10,000 elements take about a second, so this only catches hangs
@@ -61,8 +77,11 @@ def _netns(netns: str | None) -> str | None:
 
 
 def _nft_error(p: runner.CompletedProcess[str], what: str) -> KernelError | NeedRoot:
-    detail = " ".join(line.strip() for line in (p.stderr or "").splitlines() if line.strip()
-                      and not set(line.strip()) <= {"^", "~"})
+    detail = " ".join(
+        line.strip()
+        for line in (p.stderr or "").splitlines()
+        if line.strip() and not set(line.strip()) <= {"^", "~"}
+    )
     if "Operation not permitted" in detail:
         return NeedRoot(f"changing nftables ({what})")
     if p.returncode < 0:
@@ -74,14 +93,17 @@ def _nft_error(p: runner.CompletedProcess[str], what: str) -> KernelError | Need
 # Transactions and reads
 # ------------------------------------------------------------------------------------------------
 
+
 def _concat_map_text(cmd: dict[str, Any]) -> str | None:
     """``add map`` with a concatenated data type, as nft text (see the module docstring)."""
     body = cmd.get("add", {}).get("map")
     if not isinstance(body, dict) or not isinstance(body.get("map"), list):
         return None
     key = body["type"] if isinstance(body["type"], list) else [body["type"]]
-    return (f"add map {body['family']} {body['table']} {body['name']} "
-            f"{{ type {' . '.join(key)} : {' . '.join(body['map'])} ; }}")
+    return (
+        f"add map {body['family']} {body['table']} {body['name']} "
+        f"{{ type {' . '.join(key)} : {' . '.join(body['map'])} ; }}"
+    )
 
 
 def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
@@ -90,8 +112,9 @@ def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
         return
     prelude = [t for t in (_concat_map_text(c) for c in cmds) if t]
     if prelude:
-        tables = sorted({(c["add"]["map"]["family"], c["add"]["map"]["table"]) for c in cmds
-                         if _concat_map_text(c)})
+        tables = sorted(
+            {(c["add"]["map"]["family"], c["add"]["map"]["table"]) for c in cmds if _concat_map_text(c)}
+        )
         text = "\n".join([*(f"add table {f} {t}" for f, t in tables), *prelude]) + "\n"
         p = runner.run(["nft", "-f", "-"], input=text, netns=_netns(netns), timeout=NFT_TIMEOUT)
         if p.returncode != 0:
@@ -105,8 +128,9 @@ def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
 
 def table_json(*, netns: str | None = None) -> dict[str, Any]:
     """``nft -j list table inet portwright``, parsed; ``{}`` when the table does not exist."""
-    p = runner.run(["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns=_netns(netns),
-                   timeout=NFT_TIMEOUT)
+    p = runner.run(
+        ["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns=_netns(netns), timeout=NFT_TIMEOUT
+    )
     if p.returncode != 0:
         if "No such file or directory" in p.stderr:
             return {}
@@ -148,8 +172,11 @@ def flush_conntrack(proto: str, port: int, *, netns: str | None = None) -> None:
     Finding none is not an error.
     """
     for family in ("ipv4", "ipv6"):
-        p = runner.run(["conntrack", "-D", "-f", family, "-p", proto, "--orig-port-dst", str(port)],
-                       netns=_netns(netns), timeout=CONNTRACK_TIMEOUT)
+        p = runner.run(
+            ["conntrack", "-D", "-f", family, "-p", proto, "--orig-port-dst", str(port)],
+            netns=_netns(netns),
+            timeout=CONNTRACK_TIMEOUT,
+        )
         if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("flushing conntrack entries")
@@ -160,8 +187,9 @@ def _ports_with_entries(proto: str, ports: Iterable[int], netns: str | None) -> 
     wanted = set(ports)
     found: set[int] = set()
     for family in ("ipv4", "ipv6"):
-        p = runner.run(["conntrack", "-L", "-f", family, "-p", proto], netns=_netns(netns),
-                       timeout=CONNTRACK_TIMEOUT)
+        p = runner.run(
+            ["conntrack", "-L", "-f", family, "-p", proto], netns=_netns(netns), timeout=CONNTRACK_TIMEOUT
+        )
         if p.returncode != 0:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("listing conntrack entries")
@@ -191,8 +219,11 @@ def flush_conntrack_addrs(addrs: Sequence[str], *, netns: str | None = None) -> 
         return
     for addr in addrs:
         family = "ipv6" if ":" in addr else "ipv4"
-        p = runner.run(["conntrack", "-D", "-f", family, "--reply-src", addr], netns=_netns(netns),
-                       timeout=CONNTRACK_TIMEOUT)
+        p = runner.run(
+            ["conntrack", "-D", "-f", family, "--reply-src", addr],
+            netns=_netns(netns),
+            timeout=CONNTRACK_TIMEOUT,
+        )
         if p.returncode != 0 and _NOTHING_DELETED not in p.stderr:
             if "Operation not permitted" in p.stderr:
                 raise NeedRoot("flushing conntrack entries")
@@ -202,6 +233,7 @@ def flush_conntrack_addrs(addrs: Sequence[str], *, netns: str | None = None) -> 
 # ------------------------------------------------------------------------------------------------
 # The backend
 # ------------------------------------------------------------------------------------------------
+
 
 class NftBackend:
     """``backend.Backend`` over nft, conntrack and iptables, in this namespace or in ``netns``
@@ -236,6 +268,7 @@ class NftBackend:
 # Compatibility surface: the Firewall operations as module functions (see the module docstring)
 # ------------------------------------------------------------------------------------------------
 
+
 def _firewall(netns: str | None) -> Firewall:
     return Firewall(NftBackend(netns))  # what backend.default_firewall(netns) returns
 
@@ -256,7 +289,9 @@ def networks(*, netns: str | None = None) -> set[str]:
     return _firewall(netns).networks()
 
 
-def publish(owner: str, mappings: Sequence[Mapping], *, netns: str | None = None, flush_udp: bool = True) -> None:
+def publish(
+    owner: str, mappings: Sequence[Mapping], *, netns: str | None = None, flush_udp: bool = True
+) -> None:
     _firewall(netns).publish(owner, mappings, flush_udp=flush_udp)
 
 

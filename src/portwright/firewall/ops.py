@@ -37,10 +37,16 @@ def _check_owner_rules(owner: str, extra: Sequence[Cmd]) -> list[Cmd]:
     tag = rules.owner_tag(owner)
     for cmd in extra:
         body = cmd.get("add", {}).get("rule") if isinstance(cmd, dict) else None
-        if (not isinstance(body, dict) or body.get("comment") != tag or body.get("table") != rules.TABLE
-                or body.get("family") != rules.FAMILY):
-            raise BadInput(f"extra firewall rule {cmd!r} of {owner} is not an added rule of table "
-                           f"{rules.FAMILY} {rules.TABLE} tagged {tag!r}; build it with firewall.rules")
+        if (
+            not isinstance(body, dict)
+            or body.get("comment") != tag
+            or body.get("table") != rules.TABLE
+            or body.get("family") != rules.FAMILY
+        ):
+            raise BadInput(
+                f"extra firewall rule {cmd!r} of {owner} is not an added rule of table "
+                f"{rules.FAMILY} {rules.TABLE} tagged {tag!r}; build it with firewall.rules"
+            )
     return list(extra)
 
 
@@ -103,14 +109,22 @@ class Firewall:
             if not force:
                 left = sorted(rules.owners(current)) + sorted("network " + n for n in rules.networks(current))
                 if left:
-                    raise Conflict(f"table inet portwright still holds {', '.join(left[:5])}"
-                                   f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True")
+                    raise Conflict(
+                        f"table inet portwright still holds {', '.join(left[:5])}"
+                        f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True"
+                    )
             self.backend.apply(rules.table_commands_delete())
 
     # --- publishing ------------------------------------------------------------------------------
 
-    def publish(self, owner: str, mappings: Sequence[Mapping], flush_udp: bool = True, *,
-                extra_rules: Sequence[Cmd] = ()) -> None:
+    def publish(
+        self,
+        owner: str,
+        mappings: Sequence[Mapping],
+        flush_udp: bool = True,
+        *,
+        extra_rules: Sequence[Cmd] = (),
+    ) -> None:
         """Publish ``owner``'s NAT-capable mappings (one transaction), then un-stick UDP clients.
 
         Refuses, before changing anything, a binding another owner already holds (``PortInUse``

@@ -87,14 +87,13 @@ CHAIN_NET_FORWARD = "net-forward"
 CHAIN_NET_POSTROUTING = "net-postrouting"
 
 # Chains whose rules are all fixed (rewritten by base_commands on every start).
-FIXED_CHAINS = (CHAIN_GUARD, CHAIN_PREROUTING, CHAIN_OUTPUT, CHAIN_PUBLISH, CHAIN_POSTROUTING,
-                CHAIN_FORWARD)
+FIXED_CHAINS = (CHAIN_GUARD, CHAIN_PREROUTING, CHAIN_OUTPUT, CHAIN_PUBLISH, CHAIN_POSTROUTING, CHAIN_FORWARD)
 
 # --- Sets and maps. -----------------------------------------------------------------------------
 SET_BRIDGES = "bridges"  # every portwright bridge (ifname); elements tagged "pw-net:<name>"
-MAP_ANY4 = "pub4_any"    # l4proto . dport            -> sandbox v4 addr . port (0.0.0.0 bindings)
+MAP_ANY4 = "pub4_any"  # l4proto . dport            -> sandbox v4 addr . port (0.0.0.0 bindings)
 MAP_ADDR4 = "pub4_addr"  # daddr . l4proto . dport    -> sandbox v4 addr . port (one host address)
-MAP_ANY6 = "pub6_any"    # the same for IPv6 (:: bindings)
+MAP_ANY6 = "pub6_any"  # the same for IPv6 (:: bindings)
 MAP_ADDR6 = "pub6_addr"
 PUB_MAPS = (MAP_ADDR4, MAP_ANY4, MAP_ADDR6, MAP_ANY6)
 
@@ -109,6 +108,7 @@ IFNAMSIZ = 15  # longest Linux interface name
 
 # --- Comment tags: made and read by portwright.owners (one helper for every kind of tag). ----------
 
+
 def owner_tag(owner: str) -> str:
     """The nft comment that marks ``owner``'s elements and rules (``owners.nft_comment``)."""
     return nft_comment(owner)
@@ -122,6 +122,7 @@ def net_tag(net_name: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Small JSON expression builders (libnftables-json(5) schema)
 # ------------------------------------------------------------------------------------------------
+
 
 def _meta(key: str) -> dict[str, Any]:
     return {"meta": {"key": key}}
@@ -168,13 +169,19 @@ def _dnat(family: str, key: list[dict[str, Any]], map_name: str) -> dict[str, An
     # "dnat ip to <key> map @m": the map's data is "addr . port", so one lookup yields both.
     # type_flags "concat" says so explicitly; nft 1.0.6 (Debian 12) crashes parsing the
     # three-part key form without it.
-    return {"dnat": {"family": family, "addr": {"map": {"key": {"concat": key}, "data": "@" + map_name}},
-                     "type_flags": ["concat"]}}
+    return {
+        "dnat": {
+            "family": family,
+            "addr": {"map": {"key": {"concat": key}, "data": "@" + map_name}},
+            "type_flags": ["concat"],
+        }
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # Base: table, chains, sets, maps and the fixed rules
 # ------------------------------------------------------------------------------------------------
+
 
 def base_commands() -> list[Cmd]:
     """Idempotent creation of the table and its fixed part; safe on every start.
@@ -211,37 +218,63 @@ def _fixed_rules() -> list[Cmd]:
     return [
         # guard: a packet for 127.0.0.0/8 that did not come from lo was routed to us on purpose
         # by a neighbour; without this, a 127.0.0.1-only mapping would be DNATed for it.
-        _base(CHAIN_GUARD, [_match(_meta("iif"), "lo", "!="),
-                            _match(_payload("ip", "daddr"), _prefix(ipaddress.ip_network("127.0.0.0/8"))),
-                            _DROP], "loopback destinations only from lo"),
-        _base(CHAIN_GUARD, [_match(_meta("iif"), "lo", "!="),
-                            _match(_payload("ip6", "daddr"), "::1"), _DROP],
-              "loopback destinations only from lo"),
+        _base(
+            CHAIN_GUARD,
+            [
+                _match(_meta("iif"), "lo", "!="),
+                _match(_payload("ip", "daddr"), _prefix(ipaddress.ip_network("127.0.0.0/8"))),
+                _DROP,
+            ],
+            "loopback destinations only from lo",
+        ),
+        _base(
+            CHAIN_GUARD,
+            [_match(_meta("iif"), "lo", "!="), _match(_payload("ip6", "daddr"), "::1"), _DROP],
+            "loopback destinations only from lo",
+        ),
         # DNAT only what is addressed to this host (any local address incl. 127.0.0.1), as
         # Docker's "-m addrtype --dst-type LOCAL"; traffic passing through is never rewritten.
-        _base(CHAIN_PREROUTING, [_match(_fib_type("daddr"), "local"), {"jump": {"target": CHAIN_PUBLISH}}],
-              "published ports, from outside"),
-        _base(CHAIN_OUTPUT, [_match(_fib_type("daddr"), "local"), {"jump": {"target": CHAIN_PUBLISH}}],
-              "published ports, from this host"),
+        _base(
+            CHAIN_PREROUTING,
+            [_match(_fib_type("daddr"), "local"), {"jump": {"target": CHAIN_PUBLISH}}],
+            "published ports, from outside",
+        ),
+        _base(
+            CHAIN_OUTPUT,
+            [_match(_fib_type("daddr"), "local"), {"jump": {"target": CHAIN_PUBLISH}}],
+            "published ports, from this host",
+        ),
         # [::1] cannot be DNATed: the kernel refuses to route a ::1 source out of lo. Leave it
         # to the engine's ::1 proxy listener instead of breaking it with a DNAT.
-        _base(CHAIN_PUBLISH, [_match(_payload("ip6", "daddr"), "::1"), _RETURN],
-              "::1 is served by a proxy, not DNAT"),
+        _base(
+            CHAIN_PUBLISH,
+            [_match(_payload("ip6", "daddr"), "::1"), _RETURN],
+            "::1 is served by a proxy, not DNAT",
+        ),
         # Specific host addresses first: "-p 198.18.0.1:80:80" wins over "-p 80:80" for its
         # address, like a bind() to one address beside a wildcard bind. A map miss ends the rule
         # and falls through to the next; a hit DNATs and ends the chain.
-        _base(CHAIN_PUBLISH, [_dnat("ip", [_payload("ip", "daddr"), *_L4PORT], MAP_ADDR4)],
-              "v4, one host address"),
+        _base(
+            CHAIN_PUBLISH,
+            [_dnat("ip", [_payload("ip", "daddr"), *_L4PORT], MAP_ADDR4)],
+            "v4, one host address",
+        ),
         _base(CHAIN_PUBLISH, [_dnat("ip", _L4PORT, MAP_ANY4)], "v4, any host address"),
-        _base(CHAIN_PUBLISH, [_dnat("ip6", [_payload("ip6", "daddr"), *_L4PORT], MAP_ADDR6)],
-              "v6, one host address"),
+        _base(
+            CHAIN_PUBLISH,
+            [_dnat("ip6", [_payload("ip6", "daddr"), *_L4PORT], MAP_ADDR6)],
+            "v6, one host address",
+        ),
         _base(CHAIN_PUBLISH, [_dnat("ip6", _L4PORT, MAP_ANY6)], "v6, any host address"),
         # Host-local sources (127.0.0.1 via route_localnet, or the host's own addresses) going to
         # a published port: masquerade to the bridge address, since 127.0.0.1 is not a valid
         # source on a wire and the sandbox must answer through the host. External sources are
         # not local, so they keep their address.
-        _base(CHAIN_POSTROUTING, [in_bridges, _CT_DNAT, _match(_fib_type("saddr"), "local"), _MASQ],
-              "host-local source to a published port"),
+        _base(
+            CHAIN_POSTROUTING,
+            [in_bridges, _CT_DNAT, _match(_fib_type("saddr"), "local"), _MASQ],
+            "host-local source to a published port",
+        ),
         _base(CHAIN_POSTROUTING, [{"jump": {"target": CHAIN_NET_POSTROUTING}}], "per-network rules"),
         # Replies and related ICMP of flows we already allowed.
         _base(CHAIN_FORWARD, [_CT_ESTABLISHED, _ACCEPT], "replies"),
@@ -258,10 +291,13 @@ def _fixed_rules() -> list[Cmd]:
 # Networks
 # ------------------------------------------------------------------------------------------------
 
+
 def _check_bridge(net: Network) -> None:
     if not net.bridge or len(net.bridge) > IFNAMSIZ or "/" in net.bridge or " " in net.bridge:
-        raise BadInput(f"bridge name {net.bridge!r} of network {net.name!r} is not a valid interface "
-                       f"name; use 1-{IFNAMSIZ} characters without '/' or spaces")
+        raise BadInput(
+            f"bridge name {net.bridge!r} of network {net.name!r} is not a valid interface "
+            f"name; use 1-{IFNAMSIZ} characters without '/' or spaces"
+        )
 
 
 def network_commands(net: Network) -> list[Cmd]:
@@ -291,8 +327,13 @@ def network_commands(net: Network) -> list[Cmd]:
     # not on iifname: the input interface is not known in the postrouting hook.
     for hp_net in [net.subnet4] + ([net.subnet6] if net.subnet6 is not None else []):
         hp_fam = "ip" if hp_net.version == 4 else "ip6"
-        cmds.append(_rule(CHAIN_NET_POSTROUTING,
-                          [_match(_payload(hp_fam, "saddr"), _prefix(hp_net)), oif, _CT_DNAT, _MASQ], tag))
+        cmds.append(
+            _rule(
+                CHAIN_NET_POSTROUTING,
+                [_match(_payload(hp_fam, "saddr"), _prefix(hp_net)), oif, _CT_DNAT, _MASQ],
+                tag,
+            )
+        )
     if not net.internal:
         # Egress: the subnet leaves through the host's address. Traffic into our own bridges is
         # not rewritten, so a sandbox on another network keeps its address at a published port.
@@ -301,9 +342,17 @@ def network_commands(net: Network) -> list[Cmd]:
             nets.append(net.subnet6)
         for subnet in nets:
             fam = "ip" if subnet.version == 4 else "ip6"
-            cmds.append(_rule(CHAIN_NET_POSTROUTING,
-                              [_match(_payload(fam, "saddr"), _prefix(subnet)),
-                               _match(_meta("oifname"), "@" + SET_BRIDGES, "!="), _MASQ], tag))
+            cmds.append(
+                _rule(
+                    CHAIN_NET_POSTROUTING,
+                    [
+                        _match(_payload(fam, "saddr"), _prefix(subnet)),
+                        _match(_meta("oifname"), "@" + SET_BRIDGES, "!="),
+                        _MASQ,
+                    ],
+                    tag,
+                )
+            )
     return cmds
 
 
@@ -315,6 +364,7 @@ def remove_network_commands(net_name: str, table_json: dict[str, Any]) -> list[C
 # ------------------------------------------------------------------------------------------------
 # Publishing
 # ------------------------------------------------------------------------------------------------
+
 
 def nat_capable(m: Mapping) -> bool:
     """Whether kernel NAT can serve ``m``.
@@ -376,8 +426,10 @@ def publish_commands(owner: str, mappings: Sequence[Mapping]) -> list[Cmd]:
         _check_ports(m)
         key = _binding_key(m)
         if key in seen:
-            raise BadInput(f"host binding {m.host_binding()}/{m.proto} is published twice; "
-                           "give each mapping its own host port")
+            raise BadInput(
+                f"host binding {m.host_binding()}/{m.proto} is published twice; "
+                "give each mapping its own host port"
+            )
         seen.add(key)
         per_map.setdefault(map_for(m), []).append([{"elem": {"val": _key(m), "comment": tag}}, _value(m)])
     return [{"add": _obj("element", name=name, elem=per_map[name])} for name in PUB_MAPS if name in per_map]
@@ -403,8 +455,13 @@ def remove_owner_rules_commands(owner: str, table_json: dict[str, Any]) -> list[
 # CNI attachments on bridges portwright did not create
 # ------------------------------------------------------------------------------------------------
 
-def bridge_masquerade_commands(owner: str, bridge: str, mappings: Sequence[Mapping],
-                               subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[Cmd]:
+
+def bridge_masquerade_commands(
+    owner: str,
+    bridge: str,
+    mappings: Sequence[Mapping],
+    subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> list[Cmd]:
     """Masquerade rules for one CNI attachment on a bridge portwright did not create (``cni0``).
 
     Our own bridges get these paths from their network's rules; a foreign bridge has none, so
@@ -420,8 +477,10 @@ def bridge_masquerade_commands(owner: str, bridge: str, mappings: Sequence[Mappi
       DNAT back into the same bridge is bridged, and postrouting sees no input interface at all.
     """
     if not bridge or len(bridge) > IFNAMSIZ or "/" in bridge or " " in bridge:
-        raise BadInput(f"bridge name {bridge!r} is not a valid interface name; "
-                       f"use 1-{IFNAMSIZ} characters without '/' or spaces")
+        raise BadInput(
+            f"bridge name {bridge!r} is not a valid interface name; "
+            f"use 1-{IFNAMSIZ} characters without '/' or spaces"
+        )
     tag = owner_tag(owner)
     out_br = _match(_meta("oifname"), bridge)
     cmds: list[Cmd] = []
@@ -438,6 +497,7 @@ def bridge_masquerade_commands(owner: str, bridge: str, mappings: Sequence[Mappi
 # ------------------------------------------------------------------------------------------------
 # Reading a listed table back
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Published:
@@ -458,9 +518,13 @@ class Published:
     def mapping(self) -> Mapping:
         if self.proto not in ("tcp", "udp", "sctp"):
             raise BadInput(f"protocol {self.proto!r} in map {self.map} is not tcp, udp or sctp")
-        return Mapping(proto=self.proto, host_ip=self.host_ip,  # type: ignore[arg-type]
-                       host_port=self.host_port, container_ip=self.container_ip,
-                       container_port=self.container_port)
+        return Mapping(
+            proto=self.proto,  # type: ignore[arg-type]
+            host_ip=self.host_ip,
+            host_port=self.host_port,
+            container_ip=self.container_ip,
+            container_port=self.container_port,
+        )
 
 
 def _objects(table_json: dict[str, Any], kind: str) -> Iterable[dict[str, Any]]:
@@ -502,17 +566,27 @@ def published(table_json: dict[str, Any]) -> list[Published]:
             parts = key["concat"] if isinstance(key, dict) and "concat" in key else None
             data = value["concat"] if isinstance(value, dict) and "concat" in value else None
             if parts is None or data is None or len(data) != 2:
-                raise BadInput(f"map {name} element {key!r} has an unexpected shape; "
-                               "repair with 'nft delete table inet portwright' and reconcile")
+                raise BadInput(
+                    f"map {name} element {key!r} has an unexpected shape; "
+                    "repair with 'nft delete table inet portwright' and reconcile"
+                )
             if name in (MAP_ANY4, MAP_ANY6):
                 host_ip: IPAddress = any_addr
                 proto, port = parts
             else:
                 addr, proto, port = parts
                 host_ip = ipaddress.ip_address(addr)
-            out.append(Published(map=name, proto=str(proto), host_ip=host_ip, host_port=int(port),
-                                 container_ip=ipaddress.ip_address(data[0]), container_port=int(data[1]),
-                                 owner=comment))
+            out.append(
+                Published(
+                    map=name,
+                    proto=str(proto),
+                    host_ip=host_ip,
+                    host_port=int(port),
+                    container_ip=ipaddress.ip_address(data[0]),
+                    container_port=int(data[1]),
+                    owner=comment,
+                )
+            )
     return out
 
 
@@ -544,7 +618,9 @@ def owner_rules(table_json: dict[str, Any], owner: str) -> list[dict[str, Any]]:
     return [rule for rule in _objects(table_json, "rule") if rule.get("comment") == tag]
 
 
-def conflicts(owner: str, mappings: Sequence[Mapping], table_json: dict[str, Any]) -> list[tuple[Mapping, str]]:
+def conflicts(
+    owner: str, mappings: Sequence[Mapping], table_json: dict[str, Any]
+) -> list[tuple[Mapping, str]]:
     """Mappings that would collide with another owner's element, with that owner's tag.
 
     Same protocol and host port, and host addresses that clash by ``model.bindings_clash`` (the

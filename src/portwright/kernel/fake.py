@@ -71,8 +71,9 @@ class FakeHost:
         self.links[veth] = bridge
         self.veth_ns[veth] = ns
 
-    def configure_sandbox(self, ns: str, addr4: str | None, gw4: str | None, addr6: str | None,
-                          gw6: str | None) -> None:
+    def configure_sandbox(
+        self, ns: str, addr4: str | None, gw4: str | None, addr6: str | None, gw6: str | None
+    ) -> None:
         self._op("configure_sandbox", ns)
 
     def cgroup_path(self, sandbox_id: str) -> str | None:
@@ -93,4 +94,6 @@ class FakeHost:
 
     def leftovers(self) -> dict[str, object]:
         """What still exists: empty when everything made was removed."""
-        return {k: v for k, v in (("netns", self.netns), ("links", self.links), ("cgroups", self.cgroups)) if v}
+        return {
+            k: v for k, v in (("netns", self.netns), ("links", self.links), ("cgroups", self.cgroups)) if v
+        }

@@ -121,8 +121,9 @@ def create_veth(host_name: str, ns: str, bridge: str, mac: str | None) -> None:
         raise
 
 
-def configure_sandbox_ns(ns: str, addr4: str | None, gw4: str | None, addr6: str | None,
-                         gw6: str | None) -> None:
+def configure_sandbox_ns(
+    ns: str, addr4: str | None, gw4: str | None, addr6: str | None, gw6: str | None
+) -> None:
     ip("link", "set", "lo", "up", ns=ns)
     if addr4:
         ip("addr", "add", addr4, "dev", "eth0", ns=ns)

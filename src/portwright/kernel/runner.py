@@ -35,8 +35,18 @@ from typing import Any, Literal, overload
 from ..errors import KernelError, MissingTool, NeedRoot
 from . import netns as _netns
 
-__all__ = ["CompletedProcess", "DEFAULT_TIMEOUT", "TOOL_PACKAGES", "available", "call", "failure",
-           "package_of", "require", "run", "spawn_detached"]
+__all__ = [
+    "CompletedProcess",
+    "DEFAULT_TIMEOUT",
+    "TOOL_PACKAGES",
+    "available",
+    "call",
+    "failure",
+    "package_of",
+    "require",
+    "run",
+    "spawn_detached",
+]
 
 #: Seconds a tool may run before it counts as hung; the callers that expect long runs pass their own.
 DEFAULT_TIMEOUT = 60.0
@@ -92,13 +102,34 @@ def failure(p: CompletedProcess[Any]) -> KernelError | NeedRoot:
 
 
 @overload
-def run(argv: Sequence[str], *, input: str | None = ..., timeout: float | None = ...,
-        netns: str | None = ..., check: bool = ..., text: Literal[True] = ...) -> CompletedProcess[str]: ...
+def run(
+    argv: Sequence[str],
+    *,
+    input: str | None = ...,
+    timeout: float | None = ...,
+    netns: str | None = ...,
+    check: bool = ...,
+    text: Literal[True] = ...,
+) -> CompletedProcess[str]: ...
 @overload
-def run(argv: Sequence[str], *, input: bytes | None = ..., timeout: float | None = ...,
-        netns: str | None = ..., check: bool = ..., text: Literal[False]) -> CompletedProcess[bytes]: ...
-def run(argv: Sequence[str], *, input: str | bytes | None = None, timeout: float | None = DEFAULT_TIMEOUT,
-        netns: str | None = None, check: bool = False, text: bool = True) -> CompletedProcess[Any]:
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = ...,
+    timeout: float | None = ...,
+    netns: str | None = ...,
+    check: bool = ...,
+    text: Literal[False],
+) -> CompletedProcess[bytes]: ...
+def run(
+    argv: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    netns: str | None = None,
+    check: bool = False,
+    text: bool = True,
+) -> CompletedProcess[Any]:
     """Run a tool to completion with stdout and stderr captured (stdin: ``input``, else empty).
 
     ``netns``: run it under ``ip netns exec NETNS``. ``check``: raise ``failure(p)`` on a
@@ -106,8 +137,15 @@ def run(argv: Sequence[str], *, input: str | bytes | None = None, timeout: float
     """
     full = _full_argv(argv, netns)
     try:
-        p = subprocess.run(full, input=input, capture_output=True, text=text, timeout=timeout, check=False,
-                           stdin=subprocess.DEVNULL if input is None else None)
+        p = subprocess.run(
+            full,
+            input=input,
+            capture_output=True,
+            text=text,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL if input is None else None,
+        )
     except subprocess.TimeoutExpired as e:
         raise KernelError(_what(argv, netns), f"timed out after {timeout:g}s") from e
     except OSError as e:  # found but not startable (say, a script whose interpreter is missing)
@@ -129,9 +167,15 @@ def call(argv: Sequence[str], *, netns_path: str | None = None) -> int:
     return subprocess.call(list(argv), preexec_fn=pre)
 
 
-def spawn_detached(argv: Sequence[str], *, log_path: str | None, cwd: str = "/",
-                   env: dict[str, str] | None = None, pass_fds: Sequence[int] = (),
-                   what: str | None = None) -> int:
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    log_path: str | None,
+    cwd: str = "/",
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    what: str | None = None,
+) -> int:
     """Start a long-lived background process; its pid. Nothing waits for it here.
 
     It gets its own session (a terminal's Ctrl-C or hang-up does not reach it), stdin from
@@ -143,8 +187,17 @@ def spawn_detached(argv: Sequence[str], *, log_path: str | None, cwd: str = "/",
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     out = os.open(log_path, flags, 0o640) if log_path else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env,
-                                pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True)
+        proc = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+            env=env,
+            pass_fds=tuple(pass_fds),
+            close_fds=True,
+            start_new_session=True,
+        )
     except OSError as e:
         raise KernelError(what or f"starting {argv[0]}", str(e), e.errno) from None
     finally:

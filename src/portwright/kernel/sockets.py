@@ -63,8 +63,11 @@ class Listener:
 
     def clashes(self, proto: str, ip: IPAddress, port: int, dual: bool = False) -> bool:
         """Would binding ip:port/proto (dual: a ``::`` socket with IPV6_V6ONLY off) clash with this one?"""
-        return (self.proto == proto and self.port == port
-                and bindings_clash(self.ip, ip, a_dual=self.dual_stack, b_dual=dual))
+        return (
+            self.proto == proto
+            and self.port == port
+            and bindings_clash(self.ip, ip, a_dual=self.dual_stack, b_dual=dual)
+        )
 
 
 def _decode_addr(hexaddr: str) -> tuple[IPAddress, int]:
@@ -146,7 +149,7 @@ def parse_diag_messages(data: bytes) -> tuple[list[tuple[IPAddress, int, int, bo
         length, mtype, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
         if length < _NLMSG_HDR.size:
             break
-        body = data[off + _NLMSG_HDR.size: off + length]
+        body = data[off + _NLMSG_HDR.size : off + length]
         off += (length + 3) & ~3
         if mtype == NLMSG_DONE:
             return out, True
@@ -155,11 +158,13 @@ def parse_diag_messages(data: bytes) -> tuple[list[tuple[IPAddress, int, int, bo
             raise OSError(code, os.strerror(code))
         if mtype != SOCK_DIAG_BY_FAMILY or len(body) < _MSG.size:
             continue
-        fam, _state, _t, _r, sport, _dport, src, _dst, _if, _ck, _e, _rq, _wq, _uid, inode = \
-            _MSG.unpack_from(body)
+        fam, _state, _t, _r, sport, _dport, src, _dst, _if, _ck, _e, _rq, _wq, _uid, inode = _MSG.unpack_from(
+            body
+        )
         port = int.from_bytes(sport, "big")
-        ip: IPAddress = (ipaddress.IPv4Address(src[:4]) if fam == socket.AF_INET
-                         else ipaddress.IPv6Address(src))
+        ip: IPAddress = (
+            ipaddress.IPv4Address(src[:4]) if fam == socket.AF_INET else ipaddress.IPv6Address(src)
+        )
         v6only: bool | None = None
         aoff = _MSG.size
         while aoff + 4 <= len(body):
@@ -202,7 +207,9 @@ def _proc_table(proto: str, suffix: str) -> list[tuple[IPAddress, int, int, bool
     return []
 
 
-def raw_listeners(protos: tuple[str, ...] = ("tcp", "udp")) -> list[tuple[str, IPAddress, int, int, bool | None]]:
+def raw_listeners(
+    protos: tuple[str, ...] = ("tcp", "udp"),
+) -> list[tuple[str, IPAddress, int, int, bool | None]]:
     """(proto, ip, port, inode, v6only) for every listener in this thread's namespace, no processes."""
     raw: list[tuple[str, IPAddress, int, int, bool | None]] = []
     for proto in protos:
@@ -217,8 +224,9 @@ def raw_listeners(protos: tuple[str, ...] = ("tcp", "udp")) -> list[tuple[str, I
     return raw
 
 
-def attach_processes(raw: list[tuple[str, IPAddress, int, int, bool | None]],
-                     by_inode: dict[int, list[int]] | None = None) -> list[Listener]:
+def attach_processes(
+    raw: list[tuple[str, IPAddress, int, int, bool | None]], by_inode: dict[int, list[int]] | None = None
+) -> list[Listener]:
     """Join raw socket rows with the processes holding each inode (inodes are host-global)."""
     if by_inode is None:
         by_inode = socket_inodes_by_pid()
@@ -239,13 +247,24 @@ def listeners(protos: tuple[str, ...] = ("tcp", "udp"), with_processes: bool = T
 
 def with_processes(lns: list[Listener], by_inode: dict[int, list[int]]) -> list[Listener]:
     """Fill in the holders of listeners that were read without them."""
-    return [replace(ln, processes=tuple(p for p in (process(pid) for pid in sorted(set(by_inode.get(ln.inode, ()))))
-                                        if p)) for ln in lns]
+    return [
+        replace(
+            ln,
+            processes=tuple(
+                p for p in (process(pid) for pid in sorted(set(by_inode.get(ln.inode, ())))) if p
+            ),
+        )
+        for ln in lns
+    ]
 
 
 def holders(proto: str, port: int, ip: IPAddress | None = None, dual: bool = False) -> list[Listener]:
     """The listeners that hold proto/port: all of them, or those a binding on ip would clash with."""
-    return [ln for ln in listeners((proto,)) if ln.port == port and (ip is None or ln.clashes(proto, ip, port, dual))]
+    return [
+        ln
+        for ln in listeners((proto,))
+        if ln.port == port and (ip is None or ln.clashes(proto, ip, port, dual))
+    ]
 
 
 def describe_owner(proto: str, port: int, ip: IPAddress | None = None, dual: bool = False) -> str:
@@ -284,7 +303,9 @@ def _set_bind_options(s: socket.socket, proto: str, v6only: bool) -> None:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
 
 
-def bind_socket(proto: str, ip: IPAddress, port: int, listen: bool = True, v6only: bool = True) -> socket.socket:
+def bind_socket(
+    proto: str, ip: IPAddress, port: int, listen: bool = True, v6only: bool = True
+) -> socket.socket:
     """A socket bound to ip:port/proto, listening for stream protocols. An IPv6 socket is
     IPV6_V6ONLY unless v6only is False: then ``[::]:P`` holds the port in both families.
 

@@ -16,10 +16,20 @@ from ..errors import BadInput
 from . import cgroup, netns
 
 
-def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str, netns_path: str | None,
-          cgroup_path: str | None, log_path: str | None, stdin_null: bool) -> int:
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    netns_path: str | None,
+    cgroup_path: str | None,
+    log_path: str | None,
+    stdin_null: bool,
+) -> int:
     """Start argv in the sandbox; return its pid (also its process group and session id)."""
-    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640) if log_path else None
+    out = (
+        os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640) if log_path else None
+    )
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: only os-level calls until exec

@@ -191,9 +191,13 @@ def run(a: ProxyArgs, have_pipe: bool) -> int:
         if not 0 <= port <= 65535 or (name == "container-port" and port == 0):
             _report(False, f"invalid -{name} {port}: give a port in 1-65535", have_pipe)
             return 1
-    m = Mapping(proto=a.proto,
-                host_ip=ipaddress.ip_address(a.host_ip), host_port=a.host_port,
-                container_ip=ipaddress.ip_address(a.container_ip), container_port=a.container_port)
+    m = Mapping(
+        proto=a.proto,
+        host_ip=ipaddress.ip_address(a.host_ip),
+        host_port=a.host_port,
+        container_ip=ipaddress.ip_address(a.container_ip),
+        container_port=a.container_port,
+    )
     socks: dict[Mapping, socket.socket] = {}
     if a.use_listen_fd:
         if a.proto == "sctp":

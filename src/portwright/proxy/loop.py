@@ -56,8 +56,9 @@ class EventLoop:
         self.crashed: BaseException | None = None
 
     # registration helpers (called from the loop thread, or before the thread starts)
-    def watch(self, fd: int, handler: Handler, level_triggered: bool = False,
-              exclusive: bool = False) -> None:
+    def watch(
+        self, fd: int, handler: Handler, level_triggered: bool = False, exclusive: bool = False
+    ) -> None:
         mask = select.EPOLLIN
         if not level_triggered:
             mask |= select.EPOLLET
@@ -85,9 +86,12 @@ class EventLoop:
         self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
 
     def flows_full(self, listener: UdpListener) -> None:
-        self._rate_log(logging.WARNING, "%s: %d UDP flows, the most allowed; dropping datagrams "
-                       "from new clients until flows expire", listener.mapping.docker_format(),
-                       listener.max_flows)
+        self._rate_log(
+            logging.WARNING,
+            "%s: %d UDP flows, the most allowed; dropping datagrams from new clients until flows expire",
+            listener.mapping.docker_format(),
+            listener.max_flows,
+        )
 
     def _rate_log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()

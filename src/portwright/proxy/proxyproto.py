@@ -91,6 +91,6 @@ def decode(data: bytes) -> ProxyHeader:
         raise ValueError(f"PROXY v2 length {length} is too short for its address family")
     body = data[16:total]
     src_ip = ipaddress.ip_address(body[:alen])
-    dst_ip = ipaddress.ip_address(body[alen:2 * alen])
-    sport, dport = struct.unpack("!HH", body[2 * alen:2 * alen + 4])
+    dst_ip = ipaddress.ip_address(body[alen : 2 * alen])
+    sport, dport = struct.unpack("!HH", body[2 * alen : 2 * alen + 4])
     return ProxyHeader(proto, (src_ip, sport), (dst_ip, dport), total)

@@ -41,8 +41,15 @@ from .loop import EventLoop
 from .tcp import TcpRelay
 from .udp import MAX_FLOWS, UdpListener, tune_listener
 
-__all__ = ["DEFAULT_LOOPS", "EventLoop", "ProxyServer", "bind_error", "describe_owner", "open_listener",
-           "raise_nofile"]
+__all__ = [
+    "DEFAULT_LOOPS",
+    "EventLoop",
+    "ProxyServer",
+    "bind_error",
+    "describe_owner",
+    "open_listener",
+    "raise_nofile",
+]
 
 #: Connections accepted per listener wake-up before other sockets get a turn.
 ACCEPT_BATCH = 64
@@ -78,9 +85,12 @@ def open_listener(m: Mapping) -> socket.socket:
         s = bind_socket(m.proto, m.host_ip, m.host_port)
     except OSError as e:
         if m.proto == "sctp" and e.errno in _NO_SOCKET_TYPE:
-            raise KernelError(f"opening an SCTP socket for {m.docker_format()}",
-                              f"{e.strerror}: this kernel has no SCTP support (try: modprobe sctp), "
-                              "or publish the port as tcp/udp", e.errno) from None
+            raise KernelError(
+                f"opening an SCTP socket for {m.docker_format()}",
+                f"{e.strerror}: this kernel has no SCTP support (try: modprobe sctp), "
+                "or publish the port as tcp/udp",
+                e.errno,
+            ) from None
         raise bind_error(m, e) from None
     try:
         s.setblocking(False)
@@ -109,11 +119,18 @@ def bind_error(m: Mapping, e: OSError) -> Exception:
     if e.errno == errno.EADDRINUSE:
         return PortInUse(binding, describe_owner(m.proto, m.host_port, m.host_ip))
     if e.errno == errno.EADDRNOTAVAIL:
-        return KernelError(f"bind {binding}", f"{m.host_ip} is not an address of this host; "
-                           "publish on one that `ip addr` lists, or on 0.0.0.0 / ::", e.errno)
+        return KernelError(
+            f"bind {binding}",
+            f"{m.host_ip} is not an address of this host; "
+            "publish on one that `ip addr` lists, or on 0.0.0.0 / ::",
+            e.errno,
+        )
     if e.errno == errno.EACCES:
-        return KernelError(f"bind {binding}", "permission denied: ports below 1024 need root "
-                           "(or CAP_NET_BIND_SERVICE)", e.errno)
+        return KernelError(
+            f"bind {binding}",
+            "permission denied: ports below 1024 need root (or CAP_NET_BIND_SERVICE)",
+            e.errno,
+        )
     return KernelError(f"bind {binding}", str(e.strerror), e.errno)
 
 
@@ -138,8 +155,9 @@ class _Listener:
 
     __slots__ = ("loop", "mapping", "sock", "ctr", "backend", "bfamily", "proxy_protocol", "bproto")
 
-    def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
-                 proxy_protocol: bool) -> None:
+    def __init__(
+        self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int], proxy_protocol: bool
+    ) -> None:
         self.loop = loop
         self.mapping = mapping
         self.sock = sock
@@ -205,10 +223,16 @@ class ProxyServer:
     ``udp_max_flows`` caps each UDP mapping's flow table (see ``udp.py``).
     """
 
-    def __init__(self, mappings: Sequence[Mapping], *, proxy_protocol: bool = False,
-                 udp_idle_timeout: float = 90.0, udp_max_flows: int = MAX_FLOWS,
-                 sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
-                 loops: int | None = None) -> None:
+    def __init__(
+        self,
+        mappings: Sequence[Mapping],
+        *,
+        proxy_protocol: bool = False,
+        udp_idle_timeout: float = 90.0,
+        udp_max_flows: int = MAX_FLOWS,
+        sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
+        loops: int | None = None,
+    ) -> None:
         if udp_idle_timeout <= 0:
             raise ValueError(f"udp_idle_timeout {udp_idle_timeout} must be positive seconds")
         if udp_max_flows < 1:
@@ -263,15 +287,21 @@ class ProxyServer:
                     ctrs[m] = ctr
                     if m.proto == "udp":
                         if i == 0:
-                            u = UdpListener(loop, m, s, ctr, self.proxy_protocol, self.udp_idle_timeout,
-                                            self.udp_max_flows)
+                            u = UdpListener(
+                                loop,
+                                m,
+                                s,
+                                ctr,
+                                self.proxy_protocol,
+                                self.udp_idle_timeout,
+                                self.udp_max_flows,
+                            )
                             loop.udp.append(u)
                             loop.watch(s.fileno(), u.on_event, level_triggered=True)
                     else:
                         lst = _Listener(loop, m, s, ctr, self.proxy_protocol)
                         loop.listeners.append(lst)
-                        loop.watch(s.fileno(), lst.on_event, level_triggered=True,
-                                   exclusive=self._nloops > 1)
+                        loop.watch(s.fileno(), lst.on_event, level_triggered=True, exclusive=self._nloops > 1)
             for loop in self._loops:
                 loop.thread.start()
 
@@ -290,8 +320,9 @@ class ProxyServer:
                 s.listen(BACKLOG)
         except OSError as e:
             s.close()
-            raise KernelError(f"adopting the listening socket for {m.docker_format()}",
-                              str(e.strerror), e.errno) from None
+            raise KernelError(
+                f"adopting the listening socket for {m.docker_format()}", str(e.strerror), e.errno
+            ) from None
         return s
 
     def _close_listeners(self) -> None:
@@ -324,8 +355,10 @@ class ProxyServer:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per mapping, keyed by ``Mapping.docker_format()``."""
-        return {m.docker_format(): total(c for ctrs in self._ctrs if (c := ctrs.get(m)) is not None)
-                for m in self.mappings}
+        return {
+            m.docker_format(): total(c for ctrs in self._ctrs if (c := ctrs.get(m)) is not None)
+            for m in self.mappings
+        }
 
     def alive(self) -> bool:
         """True while the server is started and not stopped, and every loop thread runs (false

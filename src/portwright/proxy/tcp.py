@@ -41,8 +41,22 @@ if TYPE_CHECKING:
     from .loop import EventLoop
 
 # The counter slots used to live here; kept importable from this module for old callers.
-__all__ = ["ACTIVE", "BYTES_IN", "BYTES_OUT", "COPY_SIZE", "COUNTER_NAMES", "ERRORS", "PIPE_SIZE",
-           "RELAY_EVENTS", "TOTAL", "UDP_DROPPED", "UDP_FLOWS", "PipePool", "RelayError", "TcpRelay"]
+__all__ = [
+    "ACTIVE",
+    "BYTES_IN",
+    "BYTES_OUT",
+    "COPY_SIZE",
+    "COUNTER_NAMES",
+    "ERRORS",
+    "PIPE_SIZE",
+    "RELAY_EVENTS",
+    "TOTAL",
+    "UDP_DROPPED",
+    "UDP_FLOWS",
+    "PipePool",
+    "RelayError",
+    "TcpRelay",
+]
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -119,8 +133,20 @@ class PipePool:
 class Half:
     """One direction of a relay: src socket -> (pipe) -> dst socket."""
 
-    __slots__ = ("src", "dst", "ssock", "dsock", "pipe", "fill", "pend", "bulk", "blocked", "eof",
-                 "done", "slot")
+    __slots__ = (
+        "src",
+        "dst",
+        "ssock",
+        "dsock",
+        "pipe",
+        "fill",
+        "pend",
+        "bulk",
+        "blocked",
+        "eof",
+        "done",
+        "slot",
+    )
 
     def __init__(self, src: int, dst: int, ssock: socket.socket, dsock: socket.socket, slot: int) -> None:
         self.src = src
@@ -144,11 +170,11 @@ class RelayError(Exception):
 class TcpRelay:
     """A client socket and its backend, relayed in both directions inside one event loop."""
 
-    __slots__ = ("loop", "ctr", "c", "b", "cfd", "bfd", "up", "down", "connected", "hdr",
-                 "c_ready", "closed")
+    __slots__ = ("loop", "ctr", "c", "b", "cfd", "bfd", "up", "down", "connected", "hdr", "c_ready", "closed")
 
-    def __init__(self, loop: EventLoop, ctr: list[int], client: socket.socket,
-                 backend: socket.socket, header: bytes) -> None:
+    def __init__(
+        self, loop: EventLoop, ctr: list[int], client: socket.socket, backend: socket.socket, header: bytes
+    ) -> None:
         self.loop = loop
         self.ctr = ctr
         self.c = client

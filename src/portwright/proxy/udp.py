@@ -78,8 +78,15 @@ class UdpFlow:
 
     __slots__ = ("listener", "client", "sock", "fd", "cmsg", "last", "hdr")
 
-    def __init__(self, listener: UdpListener, client: tuple[object, ...], sock: socket.socket,
-                 cmsg: list[tuple[int, int, bytes]], hdr: bytes, now: float) -> None:
+    def __init__(
+        self,
+        listener: UdpListener,
+        client: tuple[object, ...],
+        sock: socket.socket,
+        cmsg: list[tuple[int, int, bytes]],
+        hdr: bytes,
+        now: float,
+    ) -> None:
         self.listener = listener
         self.client = client
         self.sock = sock
@@ -123,11 +130,35 @@ class UdpFlow:
 class UdpListener:
     """A bound UDP socket for one Mapping, with its flow table."""
 
-    __slots__ = ("loop", "mapping", "sock", "fd", "ctr", "flows", "pktinfo", "dst", "backend",
-                 "bfamily", "proxy_protocol", "idle_timeout", "max_flows", "local", "buf", "view")
+    __slots__ = (
+        "loop",
+        "mapping",
+        "sock",
+        "fd",
+        "ctr",
+        "flows",
+        "pktinfo",
+        "dst",
+        "backend",
+        "bfamily",
+        "proxy_protocol",
+        "idle_timeout",
+        "max_flows",
+        "local",
+        "buf",
+        "view",
+    )
 
-    def __init__(self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int],
-                 proxy_protocol: bool, idle_timeout: float, max_flows: int = MAX_FLOWS) -> None:
+    def __init__(
+        self,
+        loop: EventLoop,
+        mapping: Mapping,
+        sock: socket.socket,
+        ctr: list[int],
+        proxy_protocol: bool,
+        idle_timeout: float,
+        max_flows: int = MAX_FLOWS,
+    ) -> None:
         self.loop = loop
         self.mapping = mapping
         self.sock = sock
@@ -200,8 +231,9 @@ class UdpListener:
             except OSError:
                 ctr[ERRORS] += 1  # EAGAIN (backend socket full) or EMSGSIZE: dropped, as UDP may
 
-    def _new_flow(self, client: tuple[object, ...], key: object,
-                  anc: list[tuple[int, int, bytes]]) -> UdpFlow:
+    def _new_flow(
+        self, client: tuple[object, ...], key: object, anc: list[tuple[int, int, bytes]]
+    ) -> UdpFlow:
         cmsg: list[tuple[int, int, bytes]] = []
         local: tuple[str, int] = (str(self.local[0]), int(self.local[1]))
         for level, kind, payload in anc:
@@ -247,5 +279,3 @@ class UdpListener:
             f.close()
         self.flows.clear()
         self.ctr[UDP_FLOWS] = 0
-
-

@@ -132,12 +132,15 @@ class _Holders:
         if isinstance(who, str):
             return who
         if who is not None:
-            return ksockets.describe_listener(ksockets.with_processes([who], ksockets.socket_inodes_by_pid())[0])
+            return ksockets.describe_listener(
+                ksockets.with_processes([who], ksockets.socket_inodes_by_pid())[0]
+            )
         return ksockets.describe_owner(proto, port, ip, dual)
 
 
-def _first_holder(holders: _Holders, proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int,
-                  dual: bool) -> tuple[IPAddress, bool] | None:
+def _first_holder(
+    holders: _Holders, proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
+) -> tuple[IPAddress, bool] | None:
     """The first half (host address, dual-stack?) of a request that someone already holds."""
     for hip, is_dual in _socket_halves(halves, dual):
         if holders.owner(proto, hip, port, is_dual) is not None:
@@ -152,8 +155,9 @@ def _socket_halves(halves: list[tuple[IPAddress, IPAddress]], dual: bool) -> lis
     return [(h, False) for h, _ in halves]
 
 
-def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
-              ) -> tuple[list[socket.socket | None], tuple[IPAddress, OSError] | None]:
+def _try_bind(
+    proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
+) -> tuple[list[socket.socket | None], tuple[IPAddress, OSError] | None]:
     if _socket_halves(halves, dual) == [(ANY6, True)]:
         # One dual-stack [::]:P socket holds the port in both families: half the descriptors,
         # so 10,000 published ports fit in a 20,000-descriptor limit.
@@ -173,8 +177,13 @@ def _try_bind(proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int
     return socks, None
 
 
-def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[str, Mapping]],
-             ipv6_host: bool | None = None, dual_stack: bool = False) -> Bound:
+def allocate(
+    specs: Sequence[PortSpec],
+    target: Target,
+    known: Sequence[tuple[str, Mapping]],
+    ipv6_host: bool | None = None,
+    dual_stack: bool = False,
+) -> Bound:
     """Bind a socket for every mapping the specs ask for. ``known`` lists (owner description,
     mapping) already published by others: a port one of them holds, or that a host socket holds
     (sock_diag), is refused (PortInUse naming the owner) or skipped in a range, before any bind.
@@ -192,8 +201,9 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
             for cport, candidates in spec.requests():
                 halves = host_ips(spec, target, ipv6_host)
                 pool = candidates or tuple(p for p in range(lo, hi + 1) if p not in reserved)
-                port, socks = _bind_one(spec, halves, pool, not candidates, dual_stack, holders,
-                                        taken_here, len(out))
+                port, socks = _bind_one(
+                    spec, halves, pool, not candidates, dual_stack, holders, taken_here, len(out)
+                )
                 for (hip, cip), sock in zip(halves, socks, strict=True):
                     out.append((Mapping(spec.proto, hip, port, cip, cport), sock))
                 taken_here.add((spec.proto, port))
@@ -205,9 +215,16 @@ def allocate(specs: Sequence[PortSpec], target: Target, known: Sequence[tuple[st
     return out
 
 
-def _bind_one(spec: PortSpec, halves: list[tuple[IPAddress, IPAddress]], pool: Sequence[int], ephemeral: bool,
-              dual: bool, holders: _Holders, taken_here: set[tuple[str, int]], n_bound: int
-              ) -> tuple[int, list[socket.socket | None]]:
+def _bind_one(
+    spec: PortSpec,
+    halves: list[tuple[IPAddress, IPAddress]],
+    pool: Sequence[int],
+    ephemeral: bool,
+    dual: bool,
+    holders: _Holders,
+    taken_here: set[tuple[str, int]],
+    n_bound: int,
+) -> tuple[int, list[socket.socket | None]]:
     """The first port of pool that nobody holds and that binds: (port, a socket per half)."""
     last: tuple[IPAddress, bool, int] | None = None  # (host address, dual-stack?, port) last refused
     for port in pool:
@@ -223,12 +240,16 @@ def _bind_one(spec: PortSpec, halves: list[tuple[IPAddress, IPAddress]], pool: S
         hip, e = err
         if e.errno in (errno.EMFILE, errno.ENFILE):
             limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            raise BadInput(f"-p {spec.text}: out of file descriptors after {n_bound} sockets "
-                           f"(RLIMIT_NOFILE hard limit {limit}); publish fewer ports in one "
-                           "sandbox or raise the limit (ulimit -Hn, LimitNOFILE=)")
+            raise BadInput(
+                f"-p {spec.text}: out of file descriptors after {n_bound} sockets "
+                f"(RLIMIT_NOFILE hard limit {limit}); publish fewer ports in one "
+                "sandbox or raise the limit (ulimit -Hn, LimitNOFILE=)"
+            )
         if e.errno == errno.EADDRNOTAVAIL:
-            raise BadInput(f"-p {spec.text}: {hip} is not an address of this host; "
-                           "use one of its addresses (see 'ip addr') or omit the IP")
+            raise BadInput(
+                f"-p {spec.text}: {hip} is not an address of this host; "
+                "use one of its addresses (see 'ip addr') or omit the IP"
+            )
         if e.errno not in (errno.EADDRINUSE, errno.EACCES):
             raise BadInput(f"-p {spec.text}: cannot bind {hip} port {port}: {e.strerror}")
         last = (hip, _socket_halves(halves, dual) == [(ANY6, True)], port)
@@ -239,5 +260,7 @@ def _bind_one(spec: PortSpec, halves: list[tuple[IPAddress, IPAddress]], pool: S
         binding = f"[{hip}]:{port}" if hip.version == 6 else f"{hip}:{port}"
         raise PortInUse(f"{binding}/{spec.proto}", holders.describe(spec.proto, hip, port, is_dual))
     what = "ephemeral range" if ephemeral else "range"
-    raise Conflict(f"-p {spec.text}: every host port of the {what} {pool[0]}-{pool[-1]} is "
-                   "already in use; widen the range or free a port")
+    raise Conflict(
+        f"-p {spec.text}: every host port of the {what} {pool[0]}-{pool[-1]} is "
+        "already in use; widen the range or free a port"
+    )

@@ -41,8 +41,11 @@ class HostPublisher:
         return []
 
     def describe(self) -> list[dict[str, str]]:
-        return [{"binding": f"*:{port}/{e.proto}", "path": "host (the command's own socket)"}
-                for e in self.ctx.spec.expose for port in e.ports]
+        return [
+            {"binding": f"*:{port}/{e.proto}", "path": "host (the command's own socket)"}
+            for e in self.ctx.spec.expose
+            for port in e.ports
+        ]
 
     def check(self) -> list[str]:
         return []

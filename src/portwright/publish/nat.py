@@ -47,11 +47,17 @@ class NatPublisher:
             # ::1 is the host talking to itself: relay it to the sandbox's IPv4 address when it
             # has one, so "localhost" reaches the same server whichever way it resolves (most
             # servers listen on IPv4; an IPv6-only sandbox keeps its IPv6 target).
-            v4 = {(m.proto, m.host_port, m.container_port): m.container_ip
-                  for m, _ in bound if m.container_ip.version == 4}
-            self._relays = {dataclasses.replace(m, container_ip=v4.get((m.proto, m.host_port, m.container_port),
-                                                                        m.container_ip)): s
-                            for m, s in proxied.items()}
+            v4 = {
+                (m.proto, m.host_port, m.container_port): m.container_ip
+                for m, _ in bound
+                if m.container_ip.version == 4
+            }
+            self._relays = {
+                dataclasses.replace(
+                    m, container_ip=v4.get((m.proto, m.host_port, m.container_port), m.container_ip)
+                ): s
+                for m, s in proxied.items()
+            }
         if nat:
             # One transaction; it also flushes the published UDP ports' conntrack entries, so a
             # client that sent before the rule existed is not stuck on the host (Docker #8795).
@@ -92,9 +98,17 @@ class NatPublisher:
         return errs
 
     def describe(self) -> list[dict[str, str]]:
-        return [{"binding": f"{m.host_binding()}/{m.proto}",
-                 "path": "relay (userland, ::1)" if rules.needs_relay(m) else "nat" if rules.nat_capable(m)
-                 else "reserved"} for m in self.mappings]
+        return [
+            {
+                "binding": f"{m.host_binding()}/{m.proto}",
+                "path": "relay (userland, ::1)"
+                if rules.needs_relay(m)
+                else "nat"
+                if rules.nat_capable(m)
+                else "reserved",
+            }
+            for m in self.mappings
+        ]
 
     def check(self) -> list[str]:
         """NAT elements of this owner that are missing from the live table."""
@@ -103,8 +117,10 @@ class NatPublisher:
             return []
         tag = rules.owner_tag(self.ctx.owner)
         have = {(p.proto, p.host_ip, p.host_port) for p in self.ctx.firewall.published() if p.owner == tag}
-        return [f"nft element {proto} {ip} port {port} is missing" for proto, ip, port in sorted(
-            want - have, key=str)]
+        return [
+            f"nft element {proto} {ip} port {port} is missing"
+            for proto, ip, port in sorted(want - have, key=str)
+        ]
 
     def stats(self) -> dict[str, dict[str, int]]:
         return self.proxy.stats() if self.proxy is not None else {}

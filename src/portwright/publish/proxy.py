@@ -43,8 +43,12 @@ class ProxyPublisher:
         self._relays = dict(relays)
         if not self.mappings:
             self.mappings = list(relays)
-        srv = ProxyServer(list(relays), sockets=relays, proxy_protocol=self.proxy_protocol,
-                          udp_idle_timeout=self.udp_idle_timeout)
+        srv = ProxyServer(
+            list(relays),
+            sockets=relays,
+            proxy_protocol=self.proxy_protocol,
+            udp_idle_timeout=self.udp_idle_timeout,
+        )
         srv.start()
         self.proxy = srv
 
@@ -62,8 +66,10 @@ class ProxyPublisher:
         return []
 
     def describe(self) -> list[dict[str, str]]:
-        return [{"binding": f"{m.host_binding()}/{m.proto}", "path": "proxy (userland relay)"}
-                for m in self.mappings]
+        return [
+            {"binding": f"{m.host_binding()}/{m.proto}", "path": "proxy (userland relay)"}
+            for m in self.mappings
+        ]
 
     def check(self) -> list[str]:
         if self.mappings and (self.proxy is None or not self.proxy.alive()):

@@ -31,7 +31,9 @@ def serve(c: socket.socket, peer: str) -> None:
             while f.readline() not in (b"\r\n", b"\n", b""):
                 pass
             body = f"PEER {peer}\n".encode()
-            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            c.sendall(
+                b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            )
             return
         c.sendall(f"PEER {peer} {line}\n".encode())
         rest = f.read()  # until the client half-closes
