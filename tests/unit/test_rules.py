@@ -17,42 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nftdata import DB, GOLDEN, WEB, m
 
 from portwright.errors import BadInput
 from portwright.firewall import rules
-from portwright.model import Mapping, Network
+from portwright.model import Network
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-A = ipaddress.ip_address
 OWNER_A = "pw:0123456789ab"
 OWNER_CNI = "cni:" + "f" * 64 + ":eth0"
-
-WEB = Network(
-    name="web",
-    bridge="pwbr0",
-    subnet4=ipaddress.IPv4Network("198.18.5.0/24"),
-    gateway4=ipaddress.IPv4Address("198.18.5.1"),
-    subnet6=ipaddress.IPv6Network("2001:2:5::/64"),
-    gateway6=ipaddress.IPv6Address("2001:2:5::1"),
-)
-DB = Network(
-    name="db",
-    bridge="pwbr1",
-    subnet4=ipaddress.IPv4Network("198.18.6.0/24"),
-    gateway4=ipaddress.IPv4Address("198.18.6.1"),
-    internal=True,
-)
-
-
-def m(proto: str, host: str, hport: int, cont: str, cport: int) -> Mapping:
-    return Mapping(
-        proto=proto,
-        host_ip=A(host),
-        host_port=hport,
-        container_ip=A(cont),  # type: ignore[arg-type]
-        container_port=cport,
-    )
-
 
 MAPPINGS = [
     m("tcp", "0.0.0.0", 8080, "198.18.5.2", 80),
