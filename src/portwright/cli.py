@@ -157,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         remove=args.rm,
         cwd=os.getcwd(),
         udp_timeout=args.udp_timeout,
+        host_env=os.environ,
     )
     check_command(spec)
     if args.detach:
@@ -371,7 +372,13 @@ def _add_run_parser(sub: Any) -> None:
     )
     r.add_argument("-P", "--publish-all", action="store_true")
     r.add_argument("--expose", action="append", metavar="PORT[-END][/PROTO]")
-    r.add_argument("-e", "--env", action="append", metavar="K=V")
+    r.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="K=V",
+        help="set K in CMD's environment (bare K: the host's value)",
+    )
     r.add_argument("--publish-mode", default="nat", choices=PUBLISH_MODES)
     r.add_argument(
         "--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +163,18 @@ def parse_expose(text: str) -> ExposeSpec:
     return ExposeSpec(ports=_range(body, text, "exposed port"), proto=proto)
 
 
-def parse_env(text: str) -> tuple[str, str]:
+def parse_env(text: str, host_env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """One ``-e`` value. ``KEY=VALUE`` sets it; a bare ``KEY`` copies ``host_env[KEY]`` as Docker
+    does, or is ``None`` (left unset) when the host has no KEY. Without ``host_env`` (a stored spec
+    of the first release) a bare ``KEY`` is empty, as that release ran it."""
     key, eq, value = text.partition("=")
     if not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        raise BadInput(f"-e {text!r}: expected KEY=VALUE with a shell-style KEY")
-    return key, value if eq else ""
+        raise BadInput(f"-e {text!r}: expected KEY=VALUE (or KEY, to copy the host's) with a shell-style KEY")
+    if eq:
+        return key, value
+    if host_env is None:
+        return key, ""
+    return (key, host_env[key]) if key in host_env else None
 
 
 def check_name(name: str) -> str:
@@ -357,8 +365,11 @@ def parse_sandbox_spec(
     udp_timeout: float = 90.0,
     remove: bool = False,
     cwd: str = "/",
+    host_env: Mapping[str, str] | None = None,
 ) -> SandboxSpec:
-    """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error)."""
+    """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error).
+    ``host_env`` is the caller's environment, which a bare ``-e KEY`` copies from."""
+    pairs = (parse_env(e, host_env) for e in env)
     return SandboxSpec(
         cmd=tuple(cmd),
         name=name,
@@ -366,7 +377,7 @@ def parse_sandbox_spec(
         publish=tuple(parse_publish(p) for p in publish),
         publish_all=publish_all,
         expose=tuple(parse_expose(e) for e in expose),
-        env=tuple(parse_env(e) for e in env),
+        env=tuple(kv for kv in pairs if kv is not None),
         publish_mode=publish_mode,
         detach=detach,
         proxy_protocol=proxy_protocol,
