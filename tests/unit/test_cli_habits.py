@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import socket
 
 import pytest
 
 from portwright import cli
-from portwright.spec import SandboxSpec, parse_sandbox_spec
+from portwright.errors import BadInput
+from portwright.publish.base import Bound, Target, allocate
+from portwright.spec import SandboxSpec, parse_publish, parse_sandbox_spec
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -41,3 +45,51 @@ def test_bare_env_key_in_the_spec_parser_uses_the_given_mapping() -> None:
     assert spec.env == (("A", "1"), ("C", ""))
     # A stored spec of the first release (no host environment to copy from) reads as it ran.
     assert SandboxSpec.from_json({"cmd": ["x"], "env": ["A"]}).env == (("A", ""),)
+
+
+# ---------------------------------------------------------------------- 3: the same host port twice
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _close(bound: Bound) -> None:
+    for _, s in bound:
+        if s is not None:
+            s.close()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1:", ""])
+def test_the_same_host_port_twice_names_both_flags(ip: str) -> None:
+    port = _free_tcp_port()
+    first, second = f"{ip}{port}:80", f"{ip}{port}:81"
+    with pytest.raises(BadInput) as e:
+        allocate(
+            [parse_publish(first), parse_publish(second)],
+            Target(ipaddress.IPv4Address("198.18.0.2"), None),
+            [],
+            ipv6_host=False,
+        )
+    msg = str(e.value)
+    assert f"-p {first}" in msg and f"-p {second}" in msg and "pid" not in msg, msg
+    # All-or-nothing: the first flag's socket was closed too.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_the_same_port_on_two_addresses_is_no_clash() -> None:
+    port = _free_tcp_port()
+    bound = allocate(
+        [parse_publish(f"127.0.0.1:{port}:80"), parse_publish(f"127.0.0.2:{port}:81")],
+        Target(ipaddress.IPv4Address("198.18.0.2"), None),
+        [],
+        ipv6_host=False,
+    )
+    try:
+        assert [(str(m.host_ip), m.host_port) for m, _ in bound] == [
+            ("127.0.0.1", port),
+            ("127.0.0.2", port),
+        ]
+    finally:
+        _close(bound)

@@ -195,7 +195,7 @@ def allocate(
     reserved = sysctl.reserved_ports()
     holders = _Holders(known, {spec.proto for spec in specs})
     out: Bound = []
-    taken_here: set[tuple[str, int]] = set()
+    taken_here: _Taken = {}
     try:
         for spec in specs:
             for cport, candidates in spec.requests():
@@ -206,13 +206,32 @@ def allocate(
                 )
                 for (hip, cip), sock in zip(halves, socks, strict=True):
                     out.append((Mapping(spec.proto, hip, port, cip, cport), sock))
-                taken_here.add((spec.proto, port))
+                for hip, is_dual in _socket_halves(halves, dual_stack):
+                    taken_here.setdefault((spec.proto, port), []).append((spec.text, hip, is_dual))
     except BaseException:
         for _, sock in out:
             if sock is not None:
                 sock.close()
         raise
     return out
+
+
+# (proto, host port) -> (the -p text, host address, dual-stack?) of each socket this request bound
+_Taken = dict[tuple[str, int], list[tuple[str, IPAddress, bool]]]
+
+
+def _check_own_clash(
+    spec: PortSpec, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool, taken_here: _Taken
+) -> None:
+    """Refuse a port an earlier ``-p`` of the same request holds: the two flags clash (the holder
+    the kernel would name is this very process)."""
+    for text, hip0, dual0 in taken_here.get((spec.proto, port), ()):
+        for hip, is_dual in _socket_halves(halves, dual):
+            if bindings_clash(hip0, hip, a_dual=dual0, b_dual=is_dual):
+                raise BadInput(
+                    f"-p {text} and -p {spec.text} both ask for host port {port}/{spec.proto}; "
+                    "give each its own host port"
+                )
 
 
 def _bind_one(
@@ -222,14 +241,16 @@ def _bind_one(
     ephemeral: bool,
     dual: bool,
     holders: _Holders,
-    taken_here: set[tuple[str, int]],
+    taken_here: _Taken,
     n_bound: int,
 ) -> tuple[int, list[socket.socket | None]]:
     """The first port of pool that nobody holds and that binds: (port, a socket per half)."""
     last: tuple[IPAddress, bool, int] | None = None  # (host address, dual-stack?, port) last refused
     for port in pool:
-        if (spec.proto, port) in taken_here and (ephemeral or len(pool) > 1):
-            continue
+        if (spec.proto, port) in taken_here:
+            if ephemeral or len(pool) > 1:
+                continue
+            _check_own_clash(spec, halves, port, dual, taken_here)
         held = _first_holder(holders, spec.proto, halves, port, dual)
         if held is not None:
             last = (*held, port)
