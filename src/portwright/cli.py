@@ -386,7 +386,7 @@ def _add_run_parser(sub: Any) -> None:
     r.add_argument(
         "--udp-timeout",
         type=float,
-        default=90.0,
+        default=None,
         metavar="SECONDS",
         help="proxy mode: forget an idle UDP flow after this long (default 90)",
     )

@@ -193,6 +193,7 @@ def check_name(name: str) -> str:
 SPEC_VERSION = 1  # the "version" of a stored SandboxSpec; from_json reads this and older forms
 DEFAULT_NETWORK = "pw0"
 UDP_TIMEOUT_RANGE = (1.0, 86400.0)  # seconds a relayed UDP flow may stay idle
+DEFAULT_UDP_TIMEOUT = 90.0
 
 
 def _range_json(r: PortRange | None) -> list[int] | None:
@@ -268,6 +269,27 @@ class SandboxSpec:
         if self.network not in ("host", "none"):
             check_name(self.network)
 
+    def refuse_ignored(self, *, udp_timeout_given: bool) -> None:
+        """Refuse flags a new request gives that would be silently ignored (a stored spec of an
+        earlier version is read as it is, without this check)."""
+        if not self.bridged and self.publish_mode == "proxy":
+            raise BadInput(
+                f"--publish-mode proxy does not apply with --network {self.network} (nothing is "
+                "published there); drop it or use a bridge network"
+            )
+        if self.publish_mode == "proxy" and self.bridged:
+            return
+        if self.proxy_protocol:
+            raise BadInput(
+                "--proxy-protocol applies only to --publish-mode proxy on a bridge network; "
+                "add --publish-mode proxy or drop it"
+            )
+        if udp_timeout_given:
+            raise BadInput(
+                f"--udp-timeout {self.udp_timeout:g} applies only to --publish-mode proxy on a bridge "
+                "network; add --publish-mode proxy or drop it"
+            )
+
     @property
     def bridged(self) -> bool:
         return self.network not in ("host", "none")
@@ -308,7 +330,7 @@ class SandboxSpec:
         """Read a stored spec: this version's form, or the untyped one of the first release
         (``-p``/``--expose``/``-e`` kept as the user's text), which is parsed here."""
         if "version" not in d:
-            return parse_sandbox_spec(**{k: d[k] for k in _LEGACY_KEYS if k in d})
+            return parse_sandbox_spec(**{k: d[k] for k in _LEGACY_KEYS if k in d}, strict=False)
         known = {"version", *_FIELDS}
         expose = tuple(
             ExposeSpec(ports=_range_from(e["ports"]), proto=e["proto"])  # type: ignore[arg-type]
@@ -362,15 +384,18 @@ def parse_sandbox_spec(
     publish_mode: str = "nat",
     detach: bool = False,
     proxy_protocol: bool = False,
-    udp_timeout: float = 90.0,
+    udp_timeout: float | None = None,
     remove: bool = False,
     cwd: str = "/",
     host_env: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> SandboxSpec:
     """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error).
-    ``host_env`` is the caller's environment, which a bare ``-e KEY`` copies from."""
+    ``host_env`` is the caller's environment, which a bare ``-e KEY`` copies from;
+    ``udp_timeout`` None means not given (90 s). ``strict`` refuses flags that would be ignored
+    (``SandboxSpec.refuse_ignored``); reading a stored spec of the first release passes False."""
     pairs = (parse_env(e, host_env) for e in env)
-    return SandboxSpec(
+    spec = SandboxSpec(
         cmd=tuple(cmd),
         name=name,
         network=network,
@@ -381,7 +406,10 @@ def parse_sandbox_spec(
         publish_mode=publish_mode,
         detach=detach,
         proxy_protocol=proxy_protocol,
-        udp_timeout=udp_timeout,
+        udp_timeout=DEFAULT_UDP_TIMEOUT if udp_timeout is None else udp_timeout,
         remove=remove,
         cwd=cwd,
     )
+    if strict:
+        spec.refuse_ignored(udp_timeout_given=udp_timeout is not None)
+    return spec

@@ -93,3 +93,40 @@ def test_the_same_port_on_two_addresses_is_no_clash() -> None:
         ]
     finally:
         _close(bound)
+
+
+# ---------------------------------------------------------------------- 4: flags that do not apply
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--proxy-protocol"], "--proxy-protocol applies only to --publish-mode proxy"),
+        (["--publish-mode", "nat", "--proxy-protocol"], "--proxy-protocol applies only"),
+        (["--udp-timeout", "5"], "--udp-timeout 5 applies only to --publish-mode proxy"),
+        (["--udp-timeout", "90"], "--udp-timeout 90 applies only"),  # given, even if the default
+        (["--network", "host", "--publish-mode", "proxy"], "--publish-mode proxy does not apply"),
+        (["--network", "none", "--publish-mode", "proxy"], "--network none"),
+        (["--network", "host", "--proxy-protocol"], "--proxy-protocol applies only"),
+    ],
+)
+def test_flags_that_do_not_apply_are_refused(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], needle: str
+) -> None:
+    with pytest.raises(BadInput, match=needle.replace("-", r"\-")) as e:
+        _run_spec(monkeypatch, *argv, "--", "true")
+    assert "\n" not in str(e.value)
+
+
+def test_flags_that_apply_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _run_spec(
+        monkeypatch, "--publish-mode", "proxy", "--proxy-protocol", "--udp-timeout", "5", "--", "true"
+    )
+    assert (spec.publish_mode, spec.proxy_protocol, spec.udp_timeout) == ("proxy", True, 5.0)
+    assert _run_spec(monkeypatch, "--", "true").udp_timeout == 90.0  # not given: the default
+    assert _run_spec(monkeypatch, "--network", "host", "--", "true").publish_mode == "nat"
+
+
+def test_stored_specs_with_ignored_flags_still_read() -> None:
+    legacy = {"cmd": ["x"], "publish_mode": "nat", "proxy_protocol": True, "udp_timeout": 5.0}
+    assert SandboxSpec.from_json(legacy).proxy_protocol is True
+    v1 = {**legacy, "version": 1, "network": "host", "publish_mode": "proxy"}
+    assert SandboxSpec.from_json(v1).udp_timeout == 5.0
