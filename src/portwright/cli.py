@@ -209,17 +209,19 @@ def cmd_port(args: argparse.Namespace) -> int:
     return 0
 
 
-def _netns_for_exec(args: argparse.Namespace) -> str | None:
+def _exec_target(args: argparse.Namespace) -> tuple[str | None, dict[str, str] | None]:
+    """The network namespace ``exec`` enters and the environment it gives CMD: a sandbox's
+    ``-e`` variables on top of ours, as ``docker exec`` does (None: ours as it is)."""
     if args.pid is not None or args.container is not None:
         from .diagnose.nsenter import netns_path_for
 
-        return netns_path_for(pid=args.pid, container=args.container)
+        return netns_path_for(pid=args.pid, container=args.container), None
     if not args.name:
         raise BadInput("exec: give a sandbox NAME, --pid PID or --container NAME")
     rec = State().sandbox(args.name)
     if rec.status != "running":
         raise BadInput(f"sandbox {rec.name!r} is not running; start a new one with 'portwright run'")
-    return rec.sandbox.netns
+    return rec.sandbox.netns, {**os.environ, **dict(rec.spec.env)}
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -235,9 +237,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
         args.name = None
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
-    path = _netns_for_exec(args)
+    path, env = _exec_target(args)
     try:
-        return runner.call(cmd, netns_path=path)
+        return runner.call(cmd, netns_path=path, env=env)
     except FileNotFoundError:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -130,3 +132,23 @@ def test_stored_specs_with_ignored_flags_still_read() -> None:
     assert SandboxSpec.from_json(legacy).proxy_protocol is True
     v1 = {**legacy, "version": 1, "network": "host", "publish_mode": "proxy"}
     assert SandboxSpec.from_json(v1).udp_timeout == 5.0
+
+
+# ---------------------------------------------------------------------- 5: exec sees -e
+def test_exec_gives_cmd_the_sandboxs_env_on_top_of_the_callers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from portwright.kernel import runner
+
+    spec = parse_sandbox_spec(["sleep", "9"], env=["PW_HABIT_A=fromsandbox", "PW_HABIT_B=b"])
+    rec = SimpleNamespace(status="running", name="web", sandbox=SimpleNamespace(netns=None), spec=spec)
+    monkeypatch.setattr(cli, "State", lambda: SimpleNamespace(sandbox=lambda name: rec))
+    monkeypatch.setenv("PW_HABIT_A", "fromcaller")
+    monkeypatch.setenv("PW_HABIT_C", "caller")
+    out = tmp_path / "env"
+    real_call = runner.call
+    # The sandbox has no namespace here (netns None): CMD runs for real, in ours.
+    monkeypatch.setattr(runner, "call", lambda cmd, **kw: real_call(cmd, **{**kw, "netns_path": None}))
+    script = f'echo "$PW_HABIT_A $PW_HABIT_B $PW_HABIT_C" > {out}'
+    assert cli.cmd_exec(_parse("exec", "web", "--", "sh", "-c", script)) == 0
+    assert out.read_text().split() == ["fromsandbox", "b", "caller"]

@@ -155,16 +155,17 @@ def run(
     return p
 
 
-def call(argv: Sequence[str], *, netns_path: str | None = None) -> int:
+def call(argv: Sequence[str], *, netns_path: str | None = None, env: dict[str, str] | None = None) -> int:
     """Run a user's command in the foreground, on this terminal (no capture, no timeout), in the
-    network namespace at ``netns_path`` if given; its exit status.
+    network namespace at ``netns_path`` if given, with ``env`` as its whole environment if given
+    (default: ours); its exit status.
 
     It is the user's program, not a tool of ours, so a missing one raises FileNotFoundError for
     the caller to word (there is no package to name).
     """
     path = netns_path
     pre = (lambda: _netns.setns(path)) if path else None
-    return subprocess.call(list(argv), preexec_fn=pre)
+    return subprocess.call(list(argv), preexec_fn=pre, env=env)
 
 
 def spawn_detached(
