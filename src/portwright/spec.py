@@ -79,28 +79,32 @@ class ExposeSpec:
     proto: Proto
 
 
-def _port(text: str, whole: str, what: str) -> int:
+_EXPOSE_SYNTAX = "port[-end][/tcp|udp|sctp]"
+
+
+def _port(text: str, whole: str, what: str, flag: str = "-p") -> int:
     if not text.isdigit():
-        raise BadInput(f"-p {whole}: {what} {text!r} is not a number; expected {PORT_SYNTAX}")
+        syntax = PORT_SYNTAX if flag == "-p" else _EXPOSE_SYNTAX
+        raise BadInput(f"{flag} {whole}: {what} {text!r} is not a number; expected {syntax}")
     n = int(text)
     if not 1 <= n <= 65535:
-        raise BadInput(f"-p {whole}: {what} {n} is out of range; ports are 1-65535")
+        raise BadInput(f"{flag} {whole}: {what} {n} is out of range; ports are 1-65535")
     return n
 
 
-def _range(text: str, whole: str, what: str) -> PortRange:
+def _range(text: str, whole: str, what: str, flag: str = "-p") -> PortRange:
     lo, sep, hi = text.partition("-")
-    a = _port(lo, whole, what)
-    b = _port(hi, whole, what) if sep else a
+    a = _port(lo, whole, what, flag)
+    b = _port(hi, whole, what, flag) if sep else a
     if b < a:
-        raise BadInput(f"-p {whole}: {what} range {a}-{b} is reversed; write it low-high")
+        raise BadInput(f"{flag} {whole}: {what} range {a}-{b} is reversed; write it low-high")
     return PortRange(a, b)
 
 
-def _proto(text: str, whole: str) -> Proto:
+def _proto(text: str, whole: str, flag: str = "-p") -> Proto:
     p = text.lower()
     if p not in PROTOS:
-        raise BadInput(f"-p {whole}: unknown protocol {text!r}; use tcp, udp or sctp")
+        raise BadInput(f"{flag} {whole}: unknown protocol {text!r}; use tcp, udp or sctp")
     return p
 
 
@@ -157,10 +161,10 @@ def parse_publish(text: str) -> PortSpec:
 def parse_expose(text: str) -> ExposeSpec:
     """Parse one ``--expose`` value: ``port[-end][/proto]``."""
     body, slash, proto_text = text.partition("/")
-    proto = _proto(proto_text, text) if slash else "tcp"
+    proto = _proto(proto_text, text, "--expose") if slash else "tcp"
     if not body:
-        raise BadInput(f"--expose {text!r}: no port; expected port[-end][/tcp|udp|sctp]")
-    return ExposeSpec(ports=_range(body, text, "exposed port"), proto=proto)
+        raise BadInput(f"--expose {text!r}: no port; expected {_EXPOSE_SYNTAX}")
+    return ExposeSpec(ports=_range(body, text, "exposed port", "--expose"), proto=proto)
 
 
 def parse_env(text: str, host_env: Mapping[str, str] | None = None) -> tuple[str, str] | None:

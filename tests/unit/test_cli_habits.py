@@ -14,7 +14,7 @@ import pytest
 from portwright import cli
 from portwright.errors import BadInput
 from portwright.publish.base import Bound, Target, allocate
-from portwright.spec import SandboxSpec, parse_publish, parse_sandbox_spec
+from portwright.spec import SandboxSpec, parse_expose, parse_publish, parse_sandbox_spec
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -152,3 +152,11 @@ def test_exec_gives_cmd_the_sandboxs_env_on_top_of_the_callers(
     script = f'echo "$PW_HABIT_A $PW_HABIT_B $PW_HABIT_C" > {out}'
     assert cli.cmd_exec(_parse("exec", "web", "--", "sh", "-c", script)) == 0
     assert out.read_text().split() == ["fromsandbox", "b", "caller"]
+
+
+# ---------------------------------------------------------------------- 6: error messages
+@pytest.mark.parametrize("text", ["80-70", "x", "0", "80/bogus", "70000-70001/udp"])
+def test_expose_errors_name_the_expose_flag(text: str) -> None:
+    with pytest.raises(BadInput) as e:
+        parse_expose(text)
+    assert str(e.value).startswith(f"--expose {text}: "), str(e.value)
