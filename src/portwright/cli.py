@@ -27,6 +27,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, Docker-like, exit 2
         self.exit(2, f"portwright: {message}; see '{self.prog} --help'\n")
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """As argparse, but unrecognized arguments point to the help of the (sub)command that was
+        given them (argparse reports them from the top-level parser)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _chosen(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        """The deepest subcommand parser the parsed arguments chose (this one if none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                if chosen is not None:
+                    return chosen._chosen(ns) if isinstance(chosen, _Parser) else chosen
+        return self
+
 
 def _print_table(rows: list[list[str]], headers: list[str]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -311,6 +328,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+ZYGOTE = "_zygote"  # the fork server's entry; not a subcommand, so no help or choice list shows it
+
+
 def cmd_zygote(args: argparse.Namespace) -> int:
     from .zygote import main as zygote_main
 
@@ -330,10 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_parser(sub)
     _add_run_parser(sub)
     _add_sandbox_parsers(sub)
-
-    zg = sub.add_parser("_zygote")
-    zg.add_argument("rest", nargs=argparse.REMAINDER)
-    zg.set_defaults(func=cmd_zygote)
 
     # Light modules: they declare the options; each handler imports its package when it runs.
     bench_commands.register(sub)
@@ -446,15 +462,19 @@ def _add_sandbox_parsers(sub: Any) -> None:
 
 # Diagnostics must see leftovers as they are (reconciling first would hide the stale state they
 # report); the supervisor and the benchmark manage their own sandboxes.
-NO_RECONCILE = {"_zygote", "bench", "who", "ports", "audit", None}
+NO_RECONCILE = {ZYGOTE, "bench", "who", "ports", "audit", None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == [ZYGOTE]:
+        args = argparse.Namespace(command=ZYGOTE, func=cmd_zygote, rest=words[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(words)
+        if args.command is None:
+            parser.print_help()
+            return 2
     try:
         if args.command not in NO_RECONCILE and os.geteuid() == 0:
             Engine().reconcile()

@@ -160,3 +160,38 @@ def test_expose_errors_name_the_expose_flag(text: str) -> None:
     with pytest.raises(BadInput) as e:
         parse_expose(text)
     assert str(e.value).startswith(f"--expose {text}: "), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "helped"),
+    [
+        (["ps", "--bogus"], "portwright ps"),
+        (["network", "ls", "--bogus"], "portwright network ls"),
+        (["rm", "-f", "x", "--bogus"], "portwright rm"),
+        (["--bogus"], "portwright"),
+    ],
+)
+def test_unrecognized_arguments_point_to_the_subcommands_help(
+    capsys: pytest.CaptureFixture[str], argv: list[str], helped: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "unrecognized arguments: --bogus" in err and err.rstrip().endswith(f"see '{helped} --help'"), err
+
+
+def test_the_hidden_zygote_command_is_in_no_choice_list_or_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bogus"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "'run'" in err and "_zygote" not in err, err
+    assert "_zygote" not in cli.build_parser().format_help()
+
+
+def test_the_zygote_entry_still_reaches_the_fork_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from portwright import zygote
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(zygote, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["_zygote", "/run/some-state"]) == 0 and seen == [["/run/some-state"]]
