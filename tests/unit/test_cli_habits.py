@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from portwright import cli
-from portwright.errors import BadInput
+from portwright.errors import BadInput, NeedRoot, NotFound, PortwrightError
 from portwright.publish.base import Bound, Target, allocate
 from portwright.spec import SandboxSpec, parse_expose, parse_publish, parse_sandbox_spec
 
@@ -195,3 +197,53 @@ def test_the_zygote_entry_still_reaches_the_fork_server(monkeypatch: pytest.Monk
     seen: list[list[str]] = []
     monkeypatch.setattr(zygote, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["_zygote", "/run/some-state"]) == 0 and seen == [["/run/some-state"]]
+
+
+def _stat_refusing(monkeypatch: pytest.MonkeyPatch, refused_path: str, exc: OSError) -> None:
+    real = os.stat
+
+    def fake(path: Any, *a: Any, **kw: Any) -> Any:
+        if str(path) == refused_path:
+            raise exc
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", fake)
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_exec_pid_unreadable_namespace_tells_root_no_sudo(monkeypatch: pytest.MonkeyPatch, euid: int) -> None:
+    from portwright.diagnose import nsenter
+
+    _stat_refusing(monkeypatch, "/proc/1/ns/net", PermissionError(13, "Permission denied"))
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    with pytest.raises(PortwrightError) as e:
+        nsenter.netns_path_for(pid=1)
+    msg = str(e.value)
+    assert "pid 1" in msg and "\n" not in msg
+    if euid == 0:
+        assert "sudo" not in msg and "needs root" not in msg and "permission denied to root" in msg, msg
+    else:
+        assert isinstance(e.value, NeedRoot), msg
+
+
+def test_exec_pid_that_exits_meanwhile_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from portwright.diagnose import nsenter
+
+    _stat_refusing(monkeypatch, "/proc/1/ns/net", FileNotFoundError(2, "No such file or directory"))
+    with pytest.raises(NotFound, match="pid 1 exited"):
+        nsenter.netns_path_for(pid=1)
+
+
+def test_entering_a_refused_namespace_as_root_says_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from portwright.kernel import netns
+
+    def deny(*a: Any, **kw: Any) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(PortwrightError) as e:
+        netns.setns(str(tmp_path / "ns"))
+    assert "sudo" not in str(e.value) and "permission denied to root" in str(e.value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import NeedRoot, NotFound
+from ..errors import NotFound
 from ..kernel import netns, sockets
 
 # setns in a short-lived thread: shared with the engine (kernel.netns).
@@ -41,7 +41,9 @@ def pid_netns_path(pid: int) -> str:
     try:
         os.stat(path)
     except PermissionError:
-        raise NeedRoot(f"reading the network namespace of pid {pid}") from None
+        raise netns.refused(f"reading the network namespace of pid {pid}", path) from None
+    except FileNotFoundError:
+        raise NotFound(f"pid {pid} exited before its network namespace could be read") from None
     return path
 
 

@@ -14,9 +14,24 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import KernelError, NeedRoot, NotFound
+from ..errors import KernelError, NeedRoot, NotFound, PortwrightError
 
 CLONE_NEWNET = 0x40000000
+
+
+def refused(what: str, path: str) -> PortwrightError:
+    """The error for a namespace the kernel would not let us read or enter: NeedRoot when we are
+    not root; as root, sudo would not help, so say what does stand in the way."""
+    if os.geteuid() != 0:
+        return NeedRoot(what)
+    return KernelError(
+        what,
+        f"permission denied to root for {path}: a security module (AppArmor, SELinux, Yama) or a "
+        "user namespace without CAP_SYS_ADMIN over that process forbids it; see 'dmesg' for the denial",
+        errno.EPERM,
+    )
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 T = TypeVar("T")
 
@@ -27,14 +42,14 @@ def setns(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError:
-        raise NeedRoot(f"opening the network namespace {path}") from None
+        raise refused(f"opening the network namespace {path}", path) from None
     except FileNotFoundError:
         raise NotFound(f"network namespace {path} does not exist; the process or sandbox has gone") from None
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             if err == errno.EPERM:
-                raise NeedRoot(f"entering the network namespace {path}")
+                raise refused(f"entering the network namespace {path}", path)
             raise KernelError(f"setns({path})", os.strerror(err), err)
     finally:
         os.close(fd)
