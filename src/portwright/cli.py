@@ -281,14 +281,26 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    rec = State().sandbox(args.name)
+    from . import logs
+
+    st = State()
+    rec = st.sandbox(args.name)
     if not rec.log_path:
         raise BadInput(f"sandbox {rec.name!r} ran in the foreground; its output went to the terminal")
     try:
-        with open(rec.log_path, "rb") as f:
-            sys.stdout.buffer.write(f.read())
-    except FileNotFoundError:
-        pass
+        tail = logs.parse_tail(args.tail)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+    def running() -> bool:
+        now = st.find_sandbox(rec.id)
+        return (
+            now is not None and now.status != "exited" and pid_alive(now.supervisor_pid, now.supervisor_start)
+        )
+
+    logs.show(
+        rec.log_path, (sys.stdout.buffer, sys.stderr.buffer), tail=tail, follow=args.follow, running=running
+    )
     return 0
 
 
@@ -447,8 +459,14 @@ def _add_sandbox_parsers(sub: Any) -> None:
     rmp.add_argument("names", nargs="+")
     rmp.set_defaults(func=cmd_rm)
 
-    lg = sub.add_parser("logs", help="show a detached sandbox's output")
-    lg.add_argument("name")
+    lg = sub.add_parser("logs", help="show a detached sandbox's output (stdout to stdout, stderr to stderr)")
+    lg.add_argument("name", help="the sandbox's name or ID")
+    lg.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new output until the sandbox exits"
+    )
+    lg.add_argument(
+        "-n", "--tail", default="all", metavar="N", help="only the last N lines of each stream (default all)"
+    )
     lg.set_defaults(func=cmd_logs)
 
     stt = sub.add_parser("stats", help="per-mapping counters of a sandbox's userland publishing")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from . import ipam
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
 from .kernel.host import Host, LinuxHost
+from .kernel.spawn import stderr_path
 from .model import Network, Sandbox
 from .owners import sandbox_owner
 from .publish import registry
@@ -61,9 +62,10 @@ def _explicit_subnet(
 
 
 def _unlink_quietly(path: str | None) -> None:
-    if path:
+    """Remove a detached sandbox's logs: stdout at ``path`` and stderr beside it."""
+    for p in (path, stderr_path(path)) if path else ():
         try:
-            os.unlink(path)
+            os.unlink(p)
         except OSError:
             pass
 

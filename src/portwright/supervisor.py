@@ -392,9 +392,9 @@ def _become_tini(plan: dict[str, Any]) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         if plan["log"]:
-            out = os.open(plan["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            out, err = spawn.open_logs(plan["log"])  # stdout and stderr kept apart
             os.dup2(out, 1)
-            os.dup2(out, 2)
+            os.dup2(err, 2)
         os.execve(plan["tini"], plan["argv"], plan["env"])
     finally:
         os._exit(127)

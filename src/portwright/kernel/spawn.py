@@ -26,10 +26,9 @@ def spawn(
     log_path: str | None,
     stdin_null: bool,
 ) -> int:
-    """Start argv in the sandbox; return its pid (also its process group and session id)."""
-    out = (
-        os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640) if log_path else None
-    )
+    """Start argv in the sandbox; return its pid (also its process group and session id). With a
+    ``log_path``, CMD's stdout is appended there and its stderr to ``stderr_path(log_path)``."""
+    out, err = open_logs(log_path) if log_path else (None, None)
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: only os-level calls until exec
@@ -43,9 +42,9 @@ def spawn(
             if stdin_null:
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
-            if out is not None:
+            if out is not None and err is not None:
                 os.dup2(out, 1)
-                os.dup2(out, 2)
+                os.dup2(err, 2)
             _close_from(3, keep=w)
             os.execvpe(argv[0], list(argv), dict(env))
         except BaseException as e:
@@ -54,8 +53,9 @@ def spawn(
             finally:
                 os._exit(127)
     os.close(w)
-    if out is not None:
-        os.close(out)
+    for fd in (out, err):
+        if fd is not None:
+            os.close(fd)
     try:
         failure = os.read(r, 512)
     finally:
@@ -64,6 +64,19 @@ def spawn(
         os.waitpid(pid, 0)
         raise BadInput(f"cannot start {argv[0]!r}: {failure.decode(errors='replace')}")
     return pid
+
+
+def stderr_path(log_path: str) -> str:
+    """Where a detached CMD's stderr goes: beside its stdout log, kept apart as Docker keeps the
+    two streams (``logs NAME 2>/dev/null`` shows stdout only)."""
+    return log_path.removesuffix(".log") + ".stderr.log"
+
+
+def open_logs(log_path: str) -> tuple[int, int]:
+    """Open (append, create, close-on-exec) the stdout log and the stderr log of a detached CMD."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    out = os.open(log_path, flags, 0o640)
+    return out, os.open(stderr_path(log_path), flags, 0o640)
 
 
 def _close_from(low: int, keep: int) -> None:

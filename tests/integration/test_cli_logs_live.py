@@ -1,0 +1,90 @@
+"""``portwright logs`` used as a person and a script use ``docker logs`` (issue 17): the two
+streams kept apart (``2>/dev/null`` shows stdout only), ``--tail``, and ``-f`` followed while
+the sandbox writes, in lockstep: CMD writes its next line only after the test has seen the last
+one through ``logs -f``, so the test cannot pass unless ``-f`` delivers output live."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from proxynet import wait_until
+from pwutil import pw, temp_network, uniq
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[str]:
+    with temp_network(prefix="lg") as n:
+        yield n
+
+
+@pytest.fixture(params=["tini", "relay"])
+def placement(request: pytest.FixtureRequest, net: str) -> list[str]:
+    """The two ways a detached CMD is started: held by tini (no userland relay) or by the Python
+    supervisor that also runs a proxy-mode relay."""
+    if request.param == "tini":
+        return ["--network", "none"]
+    return ["--network", net, "--publish-mode", "proxy", "-p", "127.0.0.1::80"]
+
+
+def _sandbox(placement: list[str], script: str) -> str:
+    name = uniq("lg")
+    pw("run", "-d", "--name", name, *placement, "--", "sh", "-c", script)
+    return name
+
+
+def test_streams_apart_and_tail(placement: list[str]) -> None:
+    name = _sandbox(placement, "for i in 1 2 3 4; do echo out$i; echo err$i >&2; done; sleep 60")
+    try:
+        assert wait_until(lambda: "out4" in pw("logs", name).stdout)
+        both = pw("logs", name)
+        assert both.stdout.split() == ["out1", "out2", "out3", "out4"]
+        assert both.stderr.split() == ["err1", "err2", "err3", "err4"]
+        # `logs NAME 2>/dev/null`, as a shell user types it
+        shell = subprocess.run(
+            f"{sys.executable} -m portwright logs {name} 2>/dev/null",
+            shell=True,
+            capture_output=True,
+            text=True,
+        )
+        assert shell.returncode == 0 and shell.stdout.split() == ["out1", "out2", "out3", "out4"]
+        tail = pw("logs", "--tail", "2", name)
+        assert (tail.stdout.split(), tail.stderr.split()) == (["out3", "out4"], ["err3", "err4"])
+        bad = pw("logs", "--tail", "x", name, check=False)
+        assert bad.returncode != 0 and "--tail" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    finally:
+        pw("rm", "-f", name, check=False)
+
+
+def test_follow_while_the_sandbox_writes(placement: list[str], tmp_path: Path) -> None:
+    lines = 5
+    # line i is written once the test has acknowledged line i-1 (file ack<i-1>); then CMD exits
+    script = (
+        f"i=0; while [ $i -lt {lines} ]; do echo line$i; echo eline$i >&2; "
+        f"while [ ! -e {tmp_path}/ack$i ]; do sleep 0.05; done; i=$((i+1)); done"
+    )
+    name = _sandbox(placement, script)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "portwright", "logs", "-f", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        for i in range(lines):
+            assert follower.stdout.readline() == f"line{i}\n"
+            (tmp_path / f"ack{i}").touch()
+        follower.wait(timeout=30)  # -f ends by itself once the sandbox has exited
+        assert follower.returncode == 0 and follower.stdout.read() == ""
+        assert pw("logs", name).stderr.split() == [f"eline{i}" for i in range(lines)]
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        pw("rm", "-f", name, check=False)
