@@ -237,6 +237,8 @@ def test_counters_move(be: Backend) -> None:
             "udp_flows": 0,
             "errors": 0,
             "udp_dropped": 0,
+            "abandoned": 0,
+            "connect_timeouts": 0,
         }
         held = [socket.create_connection(("127.0.0.1", p), timeout=5) for _ in range(3)]
         assert wait_until(lambda: srv.stats()[key]["active"] == 3)

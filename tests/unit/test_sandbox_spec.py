@@ -100,3 +100,15 @@ def test_bad_requests_are_one_clear_error(kwargs: dict[str, object], needle: str
 def test_specs_are_frozen() -> None:
     with pytest.raises(AttributeError):
         _full().name = "x"  # type: ignore[misc]
+
+
+def test_proxy_workers_and_connect_timeout_flags() -> None:
+    s = parse_sandbox_spec(["true"], publish_mode="proxy", proxy_workers=3, proxy_connect_timeout=2.5)
+    assert (s.proxy_workers, s.proxy_connect_timeout) == (3, 2.5)
+    assert SandboxSpec.from_json(s.to_json()) == s
+    with pytest.raises(BadInput, match="--proxy-workers 65"):
+        parse_sandbox_spec(["true"], publish_mode="proxy", proxy_workers=65)
+    with pytest.raises(BadInput, match="--proxy-connect-timeout 0"):
+        parse_sandbox_spec(["true"], publish_mode="proxy", proxy_connect_timeout=0)
+    with pytest.raises(BadInput, match="apply only to --publish-mode proxy"):
+        parse_sandbox_spec(["true"], proxy_workers=2)

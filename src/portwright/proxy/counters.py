@@ -11,9 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 #: Slots of a counter list. UDP_DROPPED counts datagrams dropped because the mapping's flow table
-#: was full (udp.py).
-ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS, UDP_DROPPED = range(7)
-COUNTER_NAMES = ("active", "total", "bytes_in", "bytes_out", "udp_flows", "errors", "udp_dropped")
+#: was full (udp.py). ABANDONED counts TCP clients that left while their backend connect was still
+#: pending (both sides released at once), CONNECT_TIMEOUTS backend connects that took longer than
+#: the connect timeout (the client got a reset); see tcp.py and loop.py.
+ACTIVE, TOTAL, BYTES_IN, BYTES_OUT, UDP_FLOWS, ERRORS, UDP_DROPPED, ABANDONED, CONNECT_TIMEOUTS = range(9)
+COUNTER_NAMES = (
+    "active",
+    "total",
+    "bytes_in",
+    "bytes_out",
+    "udp_flows",
+    "errors",
+    "udp_dropped",
+    "abandoned",
+    "connect_timeouts",
+)
 
 
 def new_counters() -> list[int]:

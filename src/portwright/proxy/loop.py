@@ -3,7 +3,7 @@
 Owns the loop's registrations (``watch``, ``watch_relay``, ``forget``: an fd forgotten before it
 is closed is skipped for the rest of that wake-up, so a reused fd number never reaches the wrong
 handler), the per-loop resources the relays borrow (the pipe pool and the small-message copy
-buffer, used only by this thread), the UDP flow sweep (once a second, in loop 0 when it has UDP
+buffer, used only by this thread), the backend connect timeout (``connecting``), the UDP flow sweep (once a second, in loop 0 when it has UDP
 listeners), rate-limited logging for overload and backend failures, and the loop's end: a crash
 is recorded (``crashed``, reported by the server) and every relay, flow and pipe is closed.
 
@@ -14,6 +14,7 @@ the relays live in ``tcp.py`` and ``udp.py``; the counters in ``counters.py``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
@@ -32,13 +33,22 @@ log = logging.getLogger("portwright.proxy")
 Handler = Callable[[int, int], None]
 #: Seconds between sweeps of idle UDP flows (and the longest epoll wait of a loop with UDP).
 SWEEP_EVERY = 1.0
+#: Seconds a backend connect may take before the client gets a reset (--proxy-connect-timeout).
+#: A SYN to a backend whose accept queue is full is retried by the kernel for minutes; the client
+#: (or its user) gave up long before.
+CONNECT_TIMEOUT = 10.0
 
 
 class EventLoop:
     """One epoll loop in its own thread."""
 
-    def __init__(self, index: int, name: str) -> None:
+    def __init__(self, index: int, name: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.index = index
+        self.connect_timeout = connect_timeout
+        # (deadline, relay) of backend connects still pending, oldest first (one timeout per loop,
+        # so appending keeps the order); connected or closed relays are dropped from the front.
+        self.connecting: collections.deque[tuple[float, TcpRelay]] = collections.deque()
+        self.nread = bytearray(4)  # FIONREAD's int, reused (this thread only)
         self.ep = select.epoll()
         self.handlers: dict[int, Handler] = {}
         self.stale: set[int] = set()
@@ -67,7 +77,10 @@ class EventLoop:
         self.handlers[fd] = handler
         self.ep.register(fd, mask)
 
-    def watch_relay(self, relay: TcpRelay) -> None:
+    def watch_relay(self, relay: TcpRelay, pending: bool = False) -> None:
+        """Register both sockets of a relay; ``pending``: its backend connect is in progress."""
+        if pending:
+            self.connecting.append((time.monotonic() + self.connect_timeout, relay))
         h = relay.on_event
         self.handlers[relay.cfd] = h
         self.handlers[relay.bfd] = h
@@ -113,9 +126,13 @@ class EventLoop:
         udp = self.udp
         timeout = SWEEP_EVERY if udp else -1.0
         next_sweep = time.monotonic() + SWEEP_EVERY
+        connecting = self.connecting
         try:
             while not self.stopping:
-                events = poll(timeout)
+                wait = timeout
+                if connecting:
+                    wait = self._expire(timeout)
+                events = poll(wait)
                 if udp:
                     self.now = now = time.monotonic()
                     if now >= next_sweep:
@@ -146,6 +163,22 @@ class EventLoop:
             log.exception("proxy loop %d crashed", self.index)
         finally:
             self._close_all()
+
+    def _expire(self, timeout: float) -> float:
+        """Reset clients whose backend connect outlived the timeout; returns the next poll wait."""
+        connecting = self.connecting
+        now = time.monotonic()
+        while connecting:
+            deadline, relay = connecting[0]
+            if relay.connected or relay.closed:
+                connecting.popleft()
+            elif deadline <= now:
+                connecting.popleft()
+                relay.expire()
+            else:
+                wait = deadline - now
+                return wait if timeout < 0 else min(wait, timeout)
+        return timeout
 
     def _close_all(self) -> None:
         relays = {getattr(h, "__self__", None) for h in list(self.handlers.values())}

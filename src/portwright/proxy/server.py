@@ -37,7 +37,7 @@ from ..kernel.sockets import BACKLOG, bind_socket
 from ..model import IPAddress, Mapping
 from . import proxyproto
 from .counters import ACTIVE, ERRORS, TOTAL, new_counters, total
-from .loop import EventLoop
+from .loop import CONNECT_TIMEOUT, EventLoop
 from .tcp import TcpRelay
 from .udp import MAX_FLOWS, UdpListener, tune_listener
 
@@ -212,7 +212,7 @@ class _Listener:
                 loop.handlers[relay.cfd] = relay.on_event
                 relay.abort()
                 continue
-            loop.watch_relay(relay)
+            loop.watch_relay(relay, pending=bool(err))
 
 
 class ProxyServer:
@@ -220,7 +220,8 @@ class ProxyServer:
 
     ``sockets`` hands over pre-bound sockets (dockerd 28+'s ``-use-listen-fd``, or the
     supervisor's reservation sockets) instead of binding here; they are then owned by the server.
-    ``udp_max_flows`` caps each UDP mapping's flow table (see ``udp.py``).
+    ``udp_max_flows`` caps each UDP mapping's flow table (see ``udp.py``); ``connect_timeout``
+    bounds each backend connect (the client gets a reset after it, see ``loop.py``).
     """
 
     def __init__(
@@ -232,7 +233,10 @@ class ProxyServer:
         udp_max_flows: int = MAX_FLOWS,
         sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
         loops: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout {connect_timeout} must be positive seconds")
         if udp_idle_timeout <= 0:
             raise ValueError(f"udp_idle_timeout {udp_idle_timeout} must be positive seconds")
         if udp_max_flows < 1:
@@ -246,6 +250,7 @@ class ProxyServer:
         self.proxy_protocol = proxy_protocol
         self.udp_idle_timeout = udp_idle_timeout
         self.udp_max_flows = udp_max_flows
+        self.connect_timeout = connect_timeout
         self._given = dict(sockets or {})
         n = loops if loops is not None else DEFAULT_LOOPS
         self._nloops = max(1, n)
@@ -278,7 +283,7 @@ class ProxyServer:
                 self._close_listeners()
                 raise
             for i in range(self._nloops):
-                loop = EventLoop(i, f"pw-proxy-{i}")
+                loop = EventLoop(i, f"pw-proxy-{i}", self.connect_timeout)
                 self._loops.append(loop)
                 ctrs: dict[Mapping, list[int]] = {}
                 self._ctrs.append(ctrs)

@@ -20,6 +20,9 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
   also when it arrives on a direction that is waiting for its destination to drain (EPOLLERR);
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source
   is not read again until the destination drains, so the sender's TCP window closes;
+- while the backend connect is pending, the client is still watched: a client that hangs up (or
+  sends FIN without having sent a byte) releases both sockets at once (``abandoned``), and a
+  connect that outlives the loop's connect timeout resets the client (``connect_timeouts``);
 - a pipe goes back to the pool only when the kernel reports it empty (``PipePool.put``), so bytes
   left behind by an aborted relay can never reach another connection.
 """
@@ -35,7 +38,18 @@ import struct
 import termios
 from typing import TYPE_CHECKING
 
-from .counters import ACTIVE, BYTES_IN, BYTES_OUT, COUNTER_NAMES, ERRORS, TOTAL, UDP_DROPPED, UDP_FLOWS
+from .counters import (
+    ABANDONED,
+    ACTIVE,
+    BYTES_IN,
+    BYTES_OUT,
+    CONNECT_TIMEOUTS,
+    COUNTER_NAMES,
+    ERRORS,
+    TOTAL,
+    UDP_DROPPED,
+    UDP_FLOWS,
+)
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -205,6 +219,8 @@ class TcpRelay:
                         if ev & EPOLLERR:
                             self._client_error()
                             return
+                        if ev & _EOF_EV and not self.connected and self._client_left(ev):
+                            return
                 if ev & EPOLLOUT and self.down.blocked:
                     self._pump(self.down)
             else:
@@ -251,7 +267,33 @@ class TcpRelay:
         return True
 
     def _client_error(self) -> None:
+        if not self.connected:
+            self.ctr[ABANDONED] += 1
         self.abort()
+
+    def _client_left(self, ev: int) -> bool:
+        """The client hung up while the backend connect is still pending: release both now.
+
+        A hang-up (HUP: both directions closed, or a reset) always counts. A FIN alone counts only
+        when the client sent nothing before it: a client that wrote a request and then half-closed
+        (``nc -N``) still waits for the answer, and the connect timeout bounds how long it may."""
+        if not ev & EPOLLHUP:
+            try:
+                fcntl.ioctl(self.cfd, termios.FIONREAD, self.loop.nread, True)
+            except OSError:
+                pass
+            else:
+                if self.loop.nread != b"\0\0\0\0":
+                    return False  # a request is waiting: deliver it once connected
+        self.ctr[ABANDONED] += 1
+        self.abort()
+        return True
+
+    def expire(self) -> None:
+        """The connect timeout passed (loop.py): the client gets a reset, the connect is dropped."""
+        if not self.connected and not self.closed:
+            self.ctr[CONNECT_TIMEOUTS] += 1
+            self.abort()
 
     # -- data path -----------------------------------------------------------------------------
     def _pump(self, h: Half, drain: int = 1) -> None:

@@ -24,6 +24,7 @@ class ProxyPublisher:
     def __init__(self, ctx: PublishContext) -> None:
         self.proxy_protocol = ctx.spec.proxy_protocol
         self.udp_idle_timeout = ctx.spec.udp_timeout
+        self.connect_timeout = ctx.spec.proxy_connect_timeout
         self.proxy: ProxyServer | None = None
         self.mappings: list[Mapping] = []
         self._relays: dict[Mapping, socket.socket] = {}
@@ -48,6 +49,7 @@ class ProxyPublisher:
             sockets=relays,
             proxy_protocol=self.proxy_protocol,
             udp_idle_timeout=self.udp_idle_timeout,
+            connect_timeout=self.connect_timeout,
         )
         srv.start()
         self.proxy = srv
