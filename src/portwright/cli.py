@@ -174,6 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         remove=args.rm,
         cwd=os.getcwd(),
         udp_timeout=args.udp_timeout,
+        proxy_workers=args.proxy_workers,
+        proxy_connect_timeout=args.proxy_connect_timeout,
         host_env=os.environ,
     )
     check_command(spec)
@@ -320,6 +322,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
         return 0
     keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "udp_dropped", "errors"]
+    keys += ["abandoned", "connect_timeouts"]
     _print_table(
         [[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
         ["MAPPING", *(c.upper() for c in keys)],
@@ -419,6 +422,20 @@ def _add_run_parser(sub: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="proxy mode: forget an idle UDP flow after this long (default 90)",
+    )
+    r.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="proxy mode: relay worker processes sharing the listeners (default: one per core, at most 4)",
+    )
+    r.add_argument(
+        "--proxy-connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="proxy mode: reset the client when the backend has not accepted after this long (default 10)",
     )
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)

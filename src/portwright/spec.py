@@ -198,6 +198,9 @@ SPEC_VERSION = 1  # the "version" of a stored SandboxSpec; from_json reads this 
 DEFAULT_NETWORK = "pw0"
 UDP_TIMEOUT_RANGE = (1.0, 86400.0)  # seconds a relayed UDP flow may stay idle
 DEFAULT_UDP_TIMEOUT = 90.0
+PROXY_CONNECT_TIMEOUT_RANGE = (0.1, 3600.0)  # seconds a proxied backend connect may take
+DEFAULT_PROXY_CONNECT_TIMEOUT = 10.0
+MAX_PROXY_WORKERS = 64  # --proxy-workers 0 (the default) means one per core, at most 4
 
 
 def _range_json(r: PortRange | None) -> list[int] | None:
@@ -245,6 +248,8 @@ class SandboxSpec:
     detach: bool = False
     proxy_protocol: bool = False
     udp_timeout: float = 90.0
+    proxy_workers: int = 0  # 0: one relay worker process per core, at most 4 (proxy/workers.py)
+    proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT
     remove: bool = False  # --rm: forget a detached sandbox when CMD exits
     cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys of newer versions
@@ -257,6 +262,15 @@ class SandboxSpec:
         lo, hi = UDP_TIMEOUT_RANGE
         if not lo <= self.udp_timeout <= hi:
             raise BadInput(f"--udp-timeout {self.udp_timeout:g}: give {lo:g} to {hi:g} seconds")
+        if not 0 <= self.proxy_workers <= MAX_PROXY_WORKERS:
+            raise BadInput(
+                f"--proxy-workers {self.proxy_workers}: give 1 to {MAX_PROXY_WORKERS} (or 0: one per core, at most 4)"
+            )
+        lo, hi = PROXY_CONNECT_TIMEOUT_RANGE
+        if not lo <= self.proxy_connect_timeout <= hi:
+            raise BadInput(
+                f"--proxy-connect-timeout {self.proxy_connect_timeout:g}: give {lo:g} to {hi:g} seconds"
+            )
         if self.publish_mode not in PUBLISH_MODES:
             raise BadInput(
                 f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}"
@@ -287,6 +301,11 @@ class SandboxSpec:
             raise BadInput(
                 "--proxy-protocol applies only to --publish-mode proxy on a bridge network; "
                 "add --publish-mode proxy or drop it"
+            )
+        if self.proxy_workers or self.proxy_connect_timeout != DEFAULT_PROXY_CONNECT_TIMEOUT:
+            raise BadInput(
+                "--proxy-workers and --proxy-connect-timeout apply only to --publish-mode proxy on a "
+                "bridge network; add --publish-mode proxy or drop them"
             )
         if udp_timeout_given:
             raise BadInput(
@@ -325,6 +344,8 @@ class SandboxSpec:
             "detach": self.detach,
             "proxy_protocol": self.proxy_protocol,
             "udp_timeout": self.udp_timeout,
+            "proxy_workers": self.proxy_workers,
+            "proxy_connect_timeout": self.proxy_connect_timeout,
             "remove": self.remove,
             "cwd": self.cwd,
         }
@@ -352,6 +373,8 @@ class SandboxSpec:
             detach=bool(d.get("detach")),
             proxy_protocol=bool(d.get("proxy_protocol")),
             udp_timeout=float(d.get("udp_timeout", 90.0)),
+            proxy_workers=int(d.get("proxy_workers", 0)),
+            proxy_connect_timeout=float(d.get("proxy_connect_timeout", DEFAULT_PROXY_CONNECT_TIMEOUT)),
             remove=bool(d.get("remove")),
             cwd=d.get("cwd", "/"),
             extra={k: v for k, v in d.items() if k not in known},
@@ -370,6 +393,8 @@ _FIELDS = (
     "detach",
     "proxy_protocol",
     "udp_timeout",
+    "proxy_workers",
+    "proxy_connect_timeout",
     "remove",
     "cwd",
 )
@@ -389,6 +414,8 @@ def parse_sandbox_spec(
     detach: bool = False,
     proxy_protocol: bool = False,
     udp_timeout: float | None = None,
+    proxy_workers: int = 0,
+    proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT,
     remove: bool = False,
     cwd: str = "/",
     host_env: Mapping[str, str] | None = None,
@@ -411,6 +438,8 @@ def parse_sandbox_spec(
         detach=detach,
         proxy_protocol=proxy_protocol,
         udp_timeout=DEFAULT_UDP_TIMEOUT if udp_timeout is None else udp_timeout,
+        proxy_workers=proxy_workers,
+        proxy_connect_timeout=proxy_connect_timeout,
         remove=remove,
         cwd=cwd,
     )
