@@ -30,7 +30,7 @@ from . import ipam
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
 from .kernel.host import Host, LinuxHost
 from .kernel.spawn import stderr_path
-from .model import Network, Sandbox
+from .model import ANY4, ANY6, Network, Sandbox
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Bound, Publisher, Target, allocate
@@ -272,11 +272,13 @@ class Engine:
         mode = registry.mode_for(spec)
         if mode is not None:
             live.publisher = registry.create(mode, registry.PublishContext(spec, sandbox_owner(sid), self.fw))
-            bound = self._allocate(spec, sb, live.publisher) if spec.bridged else []
+            bound = self._allocate(spec, sb, live.publisher)
             live.sockets = [s for _, s in bound if s is not None]
             stack.callback(_close_all, live.sockets)
             stack.callback(live.publisher.unpublish)
             live.publisher.publish(bound)
+            # A publisher may give reservations back (host-remap: CMD's own bind takes the port).
+            live.sockets[:] = [s for s in live.sockets if s.fileno() != -1]
             if serve:
                 live.publisher.serve()
         live.cgroup = self.host.cgroup_create(sid)
@@ -359,7 +361,8 @@ class Engine:
             ]
             bound = allocate(
                 specs,
-                Target(sb.ip4, sb.ip6),
+                # Host networking (host-remap): CMD binds the host's own addresses.
+                Target(sb.ip4, sb.ip6) if spec.bridged else Target(ANY4, ANY6),
                 known,
                 ipv6_host=self.host.ipv6_enabled(),
                 dual_stack=publisher.dual_stack,
@@ -433,6 +436,8 @@ class Engine:
             )
         errors = _collect(*steps)
         errors += self.host.cgroup_kill(self.host.cgroup_path(sb.id))
+        # What a mechanism keeps outside the firewall (host-remap's BPF links pinned in bpffs).
+        errors += registry.cleanup(sb.publish_mode, sandbox_owner(sb.id))
         addrs = [str(a) for a in (sb.ip4, sb.ip6) if a is not None]
         if addrs:
             # As Docker does when an endpoint goes: a UDP flow that still arrives for this

@@ -275,11 +275,8 @@ class SandboxSpec:
             raise BadInput(
                 f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}"
             )
-        if self.network == "host" and (self.publish or self.publish_all):
-            raise BadInput(
-                "published ports are discarded when using host network mode; drop -p/-P "
-                "(the command's ports are the host's ports) or use a bridge network"
-            )
+        # -p/-P with --network host is accepted here: the host-remap publisher rewrites CMD's
+        # bind() in its cgroup, and refuses (naming why) where cgroup2 or BPF is missing.
         if self.network == "none" and (self.publish or self.publish_all):
             raise BadInput(
                 "--network none has no interface to publish on; drop -p/-P or use a bridge network"

@@ -210,8 +210,9 @@ def test_host_network_expose_conflict_names_owner() -> None:
     try:
         r = pw("run", "--network", "host", "--expose", str(port), "--", "true", check=False)
         assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and str(port) in r.stderr
-        r = pw("run", "--network", "host", "-p", "8080:80", "--", "true", check=False)
-        assert r.returncode != 0 and "published ports are discarded" in r.stderr
+        # host-remap (issue 12): -p with --network host reserves the host port like any mode
+        r = pw("run", "--network", "host", "-p", f"{port}:80", "--", "true", check=False)
+        assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and str(port) in r.stderr
     finally:
         s.close()
     r = pw("run", "--network", "host", "--", "sh", "-c", "exit 0")

@@ -148,9 +148,11 @@ def test_host_mode_refuses_an_exposed_port_someone_holds() -> None:
 def test_the_registry_builds_by_name_and_refuses_unknown_names() -> None:
     spec = parse_sandbox_spec(["x"])
     ctx = registry.PublishContext(spec, "pw:0123456789ab", Firewall(FakeBackend()))
-    assert {registry.create(n, ctx).name for n in registry.names()} == {"nat", "proxy", "host"}
+    assert {registry.create(n, ctx).name for n in registry.names()} >= {"nat", "proxy", "host", "host-remap"}
     assert registry.mode_for(spec) == "nat"
     assert registry.mode_for(parse_sandbox_spec(["x"], network="host")) == "host"
+    assert registry.mode_for(parse_sandbox_spec(["x"], network="host", publish=["8080:80"])) == "host-remap"
+    assert registry.mode_for(parse_sandbox_spec(["x"], network="host", publish_all=True, expose=["80"])) == "host-remap"
     assert registry.mode_for(parse_sandbox_spec(["x"], network="none")) is None
     with pytest.raises(BadInput, match="teleport"):
         registry.create("teleport", ctx)

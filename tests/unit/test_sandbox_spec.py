@@ -86,7 +86,6 @@ def test_newer_keys_are_kept_not_lost() -> None:
         ({"cmd": ["x"], "name": "bad name"}, "name"),
         ({"cmd": ["x"], "udp_timeout": 0}, "--udp-timeout"),
         ({"cmd": ["x"], "publish_mode": "teleport"}, "--publish-mode"),
-        ({"cmd": ["x"], "network": "host", "publish": ["80"]}, "host network"),
         ({"cmd": ["x"], "network": "none", "publish_all": True}, "--network none"),
         ({"cmd": ["x"], "publish": ["80:80:80:80"]}, "-p 80:80:80:80"),
         ({"cmd": ["x"], "env": ["1BAD=x"]}, "-e"),
@@ -95,6 +94,14 @@ def test_newer_keys_are_kept_not_lost() -> None:
 def test_bad_requests_are_one_clear_error(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(BadInput, match=needle.replace("-", r"\-")):
         parse_sandbox_spec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_host_network_accepts_publish_for_host_remap() -> None:
+    """-p/-P with --network host parse (issue 12); whether the kernel can remap is the publisher's."""
+    spec = parse_sandbox_spec(["x"], network="host", publish=["127.0.0.1:8080:80"], expose=["53/udp"])
+    assert [p.text for p in spec.port_specs()] == ["127.0.0.1:8080:80"]
+    spec = parse_sandbox_spec(["x"], network="host", publish_all=True, expose=["53/udp"])
+    assert [(p.host, p.container.start, p.proto) for p in spec.port_specs()] == [(None, 53, "udp")]
 
 
 def test_specs_are_frozen() -> None:

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "nat": "portwright.publish.nat:NatPublisher",
     "proxy": "portwright.publish.proxy:ProxyPublisher",
     "host": "portwright.publish.host:HostPublisher",
+    "host-remap": "portwright.publish.hostremap:HostRemapPublisher",
 }
 
 
@@ -46,12 +47,23 @@ def register(name: str, target: str) -> None:
 
 
 def mode_for(spec: SandboxSpec) -> str | None:
-    """The mechanism a spec asks for: host networking has its own, ``--network none`` has none."""
+    """The mechanism a spec asks for: host networking has its own (``host-remap`` when it
+    publishes ports: CMD's bind() is rewritten in its cgroup), ``--network none`` has none."""
     if spec.network == "host":
-        return "host"
+        return "host-remap" if spec.port_specs() else "host"
     if spec.network == "none":
         return None
     return spec.publish_mode
+
+
+def cleanup(name: str, owner: str) -> list[str]:
+    """Remove what a mechanism leaves outside the firewall for ``owner`` (BPF pins of host-remap)
+    after its supervisor died: a module's optional ``cleanup(owner)``. Returns problems."""
+    target = _REGISTRY.get(name)
+    if target is None:
+        return []
+    fn = getattr(importlib.import_module(target.partition(":")[0]), "cleanup", None)
+    return list(fn(owner)) if fn is not None else []
 
 
 def create(name: str, ctx: PublishContext) -> Publisher:
