@@ -95,6 +95,18 @@ class HostNS:
         sh("ip", "-n", ns, "-6", "route", "add", "default", "via", host6)
         return ns, addr4, host4
 
+    def ufw(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ufw in this namespace, on a private copy of its configuration (made on first use):
+        /etc/ufw and /etc/default/ufw under /etc/netns/<name>/, an empty sysctl file (ufw would
+        otherwise write sysctls) and no extra kernel modules. ufw only edits iptables-nft rules of
+        the namespace it runs in; its lock file (/run/ufw.lock) is the only thing outside it."""
+        if not (self.etc / "ufw").exists():
+            shutil.copytree("/etc/ufw", self.etc / "ufw")
+            (self.etc / "ufw" / "sysctl.conf").write_text("")
+            (self.etc / "default").mkdir(exist_ok=True)
+            shutil.copy("/etc/default/ufw", self.etc / "default" / "ufw")
+        return self.run("ufw", *args, check=check)
+
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=60)

@@ -3,7 +3,8 @@
 ``NftBackend`` implements ``backend.Backend`` with the system's tools: ``run`` applies a batch
 with ``nft -j -f -`` (one atomic transaction per call), ``table_json`` reads ``nft -j list table
 inet portwright`` back, ``table_lock`` is the host-wide lock (flock), ``conntrack -D`` flushes
-stale entries and ``dockeruser`` edits DOCKER-USER with iptables. It holds no state: the owner
+stale entries and ``hostfw`` keeps the host's FORWARD-DROP chains (DOCKER-USER, ufw's or a hardened
+filter FORWARD) accepting our bridges, with iptables. It holds no state: the owner
 tags in the table are the record, so unpublish and owners work after a crash with nothing else
 to go on. The operations themselves (publish with its clash check, unpublish, networks, ...) are
 written once, over any backend, in ``ops.Firewall``, which holds ``TABLE_LOCK`` from each read
@@ -37,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from portwright.errors import KernelError, NeedRoot
-from portwright.firewall import dockeruser, rules
+from portwright.firewall import hostfw, rules
 from portwright.firewall.ops import Firewall
 from portwright.kernel import runner
 from portwright.model import Mapping, Network
@@ -261,7 +262,8 @@ class NftBackend:
         flush_conntrack_addrs(addrs, netns=self.netns)
 
     def docker_user_sync(self, bridges: list[str]) -> None:
-        dockeruser.docker_user_sync(bridges, netns=self.netns)
+        # DOCKER-USER where dockerd made it, else the host's filter FORWARD when it drops (ufw).
+        hostfw.sync(bridges, netns=self.netns)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""Coexistence with the host's own firewall: keep a FORWARD-DROP host from dropping our bridges.
+
+nftables ends a packet's journey at the first drop of any base chain, while an accept ends only the
+chain it is in. So the ``accept`` of our ``inet portwright`` forward chain cannot let published or
+egress traffic through a host whose iptables ``filter FORWARD`` chain drops it: dockerd (policy
+DROP), ufw (``DEFAULT_FORWARD_POLICY="DROP"`` with its ``ufw-*-forward`` chains hooked into FORWARD)
+or a hardened iptables setup. ``sync`` keeps one tagged ACCEPT per direction per portwright bridge
+at the top of the chain the host offers for it:
+
+* dockerd: its documented DOCKER-USER chain (``dockeruser``), per family where dockerd made it;
+* otherwise the built-in ``filter FORWARD`` chain (iptables-nft), when it exists and drops (policy
+  DROP, or any rule at all besides ours: ufw's jumps, a hardened REJECT). Not ufw's own
+  ``ufw-user-forward``: ufw rewrites that chain on every ``ufw reload``, while a rule in the
+  built-in chain survives it (checked on Debian 12's ufw 0.36.2), so there is nothing to re-add.
+
+Rules are added with the first network and removed with the last (``sync([])``), tagged with the
+iptables comment ``portwright``. Our nft forward chain still does the real filtering (only published
+ports in, isolation between networks); these rules only stop the host's policy from overriding it.
+A ``filter`` table that does not exist is never created: a host without iptables rules needs none.
+
+Pure parsing (``forward_needs_accept``, ``ours``) is separate from the tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+
+from portwright.errors import KernelError
+from portwright.firewall import dockeruser
+from portwright.kernel import runner
+
+FORWARD = "FORWARD"  # iptables' built-in forward chain, in table filter (nft: ip/ip6 filter FORWARD)
+COMMENT = dockeruser.COMMENT  # one tag for every rule we put in an iptables chain
+# iptables tool -> the nft family its tables live in (iptables-nft, Debian 12's default).
+FAMILIES = {"iptables": "ip", "ip6tables": "ip6"}
+
+
+def ours(listing: str, chain: str, comment: str = COMMENT) -> list[list[str]]:
+    """Our rules (by comment) in an ``iptables -S CHAIN`` listing, as ``-S`` prints them."""
+    out: list[list[str]] = []
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if len(words) > 2 and words[:2] == ["-A", chain] and "--comment" in words:
+            if words[words.index("--comment") + 1] == comment:
+                out.append(words[2:])
+    return out
+
+
+def forward_needs_accept(listing: str, chain: str = FORWARD) -> bool:
+    """Does this ``iptables -S FORWARD`` listing drop anything we would need? (policy DROP, or
+    any rule that is not ours: a jump into ufw's chains or a REJECT can drop our traffic)."""
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if words[:2] == ["-P", chain] and len(words) > 2 and words[2] == "DROP":
+            return True
+        if words[:2] == ["-A", chain] and words[2:] not in ours(line, chain):
+            return True
+    return False
+
+
+def plan(
+    bridges: Sequence[str], listing: str, chain: str = FORWARD
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(rules to delete, rules to insert at the top) to make ``chain`` hold exactly our bridges'
+    accepts; nothing is added to a chain that drops nothing."""
+    have = ours(listing, chain)
+    want = dockeruser.rule_specs(bridges) if bridges and forward_needs_accept(listing, chain) else []
+    return [s for s in have if s not in want], [s for s in reversed(want) if s not in have]
+
+
+def _filter_tables(netns: str | None) -> set[str]:
+    """nft families that have a ``filter`` table (iptables-nft's), without creating one."""
+    p = runner.run(["nft", "-j", "list", "tables"], netns=dockeruser._ns(netns), timeout=30.0)
+    if p.returncode != 0:
+        return set()
+    out: set[str] = set()
+    for obj in json.loads(p.stdout or "{}").get("nftables", []):
+        t = obj.get("table")
+        if t and t.get("name") == "filter":
+            out.add(str(t.get("family")))
+    return out
+
+
+def sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
+    """Make the host's forward path accept exactly our ``bridges`` (none: remove every rule we
+    added); idempotent, cheap when nothing changed (one ``nft list tables``, one listing per
+    family)."""
+    dockeruser.docker_user_sync(bridges, netns=netns)
+    docker = {tool for tool, _ in dockeruser._listings(netns)}
+    tables = _filter_tables(netns)
+    for tool, family in FAMILIES.items():
+        if tool in docker or family not in tables or not runner.available(tool):
+            continue  # dockerd's DOCKER-USER carries it, or there is no filter table to obey
+        listing = dockeruser._run(tool, ["-t", "filter", "-S", FORWARD], netns)
+        if listing.returncode != 0:
+            continue  # the filter table has no FORWARD chain
+        delete, insert = plan(bridges, listing.stdout)
+        for spec in delete:
+            _checked(tool, ["-t", "filter", "-D", FORWARD, *spec], netns)
+        for spec in insert:
+            _checked(tool, ["-t", "filter", "-I", FORWARD, "1", *spec], netns)
+
+
+def _checked(tool: str, args: list[str], netns: str | None) -> None:
+    p = dockeruser._run(tool, args, netns)
+    if p.returncode != 0:
+        raise KernelError(f"{tool} {' '.join(args)}", p.stderr or f"exit status {p.returncode}")
