@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, caps_cli
 from .bench import commands as bench_commands
 from .diagnose import commands as diagnose_commands
 from .engine import Engine
@@ -109,6 +109,7 @@ def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
             "ExitCode": rec.exit_code,
         },
         "LogPath": rec.log_path,
+        "HostConfig": caps_cli.host_config(rec),
         "NetworkSettings": {
             "Network": sb.network,
             "SandboxKey": sb.netns,
@@ -177,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy_workers=args.proxy_workers,
         proxy_connect_timeout=args.proxy_connect_timeout,
         host_env=os.environ,
+        privileges=caps_cli.privileges_from(args),
     )
     check_command(spec)
     if args.detach:
@@ -258,7 +260,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
     path, env = _exec_target(args)
     try:
-        return runner.call(cmd, netns_path=path, env=env)
+        return runner.call(cmd, netns_path=path, env=env, setup=caps_cli.exec_setup(args.name, path))
     except FileNotFoundError:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
 
@@ -437,6 +439,7 @@ def _add_run_parser(sub: Any) -> None:
         metavar="SECONDS",
         help="proxy mode: reset the client when the backend has not accepted after this long (default 10)",
     )
+    caps_cli.add_args(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 

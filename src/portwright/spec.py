@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .caps_model import Privileges
 from .errors import BadInput
 from .model import PROTOS, PUBLISH_MODES, IPAddress, Proto
 
@@ -252,6 +253,7 @@ class SandboxSpec:
     proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT
     remove: bool = False  # --rm: forget a detached sandbox when CMD exits
     cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
+    privileges: Privileges = Privileges()  # capabilities, --user, --privileged, --allow-spoof
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys of newer versions
 
     def __post_init__(self) -> None:
@@ -345,6 +347,7 @@ class SandboxSpec:
             "proxy_connect_timeout": self.proxy_connect_timeout,
             "remove": self.remove,
             "cwd": self.cwd,
+            "privileges": self.privileges.to_json(),
         }
 
     @classmethod
@@ -374,6 +377,7 @@ class SandboxSpec:
             proxy_connect_timeout=float(d.get("proxy_connect_timeout", DEFAULT_PROXY_CONNECT_TIMEOUT)),
             remove=bool(d.get("remove")),
             cwd=d.get("cwd", "/"),
+            privileges=Privileges.from_json(d.get("privileges")),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -394,6 +398,7 @@ _FIELDS = (
     "proxy_connect_timeout",
     "remove",
     "cwd",
+    "privileges",
 )
 _LEGACY_KEYS = _FIELDS
 
@@ -415,6 +420,7 @@ def parse_sandbox_spec(
     proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT,
     remove: bool = False,
     cwd: str = "/",
+    privileges: Privileges | None = None,
     host_env: Mapping[str, str] | None = None,
     strict: bool = True,
 ) -> SandboxSpec:
@@ -439,6 +445,7 @@ def parse_sandbox_spec(
         proxy_connect_timeout=proxy_connect_timeout,
         remove=remove,
         cwd=cwd,
+        privileges=privileges or Privileges(),
     )
     if strict:
         spec.refuse_ignored(udp_timeout_given=udp_timeout is not None)

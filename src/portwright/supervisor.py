@@ -31,7 +31,7 @@ from typing import Any
 from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
 from .firewall.backend import default_firewall
-from .kernel import cgroup, netns, spawn
+from .kernel import caps, cgroup, netns, spawn
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
 from .model import Mapping
 from .owners import sandbox_owner
@@ -159,6 +159,7 @@ def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
         cgroup_path=held.cgroup,
         log_path=log_path,
         stdin_null=spec.detach,
+        child_setup=caps.child_setup(spec.privileges, netns_path),
     )
 
 

@@ -81,6 +81,7 @@ class LinuxHost:
             # Like Docker: servers in a sandbox may bind ports below 1024 without extra caps.
             try:
                 sysctl.write(sysctl.UNPRIV_PORT_START, "0")
+                sysctl.write(sysctl.PING_GROUP_RANGE, sysctl.PING_GROUP_ALL)
             except PortwrightError:
                 pass
 

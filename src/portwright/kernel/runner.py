@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from subprocess import CompletedProcess
 from typing import Any, Literal, overload
 
@@ -155,17 +155,30 @@ def run(
     return p
 
 
-def call(argv: Sequence[str], *, netns_path: str | None = None, env: dict[str, str] | None = None) -> int:
+def call(
+    argv: Sequence[str],
+    *,
+    netns_path: str | None = None,
+    env: dict[str, str] | None = None,
+    setup: Callable[[], None] | None = None,
+) -> int:
     """Run a user's command in the foreground, on this terminal (no capture, no timeout), in the
     network namespace at ``netns_path`` if given, with ``env`` as its whole environment if given
     (default: ours); its exit status.
 
     It is the user's program, not a tool of ours, so a missing one raises FileNotFoundError for
-    the caller to word (there is no package to name).
+    the caller to word (there is no package to name). ``setup`` runs in the child after setns,
+    before exec (``kernel.caps.child_setup``).
     """
     path = netns_path
-    pre = (lambda: _netns.setns(path)) if path else None
-    return subprocess.call(list(argv), preexec_fn=pre, env=env)
+
+    def pre() -> None:
+        if path:
+            _netns.setns(path)
+        if setup is not None:
+            setup()
+
+    return subprocess.call(list(argv), preexec_fn=pre if path or setup else None, env=env)
 
 
 def spawn_detached(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import BadInput
 from . import cgroup, netns
@@ -25,9 +25,11 @@ def spawn(
     cgroup_path: str | None,
     log_path: str | None,
     stdin_null: bool,
+    child_setup: Callable[[], None] | None = None,
 ) -> int:
     """Start argv in the sandbox; return its pid (also its process group and session id). With a
-    ``log_path``, CMD's stdout is appended there and its stderr to ``stderr_path(log_path)``."""
+    ``log_path``, CMD's stdout is appended there and its stderr to ``stderr_path(log_path)``.
+    ``child_setup`` runs last before exec (``kernel.caps.child_setup``: /sys, privileges)."""
     out, err = open_logs(log_path) if log_path else (None, None)
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -46,6 +48,8 @@ def spawn(
                 os.dup2(out, 1)
                 os.dup2(err, 2)
             _close_from(3, keep=w)
+            if child_setup is not None:
+                child_setup()
             os.execvpe(argv[0], list(argv), dict(env))
         except BaseException as e:
             try:

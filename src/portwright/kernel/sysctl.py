@@ -15,6 +15,10 @@ ROUTE_LOCALNET = "net/ipv4/conf/{dev}/route_localnet"
 # Inside a sandbox: let the kernel bind to a not-yet-assigned address, never needed by us; and
 # keep unprivileged ports low as in Docker (a sandboxed server may bind 80 without CAP_NET_BIND).
 UNPRIV_PORT_START = "net/ipv4/ip_unprivileged_port_start"
+# Inside a sandbox: ICMP datagram sockets ("ping sockets") for every group, so ping works without
+# CAP_NET_RAW (Docker sets the same range in its containers). Per network namespace.
+PING_GROUP_RANGE = "net/ipv4/ping_group_range"
+PING_GROUP_ALL = "0 2147483647"
 
 
 def read(key: str) -> str | None:
