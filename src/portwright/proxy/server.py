@@ -153,10 +153,27 @@ def raise_nofile() -> int:
 class _Listener:
     """A TCP (or SCTP) listener as seen by one loop."""
 
-    __slots__ = ("loop", "mapping", "sock", "ctr", "backend", "bfamily", "proxy_protocol", "bproto")
+    __slots__ = (
+        "loop",
+        "mapping",
+        "sock",
+        "ctr",
+        "backend",
+        "bfamily",
+        "backend4",
+        "bfamily4",
+        "proxy_protocol",
+        "bproto",
+    )
 
     def __init__(
-        self, loop: EventLoop, mapping: Mapping, sock: socket.socket, ctr: list[int], proxy_protocol: bool
+        self,
+        loop: EventLoop,
+        mapping: Mapping,
+        sock: socket.socket,
+        ctr: list[int],
+        proxy_protocol: bool,
+        twin: Mapping | None = None,
     ) -> None:
         self.loop = loop
         self.mapping = mapping
@@ -164,6 +181,11 @@ class _Listener:
         self.ctr = ctr
         self.backend = (str(mapping.container_ip), mapping.container_port)
         self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
+        # A dual-stack [::] socket also serves its IPv4 twin: IPv4 clients (seen as ::ffff:a.b.c.d)
+        # go to the twin's backend, as they would through the NAT path.
+        four = twin or mapping
+        self.backend4 = (str(four.container_ip), four.container_port)
+        self.bfamily4 = socket.AF_INET if four.container_ip.version == 4 else socket.AF_INET6
         self.bproto = _proto_number(mapping.proto)
         self.proxy_protocol = proxy_protocol
 
@@ -173,7 +195,8 @@ class _Listener:
         ctr = self.ctr
         accept = lsock._accept  # type: ignore[attr-defined]  # (fd, addr) without a socket object
         lfam, ltype, lproto = lsock.family, socket.SOCK_STREAM, lsock.proto
-        bfam, bproto, backend = self.bfamily, self.bproto, self.backend
+        bfam6, bproto, backend6 = self.bfamily, self.bproto, self.backend
+        bfam4, backend4 = self.bfamily4, self.backend4
         tcp = bproto == socket.IPPROTO_TCP
         for _ in range(ACCEPT_BATCH):
             try:
@@ -187,6 +210,10 @@ class _Listener:
                 continue  # ECONNABORTED and friends: that client is gone
             c = socket.socket(lfam, ltype, lproto, cfd)
             c.setblocking(False)
+            if addr[0].startswith("::ffff:") or lfam == socket.AF_INET:
+                bfam, backend = bfam4, backend4
+            else:
+                bfam, backend = bfam6, backend6
             try:
                 b = socket.socket(bfam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, bproto)
             except OSError as e:
@@ -221,7 +248,9 @@ class ProxyServer:
     ``sockets`` hands over pre-bound sockets (dockerd 28+'s ``-use-listen-fd``, or the
     supervisor's reservation sockets) instead of binding here; they are then owned by the server.
     ``udp_max_flows`` caps each UDP mapping's flow table (see ``udp.py``); ``connect_timeout``
-    bounds each backend connect (the client gets a reset after it, see ``loop.py``).
+    bounds each backend connect (the client gets a reset after it, see ``loop.py``). ``twins``
+    maps a dual-stack ``[::]`` mapping to its IPv4 half (served by the same socket, never listed
+    in ``mappings``): IPv4 clients are relayed to the twin's backend.
     """
 
     def __init__(
@@ -234,6 +263,7 @@ class ProxyServer:
         sockets: collections.abc.Mapping[Mapping, socket.socket] | None = None,
         loops: int | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        twins: collections.abc.Mapping[Mapping, Mapping] | None = None,
     ) -> None:
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout {connect_timeout} must be positive seconds")
@@ -251,6 +281,7 @@ class ProxyServer:
         self.udp_idle_timeout = udp_idle_timeout
         self.udp_max_flows = udp_max_flows
         self.connect_timeout = connect_timeout
+        self.twins = dict(twins or {})
         self._given = dict(sockets or {})
         n = loops if loops is not None else DEFAULT_LOOPS
         self._nloops = max(1, n)
@@ -300,11 +331,12 @@ class ProxyServer:
                                 self.proxy_protocol,
                                 self.udp_idle_timeout,
                                 self.udp_max_flows,
+                                self.twins.get(m),
                             )
                             loop.udp.append(u)
                             loop.watch(s.fileno(), u.on_event, level_triggered=True)
                     else:
-                        lst = _Listener(loop, m, s, ctr, self.proxy_protocol)
+                        lst = _Listener(loop, m, s, ctr, self.proxy_protocol, self.twins.get(m))
                         loop.listeners.append(lst)
                         loop.watch(s.fileno(), lst.on_event, level_triggered=True, exclusive=self._nloops > 1)
             for loop in self._loops:

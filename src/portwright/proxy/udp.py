@@ -141,6 +141,8 @@ class UdpListener:
         "dst",
         "backend",
         "bfamily",
+        "backend4",
+        "bfamily4",
         "proxy_protocol",
         "idle_timeout",
         "max_flows",
@@ -158,6 +160,7 @@ class UdpListener:
         proxy_protocol: bool,
         idle_timeout: float,
         max_flows: int = MAX_FLOWS,
+        twin: Mapping | None = None,
     ) -> None:
         self.loop = loop
         self.mapping = mapping
@@ -170,6 +173,9 @@ class UdpListener:
         self.dst = _DST4 if sock.family == socket.AF_INET else _DST6
         self.backend = (str(mapping.container_ip), mapping.container_port)
         self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
+        four = twin or mapping  # a dual-stack socket's IPv4 clients go to its IPv4 twin's backend
+        self.backend4 = (str(four.container_ip), four.container_port)
+        self.bfamily4 = socket.AF_INET if four.container_ip.version == 4 else socket.AF_INET6
         self.proxy_protocol = proxy_protocol
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
@@ -248,10 +254,12 @@ class UdpListener:
                 keep_if = ifindex if (ip6.is_link_local or ip6.is_loopback) else 0
                 cmsg = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16si", addr6, keep_if))]
                 local = (str(ip6), local[1])
-        s = socket.socket(self.bfamily, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        v4 = self.sock.family == socket.AF_INET or str(client[0]).startswith("::ffff:")
+        bfam, backend = (self.bfamily4, self.backend4) if v4 else (self.bfamily, self.backend)
+        s = socket.socket(bfam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FLOW_RCVBUF)
-            s.connect(self.backend)
+            s.connect(backend)
         except OSError:
             s.close()
             raise
