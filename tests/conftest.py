@@ -62,6 +62,9 @@ def _sweep() -> None:
     from portwright.zygote import stop_server
 
     stop_server(os.environ["PORTWRIGHT_STATE_DIR"])  # the session's fork server, if one runs
+    from portwright.dns.service import LiveDns
+
+    LiveDns(os.environ["PORTWRIGHT_STATE_DIR"]).stop()  # and its resolver
 
     try:
         nft.remove_table()  # refuses while any owner or network remains (another user's, say)
@@ -74,6 +77,8 @@ def _state_dir() -> Iterator[None]:
     own = "PORTWRIGHT_STATE_DIR" not in os.environ
     if own:
         os.environ["PORTWRIGHT_STATE_DIR"] = tempfile.mkdtemp(prefix="pw-test-state-")
+    # NAME.portwright goes to a hosts file of the session's, never the machine's /etc/hosts (dns/).
+    os.environ.setdefault("PORTWRIGHT_HOSTS_FILE", os.path.join(os.environ["PORTWRIGHT_STATE_DIR"], "hosts"))
     tables_before = _nft_tables() if os.geteuid() == 0 and shutil.which("nft") else set()
     yield
     if os.geteuid() == 0:

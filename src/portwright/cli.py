@@ -174,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy_protocol=args.proxy_protocol,
         remove=args.rm,
         cwd=os.getcwd(),
+        aliases=args.network_alias or [],
         udp_timeout=args.udp_timeout,
         proxy_workers=args.proxy_workers,
         proxy_connect_timeout=args.proxy_connect_timeout,
@@ -398,6 +399,12 @@ def _add_run_parser(sub: Any) -> None:
     r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
     r.add_argument("--name")
     r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
+    r.add_argument(
+        "--network-alias",
+        action="append",
+        metavar="ALIAS",
+        help="another name the sandbox answers to on its network (repeatable; shared ones round-robin)",
+    )
     r.add_argument(
         "-p",
         "--publish",

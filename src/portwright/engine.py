@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import ipam
+from .dns.records import Entry, alias_clash
+from .dns.service import Dns, LiveDns, NoDns
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
 from .kernel.host import Host, LinuxHost
 from .kernel.spawn import stderr_path
@@ -93,11 +95,17 @@ class Live:
 
 class Engine:
     def __init__(
-        self, state: State | None = None, firewall: Firewall | None = None, host: Host | None = None
+        self,
+        state: State | None = None,
+        firewall: Firewall | None = None,
+        host: Host | None = None,
+        dns: Dns | None = None,
     ) -> None:
         self.state = state or State()
         self._fw = firewall
         self.host: Host = host or LinuxHost()
+        # Name resolution (dns/): the real resolver with the real kernel, none with a fake host.
+        self.dns: Dns = dns or (LiveDns(self.state.dir) if isinstance(self.host, LinuxHost) else NoDns())
 
     @property
     def fw(self) -> Firewall:
@@ -225,6 +233,7 @@ class Engine:
                 ("bridge", lambda: self.host.delete_link(net.bridge)),
             )
         self.sync_docker_user()
+        self.dns.changed()  # its listeners close
         if errors:
             raise KernelError(f"removing network {name}", "; ".join(errors))
 
@@ -268,6 +277,9 @@ class Engine:
         sb = self._record(spec, sid, name, net, supervisor_pid)
         stack.callback(self._forget, sid)
         self._build(sb, net, stack)
+        if net is not None:
+            stack.callback(self.dns.detach, sb)
+            self.dns.attach(sb, net)  # resolv.conf, resolver running, records reloaded
         live = Live(sandbox=sb, spec=spec, log_path=self._log_path(spec, sid))
         mode = registry.mode_for(spec)
         if mode is not None:
@@ -301,6 +313,7 @@ class Engine:
                         f"create it again with 'portwright network create {net.name}'"
                     )
                 others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
+                self._refuse_name_clash(spec, name, net.name)
                 ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
                 if net.subnet6 is not None:
                     ip6 = ipam.next_address(net.subnet6, [s.ip6 for s in others if s.ip6])
@@ -324,6 +337,17 @@ class Engine:
                     sid, supervisor_pid=supervisor_pid, supervisor_start=proc_start_time(supervisor_pid)
                 )
         return sb
+
+    def _refuse_name_clash(self, spec: SandboxSpec, name: str, network: str) -> None:
+        """An alias may not shadow another live sandbox's name on its network, nor a name an alias."""
+        live = [
+            Entry(r.sandbox.network, r.name, r.spec.aliases)
+            for r in self.state.sandboxes()
+            if r.status != "exited" and r.sandbox.network == network
+        ]
+        why = alias_clash(name, spec.aliases, network, live)
+        if why is not None:
+            raise Conflict(f"{why}; choose another alias or name")
 
     def _log_path(self, spec: SandboxSpec, sid: str) -> str | None:
         return os.path.join(self.state.dir, "logs", f"{sid}.log") if spec.detach else None
@@ -434,6 +458,7 @@ class Engine:
             steps.append(
                 (f"netns {sb.netns}", lambda: self.host.netns_delete(os.path.basename(sb.netns or "")))
             )
+        self.dns.detach(sb)
         errors = _collect(*steps)
         errors += self.host.cgroup_kill(self.host.cgroup_path(sb.id))
         # What a mechanism keeps outside the firewall (host-remap's BPF links pinned in bpffs).
@@ -460,6 +485,7 @@ class Engine:
                 self.state.remove_sandbox(rec.id)
         if not keep:
             _unlink_quietly(rec.log_path)
+        self.dns.changed()  # its names go now
 
     def reconcile(self) -> list[str]:
         """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner)."""
@@ -486,6 +512,8 @@ class Engine:
             # dockerd may have started since our networks were made: its FORWARD policy is DROP,
             # so make sure its DOCKER-USER hook accepts our bridges (idempotent, cheap).
             self.sync_docker_user()
+        # A resolver killed (-9) is started again while sandboxes need it (dns/service.py).
+        self.dns.reconcile(any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes()))
         return cleaned
 
     # ------------------------------------------------------------------ stop / rm
@@ -555,6 +583,7 @@ class Engine:
                 with self.state.tx():
                     self.state.remove_sandbox(rec.id)
             _unlink_quietly(rec.log_path)
+        self.dns.changed()
         return out
 
 

@@ -191,6 +191,21 @@ def check_name(name: str) -> str:
     return name
 
 
+_ALIAS_RE = re.compile(
+    r"^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*$"
+)
+
+
+def check_alias(alias: str) -> str:
+    """A ``--network-alias``: a DNS name (labels of letters, digits, '-', '_'; 63 characters each)."""
+    if not _ALIAS_RE.fullmatch(alias) or alias.lower().endswith(".arpa"):
+        raise BadInput(
+            f"--network-alias {alias!r} is not a valid DNS name; use labels of letters, digits, '-' "
+            "and '_' (1-63 characters each) joined by '.', e.g. db or db.internal"
+        )
+    return alias
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole request
 # ------------------------------------------------------------------------------------------------
@@ -253,6 +268,7 @@ class SandboxSpec:
     proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT
     remove: bool = False  # --rm: forget a detached sandbox when CMD exits
     cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
+    aliases: tuple[str, ...] = ()  # --network-alias: more names it answers to on its network (dns/)
     privileges: Privileges = Privileges()  # capabilities, --user, --privileged, --allow-spoof
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys of newer versions
 
@@ -285,6 +301,8 @@ class SandboxSpec:
             )
         if self.network not in ("host", "none"):
             check_name(self.network)
+        for alias in self.aliases:
+            check_alias(alias)
 
     def refuse_ignored(self, *, udp_timeout_given: bool) -> None:
         """Refuse flags a new request gives that would be silently ignored (a stored spec of an
@@ -293,6 +311,11 @@ class SandboxSpec:
             raise BadInput(
                 f"--publish-mode proxy does not apply with --network {self.network} (nothing is "
                 "published there); drop it or use a bridge network"
+            )
+        if self.aliases and not self.bridged:
+            raise BadInput(
+                f"--network-alias applies only to a bridge network, not --network {self.network}; "
+                "drop it or use a bridge network"
             )
         if self.publish_mode == "proxy" and self.bridged:
             return
@@ -347,6 +370,7 @@ class SandboxSpec:
             "proxy_connect_timeout": self.proxy_connect_timeout,
             "remove": self.remove,
             "cwd": self.cwd,
+            **({"aliases": list(self.aliases)} if self.aliases else {}),
             "privileges": self.privileges.to_json(),
         }
 
@@ -377,6 +401,7 @@ class SandboxSpec:
             proxy_connect_timeout=float(d.get("proxy_connect_timeout", DEFAULT_PROXY_CONNECT_TIMEOUT)),
             remove=bool(d.get("remove")),
             cwd=d.get("cwd", "/"),
+            aliases=tuple(str(a) for a in d.get("aliases", [])),
             privileges=Privileges.from_json(d.get("privileges")),
             extra={k: v for k, v in d.items() if k not in known},
         )
@@ -398,6 +423,7 @@ _FIELDS = (
     "proxy_connect_timeout",
     "remove",
     "cwd",
+    "aliases",
     "privileges",
 )
 _LEGACY_KEYS = _FIELDS
@@ -420,6 +446,7 @@ def parse_sandbox_spec(
     proxy_connect_timeout: float = DEFAULT_PROXY_CONNECT_TIMEOUT,
     remove: bool = False,
     cwd: str = "/",
+    aliases: list[str] | tuple[str, ...] = (),
     privileges: Privileges | None = None,
     host_env: Mapping[str, str] | None = None,
     strict: bool = True,
@@ -445,6 +472,7 @@ def parse_sandbox_spec(
         proxy_connect_timeout=proxy_connect_timeout,
         remove=remove,
         cwd=cwd,
+        aliases=tuple(dict.fromkeys(aliases)),
         privileges=privileges or Privileges(),
     )
     if strict:

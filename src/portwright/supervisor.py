@@ -389,6 +389,7 @@ def _become_tini(plan: dict[str, Any]) -> None:
         cgroup.join_fn(plan["cgroup"])()
         if plan["netns"]:
             netns.setns(plan["netns"])
+            netns.bind_etc(plan["netns"])  # its resolv.conf, as 'ip netns exec' mounts it
         os.chdir(plan["cwd"] if os.path.isdir(plan["cwd"]) else "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)

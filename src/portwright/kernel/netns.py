@@ -82,3 +82,35 @@ def run_in(path: str, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
+
+
+# What ``ip netns exec`` does for /etc (ip-netns(8)): files in /etc/netns/NAME are bind-mounted over
+# their namesakes in /etc, in a mount namespace of the process's own. Constants from linux/sched.h
+# and linux/mount.h.
+CLONE_NEWNS = 0x00020000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19  # mounts made later on the host still reach us; ours never reach the host
+NETNS_ETC = "/etc/netns"
+
+
+def bind_etc(netns_path: str) -> None:
+    """Give the calling process (a child about to exec) the namespace's own /etc files, such as the
+    resolv.conf portwright writes for a sandbox. Nothing happens when /etc/netns/NAME is absent."""
+    d = os.path.join(NETNS_ETC, os.path.basename(netns_path))
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return
+    if not names:
+        return
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise KernelError("unshare(CLONE_NEWNS)", os.strerror(ctypes.get_errno()))
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        raise KernelError("mount --make-rslave /", os.strerror(ctypes.get_errno()))
+    for name in names:
+        src, dst = os.path.join(d, name), os.path.join("/etc", name)
+        if not os.path.exists(dst) or name.startswith("."):
+            continue
+        if _libc.mount(src.encode(), dst.encode(), None, MS_BIND, None) != 0:
+            raise KernelError(f"mount --bind {src} {dst}", os.strerror(ctypes.get_errno()))

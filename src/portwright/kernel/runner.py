@@ -175,6 +175,7 @@ def call(
     def pre() -> None:
         if path:
             _netns.setns(path)
+            _netns.bind_etc(path)  # the sandbox's resolv.conf, as 'ip netns exec' mounts it
         if setup is not None:
             setup()
 

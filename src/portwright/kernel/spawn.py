@@ -39,6 +39,7 @@ def spawn(
             cgroup.join_fn(cgroup_path)()
             if netns_path is not None:
                 netns.setns(netns_path)
+                netns.bind_etc(netns_path)  # its resolv.conf, as 'ip netns exec' mounts it
             os.setsid()
             os.chdir(cwd if os.path.isdir(cwd) else "/")
             if stdin_null:

@@ -1,0 +1,338 @@
+"""The resolver process: one per state directory, serving every bridge network at once.
+
+It listens on each network's gateway addresses, port 53, UDP and TCP (``IP_FREEBIND``: a gateway
+address on a bridge without ports, or an IPv6 one still in DAD, binds all the same), and nowhere
+else, so the host's own port 53 on other interfaces stays free for whoever uses it. A query is
+answered for the network whose gateway it arrived on, so sandboxes of one network never see
+another's names.
+
+Records come from the state database. The table is rebuilt and swapped whole when the engine says
+something changed (``reload`` on ``STATE/ctl/dns.sock``, answered once the new table is in place) and,
+as a fallback, whenever SQLite's ``data_version`` shows another writer committed. Rebuilding happens
+between two datagrams on the one thread: queries that arrive meanwhile wait in the socket buffers
+and are answered from the new table, so no query in flight is lost (aardvark-dns #389). Listening
+sockets of networks that stay are never closed. Each rebuild also rewrites the hosts-file block.
+
+The process exits after ``IDLE_SECONDS`` without a live sandbox; ``service.reconcile`` starts it
+again after a kill -9. Every packet's handling is guarded: a bad packet costs that packet only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import os
+import selectors
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..kernel.proc import set_process_name, set_process_title
+from ..state import State, proc_start_time
+from . import hosts
+from .forward import Forwarder, host_upstreams
+from .message import Drop, Forward, Reply, Subnet, decide
+from .records import Entry, Table
+
+NAME = "pw-dns"
+PORT = 53
+IP_FREEBIND = 15  # linux/in.h: bind an address not (yet) configured on an interface
+IPV6_FREEBIND = 78  # linux/in6.h: the same for IPv6 (an address still in DAD)
+IDLE_SECONDS = 30.0  # no live sandbox on any network for this long: exit
+POLL_SECONDS = 0.5  # how often data_version is checked for changes no one announced
+RETRY_BIND_SECONDS = 1.0  # a gateway that could not be bound is tried again this often
+TCP_IDLE_SECONDS = 10.0
+MAX_TCP = 256
+CTL_TIMEOUT = 0.5
+
+
+def ctl_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "ctl", "dns.sock")
+
+
+def pid_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "ctl", "dns.pid")
+
+
+def load(state: State) -> tuple[list[Entry], dict[str, list[tuple[str, Subnet]]]]:
+    """Live sandboxes as entries, and each network's (gateway, subnet) pairs."""
+    nets: dict[str, list[tuple[str, Subnet]]] = {}
+    for n in state.networks():
+        nets[n.name] = [(str(n.gateway4), n.subnet4)]
+        if n.gateway6 is not None and n.subnet6 is not None:
+            nets[n.name].append((str(n.gateway6), n.subnet6))
+    entries = [
+        Entry(r.sandbox.network, r.name, r.spec.aliases, r.sandbox.ip4, r.sandbox.ip6)
+        for r in state.sandboxes()
+        if r.status != "exited" and r.sandbox.network in nets and (r.sandbox.ip4 or r.sandbox.ip6)
+    ]
+    return entries, nets
+
+
+def _listen(addr: str, kind: int) -> socket.socket:
+    v6 = ipaddress.ip_address(addr).version == 6
+    s = socket.socket(
+        socket.AF_INET6 if v6 else socket.AF_INET, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
+    try:
+        if v6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, PORT))
+        if kind == socket.SOCK_STREAM:
+            s.listen(64)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _sendto(sock: socket.socket, client: tuple[str, int], wire: bytes) -> None:
+    sock.sendto(wire, client)
+
+
+@dataclass(slots=True)
+class Conn:
+    network: str
+    buf: bytearray = field(default_factory=bytearray)
+    last: float = 0.0
+
+
+class Resolver:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.state = State(state_dir)
+        self.sel = selectors.DefaultSelector()
+        self.table = Table()
+        self.subnets: dict[str, list[Subnet]] = {}
+        self.listeners: dict[tuple[str, str, int], socket.socket] = {}  # (network, addr, kind)
+        self.conns: dict[socket.socket, Conn] = {}
+        self.turn = 0
+        self.version = -1
+        self.missing = False
+        self.next_poll = self.next_bind = 0.0
+        self.idle_since = time.monotonic()
+        self.hosts_file = hosts.hosts_path()
+        self.forwarder = Forwarder([])
+        for s in self.forwarder.open():
+            self.sel.register(s, selectors.EVENT_READ, ("upstream", ""))
+        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        path = ctl_path(state_dir)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.ctl.bind(path)
+        self.ctl.listen(64)
+        self.sel.register(self.ctl, selectors.EVENT_READ, ("ctl", ""))
+        with open(pid_path(state_dir), "w") as f:
+            f.write(f"{os.getpid()} {proc_start_time(os.getpid())}\n")
+
+    # ---------------------------------------------------------------- records
+    def refresh(self) -> None:
+        """Rebuild the table from state, open and close listeners to match, rewrite hosts."""
+        self.version = self.state.db.execute("PRAGMA data_version").fetchone()[0]
+        entries, nets = load(self.state)
+        gateways = {ip for pairs in nets.values() for ip, _ in pairs}
+        self.forwarder.upstreams = host_upstreams(gateways)
+        self.table = Table.build(entries)
+        self.subnets = {n: [sub for _, sub in pairs] for n, pairs in nets.items()}
+        self._sync_listeners(nets)
+        if entries:
+            self.idle_since = time.monotonic()
+        if self.hosts_file:
+            try:
+                hosts.update(self.hosts_file, self.state_dir, self.table.host_entries())
+            except OSError as e:
+                print(f"portwright: dns: updating {self.hosts_file}: {e}", file=sys.stderr)
+
+    def _sync_listeners(self, nets: dict[str, list[tuple[str, Subnet]]]) -> None:
+        want = {
+            (n, ip, k)
+            for n, pairs in nets.items()
+            for ip, _ in pairs
+            for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        }
+        for key in [k for k in self.listeners if k not in want]:
+            s = self.listeners.pop(key)
+            self.sel.unregister(s)
+            s.close()
+        self.missing = False
+        for key in sorted(want - self.listeners.keys()):
+            network, addr, kind = key
+            try:
+                s = _listen(addr, kind)
+            except OSError as e:
+                self.missing = True
+                print(f"portwright: dns: cannot listen on {addr}:{PORT} ({network}): {e}", file=sys.stderr)
+                continue
+            self.listeners[key] = s
+            role = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+            self.sel.register(s, selectors.EVENT_READ, (role, network))
+
+    def _changed(self) -> bool:
+        try:
+            return bool(self.state.db.execute("PRAGMA data_version").fetchone()[0] != self.version)
+        except sqlite3.Error:
+            return True
+
+    # ---------------------------------------------------------------- loop
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.quit())
+        self.refresh()
+        while True:
+            now = time.monotonic()
+            if now >= self.next_poll:
+                self.next_poll = now + POLL_SECONDS
+                if self._changed() or (self.missing and now >= self.next_bind):
+                    self.next_bind = now + RETRY_BIND_SECONDS
+                    self._guard(self.refresh)
+                self._expire_conns(now)
+                if not self.table.host_names and now - self.idle_since > IDLE_SECONDS:
+                    self.quit()
+            deadline = self.forwarder.next_deadline()
+            wait = min(self.next_poll, deadline if deadline is not None else self.next_poll) - now
+            for key, _ in self.sel.select(max(0.0, wait)):
+                role, network = key.data
+                self._guard(self._event, role, network, key.fileobj)
+            self.forwarder.expire(time.monotonic())
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+        """Run one step; whatever it raises is logged and costs that step only, never the process."""
+        try:
+            fn(*args)
+        except Exception as e:
+            print(f"portwright: dns: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _event(self, role: str, network: str, sock: socket.socket) -> None:
+        if role == "udp":
+            self._udp(sock, network)
+        elif role == "upstream":
+            self.forwarder.on_readable(sock)
+        elif role == "tcp":
+            self._accept(sock, network)
+        elif role == "conn":
+            self._tcp_read(sock)
+        elif role == "ctl":
+            self._control()
+
+    def _udp(self, sock: socket.socket, network: str) -> None:
+        for _ in range(64):  # a burst is drained, then the other sockets get their turn
+            try:
+                data, client = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._query(data, network, functools.partial(_sendto, sock, client), tcp=False)
+
+    def _query(self, data: bytes, network: str, send: Callable[[bytes], object], tcp: bool) -> None:
+        self.turn += 1
+        d = decide(data, self.table, network, self.subnets.get(network, ()), self.turn, tcp=tcp)
+        if isinstance(d, Reply):
+            with contextlib.suppress(OSError):
+                send(d.wire)
+        elif isinstance(d, Forward):
+            self.forwarder.submit(d.query, lambda wire: self._send_quietly(send, wire), time.monotonic())
+        elif isinstance(d, Drop):
+            pass
+
+    @staticmethod
+    def _send_quietly(send: Callable[[bytes], object], wire: bytes) -> None:
+        with contextlib.suppress(OSError):
+            send(wire)
+
+    # ---------------------------------------------------------------- TCP (RFC 7766: 2-byte length)
+    def _accept(self, sock: socket.socket, network: str) -> None:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.conns) >= MAX_TCP:
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.conns[conn] = Conn(network, last=time.monotonic())
+        self.sel.register(conn, selectors.EVENT_READ, ("conn", network))
+
+    def _tcp_read(self, conn: socket.socket) -> None:
+        c = self.conns[conn]
+        try:
+            chunk = conn.recv(65537)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(conn)
+            return
+        c.buf += chunk
+        c.last = time.monotonic()
+        while len(c.buf) >= 2 and len(c.buf) >= 2 + int.from_bytes(c.buf[:2], "big"):
+            n = int.from_bytes(c.buf[:2], "big")
+            msg, c.buf = bytes(c.buf[2 : 2 + n]), c.buf[2 + n :]
+            self._query(msg, c.network, functools.partial(self._tcp_send, conn), tcp=True)
+
+    def _tcp_send(self, conn: socket.socket, wire: bytes) -> None:
+        if conn.fileno() < 0:
+            return
+        conn.settimeout(CTL_TIMEOUT)  # replies are small; a client that reads nothing is dropped
+        try:
+            conn.sendall(len(wire).to_bytes(2, "big") + wire)
+        except OSError:
+            self._close(conn)
+        else:
+            conn.setblocking(False)
+
+    def _close(self, conn: socket.socket) -> None:
+        if self.conns.pop(conn, None) is not None:
+            self.sel.unregister(conn)
+        conn.close()
+
+    def _expire_conns(self, now: float) -> None:
+        for conn in [s for s, c in self.conns.items() if now - c.last > TCP_IDLE_SECONDS]:
+            self._close(conn)
+
+    # ---------------------------------------------------------------- control
+    def _control(self) -> None:
+        try:
+            conn, _ = self.ctl.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            conn.settimeout(CTL_TIMEOUT)
+            try:
+                word = conn.recv(64).strip()
+            except OSError:
+                return
+            if word == b"reload":
+                self.refresh()
+            with contextlib.suppress(OSError):
+                conn.sendall(b"ok\n")
+
+    def quit(self) -> None:
+        """Leave nothing behind: our hosts block, the control socket and the pid file."""
+        if self.hosts_file:
+            with contextlib.suppress(OSError):
+                hosts.update(self.hosts_file, self.state_dir, [])
+        for path in (ctl_path(self.state_dir), pid_path(self.state_dir)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    state_dir = argv[0] if argv else State().dir
+    set_process_name(NAME)
+    set_process_title(f"{NAME} {state_dir}")
+    Resolver(state_dir).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
