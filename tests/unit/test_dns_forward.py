@@ -72,7 +72,9 @@ def test_relays_answer_under_client_id(upstream: socket.socket, monkeypatch: pyt
     fw.close()
 
 
-def test_dead_upstreams_get_servfail_after_retries(upstream: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dead_upstreams_get_servfail_after_retries(
+    upstream: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("portwright.dns.forward.PORT", upstream.getsockname()[1])
     fw = Forwarder(["127.0.0.1", "127.0.0.1"], timeout=0.1, attempts=2)
     fw.open()

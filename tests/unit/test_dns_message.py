@@ -22,14 +22,13 @@ SUBNETS = [NET4, NET6]
 
 def _table(n: int = 2) -> Table:
     return Table.build(
-        [
-            Entry("n1", f"s{i}", ("shared",), NET4[i + 2], NET6[i + 2] if i == 0 else None)
-            for i in range(n)
-        ]
+        [Entry("n1", f"s{i}", ("shared",), NET4[i + 2], NET6[i + 2] if i == 0 else None) for i in range(n)]
     )
 
 
-def _ask(name: str, rdtype: str = "A", table: Table | None = None, turn: int = 0, **kw: object) -> dns.message.Message:
+def _ask(
+    name: str, rdtype: str = "A", table: Table | None = None, turn: int = 0, **kw: object
+) -> dns.message.Message:
     q = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
     d = decide(q.to_wire(), table or _table(), "n1", SUBNETS, turn)
     assert isinstance(d, Reply), d
@@ -103,7 +102,11 @@ def test_fuzz_never_raises() -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    base = [dns.message.make_query(n, t).to_wire() for n in ("s0", "shared", "x.test") for t in ("A", "AAAA", "PTR")]
+    base = [
+        dns.message.make_query(n, t).to_wire()
+        for n in ("s0", "shared", "x.test")
+        for t in ("A", "AAAA", "PTR")
+    ]
     for _ in range(3000):
         b = bytearray(rng.choice(base))
         for _ in range(rng.randint(1, 6)):
