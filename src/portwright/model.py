@@ -16,8 +16,8 @@ from typing import Literal
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Proto = Literal["tcp", "udp", "sctp"]
 PROTOS: tuple[Proto, ...] = ("tcp", "udp", "sctp")
-PublishMode = Literal["nat", "proxy"]
-PUBLISH_MODES: tuple[str, ...] = ("nat", "proxy")
+PublishMode = Literal["nat", "proxy", "ebpf"]
+PUBLISH_MODES: tuple[str, ...] = ("nat", "proxy", "ebpf")
 
 ANY4 = ipaddress.IPv4Address("0.0.0.0")
 ANY6 = ipaddress.IPv6Address("::")

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "nat": "portwright.publish.nat:NatPublisher",
     "proxy": "portwright.publish.proxy:ProxyPublisher",
     "host": "portwright.publish.host:HostPublisher",
+    "ebpf": "portwright.publish.ebpf:EbpfPublisher",
     "host-remap": "portwright.publish.hostremap:HostRemapPublisher",
 }
 

@@ -15,6 +15,7 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_PROG_QUERY = 16
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
@@ -91,6 +92,15 @@ SA_MSG_SRC_IP4 = 40
 SA_MSG_SRC_IP6 = 44
 #: __bpf_md_ptr(struct bpf_sock *, sk).
 SA_SK = 64
+
+# --- struct bpf_sock (what ctx->sk points at; read-only here) ---
+#: __u32 src_ip4 / src_ip6[4]: the address the socket is bound to (0 / :: when unbound).
+SK_SRC_IP4 = 24
+SK_SRC_IP6 = 28
+
+#: SO_NETNS_COOKIE (include/uapi/asm-generic/socket.h): getsockopt gives the netns cookie as a u64,
+#: the value bpf_get_netns_cookie(ctx) returns for a socket in that namespace (Linux 5.14+).
+SO_NETNS_COOKIE = 71
 
 #: Registers: R0 return value, R1-R5 helper arguments (R1 = ctx on entry), R6-R9 callee-saved,
 #: R10 the read-only frame pointer (512-byte stack below it).

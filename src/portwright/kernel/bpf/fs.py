@@ -57,10 +57,13 @@ def ensure_pin_dir(state_dir: str) -> str:
 
 def remove_pins(path: str) -> None:
     """Remove a pin directory and everything pinned in it (links unpinned here detach when no
-    other reference holds them); then the parent if it is empty."""
+    other reference holds them); then its parents up to /sys/fs/bpf/portwright while empty."""
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
-    try:
-        os.rmdir(PIN_PARENT)
-    except OSError:
-        pass
+    parent = os.path.dirname(os.path.normpath(path))
+    while parent.startswith(PIN_PARENT) and parent != BPFFS:
+        try:
+            os.rmdir(parent)
+        except OSError:
+            return
+        parent = os.path.dirname(parent)

@@ -108,3 +108,30 @@ def unpin(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def prog_name(prog_id: int) -> str:
+    """A loaded program's name (struct bpf_prog_info.name at offset 64), "" when it is gone."""
+    try:
+        fd = bpf(c.BPF_PROG_GET_FD_BY_ID, attr((0, "I", prog_id)), f"program {prog_id}")
+    except BpfError:
+        return ""
+    try:
+        info = ctypes.create_string_buffer(232)
+        bpf(c.BPF_OBJ_GET_INFO_BY_FD, attr((0, "I", fd), (4, "I", len(info)), (8, "Q", addr(info))), "info")
+        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def cgroup_programs(cgroup: str, attach_type: int) -> list[tuple[int, str]]:
+    """(id, name) of every program attached to the cgroup at attach_type (BPF_PROG_QUERY)."""
+    ids = (ctypes.c_uint32 * 256)()
+    cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = attr((0, "I", cg_fd), (4, "I", attach_type), (16, "Q", ctypes.addressof(ids)), (24, "I", 256))
+        bpf(c.BPF_PROG_QUERY, buf, f"query programs of {cgroup}")
+    finally:
+        os.close(cg_fd)
+    count = int.from_bytes(buf.raw[24:28], "little")
+    return [(ids[i], prog_name(ids[i])) for i in range(min(count, 256))]
