@@ -277,6 +277,7 @@ class Engine:
         sb = self._record(spec, sid, name, net, supervisor_pid)
         stack.callback(self._forget, sid)
         self._build(sb, net, stack)
+        self._protect(spec, sb, stack)
         if net is not None:
             stack.callback(self.dns.detach, sb)
             self.dns.attach(sb, net)  # resolv.conf, resolver running, records reloaded
@@ -372,6 +373,13 @@ class Engine:
             str(net.gateway6) if sb.ip6 else None,
         )
 
+    def _protect(self, spec: SandboxSpec, sb: Sandbox, stack: ExitStack) -> None:
+        """Anti-spoofing on its bridge port (``firewall.antispoof``), unless ``--allow-spoof``."""
+        if sb.veth is None or spec.privileges.allow_spoof:
+            return
+        stack.callback(self.fw.remove_antispoof, sandbox_owner(sb.id))
+        self.fw.ensure_antispoof(sb)
+
     def _allocate(self, spec: SandboxSpec, sb: Sandbox, publisher: Publisher) -> Bound:
         """Host ports for every request, under the state lock (a real bind is the kernel's check)."""
         specs = spec.port_specs()
@@ -453,6 +461,7 @@ class Engine:
         if firewall:
             steps.append(("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id))))
         if sb.veth:
+            steps.append(("anti-spoofing", lambda: self.fw.remove_antispoof(sandbox_owner(sb.id))))
             steps.append((f"veth {sb.veth}", lambda: self.host.delete_link(sb.veth or "")))
         if sb.netns:
             steps.append(

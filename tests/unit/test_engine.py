@@ -15,7 +15,7 @@ import pytest
 
 from portwright.engine import Engine, Live
 from portwright.errors import KernelError, NotFound, PortInUse, PortwrightError
-from portwright.firewall import rules
+from portwright.firewall import antispoof, rules
 from portwright.firewall.backend import Firewall
 from portwright.firewall.fake import FakeBackend
 from portwright.kernel.fake import FakeHost
@@ -95,8 +95,11 @@ def test_finish_removes_everything(parts: tuple[Engine, FakeBackend, FakeHost]) 
     assert rules.published(backend.read()) == []
     assert eng.state.sandboxes() == []
     # One unpublish, by the publisher: teardown does not read and rewrite the table again.
-    unpublishes = [t for t in backend.transactions if any("delete" in c for c in t)]
+    inet = [t for t in backend.transactions if not any("bridge" in str(c) for c in t)]
+    unpublishes = [t for t in inet if any("delete" in c for c in t)]
     assert len(unpublishes) == 1
+    # The anti-spoofing elements of its bridge port went with it (issue 19).
+    assert backend.dump("bridge", "portwright") and not antispoof.owners(backend.dump("bridge", "portwright"))
     assert [str(a) for a in backend.conntrack_addrs[-1]] == [str(live.sandbox.ip4), str(live.sandbox.ip6)]
 
 

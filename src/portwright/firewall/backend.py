@@ -32,6 +32,11 @@ class Backend(Protocol):
         """The table as ``nft -j list table inet portwright`` gives it; ``{}`` when absent."""
         ...
 
+    def read_table(self, family: str, table: str) -> dict[str, Any]:
+        """Another table of ours (``bridge portwright``, ``firewall.antispoof``) as nft lists
+        it; ``{}`` when absent."""
+        ...
+
     def lock(self) -> AbstractContextManager[None]:
         """The host-wide table lock, held from a read until what was decided from it is applied.
         Not re-entrant."""

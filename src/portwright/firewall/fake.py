@@ -131,6 +131,10 @@ class FakeBackend:
         self.calls.append("read")
         return self.dump(rules.FAMILY, rules.TABLE)
 
+    def read_table(self, family: str, table: str) -> dict[str, Any]:
+        self.calls.append(f"read {family} {table}")
+        return self.dump(family, table)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         if self._lock_holder == threading.get_ident():

@@ -107,35 +107,52 @@ def _concat_map_text(cmd: dict[str, Any]) -> str | None:
     )
 
 
+def _typeof_set_text(cmd: dict[str, Any]) -> str | None:
+    """``add set`` with a ``typeof`` key (``antispoof.TYPEOF``: a raw payload JSON cannot type),
+    as nft text. Like the concat maps: an empty set, created ahead, changes no packet."""
+    body = cmd.get("add", {}).get("set")
+    if not isinstance(body, dict) or not isinstance(body.get("typeof"), str):
+        return None
+    return f"add set {body['family']} {body['table']} {body['name']} {{ typeof {body['typeof']} ; }}"
+
+
+def _prelude_text(cmd: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(family, table, text) of a command that must be created from text first, else None."""
+    for kind, text in (("map", _concat_map_text(cmd)), ("set", _typeof_set_text(cmd))):
+        if text:
+            body = cmd["add"][kind]
+            return body["family"], body["table"], text
+    return None
+
+
 def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
     """Apply ``cmds`` as ONE atomic nft transaction (nothing changes if any command fails)."""
     if not cmds:
         return
-    prelude = [t for t in (_concat_map_text(c) for c in cmds) if t]
-    if prelude:
-        tables = sorted(
-            {(c["add"]["map"]["family"], c["add"]["map"]["table"]) for c in cmds if _concat_map_text(c)}
-        )
-        text = "\n".join([*(f"add table {f} {t}" for f, t in tables), *prelude]) + "\n"
+    pre = [t for t in (_prelude_text(c) for c in cmds) if t]
+    if pre:
+        tables = sorted({(f, t) for f, t, _ in pre})
+        text = "\n".join([*(f"add table {f} {t}" for f, t in tables), *(x for _, _, x in pre)]) + "\n"
         p = runner.run(["nft", "-f", "-"], input=text, netns=_netns(netns), timeout=NFT_TIMEOUT)
         if p.returncode != 0:
             raise _nft_error(p, "nft add map")
-        cmds = [c for c in cmds if not _concat_map_text(c)]
+        cmds = [c for c in cmds if not _prelude_text(c)]
     payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
     p = runner.run(["nft", "-j", "-f", "-"], input=payload, netns=_netns(netns), timeout=NFT_TIMEOUT)
     if p.returncode != 0:
         raise _nft_error(p, "nft -j -f -")
 
 
-def table_json(*, netns: str | None = None) -> dict[str, Any]:
-    """``nft -j list table inet portwright``, parsed; ``{}`` when the table does not exist."""
-    p = runner.run(
-        ["nft", "-j", "list", "table", rules.FAMILY, rules.TABLE], netns=_netns(netns), timeout=NFT_TIMEOUT
-    )
+def table_json(
+    *, netns: str | None = None, family: str = rules.FAMILY, table: str = rules.TABLE
+) -> dict[str, Any]:
+    """``nft -j list table inet portwright`` (or ``family table``), parsed; ``{}`` when the
+    table does not exist."""
+    p = runner.run(["nft", "-j", "list", "table", family, table], netns=_netns(netns), timeout=NFT_TIMEOUT)
     if p.returncode != 0:
         if "No such file or directory" in p.stderr:
             return {}
-        raise _nft_error(p, "nft list table inet portwright")
+        raise _nft_error(p, f"nft list table {family} {table}")
     data = json.loads(p.stdout)
     if not isinstance(data, dict):
         raise KernelError("nft -j list table", "output is not a JSON object")
@@ -248,6 +265,9 @@ class NftBackend:
 
     def read(self) -> dict[str, Any]:
         return table_json(netns=self.netns)
+
+    def read_table(self, family: str, table: str) -> dict[str, Any]:
+        return table_json(netns=self.netns, family=family, table=table)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         return table_lock()

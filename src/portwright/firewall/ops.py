@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput, Conflict, PortInUse
-from ..model import Mapping, Network
-from . import rules
+from ..model import Mapping, Network, Sandbox
+from . import antispoof, rules
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -181,3 +181,40 @@ class Firewall:
     def sync_docker_user(self, bridges: Sequence[str]) -> None:
         """Make dockerd's DOCKER-USER chain accept exactly ``bridges`` (none: remove ours)."""
         self.backend.docker_user_sync(list(bridges))
+
+    # --- anti-spoofing: table bridge portwright (firewall.antispoof) ------------------------------
+
+    def _bridge_table(self) -> dict[str, Any]:
+        return self.backend.read_table(antispoof.FAMILY, antispoof.TABLE)
+
+    def ensure_antispoof(self, sb: Sandbox) -> list[str]:
+        """Make the protection of ``sb``'s bridge port whole: the table, its chains and rules,
+        and the port's elements. Idempotent; returns what was missing (empty: nothing was
+        written). Adds a sandbox's port, and puts it back after a flush. A sandbox without a
+        bridge port has nothing to protect."""
+        port = antispoof.port_for(sb)
+        if port is None:
+            return []
+        with self.backend.lock():
+            current = self._bridge_table()
+            gone = antispoof.missing(port, current)
+            if gone:
+                base = antispoof.base_commands() if any(not g.startswith("port") for g in gone) else []
+                self.backend.apply(base + antispoof.add_commands(port))
+        return gone
+
+    def remove_antispoof(self, owner: str) -> None:
+        """Remove every anti-spoofing element tagged ``owner``; a no-op when none is left."""
+        rules.owner_tag(owner)  # validates before taking the lock
+        with self.backend.lock():
+            cmds = antispoof.remove_commands(owner, self._bridge_table())
+            if cmds:
+                self.backend.apply(cmds)
+
+    def antispoof_owners(self) -> set[str]:
+        """Owner tags with elements in the anti-spoofing table (reconcile removes dead ones)."""
+        return antispoof.owners(self._bridge_table())
+
+    def antispoof_ports(self) -> dict[str, str]:
+        """Protected bridge port -> owner tag (``audit``)."""
+        return antispoof.ports(self._bridge_table())

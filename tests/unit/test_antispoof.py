@@ -1,0 +1,126 @@
+"""firewall.antispoof (pure) and the Firewall's anti-spoofing operations over the fake backend."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from portwright.errors import BadInput
+from portwright.firewall import antispoof as a
+from portwright.firewall.fake import FakeBackend
+from portwright.firewall.ops import Firewall
+from portwright.model import Sandbox
+
+MAC = "02:42:c6:12:00:02"
+
+
+def sb(sid: str = "aaaaaaaaaaaa", veth: str = "pwvaaaaaaaaaaa", last: int = 2) -> Sandbox:
+    return Sandbox(
+        id=sid,
+        name="s" + sid[:4],
+        network="pw0",
+        netns="/run/netns/pw-x",
+        veth=veth,
+        ip4=ipaddress.IPv4Address(f"198.18.0.{last}"),
+        ip6=ipaddress.IPv6Address(f"2001:2::{last}"),
+        mac=f"02:42:c6:12:00:{last:02x}",
+    )
+
+
+def test_link_local_is_the_kernels_eui64() -> None:
+    assert a.link_local(MAC) == ipaddress.IPv6Address("fe80::42:c6ff:fe12:2")
+
+
+def test_elements_cover_mac_addresses_link_local_dad_and_nd_targets() -> None:
+    port = a.port_for(sb())
+    assert port is not None
+    el = a.elements(port)
+    assert el[a.SET_PORTS] == ["pwvaaaaaaaaaaa"]
+    assert el[a.SET_MAC] == [{"concat": ["pwvaaaaaaaaaaa", MAC]}]
+    assert el[a.SET_IP4] == [{"concat": ["pwvaaaaaaaaaaa", "198.18.0.2"]}]
+    v6 = [k["concat"][1] for k in el[a.SET_IP6]]
+    assert v6 == ["2001:2::2", "fe80::42:c6ff:fe12:2", "::"]
+    nd = [k["concat"][1] for k in el[a.SET_ND]]
+    assert nd == ["0x20010002000000000000000000000002", "0xfe800000000000000042c6fffe120002"]  # never ::
+
+
+def test_no_port_without_a_veth_and_bad_ports_refused() -> None:
+    host = Sandbox(id="b" * 12, name="h", network="host", netns=None, veth=None)
+    assert a.port_for(host) is None
+    with pytest.raises(BadInput, match="not a unicast MAC"):
+        a.Port("pw:x", "pwvx", "03:00:00:00:00:01", None, None)
+    with pytest.raises(BadInput, match="ifname"):
+        a.Port("pw:x", "a" * 16, MAC, None, None)
+
+
+def test_base_is_one_jump_and_set_lookups_in_the_bridge_family() -> None:
+    cmds = a.base_commands()
+    assert all(
+        body.get("family") == "bridge"
+        for c in cmds
+        for v in c.values()
+        for body in v.values()
+        if "family" in body
+    )
+    chain = next(
+        c["add"]["chain"] for c in cmds if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]
+    )
+    assert (chain["hook"], chain["prio"], chain["policy"]) == ("prerouting", a.PRIO, "accept")
+    text = json.dumps([c for c in cmds if "rule" in c.get("add", {})])
+    for s in a.SETS:
+        assert f'"@{s}"' in text
+    assert all("pw-base: anti-spoofing" in c["add"]["rule"]["comment"] for c in a.BASE_RULES)
+
+
+def test_firewall_ensure_is_idempotent_tagged_and_removed_by_owner() -> None:
+    backend = FakeBackend()
+    fw = Firewall(backend)
+    one, two = sb(), sb("bbbbbbbbbbbb", "pwvbbbbbbbbbbb", 3)
+    assert fw.ensure_antispoof(one)[0] == "table bridge portwright"
+    n = len(backend.transactions)
+    assert fw.ensure_antispoof(one) == [] and len(backend.transactions) == n  # whole: no write
+    fw.ensure_antispoof(two)
+    assert fw.antispoof_ports() == {"pwvaaaaaaaaaaa": "pw:aaaaaaaaaaaa", "pwvbbbbbbbbbbb": "pw:bbbbbbbbbbbb"}
+    fw.remove_antispoof("pw:aaaaaaaaaaaa")
+    assert fw.antispoof_owners() == {"pw:bbbbbbbbbbbb"}
+    fw.remove_antispoof("pw:aaaaaaaaaaaa")  # idempotent
+    table = backend.dump("bridge", "portwright")
+    assert "pwvaaaaaaaaaaa" not in json.dumps(table)
+
+
+def test_ensure_puts_back_a_flushed_table_and_a_flushed_chain() -> None:
+    backend = FakeBackend()
+    fw = Firewall(backend)
+    fw.ensure_antispoof(sb())
+    backend.apply([{"delete": {"table": {"family": "bridge", "name": "portwright"}}}])  # nft flush ruleset
+    assert "table bridge portwright" in fw.ensure_antispoof(sb())
+    assert fw.antispoof_owners() == {"pw:aaaaaaaaaaaa"}
+    backend.apply([{"flush": {"chain": {"family": "bridge", "table": "portwright", "name": a.CHAIN_CHECK}}}])
+    assert fw.ensure_antispoof(sb()) == ["rules"]
+    assert a.missing(a.port_for(sb()), backend.dump("bridge", "portwright")) == []  # type: ignore[arg-type]
+
+
+def test_missing_names_lost_elements() -> None:
+    backend = FakeBackend()
+    fw = Firewall(backend)
+    fw.ensure_antispoof(sb())
+    port = a.port_for(sb())
+    assert port is not None
+    backend.apply(
+        [
+            {
+                "delete": {
+                    "element": {
+                        "family": "bridge",
+                        "table": "portwright",
+                        "name": a.SET_IP4,
+                        "elem": [{"concat": ["pwvaaaaaaaaaaa", "198.18.0.2"]}],
+                    }
+                }
+            }
+        ]
+    )
+    assert a.missing(port, backend.dump("bridge", "portwright")) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
+    assert fw.ensure_antispoof(sb()) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
