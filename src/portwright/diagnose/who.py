@@ -80,6 +80,7 @@ class WhoReport:
     paths: list[Path] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    remapped: list[str] = field(default_factory=list)  # host-remap sandboxes binding it as another port
 
     @property
     def owned(self) -> bool:
@@ -106,6 +107,7 @@ class WhoReport:
             "paths": [path_json(p) for p in self.paths],
             "differences": self.differences,
             "notes": self.notes,
+            "remapped": self.remapped,
         }
 
 
@@ -321,7 +323,25 @@ def who(snap: Snapshot, port: int, proto: str = "tcp") -> WhoReport:
             rep.holders.append((ln, snap.classify(ln.processes[0] if ln.processes else None, ln)))
     rep.paths = [follow(snap, label, pkt) for label, pkt in _probes(snap, proto, port)]
     rep.differences = differences(rep.paths, proto, port)
+    rep.remapped = remapped(snap, port, proto)
     return rep
+
+
+def remapped(snap: Snapshot, port: int, proto: str) -> list[str]:
+    """host-remap sandboxes (issue 12) whose CMD binds this host port as another one: the
+    sandbox, its CMD's pid and the port it asked for (its cgroup's bind program rewrote it)."""
+    out = []
+    for rec in snap.sandboxes:
+        if rec.sandbox.publish_mode != "host-remap" or rec.status == "exited":
+            continue
+        for m in rec.sandbox.mappings:
+            if m.proto == proto and m.host_port == port:
+                pid = f"CMD pid {rec.cmd_pid}" if rec.cmd_pid else "CMD not running"
+                out.append(
+                    f"sandbox {rec.name} ({pid}): bound as :{m.container_port}, remapped at bind() "
+                    f"to {m.host_binding()}"
+                )
+    return list(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------- rendering
@@ -335,6 +355,8 @@ def render(rep: WhoReport) -> str:
             lines.append(f"{br} {ln.binding:<22} {h.describe()}" + (f"  [{cmd}]" if cmd else ""))
     else:
         lines.append("├─ sockets: none on the host")
+    for r in rep.remapped:
+        lines.append(f"├─ remapped: {r}")
     lines.append("├─ paths")
     for i, p in enumerate(rep.paths):
         last = i == len(rep.paths) - 1
