@@ -18,6 +18,7 @@ from typing import Any
 # Copies, kept equal by tests/unit/test_cli_commands.py (see the module docstring).
 MECHANISMS = (
     "host",
+    "host-remap",
     "direct",
     "nat",
     "proxy",

@@ -16,6 +16,7 @@ from .report import ORDER, TITLES
 
 COLORS = {
     "host": "#4c72b0",
+    "host-remap": "#64b5cd",
     "direct": "#8172b2",
     "nat": "#55a868",
     "proxy": "#c44e52",

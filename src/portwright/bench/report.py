@@ -17,7 +17,7 @@ from typing import Any
 from .stats import ARTICLE, Summary, article_ratio_vs_host, ratio, summarize
 
 SCHEMA = "portwright-bench/1"
-ORDER = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables", "proxy-dropin")
+ORDER = ("host", "host-remap", "direct", "nat", "proxy", "docker-proxy", "docker-iptables", "proxy-dropin")
 SCENARIO_ORDER = ("bulk-in", "bulk-out", "bulk-udp", "conn", "rr")
 TITLES = {
     "bulk-in": "bulk TCP, client -> server (iperf3; the article's ingress test)",
@@ -124,6 +124,7 @@ def headline(rows: list[dict[str, Any]], samples: list[dict[str, Any]] | None = 
     out: list[dict[str, Any]] = []
     placements = sorted({r["placement"] for r in rows})
     pairs = (
+        ("host-remap", "host"),
         ("nat", "host"),
         ("proxy", "docker-proxy"),
         ("nat", "docker-iptables"),

@@ -42,7 +42,16 @@ from .stats import efficiency
 
 #: Every mechanism the bench knows; ``proxy-dropin`` is portwright-proxy run the dockerd way (one
 #: process per port, in docker-proxy's place), measured when asked for.
-MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables", "proxy-dropin")
+MECHANISMS = (
+    "host",
+    "host-remap",
+    "direct",
+    "nat",
+    "proxy",
+    "docker-proxy",
+    "docker-iptables",
+    "proxy-dropin",
+)
 DEFAULT_MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
 
 
@@ -301,14 +310,23 @@ class Lab:
             self.external = ExternalClient(self.tag)
             self.external.create()
         ext = self.external.host_addr if self.external else ""
-        need_net = any(m in want for m in MECHANISMS if m != "host")
-        base = free_port_block(12)
+        need_net = any(m in want for m in MECHANISMS if m not in ("host", "host-remap"))
+        base = free_port_block(14)
         udp = any(SCENARIOS[sc].udp for sc in self.config.scenarios)
         if need_net:
             self.create_network()
         if "host" in want:
             self._start("host", "host", base, base + 1, [], None)
             self.targets["host"] = Target("host", base, base + 1, "127.0.0.1", ext)
+        if "host-remap" in want:
+            # The same servers on their usual ports, in a host-network sandbox whose binds the
+            # cgroup BPF programs remap to base+12/13 (issue 12): nothing listens on 5201/8080.
+            hp_i, hp_h = base + 12, base + 13
+            publish = [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"] + (
+                [f"{hp_i}:{IPERF_PORT}/udp"] if udp else []
+            )
+            self._start("host-remap", "host", IPERF_PORT, HTTP_PORT, publish, None, wait_ports=[hp_i, hp_h])
+            self.targets["host-remap"] = Target("host-remap", hp_i, hp_h, "127.0.0.1", ext)
         for i, mode in ((2, "nat"), (4, "proxy")):
             if mode in want:
                 hp_i, hp_h = base + i, base + i + 1
@@ -335,7 +353,7 @@ class Lab:
         ]
         if peers:
             self._open_peers(peers, base, ext, udp)
-        role = {"host": "host", "nat": "nat", "proxy": "proxy"}
+        role = {"host": "host", "host-remap": "host-remap", "nat": "nat", "proxy": "proxy"}
         for m, t in self.targets.items():
             t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
 
@@ -399,7 +417,14 @@ class Lab:
         raise last
 
     def _start(
-        self, role: str, network: str, iperf_port: int, http_port: int, publish: list[str], mode: str | None
+        self,
+        role: str,
+        network: str,
+        iperf_port: int,
+        http_port: int,
+        publish: list[str],
+        mode: str | None,
+        wait_ports: list[int] | None = None,  # where the servers show up, when not their own ports
     ) -> str:
         name = f"pwb{self.tag}-{role}"
         cmd = server_command(os.path.join(self.tmp, role), iperf_port, http_port)
@@ -414,7 +439,7 @@ class Lab:
         }
         if info.pid:
             self.server_pids.append(info.pid)
-        self._wait_listening(name, [iperf_port, http_port], host=(network == "host"))
+        self._wait_listening(name, wait_ports or [iperf_port, http_port], host=(network == "host"))
         servers: dict[int, str] = {}
         if info.pid:
             for p in cpu.descendants(info.pid):
