@@ -155,6 +155,18 @@ def cmd_network(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_publish_mode(args: argparse.Namespace) -> str:
+    """No --publish-mode: ebpf where the kernel supports it, else nat with one printed note."""
+    if not (args.publish or args.publish_all) or args.network in ("host", "none"):
+        return "nat"
+    from .publish import registry
+
+    mode, note = registry.default_mode()
+    if note:
+        print(f"portwright: {note}", file=sys.stderr)
+    return mode
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .supervisor import check_command, run
 
@@ -169,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         publish_all=args.publish_all,
         expose=args.expose or [],
         env=args.env or [],
-        publish_mode=args.publish_mode,
+        publish_mode=args.publish_mode or _default_publish_mode(args),
         detach=args.detach,
         proxy_protocol=args.proxy_protocol,
         remove=args.rm,
@@ -421,7 +433,9 @@ def _add_run_parser(sub: Any) -> None:
         metavar="K=V",
         help="set K in CMD's environment (bare K: the host's value)",
     )
-    r.add_argument("--publish-mode", default="nat", choices=PUBLISH_MODES)
+    r.add_argument(
+        "--publish-mode", default=None, choices=PUBLISH_MODES, help="default: ebpf where supported, else nat"
+    )
     r.add_argument(
         "--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend"
     )

@@ -67,6 +67,20 @@ def cleanup(name: str, owner: str) -> list[str]:
     return list(fn(owner)) if fn is not None else []
 
 
+def default_mode() -> tuple[str, str]:
+    """The publish mode when none is given, and a note to print when it is not the best one:
+    ``ebpf`` where the feature probes load and attach its programs here, else ``nat``."""
+    from ..kernel.bpf import probe
+
+    try:
+        ok, why = probe.connect_rewrite()
+    except OSError as e:  # no bpf() at all (seccomp, an old kernel)
+        ok, why = False, str(e).splitlines()[0]
+    if ok:
+        return "ebpf", ""
+    return "nat", f"publish mode nat: connect-time rewriting (ebpf) is unavailable here: {why}"
+
+
 def create(name: str, ctx: PublishContext) -> Publisher:
     target = _REGISTRY.get(name)
     if target is None:
