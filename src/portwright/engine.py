@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import os
 import secrets
@@ -189,12 +190,10 @@ class Engine:
     def ensure_network(self, name: str) -> Network:
         net = self.state.find_network(name)
         if net is not None:
-            if name not in self.fw.networks():
-                # The kernel is the truth: a firewall reload ('nft flush ruleset') or someone
-                # else's 'nft delete table' took the network's rules; put them back first.
-                with self._network_lock():
-                    self.fw.ensure_base()
-                    self.fw.add_network(net)
+            # The kernel is the truth: a firewall reload ('nft flush ruleset') or someone else's
+            # 'nft delete table' may have taken any part of the network's rules; put them back.
+            with self._network_lock():
+                self.fw.ensure_network(net)
             return net
         if name != DEFAULT_NETWORK:
             raise NotFound(
@@ -441,6 +440,7 @@ class Engine:
         """CMD is gone: undo the publication and everything else; collect every error."""
         errors: list[str] = []
         firewall_done = False
+        self.mark_removing(live.sandbox.id)
         if live.publisher is not None:
             in_kernel = live.publisher.in_kernel
             more = live.publisher.unpublish()
@@ -521,9 +521,59 @@ class Engine:
             # dockerd may have started since our networks were made: its FORWARD policy is DROP,
             # so make sure its DOCKER-USER hook accepts our bridges (idempotent, cheap).
             self.sync_docker_user()
+            # A firewall reload may have taken our table: every command puts it back (issue 13).
+            for line in self.restore():
+                print(f"portwright: {line}", file=sys.stderr)
         # A resolver killed (-9) is started again while sandboxes need it (dns/service.py).
         self.dns.reconcile(any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes()))
         return cleaned
+
+    def restore(self, sids: set[str] | None = None) -> list[str]:
+        """Put back what a firewall reload took: every network's rules and the NAT elements of
+        running sandboxes (only those in ``sids`` when given). Idempotent and quiet when the
+        table is whole. Returns one line per repair or failure; raises nothing."""
+        lines: list[str] = []
+        for net in self.state.networks():
+            try:
+                with self._network_lock():
+                    if self.state.find_network(net.name) is None:
+                        continue  # removed meanwhile ('network rm' holds the same lock)
+                    gone = self.fw.ensure_network(net)
+                if gone:
+                    lines.append(f"network {net.name}: restored {', '.join(gone[:4])}")
+            except PortwrightError as e:
+                lines.append(f"network {net.name}: not restored: {e}")
+        for rec in self.state.sandboxes():
+            if rec.status != "running" or (sids is not None and rec.id not in sids):
+                continue
+            if rec.sandbox.publish_mode != "nat" or not rec.sandbox.mappings:
+                continue
+            try:
+                gone = self.fw.ensure_published(
+                    sandbox_owner(rec.id), rec.sandbox.mappings, functools.partial(self._serving, rec.id)
+                )
+                if gone:
+                    lines.append(f"sandbox {rec.name}: restored {', '.join(gone[:4])}")
+            except PortwrightError as e:
+                lines.append(f"sandbox {rec.name}: not restored: {e}")
+        return lines
+
+    def _serving(self, sid: str) -> bool:
+        """Is sandbox ``sid`` running, with a live supervisor, and not yet tearing down?"""
+        rec = self.state.find_sandbox(sid)
+        return (
+            rec is not None
+            and rec.status == "running"
+            and pid_alive(rec.supervisor_pid, rec.supervisor_start)
+        )
+
+    def mark_removing(self, sid: str) -> None:
+        """Teardown begins: from now on nothing puts the sandbox's rules back (``restore``
+        asks under the table lock, and teardown unpublishes under it after this)."""
+        with self.state.tx():
+            rec = self.state.find_sandbox(sid)
+            if rec is not None and rec.status in ("creating", "running"):
+                self.state.update_sandbox(sid, status="removing")
 
     # ------------------------------------------------------------------ stop / rm
     def signal_stop(self, rec: SandboxRecord, grace: float, kill: bool = False) -> None:

@@ -30,11 +30,13 @@ import socket
 import sqlite3
 import sys
 import time
+from typing import Any
 
 from .engine import Engine
 from .errors import KernelError, PortwrightError
 from .kernel import runner
 from .kernel.proc import set_process_name, set_process_title
+from .recovery import SETTLE_SECONDS, FirewallWatch
 from .spec import SandboxSpec
 from .state import State
 from .supervisor import DOCKER_USER_RECHECK_SECONDS, hold_detached, unix_op
@@ -188,6 +190,8 @@ class Server:
         self.reapers: set[int] = set()  # children that tear a sandbox down, not supervisors
         self.idle_since = time.monotonic()
         self.next_docker_check = 0.0
+        self.restorer: int | None = None  # the child putting back what a firewall reload took
+        self.watch: FirewallWatch | None = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         path = socket_path(state_dir)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -211,6 +215,7 @@ class Server:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.watch = watch = FirewallWatch()
         while True:
             self._reap()
             now = time.monotonic()
@@ -219,7 +224,12 @@ class Server:
             if self.children and now >= self.next_docker_check:
                 self._sync_docker_user()
                 self.next_docker_check = now + DOCKER_USER_RECHECK_SECONDS
-            ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [], 1.0)
+            if watch.take(now):
+                self._restore()
+            timeout = min(1.0, max(0.0, watch.due - time.monotonic()))
+            watched: list[Any] = [self.sock.fileno(), wake_r, *watch.fds()]
+            ready, _, _ = select.select(watched, [], [], timeout)
+            watch.ready(ready)
             if wake_r in ready:
                 try:
                     while os.read(wake_r, 512):
@@ -246,7 +256,7 @@ class Server:
     def _child(self, conn: socket.socket) -> None:
         code = 1
         try:
-            self.sock.close()
+            self._close_in_child()
             os.setsid()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not ours
             conn.settimeout(10)
@@ -276,6 +286,8 @@ class Server:
             if pid == 0:
                 break
             self.children.discard(pid)
+            if pid == self.restorer:
+                self.restorer = None
             if pid in self.reapers:
                 self.reapers.discard(pid)
             else:
@@ -304,7 +316,7 @@ class Server:
         if reaper == 0:
             rc = 1
             try:
-                self.sock.close()
+                self._close_in_child()
                 Engine(State(self.state_dir)).reap(pid, code)
                 rc = 0
             except BaseException as e:
@@ -313,6 +325,37 @@ class Server:
                 os._exit(rc)
         self.children.add(reaper)
         self.reapers.add(reaper)
+
+    def _close_in_child(self) -> None:
+        """A child keeps neither the listening socket nor the event subscription (whose unread
+        events would pile up in it)."""
+        self.sock.close()
+        if self.watch is not None:
+            self.watch.close()
+
+    def _restore(self) -> None:
+        """Put back every network's rules and every running sandbox's NAT elements that a
+        firewall reload took (issue 13), in a short-lived child: the server's pages stay clean
+        and a hung nft cannot stall it. One at a time; a change meanwhile is looked at after."""
+        if self.restorer is not None:
+            if self.watch is not None:
+                self.watch.due = time.monotonic() + SETTLE_SECONDS
+            return
+        pid = os.fork()
+        if pid == 0:
+            rc = 1
+            try:
+                self._close_in_child()
+                for line in Engine(State(self.state_dir)).restore():
+                    print(f"portwright: {line}", file=sys.stderr)
+                rc = 0
+            except BaseException as e:
+                print(f"portwright: restoring the firewall: {type(e).__name__}: {e}", file=sys.stderr)
+            finally:
+                os._exit(rc)
+        self.children.add(pid)
+        self.reapers.add(pid)
+        self.restorer = pid
 
     def _sync_docker_user(self) -> None:
         try:

@@ -6,7 +6,8 @@ Checks (codes as printed): ``exposed`` (published on all interfaces), ``loopback
 ufw), ``family-mismatch`` (v4-only publications, ``::1`` landing on a placeholder),
 ``placeholder`` (sockets that hold a port and serve nothing), ``undeclared`` (host-network
 sandboxes or containers listening on ports they did not declare) and ``stale`` (rules, proxies
-or sandboxes whose owner is gone). Pure over a Snapshot; the CLI exits non-zero on ``high``.
+or sandboxes whose owner is gone) and ``degraded`` (a running sandbox's NAT publication that the
+kernel no longer holds, after a firewall reload). Pure over a Snapshot; the CLI exits non-zero on ``high``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def _published(rows: list[PortRow]) -> list[PortRow]:
     return [
         r
         for r in rows
-        if r.owner_kind in ("sandbox", "container", "cni") and r.mechanism in ("nat", "proxy", "docker-proxy")
+        if r.owner_kind in ("sandbox", "container", "cni")
+        and r.mechanism in ("nat", "proxy", "docker-proxy")
+        and not r.degraded  # not served at all: check_degraded reports it
     ]
 
 
@@ -140,7 +143,13 @@ def check_loopback_leak(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     seen: set[tuple[str, int]] = set()
     localnet = sorted(k for k, v in snap.route_localnet.items() if v)
     for r in rows:
-        if r.mechanism != "nat" or not r.loopback or r.host_ip is None or r.host_ip.version != 4:
+        if (
+            r.degraded
+            or r.mechanism != "nat"
+            or not r.loopback
+            or r.host_ip is None
+            or r.host_ip.version != 4
+        ):
             continue
         if (r.proto, r.port) in seen:
             continue
@@ -374,3 +383,22 @@ def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
     rep.findings += check_undeclared(snap)
     rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))
     return rep
+def check_degraded(rows: list[PortRow]) -> list[Finding]:
+    """NAT publications of running sandboxes that the kernel no longer serves (issue 13)."""
+    return [
+        Finding(
+            "high",
+            "degraded",
+            f"{r.proto} {r.binding}",
+            f"sandbox {r.owner} publishes {r.binding}/{r.proto} by kernel NAT, but {r.degraded}",
+            "run 'portwright prune' to put the rules back (the fork server or supervisor does it "
+            "within seconds while it runs), and find what flushed the ruleset (nftables.service reload?)",
+            (f"expected: nat {r.binding} -> {r.target}", "found: no element tagged with the sandbox"),
+            _who(r),
+        )
+        for r in rows
+        if r.degraded
+    ]
+
+
+    rep.findings += check_degraded(rows)

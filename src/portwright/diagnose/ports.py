@@ -12,7 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import IPAddress
+from ..firewall.rules import nat_capable
+from ..model import IPAddress, Mapping
 from ..owners import parse_owner
 from .nftview import NatEntry, nat_entries
 from .snapshot import (
@@ -44,6 +45,7 @@ class PortRow:
     hooks: tuple[str, ...] = ()
     external: bool = True  # reachable from other machines by its rule/socket (not loopback-only)
     pid: int | None = None
+    degraded: str = ""  # a publication the kernel should serve and does not (issue 13): why
 
     @property
     def binding(self) -> str:
@@ -80,6 +82,7 @@ class PortRow:
             "why_stale": self.why_stale or None,
             "hooks": list(self.hooks),
             "pid": self.pid,
+            "degraded": self.degraded or None,
         }
 
 
@@ -211,6 +214,52 @@ def _listener_row(snap: Snapshot, proto: str, ip: IPAddress, port: int, h: Holde
     return PortRow(proto, ip, port, port, "listener", "process", f"pid {h.pid} {h.comm}", pid=h.pid)
 
 
+def _held_by(rows: list[PortRow], m: Mapping) -> str:
+    """What holds ``m``'s host port now that NAT does not serve it (for the degraded note)."""
+    kinds = sorted({r.mechanism for r in rows if r.port == m.host_port and r.proto == m.proto})
+    if "proxy" in kinds:
+        return "traffic that still arrives is served by the userland relay, or by nothing"
+    return "connections land on the placeholder socket, which never answers"
+
+
+def degraded_rows(snap: Snapshot, rows: list[PortRow]) -> list[PortRow]:
+    """A row for each NAT publication of a running sandbox that the kernel no longer holds: a
+    firewall reload or someone's 'nft delete' took it. Never shown as if all were well."""
+    out: list[PortRow] = []
+    served = {
+        (r.owner, r.proto, r.port, str(r.host_ip) if r.host_ip is not None else "*")
+        for r in rows
+        if r.mechanism == "nat" and r.owner_kind == "sandbox"
+    }
+    for rec in snap.sandboxes:
+        if rec.sandbox.publish_mode != "nat" or not snap.alive(rec):
+            continue
+        for m in rec.sandbox.mappings:
+            if not nat_capable(m):
+                continue
+            if {
+                (rec.name, m.proto, m.host_port, str(m.host_ip)),
+                (rec.name, m.proto, m.host_port, "*"),
+            } & served:
+                continue
+            why = f"no DNAT element in table inet portwright (firewall reloaded?); {_held_by(rows, m)}"
+            out.append(
+                PortRow(
+                    m.proto,
+                    m.host_ip,
+                    m.host_port,
+                    m.host_port,
+                    "nat",
+                    "sandbox",
+                    rec.name,
+                    m.container_ip,
+                    m.container_port,
+                    degraded=why,
+                )
+            )
+    return out
+
+
 def port_rows(snap: Snapshot, include_listeners: bool = True) -> list[PortRow]:
     rows = _nat_rows(snap)
     for ln in snap.listeners:
@@ -218,6 +267,7 @@ def port_rows(snap: Snapshot, include_listeners: bool = True) -> list[PortRow]:
         if not include_listeners and h.kind in (APPLICATION, UNKNOWN) and not (h.sandbox or h.container):
             continue
         rows.append(_listener_row(snap, ln.proto, ln.ip, ln.port, h))
+    rows += degraded_rows(snap, rows)
     order = {"nat": 0, "proxy": 1, "docker-proxy": 1, "host": 2, "placeholder": 3, "listener": 4}
     rows.sort(key=lambda r: (r.port, r.proto, order.get(r.mechanism, 5), str(r.host_ip)))
     return rows
@@ -230,7 +280,7 @@ def table_rows(rows: list[PortRow]) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
     for r in rows:
         owner = f"{r.owner_kind} {r.owner}" if r.owner_kind in ("sandbox", "container", "cni") else r.owner
-        flag = f"STALE: {r.why_stale}" if r.stale else ""
+        flag = f"STALE: {r.why_stale}" if r.stale else f"MISSING: {r.degraded}" if r.degraded else ""
         if r.mechanism == "nat" and not r.external:
             flag = (flag + " " if flag else "") + "(host only)"
         out.append((r.proto, r.binding, r.mechanism, owner, r.target or "-", flag))

@@ -19,12 +19,12 @@ use it while ``backend.default_firewall`` builds the nft one, without an import 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput, Conflict, PortInUse
 from ..model import Mapping, Network, Sandbox
-from . import antispoof, rules
+from . import antispoof, health, rules
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -167,6 +167,48 @@ class Firewall:
             cmds = rules.unpublish_commands(owner, current) if current else []
             if cmds:
                 self.backend.apply(cmds)
+
+    # --- recovery: put back what a firewall reload took ------------------------------------------
+
+    def ensure_network(self, net: Network) -> list[str]:
+        """Re-install the base and ``net``'s rules when any part is missing (a firewall reload, a
+        deleted table, chain or element). Idempotent: returns what was missing, and changes
+        nothing (and writes nothing) when the table is whole."""
+        cmds = rules.network_commands(net)  # validates before taking the lock
+        with self.backend.lock():
+            current = self.backend.read()
+            missing = health.missing_base(current) + health.missing_network(net, current)
+            if missing:
+                self.backend.apply(
+                    rules.base_commands() + rules.remove_network_commands(net.name, current) + cmds
+                )
+        return missing
+
+    def ensure_published(
+        self, owner: str, mappings: Sequence[Mapping], wanted: Callable[[], bool] = lambda: True
+    ) -> list[str]:
+        """Re-add ``owner``'s NAT elements (and the base) when any is missing; returns what was
+        missing. ``wanted`` is asked under the table lock, so an owner whose teardown has begun
+        (and unpublishes under the same lock) is never published again behind its back. A key
+        another owner took meanwhile is refused with ``PortInUse``, as publish."""
+        cmds = rules.publish_commands(owner, mappings)  # validates before taking the lock
+        if not cmds:
+            return []
+        with self.backend.lock():
+            current = self.backend.read()
+            missing = health.missing_base(current) + health.missing_publication(owner, mappings, current)
+            if missing and not wanted():
+                return []
+            if missing:
+                clashes = rules.conflicts(owner, mappings, current)
+                if clashes:
+                    m, other = clashes[0]
+                    raise PortInUse(
+                        f"{m.host_binding()}/{m.proto}", f"{other} (nftables table inet portwright)"
+                    )
+                base = rules.base_commands() if health.missing_base(current) else []
+                self.backend.apply(base + cmds)
+        return missing
 
     # --- conntrack, Docker ----------------------------------------------------------------------
 
