@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import subprocess
 import time
@@ -112,9 +113,12 @@ def sandbox_egress(h: HostNS, name: str, url: str) -> bool:
     return subprocess.run(argv, capture_output=True, timeout=15).returncode == 0
 
 
-def start_web(h: HostNS, name: str, *publish: str, extra: tuple[str, ...] = ()) -> None:
+def start_web(h: HostNS, *publish: str, extra: tuple[str, ...] = ()) -> str:
+    """A detached web sandbox; its name is unique machine-wide (sandbox netns names are global)."""
+    name = f"fw{secrets.token_hex(3)}"
     args = [a for p in publish for a in ("-p", p)]
     h.pw("run", "-d", "--name", name, *args, *extra, "--", "python3", "-c", SERVE)
+    return name
 
 
 @pytest.mark.parametrize("how", ["ufw", "iptables"])
@@ -128,7 +132,7 @@ def test_forward_drop_host_without_docker(how: str) -> None:
             h.run("iptables", "-P", "FORWARD", "DROP")
             h.run("ip6tables", "-P", "FORWARD", "DROP")
         xns, xaddr, host4 = h.external()
-        start_web(h, "web", "18781:8000")
+        name = start_web(h, "18781:8000")
         assert wait_reachable(xns, f"http://{host4}:18781/"), (
             "external client cannot reach the published port"
         )
@@ -137,8 +141,8 @@ def test_forward_drop_host_without_docker(how: str) -> None:
         assert h.run("iptables", "-S", "FORWARD").stdout.splitlines()[1] in rules  # at the top
         with egress_server(xns):
             assert wait_reachable(xns, f"http://{xaddr}:8080/")
-            assert sandbox_egress(h, "web", f"http://{xaddr}:8080/"), "sandbox has no egress"
-        h.pw("rm", "-f", "web")
+            assert sandbox_egress(h, name, f"http://{xaddr}:8080/"), "sandbox has no egress"
+        h.pw("rm", "-f", name)
         h.pw("network", "rm", "pw0")
         assert forward_rules(h) == [], "the accept outlived the last network"
 
@@ -147,7 +151,7 @@ def test_plain_accept_host_gets_no_rule() -> None:
     """A host whose FORWARD drops nothing (policy ACCEPT, no rules) is left as it is."""
     with host_namespace() as h:
         h.run("iptables", "-S", "FORWARD")  # makes iptables-nft's filter table, policy ACCEPT
-        start_web(h, "web", "18782:8000")
+        start_web(h, "18782:8000")
         xns, _, host4 = h.external()
         assert wait_reachable(xns, f"http://{host4}:18782/")
         assert forward_rules(h) == []
@@ -159,7 +163,7 @@ def test_ufw_reload_keeps_ports_and_flows() -> None:
     with host_namespace() as h:
         h.ufw("--force", "enable")
         xns, _, host4 = h.external()
-        start_web(h, "web", "18783:8000")
+        start_web(h, "18783:8000")
         url = f"http://{host4}:18783/"
         assert wait_reachable(xns, url)
         # A flow that stays open across the reload: a download that takes about 4 s.
@@ -188,3 +192,69 @@ def test_ufw_reload_keeps_ports_and_flows() -> None:
         assert len(forward_rules(h)) == 2
         out, _ = mid.communicate(timeout=40)
         assert mid.returncode == 0 and out == str(40 * 16384), f"the flow open across ufw reload broke: {out}"
+
+
+def audit(h: HostNS) -> list[dict[str, object]]:
+    out = h.pw("audit", "--json", check=False)
+    assert out.returncode in (0, 10), out.stderr
+    return list(json.loads(out.stdout)["findings"])
+
+
+def codes(findings: list[dict[str, object]], port: int) -> dict[str, str]:
+    return {str(f["code"]): str(f["message"]) for f in findings if str(f["subject"]).endswith(f":{port}")}
+
+
+def test_audit_names_forward_policy_drop_instead_of_claiming_exposure() -> None:
+    with host_namespace() as h:
+        h.run("iptables", "-P", "FORWARD", "DROP")
+        h.run("ip6tables", "-P", "FORWARD", "DROP")
+        start_web(h, "18784:8000")
+        xns, _, host4 = h.external()
+        assert wait_reachable(xns, f"http://{host4}:18784/")
+        assert "exposed" in codes(audit(h), 18784)  # reachable from everywhere: exposed, truly
+        # Someone puts a RETURN on top: our accepts stay, but FORWARD's policy now decides.
+        for tool in ("iptables", "ip6tables"):
+            h.run(tool, "-I", "FORWARD", "1", "-j", "RETURN")
+        assert not reachable(xns, f"http://{host4}:18784/", 2)
+        found = codes(audit(h), 18784)
+        assert "exposed" not in found, found
+        assert "blocked by filter FORWARD policy DROP" in found["blocked"], found
+
+
+def test_audit_names_a_foreign_forward_hook_drop() -> None:
+    with host_namespace() as h:
+        start_web(h, "18785:8000")
+        xns, _, host4 = h.external()
+        assert wait_reachable(xns, f"http://{host4}:18785/")
+        h.run("nft", "add table inet hardened")
+        h.run("nft", "add chain inet hardened fwdrop { type filter hook forward priority 10; policy drop; }")
+        assert not reachable(xns, f"http://{host4}:18785/", 2)
+        found = codes(audit(h), 18785)
+        assert "exposed" not in found and "fwdrop policy DROP (inet table hardened)" in found["blocked"], found
+
+
+@pytest.mark.parametrize("rule", ["deny", "allow", "allow-subnet"])
+def test_audit_tells_the_truth_about_ufw_in_nat_mode(rule: str) -> None:
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (scripts/bootstrap.sh installs it)")
+    with host_namespace() as h:
+        h.ufw("--force", "enable")
+        if rule == "deny":
+            h.ufw("deny", "18786/tcp")
+        elif rule == "allow":
+            h.ufw("allow", "18786/tcp")
+        else:
+            h.ufw("allow", "from", "198.19.250.0/24", "to", "any", "port", "18786", "proto", "tcp")
+        start_web(h, "18786:8000")
+        xns, _, host4 = h.external()
+        # nat mode: DNAT goes through FORWARD, so ufw's INPUT rules do not apply (the old bypass)...
+        assert wait_reachable(xns, f"http://{host4}:18786/")
+        found = codes(audit(h), 18786)
+        assert "exposed" in found and "blocked" not in found, found
+        # ...and audit says so exactly when ufw would have said otherwise.
+        if rule == "deny":
+            assert "admitted despite ufw's deny" in found["input-bypass"], found
+        elif rule == "allow":
+            assert "input-bypass" not in found, found
+        else:
+            assert "only from 198.19.250.0/24" in found["input-bypass"], found

@@ -4,7 +4,8 @@ Checks (codes as printed): ``exposed`` (published on all interfaces), ``loopback
 (127.0.0.1 publications that other machines can reach through DNAT; Docker #45610),
 ``input-bypass`` (DNATed ports go through FORWARD and skip the INPUT firewall; Docker #4737,
 ufw), ``family-mismatch`` (v4-only publications, ``::1`` landing on a placeholder),
-``placeholder`` (sockets that hold a port and serve nothing), ``undeclared`` (host-network
+``blocked`` (published ports the whole ruleset's forward path drops: "blocked by filter FORWARD
+policy DROP", never reported as exposed), ``placeholder`` (sockets that hold a port and serve nothing), ``undeclared`` (host-network
 sandboxes or containers listening on ports they did not declare) and ``stale`` (rules, proxies
 or sandboxes whose owner is gone) and ``degraded`` (a running sandbox's NAT publication that the
 kernel no longer holds, after a firewall reload). Pure over a Snapshot; the CLI exits non-zero on ``high``.
@@ -15,8 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import IPAddress
+from .hostview import FilterPacket, Verdict, verdict
 from .nftview import Packet, input_filter, walk
 from .ports import PortRow, port_rows
+from .privileges import privilege_findings
 from .snapshot import APPLICATION, PLACEHOLDERS, Snapshot, fmt_ep
 from .who import LOOP4, LOOP6, follow
 
@@ -180,6 +184,84 @@ def check_loopback_leak(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     return out
 
 
+def _bridge_of(snap: Snapshot, ip: IPAddress | None) -> str:
+    for n in snap.networks:
+        for net in (n.subnet4, n.subnet6):
+            if ip is not None and net is not None and ip.version == net.version and ip in net:
+                return n.bridge
+    return ""
+
+
+def forward_verdict(snap: Snapshot, r: PortRow) -> Verdict | None:
+    """What the whole ruleset's forward hook does to a new connection DNATed to r's target."""
+    if r.mechanism != "nat" or r.target_ip is None or not r.external or r.loopback or r.stale:
+        return None
+    pkt = FilterPacket(
+        "forward",
+        r.proto,
+        r.target_ip,
+        r.target_port or r.port,
+        snap.host_if,
+        _bridge_of(snap, r.target_ip),
+        True,
+    )
+    return verdict(snap.ruleset, pkt)
+
+
+def input_verdict(snap: Snapshot, r: PortRow) -> Verdict | None:
+    """What the input hook would do to the same port as a host service (the host firewall's say)."""
+    addr = r.host_ip if r.host_ip is not None and not r.wildcard else snap.host4
+    if addr is None:
+        return None
+    return verdict(snap.ruleset, FilterPacket("input", r.proto, addr, r.port, snap.host_if))
+
+
+def check_blocked(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
+    """Published ports that the forward path drops: not an exposure, but not reachable either."""
+    out: list[Finding] = []
+    seen: set[tuple[str, int]] = set()
+    for r in _published(rows):
+        v = forward_verdict(snap, r)
+        if v is None or v.kind != "drop" or (r.proto, r.port) in seen:
+            continue
+        seen.add((r.proto, r.port))
+        out.append(
+            Finding(
+                "low",
+                "blocked",
+                f"{r.proto} {r.binding}",
+                f"{_who(r)}'s port {r.port} is blocked by {v.reason()}: other machines cannot reach it",
+                "let portwright add its FORWARD accept (it does on the next run or network change), or "
+                "accept the bridge in that chain; see 'Host firewalls' in the README",
+                (f"forward {snap.host_if} -> {r.target}: {v.reason()}", *v.assumed[:3]),
+                _who(r),
+            )
+        )
+    return out
+
+
+def _key(r: PortRow) -> tuple[str, int, str]:
+    return (r.proto, r.port, r.owner)
+
+
+def reachable_rows(snap: Snapshot, rows: list[PortRow]) -> list[PortRow]:
+    """Rows other machines can actually reach: not DNATed into a forward drop (nor the relay
+    socket beside such a DNAT), and, for a relay with no DNAT in front (proxy, --firewall host),
+    not dropped by the INPUT filter as a host service would be."""
+    blocked = {_key(r) for r in rows if (v := forward_verdict(snap, r)) is not None and v.kind == "drop"}
+    natted = {_key(r) for r in rows if r.mechanism == "nat"}
+    out = []
+    for r in rows:
+        if _key(r) in blocked:
+            continue
+        if r.mechanism in ("proxy", "docker-proxy") and _key(r) not in natted and r.external:
+            v = input_verdict(snap, r)
+            if v is not None and v.kind == "drop":
+                continue
+        out.append(r)
+    return out
+
+
 def check_input_bypass(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     policy_drop, drops = input_filter(snap.ruleset)
     if not policy_drop and not drops:
@@ -189,8 +271,22 @@ def check_input_bypass(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     for r in _published(rows):
         if r.mechanism != "nat" or not r.external or r.loopback or r.stale or (r.proto, r.port) in seen:
             continue
+        fwd, inp = forward_verdict(snap, r), input_verdict(snap, r)
+        if fwd is not None and fwd.kind == "drop":
+            continue  # blocked outright (check_blocked): nothing bypasses anything
+        if inp is not None and inp.kind == "accept" and not inp.only_from:
+            continue  # the host firewall admits this port as a host service too: no bypass
         seen.add((r.proto, r.port))
+        said = (
+            f"admitted despite {inp.reason()}"
+            if inp is not None and inp.kind == "drop"
+            else f"admitted from everywhere though INPUT admits it only from "
+            f"{', '.join(map(str, inp.only_from))}"
+            if inp is not None
+            else "admitted"
+        )
         ev = [
+            f"INPUT for {r.proto} port {r.port} as a host service: {said}",
             "INPUT filter: " + ("policy drop" if policy_drop else f"{len(drops)} drop/reject rule(s)"),
             *(f"{d.where}: {d.text}" for d in drops[:3]),
             f"DNAT {r.binding} -> {r.target} ({', '.join(r.hooks)}): the packet is routed to FORWARD, "
@@ -208,8 +304,8 @@ def check_input_bypass(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
                 "high" if policy_drop else "medium",
                 "input-bypass",
                 f"{r.proto} {r.binding}",
-                f"{_who(r)}'s port {r.port} is DNATed before INPUT: the host firewall's INPUT rules do not "
-                "apply to it (Docker #4737, ufw)",
+                f"{_who(r)}'s port {r.port} is DNATed before INPUT, so it is {said.split(' (')[0]}: the "
+                "host firewall's INPUT rules do not apply to it (Docker #4737, ufw); --firewall host obeys them",
                 fix,
                 tuple(ev),
                 _who(r),
@@ -371,18 +467,6 @@ def check_stale(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     return out
 
 
-def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
-    rows = port_rows(snap)
-    rep = AuditReport(notes=list(snap.notes))
-    rep.findings += check_stale(snap, rows)
-    rep.findings += check_loopback_leak(snap, rows)
-    rep.findings += check_exposed(rows, allow_public or set())
-    rep.findings += check_input_bypass(snap, rows)
-    rep.findings += check_families(snap, rows)
-    rep.findings += check_placeholders(snap)
-    rep.findings += check_undeclared(snap)
-    rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))
-    return rep
 def check_degraded(rows: list[PortRow]) -> list[Finding]:
     """NAT publications of running sandboxes that the kernel no longer serves (issue 13)."""
     return [
@@ -401,4 +485,18 @@ def check_degraded(rows: list[PortRow]) -> list[Finding]:
     ]
 
 
+def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
+    rows = port_rows(snap)
+    rep = AuditReport(notes=list(snap.notes))
+    rep.findings += check_stale(snap, rows)
     rep.findings += check_degraded(rows)
+    rep.findings += check_loopback_leak(snap, rows)
+    rep.findings += check_blocked(snap, rows)
+    rep.findings += check_exposed(reachable_rows(snap, rows), allow_public or set())
+    rep.findings += check_input_bypass(snap, rows)
+    rep.findings += check_families(snap, rows)
+    rep.findings += check_placeholders(snap)
+    rep.findings += check_undeclared(snap)
+    rep.findings += [Finding(*f[:5], owner=f[5]) for f in privilege_findings(snap)]
+    rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))
+    return rep

@@ -15,6 +15,7 @@ are listed in the trace as assumptions.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -113,6 +114,7 @@ class Ruleset:
     chains: dict[tuple[str, str, str], Chain] = field(default_factory=dict)
     maps: dict[tuple[str, str, str], NftMap] = field(default_factory=dict)
     tables: list[tuple[str, str]] = field(default_factory=list)
+    sets: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)  # plain elements
 
     def base_chains(self, hook: str, family: int | None = None, type_: str | None = None) -> list[Chain]:
         fams = {4: ("ip", "inet"), 6: ("ip6", "inet"), None: ("ip", "ip6", "inet")}[family]
@@ -189,6 +191,8 @@ def _key_of(left: Any) -> str | None:
         if proto in ("ip", "ip6") and fld in ("protocol", "nexthdr"):
             return "l4proto"
         return None
+    if "ct" in left and left["ct"].get("key") in ("state", "status") and "dir" not in left["ct"]:
+        return "ct" + str(left["ct"]["key"])  # ctstate | ctstatus (hostview evaluates them)
     if "fib" in left:
         f = left["fib"]
         if f.get("result") == "type" and "daddr" in (f.get("flags") or []):
@@ -418,6 +422,14 @@ def parse_ruleset(data: dict[str, Any] | str, text: str = "") -> Ruleset:
         elif "map" in item:
             m = _map(item["map"])
             rs.maps[(m.family, m.table, m.name)] = m
+        elif "set" in item:
+            st = item["set"]
+            raw = [
+                e["elem"].get("val") if isinstance(e, dict) and "elem" in e else e
+                for e in st.get("elem") or []
+            ]
+            elems = tuple(str(e) for e in raw if isinstance(e, str | int))
+            rs.sets[(str(st["family"]), str(st["table"]), str(st["name"]))] = elems
     for key, c in chains.items():
         prio = c.get("prio", 0)
         rs.chains[key] = Chain(
@@ -441,7 +453,44 @@ def read_ruleset() -> Ruleset:
             raise NeedRoot("reading the nftables ruleset (nft list ruleset)")
         raise KernelError("nft -j list ruleset", j.stderr or f"exit {j.returncode}")
     t = runner.run(["nft", "-a", "list", "ruleset"], timeout=READ_TIMEOUT)
-    return parse_ruleset(j.stdout, t.stdout if t.returncode == 0 else "")
+    rs = parse_ruleset(j.stdout, t.stdout if t.returncode == 0 else "")
+    for family, tool in (("ip", "iptables-save"), ("ip6", "ip6tables-save")):
+        if (family, "filter") in rs.tables and runner.available(tool):
+            save = runner.run([tool, "-t", "filter"], timeout=READ_TIMEOUT)
+            if save.returncode == 0:
+                resolve_conntrack(rs, family, save.stdout)
+    return rs
+
+
+_CTSTATE = re.compile(r"-m conntrack (!\s+)?--ctstate (\S+)")
+
+
+def resolve_conntrack(rs: Ruleset, family: str, save_text: str) -> None:
+    """Give iptables-nft's ``xt match conntrack`` (opaque in nft's JSON) its states, from the
+    ``iptables-save`` text: the n-th ``-A CHAIN`` line is the n-th rule of ``family filter CHAIN``
+    (ufw's ``--ctstate RELATED,ESTABLISHED -j ACCEPT`` must not read as accepting new flows)."""
+    lines: dict[str, list[str]] = {}
+    for line in save_text.splitlines():
+        if line.startswith("-A "):
+            lines.setdefault(line.split()[1], []).append(line)
+    for (fam, table, name), ch in list(rs.chains.items()):
+        saved = lines.get(name, [])
+        if fam != family or table != "filter" or len(saved) != len(ch.rules):
+            continue  # not iptables' chain, or it changed between the two reads: leave it unknown
+        rules = []
+        for r, line in zip(ch.rules, saved, strict=True):
+            m = _CTSTATE.search(line)
+            if m and any(c.values == ("xt conntrack",) for c in r.conds):
+                states = tuple(x.lower() for x in m.group(2).split(","))
+                conds = tuple(
+                    Cond("ctstate", bool(m.group(1)), states, f"ct state {m.group(2).lower()}")
+                    if c.values == ("xt conntrack",)
+                    else c
+                    for c in r.conds
+                )
+                r = dataclasses.replace(r, conds=conds)
+            rules.append(r)
+        rs.chains[(fam, table, name)] = dataclasses.replace(ch, rules=tuple(rules))
 
 
 # ---------------------------------------------------------------- the walk
