@@ -37,8 +37,8 @@ from .model import Mapping
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Publisher
-from .spec import SandboxSpec
 from .recovery import FirewallWatch
+from .spec import SandboxSpec
 from .state import State, grace_path, read_grace, state_dir
 
 # How often a foreground supervisor re-checks Docker's DOCKER-USER hook, so that a dockerd started
@@ -175,14 +175,14 @@ def wait_cmd(held: Held, docker_user: Engine | None) -> int:
     for s in FORWARDED_SIGNALS:
         signal.signal(s, lambda signum, _frame: pending.append(signum))
     kill_at = next_docker = float("inf")
-    if docker_user is not None:
     # A firewall reload takes our rules: put this sandbox's back (issue 13). Detached sandboxes
     # leave it to the fork server, as the DOCKER-USER check.
     fw_watch = FirewallWatch() if docker_user is not None else None
+    if docker_user is not None:
         next_docker = time.monotonic() + DOCKER_USER_RECHECK_SECONDS
     watched: list[Any] = [pidfd, wake_r] + ([held.ctl] if held.ctl is not None else [])
-    try:
     watched += fw_watch.fds() if fw_watch is not None else []
+    try:
         while True:
             due = fw_watch.due if fw_watch is not None else float("inf")
             timeout = max(0.0, min(kill_at, next_docker, due) - time.monotonic())
@@ -204,15 +204,15 @@ def wait_cmd(held: Held, docker_user: Engine | None) -> int:
             if docker_user is not None and now >= next_docker:
                 docker_user.sync_docker_user()
                 next_docker = now + DOCKER_USER_RECHECK_SECONDS
-    finally:
             if fw_watch is not None and docker_user is not None:
                 fw_watch.ready(ready)
                 if fw_watch.take():
                     for line in docker_user.restore({held.sid}):
                         print(f"portwright: {line}", file=sys.stderr)
-        signal.set_wakeup_fd(-1)
+    finally:
         if fw_watch is not None:
             fw_watch.close()
+        signal.set_wakeup_fd(-1)
         for fd in (pidfd, wake_r, wake_w):
             os.close(fd)
         # As Docker: when CMD exits, whatever it left behind (in its process group, or detached
@@ -609,11 +609,11 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
 def _finish_detached(held: Held, code: int) -> int:
     close_control(held.ctl, held.state_dir, held.sid)
     engine = Engine(State(held.state_dir))
+    engine.mark_removing(held.sid)  # nothing restores its rules from here on (issue 13)
+    errors = held.publisher.unpublish() if held.publisher is not None else []
     rec = engine.state.find_sandbox(held.sid)
     if rec is not None:
         errors += engine.teardown(rec)
-    engine.mark_removing(held.sid)  # nothing restores its rules from here on (issue 13)
-    errors = held.publisher.unpublish() if held.publisher is not None else []
         engine.mark_exited(rec, code)
     for problem in errors:
         print(f"portwright: teardown of {held.sid}: {problem}", file=sys.stderr)
