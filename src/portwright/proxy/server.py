@@ -11,13 +11,17 @@ few event-loop threads:
   is then registered in every loop with EPOLLEXCLUSIVE, so one loop wakes per incoming connection
   and accepted connections spread over the loops without SO_REUSEPORT (which another root process
   could join).
+- ``workers=N`` (the publisher's ``--proxy-workers``; default one per core, at most 4) forks N-1
+  worker *processes* that serve every TCP listener too (``workers.py``): processes, unlike
+  threads, do not share a GIL, so the relay uses every core as docker-proxy does. ``stats()``
+  adds up every loop's and every worker's counters;
 - UDP listeners and their flow tables live in loop 0 only (one owner, no locks); each table is
   capped (``udp_max_flows``), and datagrams refused at the cap are counted as ``udp_dropped``.
 - Counters are plain lists per mapping per loop, written only by their loop and summed by
   ``stats()`` (``counters.py``).
 
 Layers: this module opens the listeners (through ``kernel.sockets.bind_socket``, the one socket
-recipe portwright binds with) and accepts connections; ``loop.py`` is the epoll loop and its
+recipe portwright binds with); ``listener.py`` accepts connections; ``loop.py`` is the epoll loop and its
 per-thread resources; ``tcp.py`` and ``udp.py`` are the relays. The supervisor runs a server
 in-process; the docker-proxy drop-in (``dockerproxy.py``) runs it for one mapping.
 """
@@ -30,16 +34,19 @@ import resource
 import socket
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import KernelError, PortInUse
 from ..kernel import sockets as ksockets
 from ..kernel.sockets import BACKLOG, bind_socket
 from ..model import IPAddress, Mapping
-from . import proxyproto
-from .counters import ACTIVE, ERRORS, TOTAL, new_counters, total
+from .counters import new_counters, total
+from .listener import attach_tcp
 from .loop import CONNECT_TIMEOUT, EventLoop
-from .tcp import TcpRelay
 from .udp import MAX_FLOWS, UdpListener, tune_listener
+
+if TYPE_CHECKING:
+    from .workers import WorkerPool
 
 __all__ = [
     "DEFAULT_LOOPS",
@@ -51,21 +58,11 @@ __all__ = [
     "raise_nofile",
 ]
 
-#: Connections accepted per listener wake-up before other sockets get a turn.
-ACCEPT_BATCH = 64
 #: File descriptors the server wants: 2 per relayed connection plus listeners and pipes.
 WANT_NOFILE = 1 << 17
 #: Event-loop threads when the caller does not say (see the module docstring for why one).
 DEFAULT_LOOPS = 1
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
-
-
-def _proto_number(proto: str) -> int:
-    if proto == "tcp":
-        return socket.IPPROTO_TCP
-    if proto == "udp":
-        return socket.IPPROTO_UDP
-    return int(getattr(socket, "IPPROTO_SCTP", 132))
 
 
 def describe_owner(proto: str, port: int, ip: IPAddress) -> str:
@@ -150,98 +147,6 @@ def raise_nofile() -> int:
     return want
 
 
-class _Listener:
-    """A TCP (or SCTP) listener as seen by one loop."""
-
-    __slots__ = (
-        "loop",
-        "mapping",
-        "sock",
-        "ctr",
-        "backend",
-        "bfamily",
-        "backend4",
-        "bfamily4",
-        "proxy_protocol",
-        "bproto",
-    )
-
-    def __init__(
-        self,
-        loop: EventLoop,
-        mapping: Mapping,
-        sock: socket.socket,
-        ctr: list[int],
-        proxy_protocol: bool,
-        twin: Mapping | None = None,
-    ) -> None:
-        self.loop = loop
-        self.mapping = mapping
-        self.sock = sock
-        self.ctr = ctr
-        self.backend = (str(mapping.container_ip), mapping.container_port)
-        self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
-        # A dual-stack [::] socket also serves its IPv4 twin: IPv4 clients (seen as ::ffff:a.b.c.d)
-        # go to the twin's backend, as they would through the NAT path.
-        four = twin or mapping
-        self.backend4 = (str(four.container_ip), four.container_port)
-        self.bfamily4 = socket.AF_INET if four.container_ip.version == 4 else socket.AF_INET6
-        self.bproto = _proto_number(mapping.proto)
-        self.proxy_protocol = proxy_protocol
-
-    def on_event(self, fd: int, ev: int) -> None:
-        lsock = self.sock
-        loop = self.loop
-        ctr = self.ctr
-        accept = lsock._accept  # type: ignore[attr-defined]  # (fd, addr) without a socket object
-        lfam, ltype, lproto = lsock.family, socket.SOCK_STREAM, lsock.proto
-        bfam6, bproto, backend6 = self.bfamily, self.bproto, self.backend
-        bfam4, backend4 = self.bfamily4, self.backend4
-        tcp = bproto == socket.IPPROTO_TCP
-        for _ in range(ACCEPT_BATCH):
-            try:
-                cfd, addr = accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    loop.overloaded(e)
-                    return
-                continue  # ECONNABORTED and friends: that client is gone
-            c = socket.socket(lfam, ltype, lproto, cfd)
-            c.setblocking(False)
-            if addr[0].startswith("::ffff:") or lfam == socket.AF_INET:
-                bfam, backend = bfam4, backend4
-            else:
-                bfam, backend = bfam6, backend6
-            try:
-                b = socket.socket(bfam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, bproto)
-            except OSError as e:
-                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                c.close()
-                ctr[ERRORS] += 1
-                loop.overloaded(e)
-                return
-            if tcp:
-                b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                b.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            hdr = b""
-            if self.proxy_protocol:
-                hdr = proxyproto.encode("tcp", addr, c.getsockname())
-            ctr[ACTIVE] += 1
-            ctr[TOTAL] += 1
-            relay = TcpRelay(loop, ctr, c, b, hdr)
-            err = b.connect_ex(backend)
-            if err and err != errno.EINPROGRESS:
-                ctr[ERRORS] += 1
-                loop.log_backend_error(relay, err)
-                loop.handlers[relay.bfd] = relay.on_event  # abort() forgets both fds
-                loop.handlers[relay.cfd] = relay.on_event
-                relay.abort()
-                continue
-            loop.watch_relay(relay, pending=bool(err))
-
-
 class ProxyServer:
     """Serves every given Mapping from one process.
 
@@ -264,6 +169,7 @@ class ProxyServer:
         loops: int | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         twins: collections.abc.Mapping[Mapping, Mapping] | None = None,
+        workers: int = 1,
     ) -> None:
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout {connect_timeout} must be positive seconds")
@@ -282,6 +188,8 @@ class ProxyServer:
         self.udp_max_flows = udp_max_flows
         self.connect_timeout = connect_timeout
         self.twins = dict(twins or {})
+        self.workers = max(1, workers)
+        self._pool: WorkerPool | None = None
         self._given = dict(sockets or {})
         n = loops if loops is not None else DEFAULT_LOOPS
         self._nloops = max(1, n)
@@ -313,6 +221,9 @@ class ProxyServer:
             except BaseException:
                 self._close_listeners()
                 raise
+            many = self._nloops > 1 or self.workers > 1
+            if self.workers > 1:
+                self._start_workers()  # forks: before any thread of ours exists
             for i in range(self._nloops):
                 loop = EventLoop(i, f"pw-proxy-{i}", self.connect_timeout)
                 self._loops.append(loop)
@@ -323,24 +234,41 @@ class ProxyServer:
                     ctrs[m] = ctr
                     if m.proto == "udp":
                         if i == 0:
-                            u = UdpListener(
-                                loop,
-                                m,
-                                s,
-                                ctr,
-                                self.proxy_protocol,
-                                self.udp_idle_timeout,
-                                self.udp_max_flows,
-                                self.twins.get(m),
-                            )
-                            loop.udp.append(u)
-                            loop.watch(s.fileno(), u.on_event, level_triggered=True)
+                            self._attach_udp(loop, m, s, ctr)
                     else:
-                        lst = _Listener(loop, m, s, ctr, self.proxy_protocol, self.twins.get(m))
-                        loop.listeners.append(lst)
-                        loop.watch(s.fileno(), lst.on_event, level_triggered=True, exclusive=self._nloops > 1)
+                        attach_tcp(loop, m, s, ctr, self.proxy_protocol, self.twins.get(m), exclusive=many)
             for loop in self._loops:
                 loop.thread.start()
+
+    def _attach_udp(self, loop: EventLoop, m: Mapping, s: socket.socket, ctr: list[int]) -> None:
+        u = UdpListener(
+            loop,
+            m,
+            s,
+            ctr,
+            self.proxy_protocol,
+            self.udp_idle_timeout,
+            self.udp_max_flows,
+            self.twins.get(m),
+        )
+        loop.udp.append(u)
+        loop.watch(s.fileno(), u.on_event, level_triggered=True)
+
+    def _start_workers(self) -> None:
+        """Fork ``workers - 1`` processes that serve every TCP listener too (workers.py)."""
+        from .workers import WorkerPool
+
+        pool = WorkerPool(
+            self.workers - 1,
+            name="pw-proxy-w",
+            proxy_protocol=self.proxy_protocol,
+            connect_timeout=self.connect_timeout,
+        )
+        pool.start()
+        self._pool = pool
+        for i, m in enumerate(self.mappings):
+            if m.proto != "udp":
+                pool.add(i, m, self.twins.get(m), self._socks[m])
 
     @staticmethod
     def _adopt(m: Mapping, s: socket.socket) -> socket.socket:
@@ -381,6 +309,8 @@ class ProxyServer:
             for loop in self._loops:
                 if loop.thread.is_alive() and loop.thread is not threading.current_thread():
                     loop.thread.join(timeout=10)
+            if self._pool is not None:
+                self._pool.stop()
             self._close_listeners()
 
     def __enter__(self) -> ProxyServer:
@@ -391,11 +321,29 @@ class ProxyServer:
         self.stop()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Counters per mapping, keyed by ``Mapping.docker_format()``."""
+        """Counters per mapping, keyed by ``Mapping.docker_format()``: every loop's and every
+        worker process's, added up."""
+        remote = self._pool.stats() if self._pool is not None else []
         return {
+            m.docker_format(): total(
+                [
+                    *(c for ctrs in self._ctrs if (c := ctrs.get(m)) is not None),
+                    *(w[i] for w in remote if i in w),
+                ]
+            )
+            for i, m in enumerate(self.mappings)
+        }
+
+    def worker_stats(self) -> list[dict[str, dict[str, int]]]:
+        """Counters per process (this one first, then each worker): who served what."""
+        remote = self._pool.stats() if self._pool is not None else []
+        here = {
             m.docker_format(): total(c for ctrs in self._ctrs if (c := ctrs.get(m)) is not None)
             for m in self.mappings
         }
+        return [here] + [
+            {m.docker_format(): total([w[i]]) for i, m in enumerate(self.mappings) if i in w} for w in remote
+        ]
 
     def alive(self) -> bool:
         """True while the server is started and not stopped, and every loop thread runs (false

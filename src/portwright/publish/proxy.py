@@ -1,7 +1,9 @@
 """Userland proxy publisher: one in-process relay (portwright.proxy) serves every binding.
 
 The supervisor hands the bound sockets from allocation to a single ProxyServer, so 1 or 10,000
-published ports cost one process, unlike docker-proxy's one process per port and family.
+published ports cost one relay, unlike docker-proxy's one process per port and family. The relay
+runs ``--proxy-workers`` processes (default one per core, at most 4; proxy/workers.py) sharing
+the listeners, so it uses every core under load as docker-proxy does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from ..model import Mapping
+from ..proxy.workers import resolve_workers
 from .base import Bound
 from .registry import PublishContext
 
@@ -27,6 +30,7 @@ class ProxyPublisher:
         self.proxy_protocol = ctx.spec.proxy_protocol
         self.udp_idle_timeout = ctx.spec.udp_timeout
         self.connect_timeout = ctx.spec.proxy_connect_timeout
+        self.workers = resolve_workers(ctx.spec.proxy_workers)
         self.proxy: ProxyServer | None = None
         self.mappings: list[Mapping] = []
         self._relays: dict[Mapping, socket.socket] = {}
@@ -62,6 +66,7 @@ class ProxyPublisher:
             udp_idle_timeout=self.udp_idle_timeout,
             connect_timeout=self.connect_timeout,
             twins=self._twins,
+            workers=self.workers,
         )
         srv.start()
         self.proxy = srv
