@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__, caps_cli
+from . import __version__, caps_cli, cliformat
 from .bench import commands as bench_commands
 from .diagnose import commands as diagnose_commands
 from .engine import Engine
@@ -46,84 +46,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _print_table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _ago(ts: float) -> str:
-    d = max(0, int(time.time() - ts))
-    for unit, secs in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if d >= secs:
-            n = d // secs
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return f"{d} seconds ago"
+    for line in cliformat.table(rows, headers):
+        print(line)
 
 
 def network_json(n: Network) -> dict[str, Any]:
-    return {
-        "Name": n.name,
-        "Driver": "bridge",
-        "Bridge": n.bridge,
-        "Internal": n.internal,
-        "EnableIPv6": n.subnet6 is not None,
-        "IPAM": {
-            "Config": [{"Subnet": str(n.subnet4), "Gateway": str(n.gateway4)}]
-            + ([{"Subnet": str(n.subnet6), "Gateway": str(n.gateway6)}] if n.subnet6 else [])
-        },
-    }
-
-
-def ports_text(rec: SandboxRecord) -> str:
-    return ", ".join(m.docker_format() for m in rec.sandbox.mappings)
-
-
-def status_text(rec: SandboxRecord) -> str:
-    """Docker's STATUS column: ``Up 5 minutes``, ``Exited (3)``, ``Creating``."""
-    if rec.status == "exited":
-        return f"Exited ({rec.exit_code if rec.exit_code is not None else '?'})"
-    if rec.status == "running":
-        return "Up " + _ago(rec.created).removesuffix(" ago")
-    return rec.status.capitalize()
+    return cliformat.network_json(n)
 
 
 def inspect_json(rec: SandboxRecord, state: State) -> dict[str, Any]:
     sb = rec.sandbox
     net = state.find_network(sb.network) if sb.network not in ("host", "none") else None
-    return {
-        "Id": sb.id,
-        "Name": sb.name,
-        "Created": rec.created,
-        "PublishMode": sb.publish_mode,
-        "Config": {
-            "Cmd": list(rec.cmd),
-            "Env": [f"{k}={v}" for k, v in rec.spec.env],
-            "ExposedPorts": [f"{e.ports}/{e.proto}" for e in rec.spec.expose],
-        },
-        "State": {
-            "Status": rec.status,
-            "Running": rec.status == "running",
-            "Pid": rec.cmd_pid,
-            "SupervisorPid": rec.supervisor_pid,
-            "ExitCode": rec.exit_code,
-        },
-        "LogPath": rec.log_path,
-        "HostConfig": caps_cli.host_config(rec),
-        "NetworkSettings": {
-            "Network": sb.network,
-            "SandboxKey": sb.netns,
-            "HostVeth": sb.veth,
-            "IPAddress": str(sb.ip4) if sb.ip4 else "",
-            "GlobalIPv6Address": str(sb.ip6) if sb.ip6 else "",
-            "Gateway": str(net.gateway4) if net and sb.ip4 else "",
-            "IPv6Gateway": str(net.gateway6) if net and net.gateway6 and sb.ip6 else "",
-            "IPPrefixLen": net.subnet4.prefixlen if net else 0,
-            "MacAddress": sb.mac or "",
-            "Bridge": net.bridge if net else "",
-            "Ports": [m.to_json() for m in sb.mappings],
-        },
-    }
+    doc = cliformat.inspect_doc(rec, net)
+    doc["HostConfig"] = caps_cli.host_config(rec)
+    return doc
+
+
+def _print_docs(template: str | None, docs: list[dict[str, Any]]) -> None:
+    """``inspect``'s output: a JSON array; ``-f json`` one object per line; ``-f TEMPLATE`` each
+    document through the Go template."""
+    if template is None:
+        print(json.dumps(docs, indent=4, ensure_ascii=False))
+    elif template == "json":
+        for d in docs:
+            print(json.dumps(d, ensure_ascii=False))
+    else:
+        for d in docs:
+            print(cliformat.render(template, d))
 
 
 # ---------------------------------------------------------------------- handlers
@@ -147,7 +96,7 @@ def cmd_network(args: argparse.Namespace) -> int:
                 ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "INTERNAL"],
             )
     elif args.net_cmd == "inspect":
-        print(json.dumps([network_json(eng.state.network(n)) for n in args.names], indent=2))
+        _print_docs(args.format, [network_json(eng.state.network(n)) for n in args.names])
     elif args.net_cmd == "rm":
         for n in args.names:
             eng.remove_network(n)
@@ -203,25 +152,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    filters = cliformat.parse_filters(args.filter or [])
     st = State()
-    recs = [r for r in st.sandboxes() if args.all or r.status != "exited"]
-    if args.format == "json":
-        print(json.dumps([inspect_json(r, st) for r in recs], indent=2))
-        return 0
-    rows = [
-        [r.id, " ".join(r.cmd)[:30], _ago(r.created), status_text(r), ports_text(r), r.name] for r in recs
+    show_exited = args.all or "status" in filters  # as docker ps: --filter status=exited needs no -a
+    recs = [
+        r for r in st.sandboxes() if (show_exited or r.status != "exited") and cliformat.matches(r, filters)
     ]
-    _print_table(rows, ["SANDBOX ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"])
+    if args.quiet:
+        for r in recs:
+            print(r.id)
+        return 0
+    now = time.time()
+    rows = [cliformat.ps_row(r, now, args.no_trunc) for r in recs]
+    for line in cliformat.format_rows(args.format or "table", rows):
+        print(line)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     st = State()
-    out = [inspect_json(st.sandbox(n), st) for n in args.names]
-    if args.format == "json" and len(out) == 1:
-        print(json.dumps(out[0], indent=2))
-    else:
-        print(json.dumps(out, indent=2))
+    _print_docs(args.format, [inspect_json(st.sandbox(n), st) for n in args.names])
     return 0
 
 
@@ -235,6 +185,10 @@ def cmd_port(args: argparse.Namespace) -> int:
         maps = [m for m in maps if m.container_port == int(port) and (not proto or m.proto == proto)]
         if not maps:
             raise NotFound(f"no public port '{args.port}' published for {rec.name}")
+    if args.format:  # over Docker's Ports map: {"80/tcp": [{"HostIp": ..., "HostPort": ...}]}
+        print(cliformat.render(args.format, cliformat.docker_ports(maps)))
+        return 0
+    if args.port:
         for m in maps:
             print(m.host_binding())
         return 0
@@ -398,8 +352,9 @@ def _add_network_parser(sub: Any) -> None:
     c.add_argument("--internal", action="store_true", help="no egress to the host's other interfaces")
     ls = nsub.add_parser("ls", help="list networks")
     ls.add_argument("--format", choices=["table", "json"], default="table")
-    ins = nsub.add_parser("inspect", help="show networks as JSON")
-    ins.add_argument("names", nargs="+")
+    ins = nsub.add_parser("inspect", help="show networks as a JSON array")
+    ins.add_argument("names", nargs="+", metavar="NAME", help="network names")
+    ins.add_argument("-f", "--format", metavar="TEMPLATE", help="Go template (e.g. '{{.Bridge}}') or json")
     rm = nsub.add_parser("rm", help="remove networks")
     rm.add_argument("names", nargs="+")
     net.set_defaults(func=cmd_network)
@@ -467,18 +422,44 @@ def _add_run_parser(sub: Any) -> None:
 
 def _add_sandbox_parsers(sub: Any) -> None:
     ps = sub.add_parser("ps", help="list sandboxes")
-    ps.add_argument("-a", "--all", action="store_true")
-    ps.add_argument("--format", choices=["table", "json"], default="table")
+    ps.add_argument("-a", "--all", action="store_true", help="show exited sandboxes too")
+    ps.add_argument("-q", "--quiet", action="store_true", help="print only the sandboxes' IDs")
+    ps.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="name=, id=, status=, network= or publish=PORT[-END][/PROTO] (a published container "
+        "port, as docker ps); repeat: the same key OR'd, different keys AND'd",
+    )
+    ps.add_argument("--no-trunc", action="store_true", help="do not cut the COMMAND column")
+    ps.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="table (default), 'table TEMPLATE', json (one object per line) or a Go template, "
+        "e.g. '{{.Names}} {{.Ports}}'",
+    )
     ps.set_defaults(func=cmd_ps)
 
-    i = sub.add_parser("inspect", help="show sandboxes as JSON")
-    i.add_argument("names", nargs="+")
-    i.add_argument("--format", choices=["json"], default="json")
+    i = sub.add_parser("inspect", help="show sandboxes as a JSON array")
+    i.add_argument("names", nargs="+", metavar="NAME", help="sandbox names or IDs")
+    i.add_argument(
+        "-f",
+        "--format",
+        metavar="TEMPLATE",
+        help="Go template, e.g. '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}'; "
+        "json: one object per line",
+    )
     i.set_defaults(func=cmd_inspect)
 
     pt = sub.add_parser("port", help="list a sandbox's published ports")
-    pt.add_argument("name")
-    pt.add_argument("port", nargs="?")
+    pt.add_argument("name", help="the sandbox's name or ID")
+    pt.add_argument("port", nargs="?", help="only this container port: PORT[/PROTO]")
+    pt.add_argument(
+        "-f",
+        "--format",
+        metavar="TEMPLATE",
+        help="Go template over Docker's port map, e.g. '{{(index (index . \"80/tcp\") 0).HostPort}}'",
+    )
     pt.set_defaults(func=cmd_port)
 
     e = sub.add_parser(

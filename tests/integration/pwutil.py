@@ -38,9 +38,9 @@ def temp_network(*create_args: str, prefix: str = "n") -> Iterator[str]:
     try:
         yield name
     finally:
-        for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
-            if rec["NetworkSettings"]["Network"] == name:
-                pw("rm", "-f", rec["Name"], check=False)
+        for rec in ps_json("-a"):
+            if rec["Networks"] == name:
+                pw("rm", "-f", rec["Names"], check=False)
         pw("network", "rm", name, check=False)
 
 
@@ -77,7 +77,16 @@ def dockerd_with_forward_drop() -> Iterator[Any]:
 
 
 def inspect(name: str) -> dict[str, Any]:
-    return json.loads(pw("inspect", name).stdout)  # type: ignore[no-any-return]
+    """The sandbox's inspect document (``inspect`` prints a JSON array, as Docker's)."""
+    docs = json.loads(pw("inspect", name).stdout)
+    assert isinstance(docs, list) and len(docs) == 1, docs
+    return docs[0]  # type: ignore[no-any-return]
+
+
+def ps_json(*flags: str) -> list[dict[str, Any]]:
+    """``ps --format json`` rows: one JSON object per line, as ``docker ps --format json``."""
+    out = pw("ps", *flags, "--format", "json").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def uniq(prefix: str = "t") -> str:

@@ -130,7 +130,9 @@ def _sandbox_leftovers() -> list[str]:
     left = _leftovers()
     ps = subprocess.run([PW, "ps", "-a", "--format", "json"], capture_output=True, text=True, cwd="/")
     left += [
-        str(s.get("Name")) for s in json.loads(ps.stdout or "[]") if str(s.get("Name", "")).startswith("pwb")
+        str(s.get("Names"))
+        for s in (json.loads(line) for line in ps.stdout.splitlines() if line.strip())
+        if str(s.get("Names", "")).startswith("pwb")
     ]
     left += [f"/var/tmp/{d}" for d in os.listdir("/var/tmp") if d.startswith("pwb-dockerd-")]
     for pid in os.listdir("/proc"):

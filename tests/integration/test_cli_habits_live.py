@@ -4,13 +4,12 @@ traps TERM leaves a marker file when it gets one."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from proxynet import wait_until
-from pwutil import pw, uniq
+from pwutil import inspect, ps_json, pw, uniq
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ def trapping(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _listed(name: str) -> bool:
-    return any(r["Name"] == name for r in json.loads(pw("ps", "-a", "--format", "json").stdout))
+    return any(r["Names"] == name for r in ps_json("-a"))
 
 
 def test_rm_f_kills_without_term(trapping: tuple[str, Path]) -> None:
@@ -46,4 +45,4 @@ def test_stop_delivers_term_before_the_kill(trapping: tuple[str, Path]) -> None:
     name, marker = trapping
     pw("stop", "-t", "1", name)
     assert marker.exists(), "stop -t 1 did not deliver SIGTERM to CMD"
-    assert pw("inspect", name).stdout and not json.loads(pw("inspect", name).stdout)["State"]["Running"]
+    assert not inspect(name)["State"]["Running"]

@@ -151,7 +151,7 @@ def test_kill9_supervisor_then_any_command_cleans_up(net: str) -> None:
     pw("ps")  # any command runs the reconcile pass
     assert f"pw-{name}" not in netns_names() and veth not in link_names()
     info = inspect(name)
-    assert info["State"]["Status"] == "exited" and info["NetworkSettings"]["Ports"] == []
+    assert info["State"]["Status"] == "exited" and info["NetworkSettings"]["Mappings"] == []
     pw("rm", name)
 
 
@@ -410,9 +410,9 @@ def test_port_command_and_ps_ports_column(net: str) -> None:
         "sleep",
         "60",
     )
-    maps = inspect(name)["NetworkSettings"]["Ports"]
-    tcp_port = next(m["host_port"] for m in maps if m["proto"] == "tcp")
-    udp_port = next(m["host_port"] for m in maps if m["proto"] == "udp")
+    maps = inspect(name)["NetworkSettings"]["Mappings"]
+    tcp_port = next(m["HostPort"] for m in maps if m["Proto"] == "tcp")
+    udp_port = next(m["HostPort"] for m in maps if m["Proto"] == "udp")
     row = next(line for line in pw("ps").stdout.splitlines() if line.endswith(name))
     assert f"127.0.0.1:{tcp_port}->80/tcp" in row
     assert f"0.0.0.0:{udp_port}->53/udp" in row

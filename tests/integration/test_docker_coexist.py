@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from dockerutil import Dockerd, ensure_image
-from pwutil import dockerd_with_forward_drop, inspect, pw, temp_network, uniq, wait_tcp
+from pwutil import dockerd_with_forward_drop, inspect, ps_json, pw, temp_network, uniq, wait_tcp
 
 from conftest import External, sh
 
@@ -75,9 +75,9 @@ def test_bridge_networking_survives_forward_drop(
             bridge = json.loads(pw("network", "inspect", network).stdout)[0]["Bridge"]
             assert bridge in ours and "portwright" in ours
     finally:
-        for rec in json.loads(pw("ps", "-a", "--format", "json").stdout):
-            if rec["NetworkSettings"]["Network"] in (early_network, later):
-                pw("rm", "-f", rec["Name"], check=False)
+        for rec in ps_json("-a"):
+            if rec["Networks"] in (early_network, later):
+                pw("rm", "-f", rec["Names"], check=False)
         pw("network", "rm", later, check=False)
     # Removing a network removes its DOCKER-USER rules, and only its own.
     docker_user = sh("iptables", "-S", "DOCKER-USER").stdout

@@ -5,7 +5,6 @@ has started. Each case failed against the release before these fixes."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -19,7 +18,7 @@ import time
 
 import pytest
 from proxynet import wait_until
-from pwutil import free_port, inspect, link_names, netns_names, pw, temp_network, uniq
+from pwutil import free_port, inspect, link_names, netns_names, ps_json, pw, temp_network, uniq
 
 pytestmark = pytest.mark.integration
 
@@ -292,6 +291,4 @@ def test_a_failure_after_cmd_started_leaves_nothing(monkeypatch: pytest.MonkeyPa
     assert wait_until(lambda: not _pids_with(f"sleep {marker}"), timeout=5), "CMD outlived a failed setup"
     assert netns_names() <= before_ns and link_names() <= before_links
     assert not state_mod.State().name_taken(name)
-    assert json.loads(pw("ps", "-a", "--format", "json").stdout) == [] or all(
-        r["Name"] != name for r in json.loads(pw("ps", "-a", "--format", "json").stdout)
-    )
+    assert all(r["Names"] != name for r in ps_json("-a"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import json
 import os
 import secrets
 import socket
@@ -24,7 +23,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pwutil import bridge_ports, free_port, netns_names, nft_owner_elements, pw, temp_network, uniq
+from pwutil import (
+    bridge_ports,
+    free_port,
+    inspect,
+    netns_names,
+    nft_owner_elements,
+    ps_json,
+    pw,
+    temp_network,
+    uniq,
+)
 
 from conftest import sh
 from portwright.errors import PortInUse
@@ -221,14 +230,14 @@ def test_cli_second_sandbox_on_a_udp_port_fails_in_one_line_and_leaves_nothing(
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
         assert f"{port}/udp" in lines[0] and one in lines[0], lines[0]  # names the owning sandbox
         # Nothing of the second sandbox is left: no record, namespace, veth or nft element.
-        names = [rec["Name"] for rec in json.loads(pw("ps", "-a", "--format", "json").stdout)]
+        names = [rec["Names"] for rec in ps_json("-a")]
         assert two not in names and f"pw-{two}" not in netns_names()
         assert bridge_ports(network) == ports_before
         owners = {
             p.owner for p in rules.published(nft.table_json()) if p.proto == "udp" and p.host_port == port
         }
         if first == "nat":
-            one_id = json.loads(pw("inspect", one).stdout)["Id"]
+            one_id = inspect(one)["Id"]
             assert owners == {f"pw:{one_id}"} and nft_owner_elements(f"pw:{one_id}")
         else:
             assert owners == set()

@@ -69,7 +69,7 @@ def test_every_byte_arrives_in_order(network: str, mode: str) -> None:
     try:
         info = inspect(name)
         wait_tcp(None, info["NetworkSettings"]["IPAddress"], CPORT)
-        port = info["NetworkSettings"]["Ports"][0]["host_port"]
+        port = info["NetworkSettings"]["Mappings"][0]["HostPort"]
         rng = random.Random(1234)
         jobs = [(rng.choice(SIZES), rng.choice(SIZES), rng.randrange(1 << 62)) for _ in range(120)]
         with concurrent.futures.ThreadPoolExecutor(24) as ex:

@@ -333,16 +333,16 @@ def test_publish_all_and_ranges(network: str) -> None:
         str(CPORT),
     )
     try:
-        maps = inspect(name)["NetworkSettings"]["Ports"]
+        maps = inspect(name)["NetworkSettings"]["Mappings"]
         lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-        assert {(m["proto"], m["container_port"]) for m in maps} == {
+        assert {(m["Proto"], m["ContainerPort"]) for m in maps} == {
             ("tcp", CPORT),
             ("udp", 7001),
             ("udp", 7002),
         }
-        assert all(lo <= m["host_port"] <= hi for m in maps)
-        tcp = [m for m in maps if m["proto"] == "tcp"]
-        assert len({m["host_port"] for m in tcp}) == 1  # v4 and v6 halves share one port
+        assert all(lo <= m["HostPort"] <= hi for m in maps)
+        tcp = [m for m in maps if m["Proto"] == "tcp"]
+        assert len({m["HostPort"] for m in tcp}) == 1  # v4 and v6 halves share one port
         wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
         assert "PEER" in tcp_ask("127.0.0.1", tcp[0]["host_port"])
     finally:
@@ -384,7 +384,7 @@ def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
             "sleep",
             "30",
         )
-        assert {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]} == {taken + 1}
+        assert {m["HostPort"] for m in inspect(name)["NetworkSettings"]["Mappings"]} == {taken + 1}
     finally:
         s.close()
         pw("rm", "-f", name, check=False)
@@ -411,7 +411,7 @@ def test_ranges_skip_taken_and_reserved_ports(network: str) -> None:
             "sleep",
             "30",
         )
-        ports = {m["host_port"] for m in inspect(name)["NetworkSettings"]["Ports"]}
+        ports = {m["HostPort"] for m in inspect(name)["NetworkSettings"]["Mappings"]}
         assert ports and not ports & reserved
     finally:
         with open(key, "w") as f:

@@ -225,12 +225,13 @@ def _info(doc: dict[str, object]) -> SandboxInfo:
         pid=pid(state.get("Pid")),
         supervisor_pid=pid(state.get("SupervisorPid")),
         netns=net.get("SandboxKey") or None,
-        ports=tuple(net.get("Ports") or ()),
+        ports=tuple(net.get("Mappings") or ()),
     )
 
 
 def parse_inspect_all(text: str) -> list[SandboxInfo]:
-    """``portwright inspect A B ...`` output (a list, or one object for one name)."""
+    """``portwright inspect A B ...`` output (a JSON array; one object, as older releases printed
+    for one name, is read too)."""
     doc = json.loads(text)
     return [_info(d) for d in (doc if isinstance(doc, list) else [doc])]
 
@@ -286,11 +287,11 @@ class Portwright:
         return self.call(*args, "--", *cmd, timeout=timeout).strip()
 
     def inspect(self, name: str) -> SandboxInfo:
-        return parse_inspect(self.call("inspect", name, "--format", "json"))
+        return parse_inspect(self.call("inspect", name))
 
     def inspect_all(self, names: list[str]) -> list[SandboxInfo]:
         """One ``inspect`` call for many sandboxes."""
-        return parse_inspect_all(self.call("inspect", *names, "--format", "json"))
+        return parse_inspect_all(self.call("inspect", *names))
 
     def exec(self, name: str, cmd: list[str], timeout: float = 30) -> str:
         return self.call("exec", name, "--", *cmd, timeout=timeout)
