@@ -49,6 +49,14 @@ class FakeHost:
         self.host_busy: set[tuple[str, int]] = set()
         self.fail_holder: str | None = None
         self.fail_sysctl = False
+        self.rewrites: dict[str, tuple[Mapping, ...]] = {}  # owner -> connect-time rewrites (ebpf)
+
+    def rewrite(self, owner: str, mappings: Sequence[Mapping]) -> None:
+        if mappings:
+            self.rewrites[owner] = tuple(mappings)
+
+    def unrewrite(self, owner: str) -> None:
+        self.rewrites.pop(owner, None)
 
     def is_bridge(self, name: str) -> bool:
         return name in self.bridges
@@ -305,6 +313,19 @@ def test_del_is_idempotent_and_needs_no_prev_result() -> None:
         assert (code, out) == (0, None)
     assert set(be.elements) == {cni_owner("keep", "eth0", "pwnet")}
     assert set(be.held) == {cni_owner("keep", "eth0", "pwnet")}
+
+
+def test_local_clients_are_rewritten_in_both_families_and_del_removes_it() -> None:
+    """Issue 11: an IPv4-only container gets a [::] rewrite too, so localhost -> ::1 works with
+    no holder and no relay (reserveHostPort false, as Podman needs)."""
+    be = Rig()
+    assert call(be, env("ADD"), stdin(reserveHostPort=False))[0] == 0
+    assert be.held == {}
+    got = sorted(m.docker_format() for m in be.fake_host.rewrites[OWNER])
+    assert got == ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]
+    assert {str(m.container_ip) for m in be.fake_host.rewrites[OWNER]} == {"198.18.200.5"}
+    call(be, env("DEL"), stdin())
+    assert be.fake_host.rewrites == {}
 
 
 def test_check() -> None:

@@ -44,6 +44,22 @@ HOLDER_STOP_TIMEOUT = 3.0
 class Host:
     """The host side of the CNI backend: everything but the nftables table."""
 
+    def rewrite(self, owner: str, mappings: Sequence[Mapping]) -> None:
+        """Local clients connect straight to the container (publish mode ebpf's shared maps, in a
+        program set of the plugin's own) where the kernel supports it; else NAT alone serves."""
+        from ..kernel.bpf import probe
+        from ..publish import ebpf
+
+        if mappings and probe.connect_rewrite()[0]:
+            ebpf.add(owner, list(mappings), ebpf.RewriteSet(cni_rewrite_state()))
+
+    def unrewrite(self, owner: str) -> None:
+        from ..publish import ebpf
+
+        problems = ebpf.cleanup(owner, ebpf.RewriteSet(cni_rewrite_state()))
+        if problems:
+            raise KernelError("bpf cleanup", "; ".join(problems))
+
     def is_bridge(self, name: str) -> bool:
         return os.path.isdir(f"/sys/class/net/{name}/bridge")
 
@@ -189,6 +205,7 @@ class KernelBackend:
         bridge: str | None,
         subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
         snat: bool,
+        rewrite: Sequence[Mapping] = (),
     ) -> None:
         self._table = None
         self.fw.ensure_base()
@@ -205,6 +222,7 @@ class KernelBackend:
             if snat and any(m.host_ip.version == 4 for m in mappings):
                 self.host.enable_route_localnet(bridge)
             self.host.docker_user_accept(bridge)
+        self.host.rewrite(owner, rewrite)
 
     def unpublish(self, owner: str) -> None:
         self._table = None
@@ -213,6 +231,7 @@ class KernelBackend:
             self.host.docker_user_forget_missing()
         finally:
             self._table = None
+            self.host.unrewrite(owner)
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.fw.flush_conntrack_ports(proto, [port])
@@ -255,6 +274,14 @@ class KernelBackend:
         except Exception as e:
             return f"cannot create nftables table inet portwright: {e}"
         return None
+
+
+def cni_rewrite_state() -> str:
+    """The plugin's rewrite set lives beside, not in, ``portwright run``'s: reconcile of run's
+    state dir keeps only its own sandboxes' entries, and CNI attachments are not among them."""
+    from ..state import state_dir
+
+    return os.path.join(state_dir(), "cni")
 
 
 def backend() -> KernelBackend:

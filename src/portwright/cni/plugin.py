@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from ..errors import KernelError, MissingTool, NeedRoot, PortInUse, PortwrightError
 from ..firewall import rules
-from ..model import Mapping
+from ..model import ANY4, ANY6, Mapping
 from ..owners import DIGEST_MARK, cni_legacy_owner, cni_owner, network_field, nft_comment, parse_cni_owner
 from . import protocol as p
 from .holder import Binding
@@ -43,6 +43,9 @@ class Plan:
     bindings: tuple[Binding, ...]  # sockets its holder opens (placeholders and relay listeners)
     bridge: str | None  # the host bridge the container hangs off (for hairpin / localhost)
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # on that bridge
+    #: Every mapping, for the connect-time rewrite of local clients (publish mode ebpf, issue 11):
+    #: ``[::1]`` and ``[::]`` in front of an IPv4 container too, which NAT cannot serve.
+    rewrite: tuple[Mapping, ...] = ()
 
 
 class Backend(Protocol):
@@ -56,8 +59,9 @@ class Backend(Protocol):
         bridge: str | None,
         subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
         snat: bool,
+        rewrite: Sequence[Mapping] = (),
     ) -> None: ...
-    def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules
+    def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules, rewrites
     def flush_conntrack(self, proto: str, port: int) -> None: ...
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None: ...  # problem text or None
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None: ...
@@ -101,8 +105,26 @@ def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
             )
     hosts = p.host_interfaces(conf.prev_result)
     return Plan(
-        owner, tuple(nat), tuple(bindings), hosts[0] if hosts else None, p.container_subnets(conf.prev_result)
+        owner,
+        tuple(nat),
+        tuple(bindings),
+        hosts[0] if hosts else None,
+        p.container_subnets(conf.prev_result),
+        rewrite_mappings(mappings),
     )
+
+
+def rewrite_mappings(mappings: Sequence[Mapping]) -> tuple[Mapping, ...]:
+    """The TCP/UDP mappings local clients are rewritten for at connect(): all of them, plus the
+    ``[::]`` half of a wildcard mapping that has only an IPv4 one (an IPv4-only container), so
+    ``localhost`` resolving to ``::1`` reaches it (the kernel connects the v6 socket to the
+    container's v4-mapped address)."""
+    out = [m for m in mappings if m.proto in ("tcp", "udp")]
+    have6 = {(m.proto, m.host_port) for m in out if m.host_ip == ANY6}
+    out += [
+        replace(m, host_ip=ANY6) for m in out if m.host_ip == ANY4 and (m.proto, m.host_port) not in have6
+    ]
+    return tuple(out)
 
 
 def _overlap(a: Mapping, b: Mapping) -> bool:
@@ -181,7 +203,7 @@ def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
             undo.callback(backend.stop_holder, pl.owner)
         if pl.nat:
             undo.callback(backend.unpublish, pl.owner)
-            backend.publish(pl.owner, pl.nat, pl.bridge, pl.subnets, conf.snat)
+            backend.publish(pl.owner, pl.nat, pl.bridge, pl.subnets, conf.snat, pl.rewrite)
             for proto, port in sorted({(m.proto, m.host_port) for m in pl.nat if m.proto == "udp"}):
                 # A client that sent before the mapping existed has a conntrack entry aimed at the
                 # host; flush it so its next datagram is DNATed (Docker issue 8795).

@@ -221,18 +221,8 @@ class EbpfPublisher(NatPublisher):
 
     def publish(self, bound: Bound) -> None:
         super().publish(bound)
-        want = entries([m for m, _ in bound], self.owner)
-        if not want:
-            return
-        with self.rewrites.lock():
-            maps = self.rewrites.ensure()
-            try:
-                self.rewrites.refresh_local(maps)
-                for k, v in want:
-                    maps.svc.update(k, v)
-                self.in_bpf = True
-            finally:
-                maps.close()
+        self.in_bpf = True  # unpublish cleans up even after a partial add
+        self.in_bpf = add(self.ctx.owner, [m for m, _ in bound], self.rewrites)
 
     def unpublish(self) -> list[str]:
         errs: list[str] = []
@@ -272,6 +262,24 @@ def _addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
+def add(owner: str, mappings: list[Mapping], rewrites: RewriteSet | None = None) -> bool:
+    """Publish ``owner``'s mappings in the shared set (attaching it first); False when there was
+    nothing to rewrite (no TCP/UDP mapping)."""
+    rw = rewrites or RewriteSet()
+    want = entries(mappings, owner_hash(owner))
+    if not want:
+        return False
+    with rw.lock():
+        maps = rw.ensure()
+        try:
+            rw.refresh_local(maps)
+            for k, v in want:
+                maps.svc.update(k, v)
+        finally:
+            maps.close()
+    return True
+
+
 def cleanup(owner: str, rewrites: RewriteSet | None = None) -> list[str]:
     """Remove ``owner``'s svc entries; detach everything when none is left. Returns problems.
 
@@ -290,3 +298,35 @@ def cleanup(owner: str, rewrites: RewriteSet | None = None) -> list[str]:
             return errs
     except (BpfError, OSError) as e:
         return [f"bpf cleanup of {owner}: {str(e).splitlines()[0]}"]
+
+
+def sweep(owners: set[str], rewrites: RewriteSet | None = None) -> list[str]:
+    """Reconcile the shared set with the sandboxes that still exist (``owners``): remove the svc
+    entries of any other owner (a sandbox killed with -9 whose teardown never ran), detach when
+    none is left, and attach again programs someone detached while entries remain. Returns
+    one line per repair or problem; quiet when all is in place."""
+    rw = rewrites or RewriteSet()
+    if not os.path.isdir(rw.dir):
+        return []
+    lines: list[str] = []
+    try:
+        with rw.lock():
+            maps = rw.open_maps()
+            if maps is None:
+                return rw.detach_all()
+            keep = {owner_hash(o) for o in owners}
+            stale = {e.owner for k, v in maps.svc.items() if (e := ep.decode_svc(k, v)).owner not in keep}
+            for o in stale:
+                n = rw.remove_owner(maps, o)
+                lines.append(f"ebpf: removed {n} rewrite entries of a sandbox that is gone")
+            released = rw.release_if_unused(maps)
+            if maps.svc.fd < 0:  # released: nothing published any more
+                return lines + released
+            missing = rw.missing_links()
+            if missing:
+                rw.ensure().close()
+                lines.append(f"ebpf: attached again {', '.join(missing)}")
+            maps.close()
+    except (BpfError, OSError) as e:
+        lines.append(f"ebpf sweep: {str(e).splitlines()[0]}")
+    return lines
