@@ -11,7 +11,7 @@ import datetime
 import json
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import gotemplate
@@ -259,7 +259,7 @@ def _port_range(value: str, item: str) -> tuple[int, int, str | None]:
 def matches(rec: SandboxRecord, filters: dict[str, list[str]]) -> bool:
     """Does the sandbox pass every filter key? ``publish`` matches a published container port, as
     ``docker ps --filter publish=`` does; ``name`` matches a substring (or a ^/$-anchored regex)."""
-    tests = {
+    tests: dict[str, Callable[[str], bool]] = {
         "name": lambda v: re.search(v, rec.name) is not None if any(c in v for c in "^$") else v in rec.name,
         "id": lambda v: rec.id.startswith(v),
         "status": lambda v: rec.status == v,
