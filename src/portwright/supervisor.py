@@ -28,6 +28,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from .caps_model import Privileges
 from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
 from .firewall.backend import default_firewall
@@ -410,6 +411,7 @@ def _become_tini(plan: dict[str, Any]) -> None:
             out, err = spawn.open_logs(plan["log"])  # stdout and stderr kept apart
             os.dup2(out, 1)
             os.dup2(err, 2)
+        caps.child_setup(Privileges.from_json(plan.get("privileges")), plan["netns"])()
         os.execve(plan["tini"], plan["argv"], plan["env"])
     finally:
         os._exit(127)
@@ -514,6 +516,7 @@ def _hand_to_tini(
         "netns": sb.netns,
         "cgroup": live.cgroup,
         "log": live.log_path,
+        "privileges": spec.privileges.to_json(),
     }
     _send(chan, {"exec": plan}, [s.fileno() for s in live.sockets])
     answer = _recv(chan)[0]

@@ -160,8 +160,12 @@ def child_setup(privileges: Privileges, netns_path: str | None) -> Callable[[], 
     source = os.path.basename(netns_path) if netns_path else None
 
     def setup() -> None:
-        if source is not None:
-            private_sys(source)
-        apply(plan, top)
+        try:
+            if source is not None:
+                private_sys(source)
+            apply(plan, top)
+        except OSError as e:  # said on stderr too: a preexec_fn's exception loses its message
+            os.write(2, f"portwright: preparing CMD: {e.strerror or e}\n".encode())
+            raise
 
     return setup
