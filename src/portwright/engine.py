@@ -524,6 +524,10 @@ class Engine:
             # A firewall reload may have taken our table: every command puts it back (issue 13).
             for line in self.restore():
                 print(f"portwright: {line}", file=sys.stderr)
+        # ebpf's shared maps: entries of sandboxes that are gone go, detached programs come back.
+        live = {sandbox_owner(r.id) for r in self.state.sandboxes() if r.status != "exited"}
+        for line in registry.sweep(live):
+            print(f"portwright: {line}", file=sys.stderr)
         # A resolver killed (-9) is started again while sandboxes need it (dns/service.py).
         self.dns.reconcile(any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes()))
         return cleaned
@@ -546,7 +550,8 @@ class Engine:
         for rec in self.state.sandboxes():
             if rec.status != "running" or (sids is not None and rec.id not in sids):
                 continue
-            if rec.sandbox.publish_mode != "nat" or not rec.sandbox.mappings:
+            lines += self._restore_antispoof(rec)
+            if rec.sandbox.publish_mode not in ("nat", "ebpf") or not rec.sandbox.mappings:
                 continue
             try:
                 gone = self.fw.ensure_published(
@@ -557,6 +562,16 @@ class Engine:
             except PortwrightError as e:
                 lines.append(f"sandbox {rec.name}: not restored: {e}")
         return lines
+
+    def _restore_antispoof(self, rec: SandboxRecord) -> list[str]:
+        """Put back a running sandbox's anti-spoofing elements (issue 19), as its NAT ones."""
+        if rec.sandbox.veth is None or rec.spec.privileges.allow_spoof:
+            return []
+        try:
+            gone = self.fw.ensure_antispoof(rec.sandbox, functools.partial(self._serving, rec.id))
+        except PortwrightError as e:
+            return [f"sandbox {rec.name}: anti-spoofing not restored: {e}"]
+        return [f"sandbox {rec.name}: restored anti-spoofing ({', '.join(gone[:3])})"] if gone else []
 
     def _serving(self, sid: str) -> bool:
         """Is sandbox ``sid`` running, with a live supervisor, and not yet tearing down?"""

@@ -8,6 +8,7 @@ after kill -9 + any command (pins, map entries, attached programs)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -285,3 +286,27 @@ def test_default_is_ebpf_here_and_nat_without_cgroup2() -> None:
         assert len(notes) == 1 and "no cgroup2 hierarchy" in notes[0], p.stderr
         assert inspect(name)["PublishMode"] == "nat"
         pw("rm", "-f", name)
+
+
+def test_any_command_reattaches_detached_programs_and_drops_stale_entries(dual: Sandbox) -> None:
+    rw = ebpf.RewriteSet()
+    with Link.open_pinned(os.path.join(rw.dir, "link_connect4")) as link:
+        link.detach()  # someone detached it (bpftool, a cgroup cleanup)
+    assert rw.missing_links() == ["connect4"]
+    _, real, _ = tcp_probe(socket.AF_INET, "127.0.0.1", dual.port)
+    assert real == f"127.0.0.1:{dual.port}"  # degraded to the NAT path, still served
+    stale = ep.svc_key("tcp", ipaddress.ip_address("127.0.0.1"), 9)
+    maps = rw.open_maps()
+    assert maps is not None
+    try:
+        maps.svc.update(
+            stale, ep.svc_value(ipaddress.ip_address("198.18.0.9"), 9, ebpf.owner_hash("pw:gone"))
+        )
+    finally:
+        maps.close()
+    err = pw("ps").stderr
+    assert "attached again connect4" in err and "removed 1 rewrite entries" in err, err
+    assert rw.missing_links() == []
+    assert ebpf.owner_hash("pw:gone") not in svc_owners()
+    _, real, _ = tcp_probe(socket.AF_INET, "127.0.0.1", dual.port)
+    assert real == f"{dual.ip4}:{CPORT}"

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "nat": "portwright.publish.nat:NatPublisher",
     "proxy": "portwright.publish.proxy:ProxyPublisher",
     "host": "portwright.publish.host:HostPublisher",
+    "firewall-host": "portwright.publish.firewallhost:FirewallHostPublisher",
     "ebpf": "portwright.publish.ebpf:EbpfPublisher",
     "host-remap": "portwright.publish.hostremap:HostRemapPublisher",
 }
@@ -54,6 +55,8 @@ def mode_for(spec: SandboxSpec) -> str | None:
         return "host-remap" if spec.port_specs() else "host"
     if spec.network == "none":
         return None
+    if spec.firewall == "host":
+        return "firewall-host"  # issue 16: the host firewall decides, as for a host service
     return spec.publish_mode
 
 
@@ -65,6 +68,14 @@ def cleanup(name: str, owner: str) -> list[str]:
         return []
     fn = getattr(importlib.import_module(target.partition(":")[0]), "cleanup", None)
     return list(fn(owner)) if fn is not None else []
+
+
+def sweep(owners: set[str]) -> list[str]:
+    """Mechanisms whose kernel state is shared by all sandboxes (ebpf's maps and programs) drop
+    what no sandbox in ``owners`` holds any more, and put back what was taken; lines to print."""
+    from . import ebpf
+
+    return ebpf.sweep(owners)
 
 
 def default_mode() -> tuple[str, str]:
