@@ -229,17 +229,20 @@ class Firewall:
     def _bridge_table(self) -> dict[str, Any]:
         return self.backend.read_table(antispoof.FAMILY, antispoof.TABLE)
 
-    def ensure_antispoof(self, sb: Sandbox) -> list[str]:
+    def ensure_antispoof(self, sb: Sandbox, wanted: Callable[[], bool] = lambda: True) -> list[str]:
         """Make the protection of ``sb``'s bridge port whole: the table, its chains and rules,
         and the port's elements. Idempotent; returns what was missing (empty: nothing was
         written). Adds a sandbox's port, and puts it back after a flush. A sandbox without a
-        bridge port has nothing to protect."""
+        bridge port has nothing to protect. ``wanted`` is asked under the table lock, as in
+        ``ensure_published``: a sandbox whose teardown began is not protected again."""
         port = antispoof.port_for(sb)
         if port is None:
             return []
         with self.backend.lock():
             current = self._bridge_table()
             gone = antispoof.missing(port, current)
+            if gone and not wanted():
+                return []
             if gone:
                 base = antispoof.base_commands() if any(not g.startswith("port") for g in gone) else []
                 self.backend.apply(base + antispoof.add_commands(port))
