@@ -258,3 +258,30 @@ def test_nothing_left_after_rm_or_kill_9(host: HostNS) -> None:
     for rec in (a, b):  # no element of either is left (the host's other sandboxes may have some)
         assert f'"comment": "pw:{rec["Id"]}"' not in table
     host.pw("rm", "-f", N["k2"], check=False)
+
+
+def test_anti_spoofing_comes_back_after_nft_flush_ruleset() -> None:
+    """A firewall reload (``nft flush ruleset``) in a namespace that plays the host: the
+    sandbox's anti-spoofing elements are put back, as its NAT elements are (issue 13's recovery)."""
+    from hostns import host_namespace
+
+    with host_namespace("pwq") as h:
+        h.pw("network", "create", "n19f", "--subnet", "198.18.218.0/24")
+        h.pw("run", "-d", "--name", "f1", "--network", "n19f", "--", "sleep", "600")
+        veth = json.loads(h.pw("inspect", "--format", "json", "f1").stdout)["NetworkSettings"]["HostVeth"]
+
+        def table() -> str:
+            p = h.run("nft", "-j", "list", "table", "bridge", "portwright", check=False)
+            return p.stdout if p.returncode == 0 else ""
+
+        assert veth in table()
+        h.run("nft", "flush", "ruleset")  # inside the throwaway namespace only
+        deadline = time.monotonic() + 10
+        while veth not in table() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if veth not in table():
+            h.pw("ps")  # any command's reconcile restores too
+        t = table()
+        assert veth in t and '"antispoof"' in t and "port_nd" in t
+        h.pw("rm", "-f", "f1")
+        assert veth not in table()
