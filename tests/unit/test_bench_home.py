@@ -117,8 +117,8 @@ def test_scale_shapes_option() -> None:
     assert cli._shapes(_parse().scale_shapes) == scale.SHAPES
     assert cli._shapes("nft-only,proxy-dropin") == ("nft-only", "proxy-dropin")
     with pytest.raises(BadInput) as e:
-        cli._shapes("nat,ebpf")
-    assert "unknown shape 'ebpf'" in str(e.value) and "\n" not in str(e.value)
+        cli._shapes("nat,xdp")
+    assert "unknown shape 'xdp'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_nft_only_publishes_n_ports_onto_n_backend_ports_inside_its_namespaces() -> None:

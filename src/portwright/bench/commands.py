@@ -21,12 +21,21 @@ MECHANISMS = (
     "host-remap",
     "direct",
     "nat",
+    "ebpf",
     "proxy",
     "docker-proxy",
     "docker-iptables",
     "proxy-dropin",
 )  # scenarios
-DEFAULT_MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")  # scenarios
+DEFAULT_MECHANISMS = (
+    "host",
+    "direct",
+    "nat",
+    "ebpf",
+    "proxy",
+    "docker-proxy",
+    "docker-iptables",
+)  # scenarios
 SCENARIOS = ("bulk-in", "bulk-out", "conn", "rr", "bulk-udp")  # scenarios.SCENARIOS
 DEFAULT_SCENARIOS = ("bulk-in", "bulk-out", "conn", "rr")  # scenarios
 DEFAULT_DURATION = 3.0  # scenarios.Config
@@ -35,7 +44,7 @@ DEFAULT_STREAMS = 10  # scenarios.Config
 DEFAULT_CONNECTIONS = 32  # scenarios.Config
 DEFAULT_THREADS = 2  # scenarios.Config
 SIZES = (1, 100, 1000, 10000)  # scale
-SHAPES = ("nat", "proxy", "docker-iptables", "docker-proxy")  # scale
+SHAPES = ("nat", "ebpf", "proxy", "docker-iptables", "docker-proxy")  # scale
 ALL_SHAPES = (*SHAPES, "proxy-dropin", "nft-only")  # scale
 DEFAULT_SANDBOXES = 20  # sandboxes.DEFAULT_N
 SANDBOX_VARIANTS = ("none", "published")  # sandboxes.VARIANTS

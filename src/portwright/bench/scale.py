@@ -4,7 +4,8 @@ Owns the scale experiment. For 1, 100, 1,000 and 10,000 ports it publishes a por
 each shape and measures the setup time, the teardown time, iperf3 throughput to the first and to
 the last port of the range, and the PSS of the publishing processes. The shapes:
 
-- ``nat``, ``proxy``: our publishers, through the CLI (``portwright run -p A-B:C-D``);
+- ``nat``, ``ebpf``, ``proxy``: our publishers, through the CLI (``portwright run -p A-B:C-D``);
+  ``ebpf`` adds one connect-time rewrite entry per binding to nat's maps (issue 11);
 - ``docker-iptables``: Docker's iptables DNAT chain, one rule per port, installed as one
   transaction;
 - ``docker-proxy``: one process per port, capped at ``DOCKER_PROXY_CAP`` processes;
@@ -39,10 +40,10 @@ from .dockerpeer import (
 )
 from .driver import SandboxInfo, run
 from .fwscale import NftLab
-from .scenarios import Lab, _bridge_for, free_port_block
+from .scenarios import Lab, _bridge_for, ebpf_unavailable, free_port_block
 
 SIZES = (1, 100, 1000, 10000)
-SHAPES = ("nat", "proxy", "docker-iptables", "docker-proxy")
+SHAPES = ("nat", "ebpf", "proxy", "docker-iptables", "docker-proxy")
 ALL_SHAPES = (*SHAPES, "proxy-dropin", "nft-only")
 CONTAINER_BASE = 30000
 # 1,000 docker-proxy processes already hold hundreds of MiB; 10,000 would be ~10x that and
@@ -83,6 +84,8 @@ def skip_reason(shape: str, n: int) -> str | None:
             return f"{n:,} {shape} processes exceed the cap of {cap:,} (one process per port)"
     if shape == "docker-iptables":
         return iptables_available()
+    if shape == "ebpf":
+        return ebpf_unavailable() or None
     return None
 
 
@@ -205,7 +208,7 @@ def _one(lab: Lab, shape: str, n: int, seconds: float, streams: int, row: dict[s
     pw = lab.pw
     c_first, c_last = CONTAINER_BASE, CONTAINER_BASE + n - 1
     h_first = free_port_block(n, low=HOST_LOW, high=HOST_HIGH)
-    ours = shape in ("nat", "proxy")
+    ours = shape in ("nat", "ebpf", "proxy")
     publish = (
         [f"{h_first}:{c_first}" if n == 1 else f"{h_first}-{h_first + n - 1}:{c_first}-{c_last}"]
         if ours

@@ -47,12 +47,21 @@ MECHANISMS = (
     "host-remap",
     "direct",
     "nat",
+    "ebpf",
     "proxy",
     "docker-proxy",
     "docker-iptables",
     "proxy-dropin",
 )
-DEFAULT_MECHANISMS = ("host", "direct", "nat", "proxy", "docker-proxy", "docker-iptables")
+DEFAULT_MECHANISMS = ("host", "direct", "nat", "ebpf", "proxy", "docker-proxy", "docker-iptables")
+
+
+def ebpf_unavailable() -> str:
+    """Why publish mode ebpf cannot run here ("" when it can): its feature probes (issue 11)."""
+    from ..kernel.bpf import probe
+
+    ok, why = probe.connect_rewrite()
+    return "" if ok else f"publish mode ebpf: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +308,7 @@ class Lab:
             ("docker-proxy", docker_proxy_available()),
             ("docker-iptables", iptables_available()),
             ("proxy-dropin", dropin_available()),
+            ("ebpf", ebpf_unavailable() if "ebpf" in want else ""),
         ):
             if m in want and why:
                 self.skipped[m] = why
@@ -311,7 +321,7 @@ class Lab:
             self.external.create()
         ext = self.external.host_addr if self.external else ""
         need_net = any(m in want for m in MECHANISMS if m not in ("host", "host-remap"))
-        base = free_port_block(14)
+        base = free_port_block(16)
         udp = any(SCENARIOS[sc].udp for sc in self.config.scenarios)
         if need_net:
             self.create_network()
@@ -327,8 +337,10 @@ class Lab:
             )
             self._start("host-remap", "host", IPERF_PORT, HTTP_PORT, publish, None, wait_ports=[hp_i, hp_h])
             self.targets["host-remap"] = Target("host-remap", hp_i, hp_h, "127.0.0.1", ext)
-        for i, mode in ((2, "nat"), (4, "proxy")):
-            if mode in want:
+        # ebpf: nat plus the connect-time rewrite, so the bench's local clients reach the sandbox
+        # straight (issue 11); host ports base+14/15.
+        for i, mode in ((2, "nat"), (4, "proxy"), (14, "ebpf")):
+            if mode in want and mode not in self.skipped:
                 hp_i, hp_h = base + i, base + i + 1
                 publish = [f"{hp_i}:{IPERF_PORT}", f"{hp_h}:{HTTP_PORT}"] + (
                     [f"{hp_i}:{IPERF_PORT}/udp"] if udp else []
@@ -353,7 +365,7 @@ class Lab:
         ]
         if peers:
             self._open_peers(peers, base, ext, udp)
-        role = {"host": "host", "host-remap": "host-remap", "nat": "nat", "proxy": "proxy"}
+        role = {"host": "host", "host-remap": "host-remap", "nat": "nat", "proxy": "proxy", "ebpf": "ebpf"}
         for m, t in self.targets.items():
             t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
 

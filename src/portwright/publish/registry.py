@@ -73,9 +73,8 @@ def cleanup(name: str, owner: str) -> list[str]:
 def sweep(owners: set[str]) -> list[str]:
     """Mechanisms whose kernel state is shared by all sandboxes (ebpf's maps and programs) drop
     what no sandbox in ``owners`` holds any more, and put back what was taken; lines to print."""
-    from . import ebpf
-
-    return ebpf.sweep(owners)
+    sweep_fn = importlib.import_module("portwright.publish.ebpf").sweep
+    return list(sweep_fn(owners))
 
 
 def default_mode() -> tuple[str, str]:
