@@ -21,7 +21,6 @@ from .hostview import FilterPacket, Verdict, verdict
 from .nftview import Packet, input_filter, walk
 from .ports import PortRow, port_rows
 from .privileges import privilege_findings
-from .remap import remap_findings
 from .snapshot import APPLICATION, PLACEHOLDERS, Snapshot, fmt_ep
 from .who import LOOP4, LOOP6, follow
 
@@ -499,6 +498,5 @@ def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
     rep.findings += check_placeholders(snap)
     rep.findings += check_undeclared(snap)
     rep.findings += [Finding(*f[:5], owner=f[5]) for f in privilege_findings(snap)]
-    rep.findings += [Finding(*f[:5], owner=f[5]) for f in remap_findings(snap)]
     rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))
     return rep
