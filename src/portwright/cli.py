@@ -122,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    from .config import default_firewall
+
+    firewall = args.firewall or default_firewall()
     spec = parse_sandbox_spec(
         cmd,
         name=args.name,
@@ -130,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         publish_all=args.publish_all,
         expose=args.expose or [],
         env=args.env or [],
-        publish_mode=args.publish_mode or _default_publish_mode(args),
+        publish_mode=args.publish_mode or ("nat" if firewall == "host" else _default_publish_mode(args)),
         detach=args.detach,
         proxy_protocol=args.proxy_protocol,
         remove=args.rm,
@@ -141,8 +144,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy_connect_timeout=args.proxy_connect_timeout,
         host_env=os.environ,
         privileges=caps_cli.privileges_from(args),
+        firewall=firewall,
     )
     check_command(spec)
+    from .diagnose.firewallnote import input_drop_notes  # issue 16: say what the host firewall drops
+
+    for line in input_drop_notes(spec):
+        print(f"portwright: {line}", file=sys.stderr)
     if args.detach:
         from .zygote import spawn
 
@@ -393,6 +401,13 @@ def _add_run_parser(sub: Any) -> None:
     )
     r.add_argument(
         "--proxy-protocol", action="store_true", help="proxy mode: send a PROXY v2 header to the backend"
+    )
+    r.add_argument(
+        "--firewall",
+        default=None,
+        choices=("forward", "host"),
+        help="host: published ports obey the host firewall (ufw, firewalld, nft input) as a host service "
+        "would; default from [run] firewall in config.toml, else forward",
     )
     r.add_argument(
         "--udp-timeout",

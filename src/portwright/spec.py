@@ -22,6 +22,9 @@ from .caps_model import Privileges
 from .errors import BadInput
 from .model import PROTOS, PUBLISH_MODES, IPAddress, Proto
 
+#: --firewall values: "forward" (DNAT through FORWARD, the default) or "host" (obey INPUT). Issue 16.
+FIREWALL_MODES: tuple[str, ...] = ("forward", "host")
+
 PORT_SYNTAX = "[ip:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp]"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -270,6 +273,10 @@ class SandboxSpec:
     cwd: str = "/"  # CMD's working directory (the user's, when started from the CLI)
     aliases: tuple[str, ...] = ()  # --network-alias: more names it answers to on its network (dns/)
     privileges: Privileges = Privileges()  # capabilities, --user, --privileged, --allow-spoof
+    # --firewall: "forward" (published ports are DNATed through FORWARD, the host's INPUT rules do
+    # not apply) or "host" (the relay listens on the host port, so ufw/firewalld/nft INPUT rules
+    # decide as for a host service; publish/firewallhost.py). Issue 16.
+    firewall: str = "forward"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys of newer versions
 
     def __post_init__(self) -> None:
@@ -289,6 +296,8 @@ class SandboxSpec:
             raise BadInput(
                 f"--proxy-connect-timeout {self.proxy_connect_timeout:g}: give {lo:g} to {hi:g} seconds"
             )
+        if self.firewall not in FIREWALL_MODES:
+            raise BadInput(f"--firewall {self.firewall!r} is unknown; use one of {', '.join(FIREWALL_MODES)}")
         if self.publish_mode not in PUBLISH_MODES:
             raise BadInput(
                 f"--publish-mode {self.publish_mode!r} is unknown; use one of {', '.join(PUBLISH_MODES)}"
@@ -307,11 +316,6 @@ class SandboxSpec:
     def refuse_ignored(self, *, udp_timeout_given: bool) -> None:
         """Refuse flags a new request gives that would be silently ignored (a stored spec of an
         earlier version is read as it is, without this check)."""
-        if self.privileges.allow_spoof and not self.bridged:
-            raise BadInput(
-                f"--allow-spoof applies only to a bridge network (--network {self.network} has no "
-                "bridge port to check); drop it"
-            )
         if not self.bridged and self.publish_mode == "proxy":
             raise BadInput(
                 f"--publish-mode proxy does not apply with --network {self.network} (nothing is "
@@ -322,7 +326,7 @@ class SandboxSpec:
                 f"--network-alias applies only to a bridge network, not --network {self.network}; "
                 "drop it or use a bridge network"
             )
-        if self.publish_mode == "proxy" and self.bridged:
+        if (self.publish_mode == "proxy" or self.firewall == "host") and self.bridged:
             return
         if self.proxy_protocol:
             raise BadInput(
@@ -377,6 +381,7 @@ class SandboxSpec:
             "cwd": self.cwd,
             **({"aliases": list(self.aliases)} if self.aliases else {}),
             "privileges": self.privileges.to_json(),
+            **({"firewall": self.firewall} if self.firewall != "forward" else {}),
         }
 
     @classmethod
@@ -408,6 +413,7 @@ class SandboxSpec:
             cwd=d.get("cwd", "/"),
             aliases=tuple(str(a) for a in d.get("aliases", [])),
             privileges=Privileges.from_json(d.get("privileges")),
+            firewall=str(d.get("firewall", "forward")),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -430,6 +436,7 @@ _FIELDS = (
     "cwd",
     "aliases",
     "privileges",
+    "firewall",
 )
 _LEGACY_KEYS = _FIELDS
 
@@ -455,6 +462,7 @@ def parse_sandbox_spec(
     privileges: Privileges | None = None,
     host_env: Mapping[str, str] | None = None,
     strict: bool = True,
+    firewall: str = "forward",
 ) -> SandboxSpec:
     """The CLI's words, parsed once into a SandboxSpec (each flag's text named in its error).
     ``host_env`` is the caller's environment, which a bare ``-e KEY`` copies from;
@@ -479,6 +487,7 @@ def parse_sandbox_spec(
         cwd=cwd,
         aliases=tuple(dict.fromkeys(aliases)),
         privileges=privileges or Privileges(),
+        firewall=firewall,
     )
     if strict:
         spec.refuse_ignored(udp_timeout_given=udp_timeout is not None)

@@ -93,7 +93,8 @@ def egress_server(xns: str) -> Iterator[str]:
 def sandbox_pid(h: HostNS, name: str) -> int:
     """CMD's pid: its netns is entered by pid (the /run/netns bind mount portwright makes inside
     ``ip netns exec``'s private mount namespace is not visible from outside it)."""
-    return int(json.loads(h.pw("inspect", name).stdout)["State"]["Pid"])
+    doc = json.loads(h.pw("inspect", name).stdout)
+    return int((doc[0] if isinstance(doc, list) else doc)["State"]["Pid"])
 
 
 def sandbox_egress(h: HostNS, name: str, url: str) -> bool:
@@ -230,7 +231,9 @@ def test_audit_names_a_foreign_forward_hook_drop() -> None:
         h.run("nft", "add chain inet hardened fwdrop { type filter hook forward priority 10; policy drop; }")
         assert not reachable(xns, f"http://{host4}:18785/", 2)
         found = codes(audit(h), 18785)
-        assert "exposed" not in found and "fwdrop policy DROP (inet table hardened)" in found["blocked"], found
+        assert "exposed" not in found and "fwdrop policy DROP (inet table hardened)" in found["blocked"], (
+            found
+        )
 
 
 @pytest.mark.parametrize("rule", ["deny", "allow", "allow-subnet"])
@@ -258,3 +261,91 @@ def test_audit_tells_the_truth_about_ufw_in_nat_mode(rule: str) -> None:
             assert "input-bypass" not in found, found
         else:
             assert "only from 198.19.250.0/24" in found["input-bypass"], found
+
+
+def need_ufw() -> None:
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (scripts/bootstrap.sh installs it)")
+
+
+def test_firewall_host_obeys_ufw_deny_and_allow() -> None:
+    need_ufw()
+    with host_namespace() as h:
+        h.ufw("--force", "enable")  # default: deny incoming
+        xns, _, host4 = h.external()
+        url = f"http://{host4}:18790/"
+        p = h.pw(
+            "run",
+            "-d",
+            "--firewall",
+            "host",
+            "--name",
+            f"fw{secrets.token_hex(3)}",
+            "-p",
+            "18790:8000",
+            "--",
+            "python3",
+            "-c",
+            SERVE,
+        )
+        # One line at publish time says the host firewall drops it, naming the deciding rule.
+        notes = [ln for ln in p.stderr.splitlines() if "--firewall host" in ln]
+        assert len(notes) == 1 and "tcp 0.0.0.0:18790 is dropped" in notes[0], p.stderr
+        # Local clients keep the fast path (and are not subject to ufw's incoming policy).
+        assert wait_reachable(h.name, "http://127.0.0.1:18790/")
+        assert not reachable(xns, url, 2), "ufw's default deny did not close the published port"
+        assert "exposed" not in codes(audit(h), 18790)
+        h.ufw("allow", "18790/tcp")
+        assert wait_reachable(xns, url), "ufw allow did not open the published port"
+        assert "exposed" in codes(audit(h), 18790)
+        h.ufw("delete", "allow", "18790/tcp")
+        h.ufw("deny", "18790/tcp")
+        assert not reachable(xns, url, 2), "ufw deny did not close the published port"
+        # No DNAT element for the host port: only the 127.0.0.1 fast path is in the maps.
+        table = h.run("nft", "list", "table", "inet", "portwright").stdout
+        assert "127.0.0.1 . tcp . 18790" in table and "tcp . 18790 :" not in table, table
+
+
+def test_firewall_host_allows_one_subnet_only() -> None:
+    need_ufw()
+    with host_namespace() as h:
+        h.ufw("--force", "enable")
+        x1, _, host4 = h.external(1)  # 198.19.250.6, in 198.19.250.4/30
+        x2, _, _ = h.external(2)  # 198.19.250.10, outside it
+        h.ufw("allow", "from", "198.19.250.4/30", "to", "any", "port", "18791", "proto", "tcp")
+        h.pw(
+            "run",
+            "-d",
+            "--firewall",
+            "host",
+            "--name",
+            f"fw{secrets.token_hex(3)}",
+            "-p",
+            "18791:8000",
+            "--",
+            "python3",
+            "-c",
+            SERVE,
+        )
+        assert wait_reachable(x1, f"http://{host4}:18791/")
+        assert not reachable(x2, f"http://{h_addr(h, 2)}:18791/", 2)
+
+
+def h_addr(h: HostNS, idx: int) -> str:
+    return f"198.19.250.{4 * idx + 1}"  # the host's side of external(idx) (hostns.external)
+
+
+def test_config_file_sets_the_firewall_default() -> None:
+    need_ufw()
+    with host_namespace() as h:
+        h.ufw("--force", "enable")
+        xns, _, host4 = h.external()
+        with open(f"{h.state}/config.toml", "w") as f:
+            f.write('[run]\nfirewall = "host"\n')
+        start_web(h, "18792:8000")
+        assert wait_reachable(h.name, "http://127.0.0.1:18792/")
+        assert not reachable(xns, f"http://{host4}:18792/", 2), "the config file's default was ignored"
+        with open(f"{h.state}/config.toml", "w") as f:
+            f.write('[run]\nfirewall = "sideways"\n')
+        p = h.pw("run", "--rm", "--", "true", check=False)
+        assert p.returncode != 0 and "config.toml: [run] firewall = 'sideways'" in p.stderr, p.stderr

@@ -21,6 +21,7 @@ from .hostview import FilterPacket, Verdict, verdict
 from .nftview import Packet, input_filter, walk
 from .ports import PortRow, port_rows
 from .privileges import privilege_findings
+from .remap import remap_findings
 from .snapshot import APPLICATION, PLACEHOLDERS, Snapshot, fmt_ep
 from .who import LOOP4, LOOP6, follow
 
@@ -209,11 +210,16 @@ def forward_verdict(snap: Snapshot, r: PortRow) -> Verdict | None:
 
 
 def input_verdict(snap: Snapshot, r: PortRow) -> Verdict | None:
-    """What the input hook would do to the same port as a host service (the host firewall's say)."""
-    addr = r.host_ip if r.host_ip is not None and not r.wildcard else snap.host4
-    if addr is None:
-        return None
-    return verdict(snap.ruleset, FilterPacket("input", r.proto, addr, r.port, snap.host_if))
+    """What the input hook would do to the same port as a host service (the host firewall's say).
+    A wildcard binding is asked for the host's address of each family it serves (a ``[::]``
+    socket is dual-stack): dropped only when every family drops it."""
+    if r.host_ip is not None and not r.wildcard:
+        addrs: list[IPAddress] = [r.host_ip]
+    else:
+        v6 = r.host_ip is None or r.host_ip.version == 6
+        addrs = [a for a in (snap.host4, snap.host6 if v6 else None) if a is not None]
+    out = [verdict(snap.ruleset, FilterPacket("input", r.proto, a, r.port, snap.host_if)) for a in addrs]
+    return next((v for v in out if v.kind == "accept"), out[0] if out else None)
 
 
 def check_blocked(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
@@ -249,7 +255,7 @@ def reachable_rows(snap: Snapshot, rows: list[PortRow]) -> list[PortRow]:
     socket beside such a DNAT), and, for a relay with no DNAT in front (proxy, --firewall host),
     not dropped by the INPUT filter as a host service would be."""
     blocked = {_key(r) for r in rows if (v := forward_verdict(snap, r)) is not None and v.kind == "drop"}
-    natted = {_key(r) for r in rows if r.mechanism == "nat"}
+    natted = {_key(r) for r in rows if r.mechanism == "nat" and not r.loopback}
     out = []
     for r in rows:
         if _key(r) in blocked:
@@ -497,6 +503,7 @@ def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
     rep.findings += check_families(snap, rows)
     rep.findings += check_placeholders(snap)
     rep.findings += check_undeclared(snap)
+    rep.findings += [Finding(*f[:5], owner=f[5]) for f in remap_findings(snap)]
     rep.findings += [Finding(*f[:5], owner=f[5]) for f in privilege_findings(snap)]
     rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))
     return rep

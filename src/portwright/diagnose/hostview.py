@@ -180,3 +180,22 @@ def verdict(rs: Ruleset, p: FilterPacket) -> Verdict:
         only += out.only_from
         last = Verdict("accept", out.rule, only_from=tuple(only), assumed=out.assumed)
     return last
+
+
+def input_drop_lines(rs: Ruleset, bindings: list[tuple[str, IPAddress, int]]) -> list[str]:
+    """One line per (proto, host address, port) the input hook would drop for a new connection from
+    another machine: what ``run --firewall host`` prints at publish time. Loopback bindings are
+    skipped (only the host reaches them); a wildcard address stands for any host address."""
+    out = []
+    for proto, addr, port in bindings:
+        if addr.is_loopback:
+            continue
+        v = verdict(rs, FilterPacket("input", proto, addr, port, iif="*"))
+        if v.kind == "drop":
+            shown = f"[{addr}]" if addr.version == 6 else str(addr)
+            out.append(
+                f"--firewall host: {proto} {shown}:{port} is dropped by the host firewall ({v.reason()}); "
+                "other machines cannot reach it until the firewall admits it (e.g. ufw allow "
+                f"{port}/{proto})"
+            )
+    return out

@@ -95,6 +95,8 @@ class Snapshot:
     inner: Callable[[str], list[Listener]] = lambda path: []
     alive: Callable[[SandboxRecord], bool] = lambda rec: rec.status == "running"
     pidns: dict[int, str] = field(default_factory=dict)  # pid -> pid namespace id (host-net owners)
+    # sandbox id -> names of its host-remap BPF links pinned in bpffs (None: not read)
+    remap_links: Callable[[str], list[str] | None] = lambda sid: None
     ppid: dict[int, int] = field(default_factory=dict)
 
     # ---- lookups
@@ -277,6 +279,19 @@ def _route_localnet() -> dict[str, int]:
     return out
 
 
+def _remap_links(sid: str) -> list[str] | None:
+    """The host-remap links pinned for a sandbox (publish.hostremap), None where bpffs is unreadable."""
+    from ..publish.hostremap import pin_path
+
+    path = pin_path(f"pw:{sid}")
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+
+
 def _proc_tables() -> tuple[dict[int, str], dict[int, int]]:
     pidns: dict[int, str] = {}
     ppid: dict[int, int] = {}
@@ -338,6 +353,7 @@ def collect(what: str = "portwright diagnostics") -> Snapshot:
         notes=notes,
         inner=inner,
         alive=alive,
+        remap_links=_remap_links,
         pidns=pidns,
         ppid=ppid,
     )
