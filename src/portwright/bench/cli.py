@@ -24,7 +24,7 @@ from ..errors import BadInput, NeedRoot
 from . import report, sandboxes
 from .placement import PLACEMENTS
 from .scale import ALL_SHAPES, run_scale, scale_table
-from .scenarios import Config, Lab, machine_info, run_bench
+from .scenarios import ANTISPOOF_AB, Config, Lab, machine_info, run_bench
 
 DEFAULTS = Config()
 SCALE_SECONDS = 2.0  # per iperf3 run in --scale (first and last port of each shape and size)
@@ -42,8 +42,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for pl in placements:
         if pl not in PLACEMENTS:
             raise BadInput(f"--placement {args.placement}: use local, external or both")
+    mechanisms = _list(args.mechanisms, "--mechanisms")
+    if getattr(args, "antispoof_ab", False):
+        mechanisms = list(dict.fromkeys([*mechanisms, *ANTISPOOF_AB]))
     cfg = Config(
-        mechanisms=_list(args.mechanisms, "--mechanisms"),
+        mechanisms=mechanisms,
         placements=placements,
         scenarios=_list(args.scenarios, "--scenarios"),
         duration=DEFAULTS.duration if args.duration is None else args.duration,

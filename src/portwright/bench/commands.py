@@ -133,5 +133,11 @@ def register(subparsers: Any) -> None:
         default=",".join(SANDBOX_VARIANTS),
         help="for --sandboxes: none (--network none), published (a bridge and one -p each)",
     )
+    p.add_argument(
+        "--antispoof-ab",
+        action="store_true",
+        help="measure direct and nat with and without the bridge's anti-spoofing checks, interleaved "
+        "(adds direct-allowspoof and nat-allowspoof: the same paths to --allow-spoof sandboxes)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=handle)

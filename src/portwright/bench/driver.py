@@ -278,8 +278,9 @@ class Portwright:
         publish: list[str] | None = None,
         mode: str | None = None,
         timeout: float = 120,
+        flags: Sequence[str] = (),
     ) -> str:
-        args = ["run", "-d", "--name", name, "--network", network]
+        args = ["run", "-d", "--name", name, "--network", network, *flags]
         for p in publish or []:
             args += ["-p", p]
         if mode:

@@ -18,7 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -52,7 +52,12 @@ MECHANISMS = (
     "docker-proxy",
     "docker-iptables",
     "proxy-dropin",
+    "direct-allowspoof",
+    "nat-allowspoof",
 )
+#: The same paths as direct and nat, from sandboxes run with --allow-spoof: their frames skip the
+#: bridge's anti-spoofing checks (issue 19), so the pairs measure what the checks cost.
+ANTISPOOF_AB = ("direct", "direct-allowspoof", "nat", "nat-allowspoof")
 DEFAULT_MECHANISMS = ("host", "direct", "nat", "ebpf", "proxy", "docker-proxy", "docker-iptables")
 
 
@@ -321,7 +326,7 @@ class Lab:
             self.external.create()
         ext = self.external.host_addr if self.external else ""
         need_net = any(m in want for m in MECHANISMS if m not in ("host", "host-remap"))
-        base = free_port_block(16)
+        base = free_port_block(18)
         udp = any(SCENARIOS[sc].udp for sc in self.config.scenarios)
         if need_net:
             self.create_network()
@@ -358,6 +363,7 @@ class Lab:
                     publisher_pids=_const(sup_pids),
                     exclude_pids=[int(str(cmd_pid))] if cmd_pid else [],
                 )
+        self._open_allowspoof(want, base, ext, udp)
         peers: list[str] = [
             m
             for m in ("direct", "docker-proxy", "docker-iptables", "proxy-dropin")
@@ -366,8 +372,36 @@ class Lab:
         if peers:
             self._open_peers(peers, base, ext, udp)
         role = {"host": "host", "host-remap": "host-remap", "nat": "nat", "proxy": "proxy", "ebpf": "ebpf"}
+        role |= {"nat-allowspoof": "nat-as", "direct-allowspoof": "plain-as"}
         for m, t in self.targets.items():
             t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
+
+    def _open_allowspoof(self, want: list[str], base: int, ext: str, udp: bool) -> None:
+        """direct and nat again, to sandboxes run with --allow-spoof (host ports base+16/17)."""
+        if "nat-allowspoof" in want:
+            publish = [f"{base + 16}:{IPERF_PORT}", f"{base + 17}:{HTTP_PORT}"] + (
+                [f"{base + 16}:{IPERF_PORT}/udp"] if udp else []
+            )
+            name = self._start(
+                "nat-as", self.network, IPERF_PORT, HTTP_PORT, publish, "nat", flags=["--allow-spoof"]
+            )
+            sup = self._supervisor(name)
+            cmd_pid = self.sandbox_info[name].get("pid")
+            self.targets["nat-allowspoof"] = Target(
+                "nat-allowspoof",
+                base + 16,
+                base + 17,
+                "127.0.0.1",
+                ext,
+                publisher_pids=_const([sup] if sup else []),
+                exclude_pids=[int(str(cmd_pid))] if cmd_pid else [],
+            )
+        if "direct-allowspoof" in want:
+            name = self._start(
+                "plain-as", self.network, IPERF_PORT, HTTP_PORT, [], None, flags=["--allow-spoof"]
+            )
+            ip = str(self.sandbox_info[name]["ip"])
+            self.targets["direct-allowspoof"] = Target("direct-allowspoof", IPERF_PORT, HTTP_PORT, ip, ip)
 
     def _open_peers(self, peers: list[str], base: int, ext: str, udp: bool) -> None:
         """The mechanisms that reach one plain sandbox (no publishing of its own): direct, and
@@ -437,11 +471,12 @@ class Lab:
         publish: list[str],
         mode: str | None,
         wait_ports: list[int] | None = None,  # where the servers show up, when not their own ports
+        flags: Sequence[str] = (),  # more run flags (--allow-spoof)
     ) -> str:
         name = f"pwb{self.tag}-{role}"
         cmd = server_command(os.path.join(self.tmp, role), iperf_port, http_port)
         self.sandboxes.append(name)
-        self.pw.run(name, network, cmd, publish=publish, mode=mode)
+        self.pw.run(name, network, cmd, publish=publish, mode=mode, flags=flags)
         info = self.pw.inspect(name)
         self.sandbox_info[name] = {
             "ip": info.ip,
