@@ -38,7 +38,16 @@ from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Bound, Publisher, Target, allocate
 from .spec import DEFAULT_NETWORK, SandboxSpec, check_name
-from .state import SandboxRecord, State, being_reaped, pid_alive, proc_start_time, write_grace
+from .state import (
+    SandboxRecord,
+    State,
+    being_reaped,
+    control_socket_path,
+    grace_path,
+    pid_alive,
+    proc_start_time,
+    write_grace,
+)
 
 if TYPE_CHECKING:
     from .firewall.backend import Firewall
@@ -470,6 +479,10 @@ class Engine:
         self.dns.detach(sb)
         errors = _collect(*steps)
         errors += self.host.cgroup_kill(self.host.cgroup_path(sb.id))
+        # A supervisor killed with -9 leaves its control socket and stop-grace file (issue 13).
+        for leftover in (control_socket_path(self.state.dir, sb.id), grace_path(self.state.dir, sb.id)):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
         # What a mechanism keeps outside the firewall (host-remap's BPF links pinned in bpffs).
         errors += registry.cleanup(sb.publish_mode, sandbox_owner(sb.id))
         addrs = [str(a) for a in (sb.ip4, sb.ip6) if a is not None]
@@ -498,6 +511,7 @@ class Engine:
 
     def reconcile(self) -> list[str]:
         """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner)."""
+        self._rebuild_if_needed()
         cleaned = []
         for rec in self.state.sandboxes():
             if rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
@@ -531,6 +545,21 @@ class Engine:
         # A resolver killed (-9) is started again while sandboxes need it (dns/service.py).
         self.dns.reconcile(any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes()))
         return cleaned
+
+    def _rebuild_if_needed(self) -> None:
+        """A damaged state file was set aside (``State``): record again what the kernel holds,
+        and say so in one line (issue 13)."""
+        pending = self.state.rebuild_pending()
+        if pending is None:
+            return
+        from .rebuild import rebuild, warning
+
+        with self._network_lock():
+            if self.state.rebuild_pending() is None:
+                return  # another command did it meanwhile
+            nets, names = rebuild(self.state, self.fw)
+            self.state.rebuild_done()
+        print(warning(*pending, nets, names), file=sys.stderr)
 
     def restore(self, sids: set[str] | None = None) -> list[str]:
         """Put back what a firewall reload took: every network's rules and the NAT elements of

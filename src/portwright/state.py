@@ -8,10 +8,12 @@ a reboot clears the kernel objects and the state together); PORTWRIGHT_STATE_DIR
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +49,16 @@ CREATE INDEX IF NOT EXISTS ports_by_port ON ports(proto, host_port);
 #: (column, declaration) added to ``sandboxes`` since the first release, applied in order.
 MIGRATIONS = (("cmd_start", "INTEGER"),)
 
+#: ``PRAGMA user_version`` of the files this release writes. An older file is migrated; a newer one
+#: (written by a later release) is refused rather than misread.
+SCHEMA_VERSION = 1
+# sqlite3.h primary result codes meaning "this file is damaged", not "busy" or "locked".
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+#: Left beside the database while it must be rebuilt from the kernel (``rebuild.py``); holds the
+#: path the damaged file was moved to.
+REBUILD_MARKER = "state.db.rebuild"
+
 
 def state_dir() -> str:
     return os.environ.get("PORTWRIGHT_STATE_DIR", DEFAULT_DIR)
@@ -75,6 +87,11 @@ class SandboxRecord:
     @property
     def name(self) -> str:
         return self.sandbox.name
+
+
+def _damaged(e: sqlite3.DatabaseError) -> bool:
+    """A file that is not a database, or a damaged one (not a busy or locked database)."""
+    return getattr(e, "sqlite_errorcode", None) in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -121,6 +138,44 @@ def _spec(text: str, cmd: str) -> SandboxSpec:
         return SandboxSpec(cmd=tuple(json.loads(cmd)) or ("?",), extra={"unreadable": True})
 
 
+# Secrets live here: CMD's output (which may print its -e DB_PASSWORD=...), the database (specs
+# with their environment) and the control sockets. Docker keeps its equivalents root-only too.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def secure_dir(directory: str) -> None:
+    """Make the state directory root-only, and fix what an older release left readable (0755
+    directories, 0644 logs and database): the directory and its logs/ctl subdirectories 0700,
+    every file in logs/, the database files and the control sockets 0600. Idempotent; files
+    another process is writing keep their descriptors, only the mode changes."""
+    for sub in ("", "logs", "ctl"):
+        _tighten(os.path.join(directory, sub) if sub else directory, DIR_MODE)
+    for sub, keep in (("logs", None), ("ctl", ".sock"), ("", "state.db")):
+        path = os.path.join(directory, sub) if sub else directory
+        try:
+            names = os.listdir(path)
+        except OSError:
+            continue
+        for name in names:
+            if keep is None or (name.endswith(keep) if keep == ".sock" else name.startswith(keep)):
+                _tighten(os.path.join(path, name), FILE_MODE)
+
+
+def _tighten(path: str, mode: int) -> None:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & ~mode:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    except OSError:
+        pass  # gone meanwhile, or not ours to change (not root): nothing to fix here
+
+
+def control_socket_path(state_dir: str, sid: str) -> str:
+    """A sandbox's control socket (served by its Python supervisor)."""
+    return os.path.join(state_dir, "ctl", f"{sid}.sock")
+
+
 def grace_path(state_dir: str, sid: str) -> str:
     """Where ``stop -t N`` leaves the grace period before it sends SIGTERM to the supervisor."""
     return os.path.join(state_dir, "ctl", f"{sid}.grace")
@@ -146,21 +201,82 @@ class State:
     def __init__(self, directory: str | None = None) -> None:
         self.dir = directory or state_dir()
         try:
-            os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+            os.makedirs(self.dir, mode=DIR_MODE, exist_ok=True)
+            os.makedirs(os.path.join(self.dir, "logs"), mode=DIR_MODE, exist_ok=True)
         except PermissionError:
             raise NeedRoot(f"writing state under {self.dir}") from None
+        secure_dir(self.dir)
+        if not os.access(self.dir, os.R_OK | os.W_OK | os.X_OK):  # root-only since issue 13
+            raise NeedRoot(f"reading state under {self.dir}")
         self.path = os.path.join(self.dir, "state.db")
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            self._set_aside(e)
+            self._open()
+
+    def _open(self) -> None:
+        if not os.path.exists(self.path):  # created root-only; SQLite gives -wal/-shm its mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        with self.tx():
-            for stmt in SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
-            self._migrate()
+        try:
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise PortwrightError(
+                    f"state database {self.path} has schema version {version}, newer than this "
+                    f"portwright knows ({SCHEMA_VERSION}); use the newer portwright that wrote it, "
+                    "or move the file aside to rebuild it from the kernel"
+                )
+            with self.tx():
+                for stmt in SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                self._migrate()
+                if version < SCHEMA_VERSION:
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _set_aside(self, err: sqlite3.DatabaseError) -> None:
+        """Move a damaged database (and its WAL) aside with a timestamp, once, under a lock, and
+        leave the marker that makes the next command rebuild the records from the kernel."""
+        with open(os.path.join(self.dir, "state.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:  # another process may have done it meanwhile
+                self._open()
+                self.db.close()
+                return
+            except sqlite3.DatabaseError as again:
+                if not _damaged(again):
+                    raise
+            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path + suffix, aside + suffix)
+            with open(os.path.join(self.dir, REBUILD_MARKER), "w") as f:
+                f.write(f"{aside}\n{err}\n")
+            os.chmod(os.path.join(self.dir, REBUILD_MARKER), FILE_MODE)
+
+    def rebuild_pending(self) -> tuple[str, str] | None:
+        """(where the damaged file went, what was wrong with it) while a rebuild is due."""
+        try:
+            with open(os.path.join(self.dir, REBUILD_MARKER)) as f:
+                aside, _, why = f.read().partition("\n")
+        except OSError:
+            return None
+        return aside.strip(), why.strip()
+
+    def rebuild_done(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, REBUILD_MARKER))
 
     def _migrate(self) -> None:
         """Columns added after a state file may have been written by an older release."""

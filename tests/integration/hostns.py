@@ -116,7 +116,7 @@ def _teardown(h: HostNS) -> None:
     """Remove every sandbox, relay and namespace the test made, whatever state it left."""
     with contextlib.suppress(Exception):
         out = h.pw("ps", "-a", "--format", "json", check=False, timeout=60).stdout
-        names = [r["Name"] for r in _json_records(out)]
+        names = [r.get("Names") or r["Name"] for r in _json_records(out)]
         for n in names:
             h.pw("rm", "-f", n, check=False, timeout=60)
         for n in names:

@@ -80,8 +80,8 @@ def stderr_path(log_path: str) -> str:
 def open_logs(log_path: str) -> tuple[int, int]:
     """Open (append, create, close-on-exec) the stdout log and the stderr log of a detached CMD."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    out = os.open(log_path, flags, 0o640)
-    return out, os.open(stderr_path(log_path), flags, 0o640)
+    out = os.open(log_path, flags, 0o600)  # root-only: CMD may print its secrets (issue 13)
+    return out, os.open(stderr_path(log_path), flags, 0o600)
 
 
 def _close_from(low: int, keep: int) -> None:
