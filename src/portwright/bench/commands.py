@@ -133,11 +133,15 @@ def register(subparsers: Any) -> None:
         default=",".join(SANDBOX_VARIANTS),
         help="for --sandboxes: none (--network none), published (a bridge and one -p each)",
     )
+    _add_antispoof_ab(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=handle)
+
+
+def _add_antispoof_ab(p: Any) -> None:
     p.add_argument(
         "--antispoof-ab",
         action="store_true",
         help="measure direct and nat with and without the bridge's anti-spoofing checks, interleaved "
         "(adds direct-allowspoof and nat-allowspoof: the same paths to --allow-spoof sandboxes)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    p.set_defaults(func=handle)
