@@ -6,6 +6,7 @@ non-zero exit code; no traceback reaches the user for bad input or a failed kern
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -240,6 +241,66 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
 
 
+START_WAIT_SECONDS = 15.0  # restart: how long the stopped sandbox's teardown may take before start
+
+
+def _start_one(st: State, name: str) -> None:
+    """Bring an exited detached sandbox back: same ID, name, command and flags; the addresses
+    it had where still free (engine ``RESUME``); its logs continue."""
+    from .engine import RESUME
+    from .supervisor import check_command
+    from .zygote import spawn
+
+    rec = st.sandbox(name)
+    if rec.status == "running":
+        return  # as docker start: nothing to do
+    if rec.status != "exited":
+        raise BadInput(
+            f"sandbox {rec.name!r} is {rec.status}; wait for it, or remove it with 'portwright rm -f'"
+        )
+    if rec.spec.extra.get("unreadable"):
+        raise BadInput(
+            f"sandbox {rec.name!r}: its stored flags cannot be read; run it again with 'portwright run'"
+        )
+    last = json.loads(rec.last_addrs or "{}")
+    spec = dataclasses.replace(
+        rec.spec, name=rec.name, extra={**rec.spec.extra, RESUME: {"id": rec.id, **last}}
+    )
+    check_command(spec)
+    spawn(spec)
+
+
+def _each(names: Sequence[str], fn: Any) -> int:
+    """Docker's way with several names: print each one done, one line per failure, go on."""
+    failed = 0
+    for n in names:
+        try:
+            fn(n)
+            print(n)
+        except PortwrightError as e:
+            print(f"portwright: {e}", file=sys.stderr)
+            failed = e.exit_code
+    return failed
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    st = State()
+    return _each(args.names, lambda n: _start_one(st, n))
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    eng = Engine()
+
+    def restart(n: str) -> None:
+        eng.stop(n, timeout=args.time)
+        deadline = time.monotonic() + START_WAIT_SECONDS
+        while eng.state.sandbox(n).status != "exited" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the fork server may still be tearing the old one down
+        _start_one(eng.state, n)
+
+    return _each(args.names, restart)
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     eng = Engine()
     for n in args.names:
@@ -307,7 +368,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+PRUNE_WARNING = (
+    "WARNING! This will remove all exited sandboxes and clean up after dead supervisors.\n"
+    "Are you sure you want to continue? [y/N] "
+)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise BadInput("prune removes every exited sandbox: confirm with -f (stdin is not a terminal)")
+        if input(PRUNE_WARNING).strip().lower() not in ("y", "yes"):
+            return 0
     eng = Engine()
     cleaned = eng.reconcile()
     exited = [r for r in eng.state.sandboxes() if r.status == "exited"]
@@ -485,15 +557,46 @@ def _add_sandbox_parsers(sub: Any) -> None:
     e.add_argument("--container", help="enter the network namespace of this Docker container")
     e.add_argument("cmd", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_exec)
+    _add_lifecycle_parsers(sub)
 
-    s = sub.add_parser("stop", help="stop sandboxes")
-    s.add_argument("names", nargs="+")
-    s.add_argument("-t", "--time", type=float, default=10.0)
+
+def _add_lifecycle_parsers(sub: Any) -> None:
+    """stop, start, restart, rm, logs, stats and prune."""
+    s = sub.add_parser("stop", help="stop sandboxes (SIGTERM, then SIGKILL after the grace period)")
+    s.add_argument("names", nargs="+", metavar="NAME", help="sandbox names or IDs")
+    s.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="grace period before SIGKILL (default 10)",
+    )
     s.set_defaults(func=cmd_stop)
 
+    sta = sub.add_parser(
+        "start", help="start stopped detached sandboxes again (same ID, flags and addresses)"
+    )
+    sta.add_argument("names", nargs="+", metavar="NAME", help="sandbox names or IDs")
+    sta.set_defaults(func=cmd_start)
+
+    rs = sub.add_parser("restart", help="stop sandboxes, then start them again")
+    rs.add_argument("names", nargs="+", metavar="NAME", help="sandbox names or IDs")
+    rs.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="grace period before SIGKILL (default 10)",
+    )
+    rs.set_defaults(func=cmd_restart)
+
     rmp = sub.add_parser("rm", help="remove sandboxes")
-    rmp.add_argument("-f", "--force", action="store_true")
-    rmp.add_argument("names", nargs="+")
+    rmp.add_argument(
+        "-f", "--force", action="store_true", help="kill a running sandbox at once (SIGKILL) and remove it"
+    )
+    rmp.add_argument("names", nargs="+", metavar="NAME", help="sandbox names or IDs")
     rmp.set_defaults(func=cmd_rm)
 
     lg = sub.add_parser("logs", help="show a detached sandbox's output (stdout to stdout, stderr to stderr)")
@@ -512,6 +615,7 @@ def _add_sandbox_parsers(sub: Any) -> None:
     stt.set_defaults(func=cmd_stats)
 
     pr = sub.add_parser("prune", help="clean up after dead supervisors and remove exited sandboxes")
+    pr.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     pr.set_defaults(func=cmd_prune)
 
 

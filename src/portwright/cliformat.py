@@ -62,11 +62,11 @@ def ago(ts: float, now: float) -> str:
     return human_duration(max(0.0, now - ts)) + " ago"
 
 
-def status_text(rec: SandboxRecord, now: float, finished: float | None = None) -> str:
+def status_text(rec: SandboxRecord, now: float) -> str:
     """Docker's STATUS column: ``Up 5 minutes``, ``Exited (3) 2 seconds ago``, ``Creating``."""
     if rec.status == "exited":
         code = rec.exit_code if rec.exit_code is not None else "?"
-        return f"Exited ({code})" + (f" {ago(finished, now)}" if finished is not None else "")
+        return f"Exited ({code})" + (f" {ago(rec.finished, now)}" if rec.finished is not None else "")
     if rec.status == "running":
         return "Up " + human_duration(max(0.0, now - rec.created))
     return rec.status.capitalize()
@@ -195,7 +195,7 @@ def command_text(cmd: Sequence[str], no_trunc: bool) -> str:
     return f'"{text}"'
 
 
-def ps_row(rec: SandboxRecord, now: float, no_trunc: bool, finished: float | None = None) -> dict[str, Any]:
+def ps_row(rec: SandboxRecord, now: float, no_trunc: bool) -> dict[str, Any]:
     """One ``ps`` row as ``docker ps --format json`` prints it (the fields ``--format`` reads)."""
     created = datetime.datetime.fromtimestamp(rec.created, datetime.UTC)
     return {
@@ -205,7 +205,7 @@ def ps_row(rec: SandboxRecord, now: float, no_trunc: bool, finished: float | Non
         "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC"),
         "RunningFor": ago(rec.created, now),
         "State": rec.status,
-        "Status": status_text(rec, now, finished),
+        "Status": status_text(rec, now),
         "Ports": ports_column(rec.sandbox.mappings),
         "Networks": rec.sandbox.network,
         "PublishMode": rec.sandbox.publish_mode,

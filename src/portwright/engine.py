@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import functools
 import ipaddress
+import json
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import ipam
 from .dns.records import Entry, alias_clash
@@ -71,6 +72,22 @@ def _explicit_subnet(
             f"choose a free range (e.g. within {pool})"
         )
     return net
+
+
+RESUME = "resume"  # SandboxSpec.extra key: {"id", "ip4", "ip6"} of the exited sandbox `start` brings back
+
+
+def _str_or_none(a: object) -> str | None:
+    return None if a is None else str(a)
+
+
+def _preferred(want: str | None, net: ipam.AnyNet, used: list[Any]) -> Any:
+    """``want`` if it is a free host address of ``net``, else the next free one."""
+    if want:
+        a = ipaddress.ip_address(want)
+        if a in net and a not in used and a != ipam.gateway(net) and a != net.network_address:
+            return a
+    return ipam.next_address(net, used)
 
 
 def _unlink_quietly(path: str | None) -> None:
@@ -274,9 +291,12 @@ class Engine:
         pops it once CMD runs). Returns what the supervisor keeps alive. ``serve`` False leaves
         the userland relays (``Live.publisher.relays()``) to the process that will hold them."""
         self.host.require_root("portwright run")
-        sid = new_id()
+        resume = spec.extra.get(RESUME)
+        sid = str(resume["id"]) if resume else new_id()
         name = spec.name or f"pw_{sid[:8]}"
-        if self.state.name_taken(name):
+        if resume:
+            self._take_back(sid, name, stack)
+        elif self.state.name_taken(name):
             raise Conflict(
                 f"a sandbox named {name!r} already exists; remove it with 'portwright rm -f {name}' "
                 "or choose another --name"
@@ -323,9 +343,10 @@ class Engine:
                     )
                 others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
                 self._refuse_name_clash(spec, name, net.name)
-                ip4 = ipam.next_address(net.subnet4, [s.ip4 for s in others if s.ip4])
+                want = spec.extra.get(RESUME) or {}  # `start`: the addresses it had, if still free
+                ip4 = _preferred(want.get("ip4"), net.subnet4, [s.ip4 for s in others if s.ip4])
                 if net.subnet6 is not None:
-                    ip6 = ipam.next_address(net.subnet6, [s.ip6 for s in others if s.ip6])
+                    ip6 = _preferred(want.get("ip6"), net.subnet6, [s.ip6 for s in others if s.ip6])
             ns_name = None if spec.network == "host" else NETNS_PREFIX + name
             sb = Sandbox(
                 id=sid,
@@ -338,14 +359,32 @@ class Engine:
                 mac=ipam.mac_for(ip4, sid) if net else None,
                 publish_mode=registry.mode_for(spec) or "none",
             )
-            self.state.insert_sandbox(
-                sb, list(spec.cmd), spec=spec.to_json(), log_path=self._log_path(spec, sid)
-            )
+            stored = {k: v for k, v in spec.to_json().items() if k != RESUME}
+            self.state.insert_sandbox(sb, list(spec.cmd), spec=stored, log_path=self._log_path(spec, sid))
             if supervisor_pid is not None:
                 self.state.update_sandbox(
                     sid, supervisor_pid=supervisor_pid, supervisor_start=proc_start_time(supervisor_pid)
                 )
         return sb
+
+    def _take_back(self, sid: str, name: str, stack: ExitStack) -> None:
+        """``portwright start``: the exited sandbox's record makes way for the one being created
+        under the same ID and name (its logs stay and grow); put back if the start fails."""
+        with self.state.tx():
+            old = self.state.find_sandbox(sid)
+            if old is None or old.name != name or old.status != "exited":
+                raise Conflict(f"sandbox {name!r} is no longer stopped (started or removed meanwhile)")
+            self.state.remove_sandbox(sid)
+        stack.callback(self._put_back, old)
+
+    def _put_back(self, old: SandboxRecord) -> None:
+        with self.state.tx():
+            self.state.insert_sandbox(
+                old.sandbox, list(old.cmd), spec=old.spec.to_json(), status="exited", log_path=old.log_path
+            )
+            self.state.update_sandbox(
+                old.id, exit_code=old.exit_code, finished=old.finished, last_addrs=old.last_addrs
+            )
 
     def _refuse_name_clash(self, spec: SandboxSpec, name: str, network: str) -> None:
         """An alias may not shadow another live sandbox's name on its network, nor a name an alias."""
@@ -499,7 +538,13 @@ class Engine:
             if keep:
                 self.state.set_ports(rec.id, [])
                 # None: not known here; an exit code the fork server recorded stays.
-                known = {} if exit_code is None else {"exit_code": exit_code}
+                known: dict[str, object] = {} if exit_code is None else {"exit_code": exit_code}
+                if rec.status != "exited":
+                    known["finished"] = time.time()
+                if rec.sandbox.ip4 or rec.sandbox.ip6:  # what `start` asks for again
+                    known["last_addrs"] = json.dumps(
+                        {"ip4": _str_or_none(rec.sandbox.ip4), "ip6": _str_or_none(rec.sandbox.ip6)}
+                    )
                 self.state.update_sandbox(
                     rec.id, status="exited", ip4=None, ip6=None, supervisor_pid=None, cmd_pid=None, **known
                 )

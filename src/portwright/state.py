@@ -47,7 +47,11 @@ CREATE INDEX IF NOT EXISTS ports_by_port ON ports(proto, host_port);
 """
 
 #: (column, declaration) added to ``sandboxes`` since the first release, applied in order.
-MIGRATIONS = (("cmd_start", "INTEGER"),)
+MIGRATIONS = (
+    ("cmd_start", "INTEGER"),
+    ("finished", "REAL"),  # when CMD exited: "Exited (0) 3 minutes ago"
+    ("last_addrs", "TEXT"),  # JSON {"ip4", "ip6"} it had when it exited: `start` asks for them again
+)
 
 #: ``PRAGMA user_version`` of the files this release writes. An older file is migrated; a newer one
 #: (written by a later release) is refused rather than misread.
@@ -79,6 +83,8 @@ class SandboxRecord:
     exit_code: int | None
     log_path: str | None
     created: float
+    finished: float | None = None  # when CMD exited (None while it runs, or for older records)
+    last_addrs: str | None = None  # the addresses an exited sandbox had (JSON), for `start`
 
     @property
     def id(self) -> str:
@@ -383,6 +389,8 @@ class State:
             exit_code=row["exit_code"],
             log_path=row["log_path"],
             created=row["created"],
+            finished=row["finished"],
+            last_addrs=row["last_addrs"],
         )
 
     def insert_sandbox(

@@ -224,7 +224,7 @@ def test_stale_rule_left_by_killed_supervisor(sandboxes: list[str]) -> None:
         f["code"] == "stale" and f["severity"] == "high" and f["subject"] == f"sandbox {name}"
         for f in findings
     )
-    pw("prune")  # reconcile: the leftovers go, and so does the finding
+    pw("prune", "-f")  # reconcile: the leftovers go, and so does the finding
     r = pw("audit", "--json", check=False)
     assert not any(
         f["subject"] in (f"sandbox {name}", f"tcp 0.0.0.0:{port}") for f in json.loads(r.stdout)["findings"]

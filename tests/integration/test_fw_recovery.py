@@ -304,7 +304,7 @@ def test_audit_and_ports_name_a_lost_publication_and_prune_repairs_it() -> None:
         assert p.returncode != 0
         rows = h.pw("ports").stdout
         assert "MISSING" in rows and "18080" in rows, rows
-        h.pw("prune")
+        h.pw("prune", "-f")
         assert ("0.0.0.0", "tcp", 18080) in _nat(h)
         audit = json.loads(h.pw("audit", "--json", check=False).stdout)
         assert "degraded" not in {f["code"] for f in audit["findings"]}

@@ -305,7 +305,7 @@ def test_rm_and_kill9_leave_nothing(network: str) -> None:
         sup = inspect(p.name)["State"]["SupervisorPid"]
         os.kill(sup, signal.SIGKILL)
         time.sleep(0.3)
-        pw("prune")
+        pw("prune", "-f")
         assert nft_owner_elements(f"pw:{p.id}") == [] and f"pw-{p.name}" not in netns_names()
         # The port is free again.
         with socket.socket() as s:

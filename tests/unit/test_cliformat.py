@@ -3,6 +3,7 @@ ranges, Docker-shaped inspect documents (PascalCase, RFC 3339), ps rows, --filte
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -81,9 +82,10 @@ def test_human_duration_as_docker_says_it(secs: float, want: str) -> None:
 
 def test_status_words() -> None:
     assert cliformat.status_text(_rec(created=NOW - 1), NOW) == "Up 1 second"
-    exited = _rec(status="exited", exit_code=0)
-    assert cliformat.status_text(exited, NOW, finished=NOW - 180) == "Exited (0) 3 minutes ago"
-    assert cliformat.status_text(exited, NOW) == "Exited (0)"  # an older record: no exit time
+    exited = dataclasses.replace(_rec(status="exited", exit_code=0), finished=NOW - 180)
+    assert cliformat.status_text(exited, NOW) == "Exited (0) 3 minutes ago"
+    older = _rec(status="exited", exit_code=0)  # a record from before exit times were kept
+    assert cliformat.status_text(older, NOW) == "Exited (0)"
     assert cliformat.status_text(_rec(status="creating"), NOW) == "Creating"
 
 
