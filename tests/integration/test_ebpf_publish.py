@@ -9,6 +9,7 @@ after kill -9 + any command (pins, map entries, attached programs)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -304,9 +305,22 @@ def test_any_command_reattaches_detached_programs_and_drops_stale_entries(dual: 
         )
     finally:
         maps.close()
+    findings = json.loads(pw("audit", "--json", check=False).stdout)["findings"]
+    codes = {(f["code"], f["subject"]) for f in findings}
+    assert ("degraded", f"sandbox {dual.name}") in codes, findings
+    assert ("stale", "tcp 127.0.0.1:9") in codes, findings
     err = pw("ps").stderr
     assert "attached again connect4" in err and "removed 1 rewrite entries" in err, err
     assert rw.missing_links() == []
     assert ebpf.owner_hash("pw:gone") not in svc_owners()
     _, real, _ = tcp_probe(socket.AF_INET, "127.0.0.1", dual.port)
     assert real == f"{dual.ip4}:{CPORT}"
+
+
+def test_who_names_the_rewrite_for_local_paths_and_nat_for_remote(dual: Sandbox) -> None:
+    out = pw("who", str(dual.port)).stdout
+    local = [ln for ln in out.splitlines() if "127.0.0.1  " in ln or "[::1]  " in ln]
+    assert len(local) == 2, out
+    assert f"rewritten at connect() to {dual.ip4}:{CPORT} by portwright" in local[0], out
+    assert f"rewritten at connect() to [{dual.ip6}]:{CPORT} by portwright" in local[1], out
+    assert "(other machines)" in out and "DNAT ->" in out, out

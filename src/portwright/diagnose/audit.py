@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import IPAddress
+from .bpfview import bpf_findings
 from .hostview import FilterPacket, Verdict, verdict
 from .nftview import Packet, input_filter, walk
 from .ports import PortRow, port_rows
@@ -503,6 +504,7 @@ def audit(snap: Snapshot, allow_public: set[int] | None = None) -> AuditReport:
     rep.findings += check_families(snap, rows)
     rep.findings += check_placeholders(snap)
     rep.findings += check_undeclared(snap)
+    rep.findings += [Finding(*f[:5], owner=f[5]) for f in bpf_findings(snap)]  # ebpf (issue 11)
     rep.findings += [Finding(*f[:5], owner=f[5]) for f in remap_findings(snap)]
     rep.findings += [Finding(*f[:5], owner=f[5]) for f in privilege_findings(snap)]
     rep.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code, f.subject))

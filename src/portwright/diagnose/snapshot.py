@@ -19,6 +19,8 @@ from ..kernel import runner, sockets
 from ..kernel.sockets import Listener, Process
 from ..model import IPAddress, Mapping, Network
 from ..state import SandboxRecord, State, pid_alive
+from .bpfview import BpfView
+from .bpfview import read as read_bpf
 from .docker import Container, DockerView, parse_docker_proxy
 from .nftview import Ruleset, read_ruleset
 
@@ -98,6 +100,7 @@ class Snapshot:
     # sandbox id -> names of its host-remap BPF links pinned in bpffs (None: not read)
     remap_links: Callable[[str], list[str] | None] = lambda sid: None
     ppid: dict[int, int] = field(default_factory=dict)
+    bpf: BpfView = field(default_factory=BpfView)  # publish mode ebpf's connect-time rewrites (issue 11)
 
     # ---- lookups
     def sandbox_by_supervisor(self, pid: int) -> SandboxRecord | None:
@@ -356,4 +359,5 @@ def collect(what: str = "portwright diagnostics") -> Snapshot:
         remap_links=_remap_links,
         pidns=pidns,
         ppid=ppid,
+        bpf=read_bpf(),
     )

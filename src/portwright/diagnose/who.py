@@ -49,7 +49,7 @@ class Path:
     """Where one kind of client ends up."""
 
     label: str  # e.g. "127.0.0.1", "[::1]", "198.51.100.7 (other machines)"
-    via: str  # dnat | socket | dropped | nothing
+    via: str  # dnat | rewrite (ebpf, at connect()) | socket | dropped | nothing
     detail: str  # the rule text, or the socket binding
     holder: Holder | None = None
     target: Endpoint | None = None
@@ -61,7 +61,7 @@ class Path:
     @property
     def end(self) -> str:
         """A comparable summary of where the path ends (for the differences check)."""
-        if self.via == "dnat" and self.target:
+        if self.via in ("dnat", "rewrite") and self.target:
             return f"{self.target.kind} {self.target.name or self.target.ip}"
         if self.via == "socket" and self.holder:
             if self.holder.proxy_to and self.target:
@@ -84,7 +84,7 @@ class WhoReport:
 
     @property
     def owned(self) -> bool:
-        return bool(self.holders) or any(p.via == "dnat" for p in self.paths)
+        return bool(self.holders) or any(p.via in ("dnat", "rewrite") for p in self.paths)
 
     def summary(self) -> str:
         for p in self.paths:
@@ -281,6 +281,22 @@ def follow(snap: Snapshot, label: str, pkt: Packet) -> Path:
     return path
 
 
+def local_rewrite(snap: Snapshot, label: str, pkt: Packet) -> Path | None:
+    """A client on this host dialling an ebpf publication: its socket is connected straight to
+    the sandbox by the cgroup connect program (issue 11), before any NAT rule could see it."""
+    if pkt.hook != "output":
+        return None
+    e = snap.bpf.rewrite_for(pkt.proto, pkt.daddr, pkt.dport)
+    if e is None:
+        return None
+    target = snap.resolve(e.ip)
+    detail = f"rewritten at connect() to {fmt_ep(e.ip, e.port)} by portwright"
+    if pkt.proto == "udp" and pkt.daddr.version == 6 and e.ip.version == 4:
+        detail += " (connected sockets; unconnected datagrams take the ::1 relay)"
+    inner = inner_of(snap, target, pkt.proto, e.port)
+    return Path(label, "rewrite", detail, target=target, target_port=e.port, inner=inner)
+
+
 def differences(paths: list[Path], proto: str, port: int) -> list[str]:
     out: list[str] = []
     by = {p.label: p for p in paths}
@@ -321,7 +337,8 @@ def who(snap: Snapshot, port: int, proto: str = "tcp") -> WhoReport:
     for ln in snap.listeners:
         if ln.proto == proto and ln.port == port:
             rep.holders.append((ln, snap.classify(ln.processes[0] if ln.processes else None, ln)))
-    rep.paths = [follow(snap, label, pkt) for label, pkt in _probes(snap, proto, port)]
+    probes = _probes(snap, proto, port)
+    rep.paths = [local_rewrite(snap, label, pkt) or follow(snap, label, pkt) for label, pkt in probes]
     rep.differences = differences(rep.paths, proto, port)
     rep.remapped = remapped(snap, port, proto)
     return rep
@@ -383,6 +400,10 @@ def _path_text(p: Path) -> str:
         net = f", network {p.target.network}" if p.target.network else ""
         tag = f" [{p.owner_tag}]" if p.owner_tag else ""
         return f"DNAT -> {fmt_ep(p.target.ip, p.target_port)} ({name}{net}){tag} by: {p.detail}"
+    if p.via == "rewrite" and p.target is not None:
+        name = f"{p.target.kind} {p.target.name}" if p.target.name else f"{p.target.kind} address"
+        net = f", network {p.target.network}" if p.target.network else ""
+        return f"{p.detail} ({name}{net})"
     if p.via == "socket" and p.holder is not None:
         return f"socket {p.detail}: {p.holder.describe()}"
     if p.via == "dropped":

@@ -326,6 +326,7 @@ def sweep(owners: set[str], rewrites: RewriteSet | None = None) -> list[str]:
             if missing:
                 rw.ensure().close()
                 lines.append(f"ebpf: attached again {', '.join(missing)}")
+            rw.refresh_local(maps)  # an address the host gained since: wildcard bindings answer on it
             maps.close()
     except (BpfError, OSError) as e:
         lines.append(f"ebpf sweep: {str(e).splitlines()[0]}")
