@@ -158,7 +158,8 @@ def parse_publish(text: str) -> PortSpec:
     if not cont_part:
         raise BadInput(f"-p {whole}: no container port; expected {PORT_SYNTAX}")
     container = _range(cont_part, whole, "container port")
-    host = _range(host_part, whole, "host port") if host_part else None
+    # Host port 0 is "any free port", as Docker reads it (-p 0:80, -p 127.0.0.1:0:80).
+    host = _range(host_part, whole, "host port") if host_part and host_part != "0" else None
     return PortSpec(host_ip=host_ip, host=host, container=container, proto=proto, text=whole)
 
 

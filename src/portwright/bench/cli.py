@@ -80,6 +80,10 @@ def _shapes(text: str) -> tuple[str, ...]:
 def _check_outputs(args: argparse.Namespace) -> None:
     if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg"):
         raise BadInput(f"--plot {args.plot}: give a file name ending in .png or .svg")
+    if args.plot:
+        from . import plot
+
+        plot.require()  # before the run, not after it (issue 13)
     for opt in ("json", "plot", "html"):
         path = getattr(args, opt)
         if path:

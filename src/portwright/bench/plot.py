@@ -40,14 +40,21 @@ def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> bytes:
+def require() -> None:
+    """Raise MissingTool now, before a run of minutes, when the chart could not be drawn after it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as e:
-        raise MissingTool("matplotlib", "python3-matplotlib (or pip install portwright[plot])") from e
+        raise MissingTool("matplotlib", "python3-matplotlib (or pip install matplotlib)") from e
+
+
+def render(rows: list[dict[str, Any]], fmt: str = "png", title: str = "") -> bytes:
+    require()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     panels = _panels(rows)
     if not panels:
         raise BadInput("--plot: the result has no successful or failed runs to draw; run some scenarios")

@@ -297,6 +297,7 @@ def document(machine: dict[str, Any], config: dict[str, Any], run: dict[str, Any
         "started": run.get("started"),
         "finished": run.get("finished"),
         "mechanisms": run.get("mechanisms"),
+        "order": run.get("order", {}),  # round -> mechanisms in the order they ran
         "skipped": run.get("skipped", {}),
         "summary": rows,
         "headline": headline(rows, run["samples"]),

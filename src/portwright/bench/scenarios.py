@@ -701,7 +701,7 @@ def _record(
         result = iperf3.parse(out, rc, err)
         value = result.gbit_per_second
     else:
-        result = wrk.parse(out, rc, err)
+        result = wrk.parse(out, rc, err, connections=wrk.connections_of(sample.get("command")))
         value = result.requests_per_second
     error = result.error
     if deact_errors:
@@ -789,6 +789,17 @@ class Progress:
             self.stream.flush()
 
 
+def round_order(mechs: list[str], rnd: int) -> list[str]:
+    """The mechanisms' order in round ``rnd`` (1-based): a cyclic Latin square, so over
+    len(mechs) rounds each mechanism runs once in each position. In a fixed order the same
+    mechanism always follows the same neighbour (and its heat, caches and TIME_WAIT sockets):
+    nat vs Docker's rules came out 0.79 with nat second in every round, 1.15 swapped (issue 13)."""
+    if not mechs:
+        return []
+    k = (rnd - 1) % len(mechs)
+    return mechs[k:] + mechs[:k]
+
+
 def _runs(config: Config, lab: Lab, mechs: list[str]) -> list[tuple[str, str, str]]:
     """(placement, scenario, mechanism) of one round, in the interleaved order, without the
     combinations that cannot run (an external client to "direct", a target's ``cannot``)."""
@@ -816,6 +827,7 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
         f.write(wrk.LUA_DONE_HOOK)
     samples: list[dict[str, object]] = []
     runs = _runs(config, lab, mechs)
+    orders: dict[str, list[str]] = {}
     prog = Progress(config.rounds * len(runs), config.duration + RUN_OVERHEAD_S + SETTLE_S, progress_stream)
     started = time.time()
     try:
@@ -829,10 +841,12 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
                 warm = Config(duration=WARMUP_S, connections=config.connections, threads=config.threads)
                 run_once(lab.targets[m], SCENARIOS["rr"], placement, warm, lua, lab.external)
         for rnd in range(1, config.rounds + 1):
-            for placement, sname, m in runs:
+            order = orders[str(rnd)] = round_order(mechs, rnd)
+            for placement, sname, m in _runs(config, lab, order):
                 prog.show(rnd, config.rounds, placement, sname, m)
                 s = run_once(lab.targets[m], SCENARIOS[sname], placement, config, lua, lab.external)
                 s["round"] = rnd
+                s["position"] = order.index(m) + 1  # 1: first of its round
                 samples.append(s)
                 prog.done += 1
                 time.sleep(SETTLE_S)
@@ -843,5 +857,6 @@ def run_bench(config: Config, lab: Lab, progress_stream: TextIO) -> dict[str, ob
         "finished": time.time(),
         "samples": samples,
         "mechanisms": mechs,
+        "order": orders,  # round -> the mechanisms in the order they ran (a Latin square)
         "skipped": skipped,
     }

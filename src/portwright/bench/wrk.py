@@ -14,6 +14,9 @@ from dataclasses import dataclass
 MARKER = "PWJSON "
 # A measurement where more than 1% of requests failed measures the failure, not the path.
 MAX_ERROR_FRACTION = 0.01
+# A run below this fraction of the rate its connections and mean latency imply is a stall. Short
+# connections land near 0.6-0.9 (wrk's latency leaves out connect); a stall lands far below.
+STALL_FRACTION = 0.3
 
 LUA_DONE_HOOK = """\
 -- portwright bench: print wrk's own summary as one JSON line (latency in microseconds).
@@ -90,8 +93,35 @@ def _failed(
     )
 
 
-def parse(stdout: str, returncode: int = 0, stderr: str = "") -> WrkResult:
-    """Parse wrk's output (with the hook's PWJSON line) into a WrkResult (never raises)."""
+def stall(requests: int, duration_s: float, mean_latency_us: float, connections: int) -> str | None:
+    """Why a finished run is a stall, or None. With every connection busy all the time, Little's
+    law gives req/s = connections / mean latency; a run far below that spent its time waiting
+    (lost SYNs, a full accept queue), not serving, so its rate measures the wait (issue 13)."""
+    if mean_latency_us <= 0 or connections <= 0 or duration_s <= 0:
+        return None
+    got = requests / duration_s
+    expected = connections / (mean_latency_us / 1e6)
+    if got >= STALL_FRACTION * expected:
+        return None
+    return (
+        f"stalled: {got:,.0f} req/s, but {connections} connections at a mean latency of "
+        f"{mean_latency_us / 1000:.2f} ms would make {expected:,.0f}; connections waited instead of "
+        "working, so the run is reported, not counted"
+    )
+
+
+def connections_of(cmd: object) -> int | None:
+    """wrk's ``-c N`` in a command line (a list of words), None when absent."""
+    if isinstance(cmd, list | tuple) and "-c" in cmd:
+        i = list(cmd).index("-c")
+        if i + 1 < len(cmd) and str(cmd[i + 1]).isdigit():
+            return int(cmd[i + 1])
+    return None
+
+
+def parse(stdout: str, returncode: int = 0, stderr: str = "", connections: int | None = None) -> WrkResult:
+    """Parse wrk's output (with the hook's PWJSON line) into a WrkResult (never raises). Given
+    ``connections``, a stalled run (``stall``) is a failed one, with the reason."""
     line = next((ln for ln in stdout.splitlines() if ln.startswith(MARKER)), None)
     if line is None:
         text = stderr.strip() or stdout.strip() or f"wrk exited {returncode} with no output"
@@ -114,6 +144,9 @@ def parse(stdout: str, returncode: int = 0, stderr: str = "") -> WrkResult:
         return _failed(
             f"wrk saw errors on {nerr} of {requests} requests ({detail})", requests, duration, errors, latency
         )
+    stalled = stall(requests, duration, latency.get("mean", 0.0), connections) if connections else None
+    if stalled:
+        return _failed(stalled, requests, duration, errors, latency)
     return WrkResult(
         ok=True, error=None, requests=requests, duration_s=duration, errors=errors, latency_us=latency
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import MissingTool
 from ..model import IPAddress
 
 DOCKER_PROXY_COMMS = ("docker-proxy",)
@@ -178,11 +179,8 @@ class DockerView:
     def connect(cls, timeout: float = 5.0) -> DockerView:
         try:
             import docker
-        except ImportError:
-            return cls(
-                note="the docker Python SDK is not installed (pip install 'portwright[docker]'); "
-                "Docker containers were not examined"
-            )
+        except ImportError as e:  # a dependency of portwright: never skip Docker silently
+            raise MissingTool("the docker Python SDK", "python3-docker (or pip install docker)") from e
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         try:
             client = docker.from_env(timeout=timeout)

@@ -291,7 +291,13 @@ def _new_socket(proto: str, fam: int) -> socket.socket:
     if proto == "udp":
         return socket.socket(fam, socket.SOCK_DGRAM)
     if proto == "sctp":
-        return socket.socket(fam, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+        try:
+            return socket.socket(fam, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+        except OSError as e:
+            if e.errno == errno.EPROTONOSUPPORT:  # the sctp module is not loaded (or not built)
+                why = f"{e.strerror}: this kernel has no SCTP; load it with 'modprobe sctp'"
+                raise OSError(e.errno, why) from None
+            raise
     return socket.socket(fam, socket.SOCK_STREAM)
 
 
