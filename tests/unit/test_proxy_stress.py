@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import pytest
 from loopproxy import abort, relay, tcp_backend, wait_until
 
 PERIOD = 65521  # prime: a shifted stream never lines up with itself on 64 KiB boundaries
@@ -255,12 +256,15 @@ def _problems(plans: list[Plan], clients: dict[int, Side], backend: StressBacken
     return bad
 
 
-def test_random_faults_never_mix_connections() -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-worker-processes"])
+def test_random_faults_never_mix_connections(workers: int) -> None:
+    """With two worker processes (issue 15) the kernel spreads the connections over both loops;
+    every byte is still checked, and the counters of both processes must add up to zero active."""
     seed = int(os.environ.get("PW_STRESS_SEED") or random.randrange(1 << 32))
-    print(f"proxy stress seed {seed} (replay with PW_STRESS_SEED={seed})")
+    print(f"proxy stress seed {seed} workers {workers} (replay with PW_STRESS_SEED={seed})")
     rng = random.Random(seed)
     plans = [_plan(rng, i) for i in range(CONNECTIONS)]
-    with tcp_backend() as ls, relay("tcp", ls.getsockname()[1]) as (srv, port, key):
+    with tcp_backend() as ls, relay("tcp", ls.getsockname()[1], workers=workers) as (srv, port, key):
         backend = StressBackend(ls, seed)
         try:
             with concurrent.futures.ThreadPoolExecutor(PARALLEL) as ex:
@@ -269,5 +273,9 @@ def test_random_faults_never_mix_connections() -> None:
         finally:
             backend.stop()
         assert wait_until(lambda: srv.stats()[key]["active"] == 0), f"seed {seed}: relays left {srv.stats()}"
+        assert srv.stats()[key]["total"] == CONNECTIONS, srv.stats()
+        if workers > 1:
+            per = [w[key]["total"] for w in srv.worker_stats()]
+            assert len(per) == workers and sum(per) == CONNECTIONS, per
     problems = _problems(plans, clients, backend)
     assert not problems, f"seed {seed}: " + "\n".join(problems[:20])

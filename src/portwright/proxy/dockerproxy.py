@@ -27,8 +27,12 @@ import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..kernel.proc import set_process_name
+
+if TYPE_CHECKING:
+    from ..model import Mapping
 
 STATUS_FD = 3  # pipe to the parent: "0\n" or "1\n<message>"
 LISTEN_FD = 4  # with -use-listen-fd: the socket dockerd bound for us
@@ -180,29 +184,36 @@ def _go_listen_error(a: ProxyArgs, err: Exception) -> str:
     return f"{where}: {err}"
 
 
-def run(a: ProxyArgs, have_pipe: bool) -> int:
+def mapping_for(a: ProxyArgs) -> Mapping:
+    """The Mapping the flags ask for; ValueError with the message dockerd shows when they are bad."""
     from ..model import PROTOS, Mapping
-    from .server import ProxyServer
 
     if a.proto not in PROTOS:
-        _report(False, f"unsupported protocol {a.proto}", have_pipe)
-        return 1
+        raise ValueError(f"unsupported protocol {a.proto}")
     for name, port in (("host-port", a.host_port), ("container-port", a.container_port)):
         if not 0 <= port <= 65535 or (name == "container-port" and port == 0):
-            _report(False, f"invalid -{name} {port}: give a port in 1-65535", have_pipe)
-            return 1
-    m = Mapping(
+            raise ValueError(f"invalid -{name} {port}: give a port in 1-65535")
+    if a.use_listen_fd and a.proto == "sctp":
+        raise ValueError("-use-listen-fd is not supported for sctp")
+    return Mapping(
         proto=a.proto,
         host_ip=ipaddress.ip_address(a.host_ip),
         host_port=a.host_port,
         container_ip=ipaddress.ip_address(a.container_ip),
         container_port=a.container_port,
     )
+
+
+def run(a: ProxyArgs, have_pipe: bool) -> int:
+    from .server import ProxyServer
+
+    try:
+        m = mapping_for(a)
+    except ValueError as e:
+        _report(False, str(e), have_pipe)
+        return 1
     socks: dict[Mapping, socket.socket] = {}
     if a.use_listen_fd:
-        if a.proto == "sctp":
-            _report(False, "-use-listen-fd is not supported for sctp", have_pipe)
-            return 1
         try:
             socks[m] = socket.socket(fileno=LISTEN_FD)
         except OSError as e:

@@ -64,6 +64,9 @@ class EventLoop:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_log = 0.0
         self.crashed: BaseException | None = None
+        #: Called about once a second from the loop's thread (the shared relay's housekeeping);
+        #: set before the loop starts.
+        self.tick: Callable[[float], None] | None = None
 
     # registration helpers (called from the loop thread, or before the thread starts)
     def watch(
@@ -124,7 +127,9 @@ class EventLoop:
         stale = self.stale
         wake_fd = self._wake_r
         udp = self.udp
-        timeout = SWEEP_EVERY if udp else -1.0
+        tick = self.tick
+        periodic = bool(udp) or tick is not None  # the shared relay adds UDP listeners later
+        timeout = SWEEP_EVERY if periodic else -1.0
         next_sweep = time.monotonic() + SWEEP_EVERY
         connecting = self.connecting
         try:
@@ -133,12 +138,14 @@ class EventLoop:
                 if connecting:
                     wait = self._expire(timeout)
                 events = poll(wait)
-                if udp:
+                if periodic:
                     self.now = now = time.monotonic()
                     if now >= next_sweep:
                         next_sweep = now + SWEEP_EVERY
                         for u in udp:
                             u.sweep(now)
+                        if tick is not None:
+                            tick(now)
                 for fd, ev in events:
                     if stale and fd in stale:
                         continue

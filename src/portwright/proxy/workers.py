@@ -24,6 +24,7 @@ process cannot join it, and closing it everywhere frees the port.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import signal
@@ -104,16 +105,33 @@ class WorkerPool:
     def start(self) -> None:
         """Fork the workers. Call it before this process starts threads."""
         for i in range(1, self.n + 1):
-            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            _tune_ctl(parent)
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child never returns
-                parent.close()
-                _worker_main(child, i, f"{self.name}{i}", self.proxy_protocol, self.connect_timeout)
-            child.close()
-            parent.settimeout(ANSWER_TIMEOUT)
+            pid, ctl = self._fork(i)
             self.pids.append(pid)
-            self.ctls.append(parent)
+            self.ctls.append(ctl)
+
+    def _fork(self, i: int) -> tuple[int, socket.socket]:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _tune_ctl(parent)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            parent.close()
+            _worker_main(child, i, f"{self.name}{i}", self.proxy_protocol, self.connect_timeout)
+        child.close()
+        parent.settimeout(ANSWER_TIMEOUT)
+        return pid, parent
+
+    def replace(self, index: int, listeners: list[tuple[int, Mapping, socket.socket]]) -> None:
+        """Start a new worker in place of dead worker ``index`` and give it ``listeners``."""
+        self.ctls[index].close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pids[index], os.WNOHANG)
+        pid, ctl = self._fork(index + 1)
+        self.pids[index], self.ctls[index] = pid, ctl
+        msg: dict[str, Any]
+        for lid, m, sock in listeners:
+            msg = {"op": "add", "id": lid, "m": m.to_json(), "twin": None}
+            with contextlib.suppress(OSError):
+                send_msg(ctl, msg, [sock.fileno()])
 
     def add(self, lid: int, m: Mapping, twin: Mapping | None, sock: socket.socket) -> None:
         """Serve a TCP listener in every worker too (each gets its own descriptor of the socket)."""
