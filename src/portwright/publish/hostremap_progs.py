@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import BadInput
 from ..kernel.bpf import asm
@@ -39,8 +39,7 @@ ALLOW, REFUSE = 1, 0
 _CTX, _PORT, _PROTO, _TMP = c.R6, c.R7, c.R8, c.R2
 
 
-@dataclass(frozen=True, slots=True)
-class Rewrite:
+class Rewrite(NamedTuple):
     """Match (protocol, port[, address]); write port[, address]. Ports in host byte order,
     addresses packed (4 or 16 bytes, network order)."""
 
@@ -51,8 +50,7 @@ class Rewrite:
     new_ip: bytes | None = None  # None: keep the address
 
 
-@dataclass(frozen=True, slots=True)
-class Confinement:
+class Confinement(NamedTuple):
     """What a bind with no mapping may use: port 0, the ephemeral range, and exposed ranges."""
 
     ephemeral: tuple[int, int]
@@ -226,8 +224,7 @@ def program(version: int, rules: Sequence[Rewrite], confine: Confinement | None 
     return [*out, asm.label("allow"), asm.mov64_imm(c.R0, ALLOW), asm.exit()]
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """One program to load and attach: the hook (enum bpf_attach_type) and its instructions."""
 
     hook: int

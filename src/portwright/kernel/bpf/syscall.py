@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-import platform
 import struct
 
 from .consts import ATTR_SIZE, SYSCALL_NR
@@ -35,7 +34,7 @@ class BpfError(OSError):
 
 
 def syscall_nr() -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() reads, without importing platform (13 ms)
     if machine not in SYSCALL_NR:
         raise BpfError(_errno.ENOSYS, f"no bpf() syscall number known for {machine}")
     return SYSCALL_NR[machine]
