@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -267,10 +268,19 @@ def test_traffic_check_del(rig: Rig, external: External) -> None:
 
     conf = rig.pw_conf(c.prev, [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}])
     assert rig.pw("CHECK", conf, c) == (0, None)
-    sh("nft", "delete", "element", "inet", "portwright", "pub4_any", "{", f"tcp . {port}", "}")
-    rc, err = rig.pw("CHECK", conf, c)
+    # The holder puts a deleted element back within a moment (issue 13): paused, it cannot.
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        sh("nft", "delete", "element", "inet", "portwright", "pub4_any", "{", f"tcp . {port}", "}")
+        rc, err = rig.pw("CHECK", conf, c)
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
     assert rc == 1 and err is not None and err["code"] == p.E_CHECK_FAILED
     assert f"0.0.0.0:{port}->80/tcp" in err["msg"]
+    deadline = time.monotonic() + 3
+    while rig.pw("CHECK", conf, c) != (0, None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rig.pw("CHECK", conf, c) == (0, None)  # put back by the holder
 
     for _ in range(2):  # DEL is idempotent
         assert rig.pw("DEL", conf, c) == (0, None)

@@ -11,6 +11,12 @@ uses, and the placeholders are the same drop-all sockets (``publish.reserve``).
 The process is found again without any state file: its command line carries the owner tag
 (``cni:<containerID>:<ifname>:<network>``) and the network name, and DEL/GC kill it by pid after
 reading /proc.
+
+It also keeps its attachment's firewall entries (issue 13): once it has seen them in the table
+(``Keeper``: the NAT elements and rules tagged with its owner, published by ADD right after the
+holder is ready), it watches nftables events and puts back whatever a firewall reload removed,
+through the same ``Firewall`` as ADD. DEL and a failed ADD stop the holder before removing the
+entries, so it never restores what is being taken down.
 """
 
 from __future__ import annotations
@@ -20,16 +26,25 @@ import errno
 import ipaddress
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..errors import PortwrightError
+from ..firewall import health, rules
 from ..kernel.proc import set_process_name
 from ..model import Mapping
 from ..proxy.server import ProxyServer
 from ..publish.reserve import bind_socket, make_placeholder
+from ..recovery import FirewallWatch
+
+if TYPE_CHECKING:
+    from ..firewall.backend import Firewall
 
 HOLDER_MODULE = "portwright.cni.holder"
 # The comm shown by ps/top/ss, so an operator sees who holds the ports.
@@ -126,8 +141,60 @@ def main(argv: list[str] | None = None) -> int:
         start_relay(relayed)
     ready.write("OK\n")
     ready.close()
+    keep_firewall(a.owner)
+    return 0
+
+
+class Keeper:
+    """An attachment's firewall entries, as first seen in the table, and putting them back."""
+
+    def __init__(self, owner: str, fw: Firewall) -> None:
+        self.owner = owner
+        self.fw = fw
+        self.nat: list[Mapping] = []
+        self.rules: list[dict[str, object]] = []
+        self.armed = False
+
+    def check(self) -> list[str]:
+        """Arm on the first complete sight of the entries; afterwards re-apply what is missing.
+        Returns what was put back."""
+        table = self.fw.table()
+        tag = rules.owner_tag(self.owner)
+        if not self.armed:
+            self.nat = [p.mapping() for p in rules.published(table) if p.owner == tag]
+            self.rules = [
+                {k: r[k] for k in ("family", "table", "chain", "expr", "comment")}
+                for r in rules.owner_rules(table, self.owner)
+            ]
+            self.armed = bool(self.nat or self.rules)
+            return []
+        missing = health.missing_base(table) + health.missing_publication(self.owner, self.nat, table)
+        if len(rules.owner_rules(table, self.owner)) < len(self.rules):
+            missing.append(f"{len(self.rules)} rule(s) tagged {tag}")
+        if missing:
+            self.fw.ensure_base()
+            self.fw.publish(
+                self.owner, self.nat, flush_udp=False, extra_rules=[{"add": {"rule": r}} for r in self.rules]
+            )
+        return missing
+
+
+def keep_firewall(owner: str) -> None:
+    """Wait for SIGTERM, putting back the attachment's entries when nftables changes."""
+    from ..firewall.backend import default_firewall
+
+    keeper = Keeper(owner, default_firewall())
+    watch = FirewallWatch()
+    watch.due = 0.0  # look once at the start: ADD may have published already
     while True:
-        signal.pause()
+        ready, _, _ = select.select(list(watch.fds()), [], [], max(0.0, watch.due - time.monotonic()))
+        watch.ready(ready)
+        if watch.take():
+            try:
+                for what in keeper.check():
+                    print(f"portwright-cni holder {owner}: restored {what}", file=sys.stderr)
+            except PortwrightError as e:
+                print(f"portwright-cni holder {owner}: not restored: {e}", file=sys.stderr)
 
 
 def holder_pids(owner: str | None = None, proc: str = "/proc") -> Iterator[tuple[int, str]]:

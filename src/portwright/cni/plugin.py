@@ -198,11 +198,12 @@ def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
         for m in pl.nat:
             backend.check_host_port(m)
     with ExitStack() as undo:
+        if pl.nat:  # undone last: the holder (which restores entries) is stopped before
+            undo.callback(backend.unpublish, pl.owner)
         if pl.bindings:
             backend.start_holder(pl.owner, conf.name, pl.bindings)
             undo.callback(backend.stop_holder, pl.owner)
         if pl.nat:
-            undo.callback(backend.unpublish, pl.owner)
             backend.publish(pl.owner, pl.nat, pl.bridge, pl.subnets, conf.snat, pl.rewrite)
             for proto, port in sorted({(m.proto, m.host_port) for m in pl.nat if m.proto == "udp"}):
                 # A client that sent before the mapping existed has a conntrack entry aimed at the
@@ -215,7 +216,9 @@ def cmd_add(env: p.Env, conf: p.Config, backend: Backend) -> dict[str, Any]:
 def _teardown(owner: str, backend: Backend) -> list[str]:
     """Remove everything tagged ``owner``; keep going past errors and return them."""
     errors: list[str] = []
-    for what, fn in (("nft entries", backend.unpublish), ("holder process", backend.stop_holder)):
+    # The holder first: it puts back its attachment's entries after a firewall reload (issue 13),
+    # so it must be gone before they are removed, or it would restore them.
+    for what, fn in (("holder process", backend.stop_holder), ("nft entries", backend.unpublish)):
         try:
             fn(owner)
         except Exception as e:  # teardown goes on; the caller reports every failure
