@@ -46,7 +46,7 @@ from typing import Any
 
 from ..kernel.proc import set_process_name
 from ..model import Mapping
-from .counters import new_counters, total
+from .counters import TOTAL, new_counters, total
 from .dockerproxy import FlagError, HelpRequested, _go_listen_error, mapping_for, parse_args
 from .listener import Listener, attach_tcp, detach_tcp
 from .loop import CONNECT_TIMEOUT, EventLoop
@@ -223,14 +223,6 @@ class Relay:
             except OSError as e:
                 log.warning("control socket: %s", e.strerror)
                 return
-            pid, uid, _gid = _UCRED.unpack(
-                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
-            if uid != 0:
-                _answer(conn, f"1\npermission denied: uid {uid} is not root; the relay serves root only")
-                conn.close()
-                log.warning("refused a control connection from pid %d uid %d", pid, uid)
-                continue
             conn.setblocking(False)
             self.pending[conn.fileno()] = conn
             self.loop.watch(conn.fileno(), self._on_conn, level_triggered=True)
@@ -257,7 +249,14 @@ class Relay:
         except OSError:
             data, fds = b"", []
         del self.pending[fd]
-        if data.startswith(REGISTER_TAG):
+        pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if uid != 0:
+            # Answered after reading its message: closing with unread data would reset instead.
+            for extra in fds:
+                os.close(extra)
+            _answer(conn, f"1\npermission denied: uid {uid} is not root; the relay serves root only")
+            log.warning("refused a request from pid %d uid %d", pid, uid)
+        elif data.startswith(REGISTER_TAG):
             if self._register(conn, data[len(REGISTER_TAG) :], fds):
                 return
         else:
@@ -366,6 +365,8 @@ class Relay:
                     "container": f"{m.container_ip}:{m.container_port}",
                     "waiter_pid": p.waiter_pid,
                     "counters": total([p.ctr, *(w[p.lid] for w in remote if p.lid in w)]),
+                    # connections each process accepted: the relay's, then each worker's
+                    "by_process": [p.ctr[TOTAL], *(w[p.lid][TOTAL] if p.lid in w else 0 for w in remote)],
                 }
             )
         return {
