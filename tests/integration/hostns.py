@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class HostNS:
     state: str
     etc: Path
     _externals: list[str] = field(default_factory=list)
+    _mnt_pid: int = 0  # firewalld's holder: its mount namespace has the private /run/dbus
 
     def _guard(self) -> None:
         mine = _ns_inode(f"/run/netns/{self.name}")
@@ -53,11 +55,13 @@ class HostNS:
     def run(
         self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command in the host namespace (with its private /etc overlay)."""
+        """Run a command in the host namespace (with its private /etc overlay; inside the private
+        mount namespace of ``firewalld()`` while it runs, so the command sees its D-Bus)."""
         self._guard()
         env = dict(os.environ, PORTWRIGHT_STATE_DIR=self.state)
+        enter = ["nsenter", "-t", str(self._mnt_pid), "-m", "--"] if self._mnt_pid else []
         p = subprocess.run(
-            ["ip", "netns", "exec", self.name, *args],
+            [*enter, "ip", "netns", "exec", self.name, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -106,6 +110,64 @@ class HostNS:
             (self.etc / "default").mkdir(exist_ok=True)
             shutil.copy("/etc/default/ufw", self.etc / "default" / "ufw")
         return self.run("ufw", *args, check=check)
+
+    @contextlib.contextmanager
+    def firewalld(self, conf: dict[str, str] | None = None) -> Iterator[None]:
+        """firewalld running in this namespace on a private system bus: a mount namespace of its
+        own gets tmpfs on /run/dbus and /run/firewalld, its own dbus-daemon, and /etc/firewalld
+        from /etc/netns/<name>/firewalld (``conf`` overrides firewalld.conf keys). Every ``run``
+        enters that mount namespace meanwhile. Stopped (bus and daemon) on exit."""
+        self._guard()
+        if not (self.etc / "firewalld").exists():
+            shutil.copytree("/etc/firewalld", self.etc / "firewalld")
+        cfg = self.etc / "firewalld" / "firewalld.conf"
+        for k, v in (conf or {}).items():
+            lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith(f"{k}=")]
+            cfg.write_text("\n".join([*lines, f"{k}={v}"]) + "\n")
+        log = Path(self.state) / "firewalld.log"
+        script = (
+            "mount -t tmpfs pw-dbus /run/dbus 2>/dev/null || { mkdir -p /run/dbus; mount -t tmpfs pw-dbus /run/dbus; }; "
+            "mkdir -p /run/firewalld && mount -t tmpfs pw-fwd /run/firewalld; "
+            "dbus-daemon --system --fork; "
+            f"exec /usr/bin/python3 /usr/sbin/firewalld --nofork --nopid --log-target file --log-file {log}"
+        )
+        holder = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.name,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            self._mnt_pid = holder.pid
+            deadline = time.monotonic() + 30
+            while self.run("firewall-cmd", "--state", check=False).returncode != 0:
+                if holder.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"firewalld did not start in {self.name}: {log.read_text()[-500:] if log.exists() else ''}"
+                    )
+                time.sleep(0.3)
+            yield
+        finally:
+            # The bus daemon forked away from the holder: it is found by the mount namespace it shares.
+            mnt = os.readlink(f"/proc/{holder.pid}/ns/mnt") if holder.poll() is None else None
+            holder.kill()
+            holder.wait()
+            for pid in _sh("ip", "netns", "pids", self.name, check=False).stdout.split():
+                with contextlib.suppress(OSError):
+                    if mnt is not None and os.readlink(f"/proc/{pid}/ns/mnt") == mnt:
+                        os.kill(int(pid), 9)
+            self._mnt_pid = 0
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -349,3 +349,64 @@ def test_config_file_sets_the_firewall_default() -> None:
             f.write('[run]\nfirewall = "sideways"\n')
         p = h.pw("run", "--rm", "--", "true", check=False)
         assert p.returncode != 0 and "config.toml: [run] firewall = 'sideways'" in p.stderr, p.stderr
+
+
+def need_firewalld() -> None:
+    if shutil.which("firewalld") is None or shutil.which("dbus-daemon") is None:
+        pytest.skip("firewalld is not installed (scripts/bootstrap.sh installs it)")
+
+
+def test_firewalld_zone_gives_egress_and_ports_and_survives_reload() -> None:
+    need_firewalld()
+    with host_namespace() as h, h.firewalld():
+        xns, xaddr, host4 = h.external()
+        name = start_web(h, "18795:8000")
+        url = f"http://{host4}:18795/"
+        assert wait_reachable(xns, url), "a published port is not reachable on a firewalld host"
+        assert h.run("firewall-cmd", "--get-zone-of-interface", bridge_of(h)).stdout.strip() == "portwright"
+        with egress_server(xns):
+            assert wait_reachable(xns, f"http://{xaddr}:8080/")
+            assert sandbox_egress(h, name, f"http://{xaddr}:8080/"), "no egress on a firewalld host"
+            h.run("firewall-cmd", "--reload")
+            # The runtime binding is gone with the reload; the supervisors' resync puts it back.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not sandbox_egress(h, name, f"http://{xaddr}:8080/"):
+                time.sleep(0.2)
+            assert sandbox_egress(h, name, f"http://{xaddr}:8080/"), "egress did not come back after --reload"
+            assert reachable(xns, url)
+
+
+def bridge_of(h: HostNS) -> str:
+    nets = json.loads(h.pw("network", "inspect", "pw0").stdout)
+    net = nets[0] if isinstance(nets, list) else nets
+    return str(net.get("Bridge") or net.get("bridge") or net["Options"]["bridge"])
+
+
+@pytest.mark.parametrize("in_zone", [False, True])
+def test_firewall_host_obeys_firewalld_zone(in_zone: bool) -> None:
+    need_firewalld()
+    with host_namespace() as h, h.firewalld():
+        xns, _, host4 = h.external()
+        # The external veth is in firewalld's default zone (public): it admits ssh and dhcpv6 only.
+        if in_zone:
+            h.run("firewall-cmd", "--permanent", "--zone", "public", "--add-port", "18796/tcp")
+            h.run("firewall-cmd", "--reload")
+        h.pw(
+            "run",
+            "-d",
+            "--firewall",
+            "host",
+            "--name",
+            f"fw{secrets.token_hex(3)}",
+            "-p",
+            "18796:8000",
+            "--",
+            "python3",
+            "-c",
+            SERVE,
+        )
+        assert wait_reachable(h.name, "http://127.0.0.1:18796/")
+        if in_zone:
+            assert wait_reachable(xns, f"http://{host4}:18796/")
+        else:
+            assert not reachable(xns, f"http://{host4}:18796/", 2), "firewalld's zone did not close the port"

@@ -13,6 +13,12 @@ at the top of the chain the host offers for it:
   ``ufw-user-forward``: ufw rewrites that chain on every ``ufw reload``, while a rule in the
   built-in chain survives it (checked on Debian 12's ufw 0.36.2), so there is nothing to re-add.
 
+On a firewalld host (its ``inet firewalld`` table exists) the bridges are bound to a ``portwright``
+zone (target ACCEPT: sandbox egress) with a ``portwright-fwd`` policy (ANY -> portwright,
+ACCEPT: published ports in), as dockerd does with its ``docker`` zone; a ``firewall-cmd --reload``
+drops runtime bindings, and the next sync (within ``supervisor.DOCKER_USER_RECHECK_SECONDS``) binds
+them again.
+
 Rules are added with the first network and removed with the last (``sync([])``), tagged with the
 iptables comment ``portwright``. Our nft forward chain still does the real filtering (only published
 ports in, isolation between networks); these rules only stop the host's policy from overriding it.
@@ -70,17 +76,76 @@ def plan(
     return [s for s in have if s not in want], [s for s in reversed(want) if s not in have]
 
 
-def _filter_tables(netns: str | None) -> set[str]:
-    """nft families that have a ``filter`` table (iptables-nft's), without creating one."""
+def _tables(netns: str | None) -> set[tuple[str, str]]:
+    """(family, name) of every nft table, without creating one."""
     p = runner.run(["nft", "-j", "list", "tables"], netns=dockeruser._ns(netns), timeout=30.0)
     if p.returncode != 0:
         return set()
-    out: set[str] = set()
+    out: set[tuple[str, str]] = set()
     for obj in json.loads(p.stdout or "{}").get("nftables", []):
         t = obj.get("table")
-        if t and t.get("name") == "filter":
-            out.add(str(t.get("family")))
+        if t:
+            out.add((str(t.get("family")), str(t.get("name"))))
     return out
+
+
+# --- firewalld: our bridges in a zone of their own, with a forwarding policy (as dockerd's "docker"
+# zone and "docker-forwarding" policy). A bridge in no zone falls into the default zone, whose
+# forward rules reject sandbox egress. The zone and policy are permanent configuration (firewalld
+# cannot create a zone at runtime); the bridges are runtime bindings, re-added after a reload.
+FIREWALLD_TABLE = ("inet", "firewalld")  # present while firewalld (nftables backend) runs
+ZONE = "portwright"
+POLICY = "portwright-fwd"  # firewalld allows 18 characters
+FIREWALL_CMD_TIMEOUT = 60.0
+
+
+def zone_bound(table_text: str, bridge: str) -> bool:
+    """Does firewalld's live table send ``bridge``'s forwarded traffic to our zone?"""
+    return f'iifname "{bridge}" goto filter_FWD_{ZONE}' in table_text
+
+
+def _fwcmd(args: list[str], netns: str | None, check: bool = True) -> runner.CompletedProcess[str]:
+    p = runner.run(["firewall-cmd", *args], netns=dockeruser._ns(netns), timeout=FIREWALL_CMD_TIMEOUT)
+    if check and p.returncode != 0:
+        raise KernelError(f"firewall-cmd {' '.join(args)}", p.stderr or p.stdout or f"exit {p.returncode}")
+    return p
+
+
+def _ensure_zone(netns: str | None) -> None:
+    """Create the permanent zone and policy where missing, and load them (one reload)."""
+    runtime = _fwcmd(["--get-zones"], netns).stdout.split()
+    policies = _fwcmd(["--get-policies"], netns).stdout.split()
+    if ZONE in runtime and POLICY in policies:
+        return
+    steps: list[list[str]] = []
+    if ZONE not in _fwcmd(["--permanent", "--get-zones"], netns).stdout.split():
+        steps += [["--new-zone", ZONE], ["--zone", ZONE, "--set-target", "ACCEPT"]]
+    if POLICY not in _fwcmd(["--permanent", "--get-policies"], netns).stdout.split():
+        steps += [
+            ["--new-policy", POLICY],
+            ["--policy", POLICY, "--add-ingress-zone", "ANY"],
+            ["--policy", POLICY, "--add-egress-zone", ZONE],
+            ["--policy", POLICY, "--set-target", "ACCEPT"],
+        ]
+    for args in steps:
+        _fwcmd(["--permanent", *args], netns)
+    _fwcmd(["--reload"], netns)
+
+
+def firewalld_sync(bridges: Sequence[str], netns: str | None) -> None:
+    """Bind exactly ``bridges`` to our zone (runtime). Cheap when nothing is missing: one read of
+    firewalld's nft table, no firewall-cmd (a Python program that takes about a second)."""
+    table = runner.run(["nft", "list", "table", *FIREWALLD_TABLE], netns=dockeruser._ns(netns), timeout=30.0)
+    text = table.stdout if table.returncode == 0 else ""
+    if all(zone_bound(text, b) for b in bridges) and (bridges or f"goto filter_FWD_{ZONE}" not in text):
+        return
+    if bridges:
+        _ensure_zone(netns)
+    have = set(_fwcmd(["--zone", ZONE, "--list-interfaces"], netns, check=False).stdout.split())
+    for b in sorted(have - set(bridges)):
+        _fwcmd(["--zone", ZONE, "--remove-interface", b], netns, check=False)
+    for b in sorted(set(bridges) - have):
+        _fwcmd(["--zone", ZONE, "--change-interface", b], netns)
 
 
 def sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
@@ -89,9 +154,11 @@ def sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
     family)."""
     dockeruser.docker_user_sync(bridges, netns=netns)
     docker = {tool for tool, _ in dockeruser._listings(netns)}
-    tables = _filter_tables(netns)
+    tables = _tables(netns)
+    if FIREWALLD_TABLE in tables and runner.available("firewall-cmd"):
+        firewalld_sync(bridges, netns)
     for tool, family in FAMILIES.items():
-        if tool in docker or family not in tables or not runner.available(tool):
+        if tool in docker or (family, "filter") not in tables or not runner.available(tool):
             continue  # dockerd's DOCKER-USER carries it, or there is no filter table to obey
         listing = dockeruser._run(tool, ["-t", "filter", "-S", FORWARD], netns)
         if listing.returncode != 0:
