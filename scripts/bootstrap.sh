@@ -24,4 +24,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+# Shell completion for bash and zsh, generated from the CLI's own parser ('portwright completion').
+install_completion() {
+  mkdir -p "$(dirname "$2")" && .venv/bin/portwright completion "$1" > "$2.tmp" && mv "$2.tmp" "$2"
+}
+install_completion bash /usr/share/bash-completion/completions/portwright
+install_completion zsh /usr/local/share/zsh/site-functions/_portwright
 echo "bootstrap: ok ($(.venv/bin/python --version), portwright $(.venv/bin/portwright --version 2>/dev/null || echo '?'))"

@@ -344,27 +344,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+STATS_KEYS = (
+    *("active", "total", "bytes_in", "bytes_out", "udp_flows", "udp_dropped", "errors"),
+    *("abandoned", "connect_timeouts"),
+)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from .supervisor import query_stats
 
     st = State()
-    rec = st.sandbox(args.name)
-    stats = query_stats(st, rec.id) if pid_alive(rec.supervisor_pid, rec.supervisor_start) else {}
-    if args.format == "json":
-        print(json.dumps(stats, indent=2))
+    recs = [st.sandbox(n) for n in args.names] or [r for r in st.sandboxes() if r.status == "running"]
+    stats = {
+        r.name: cliformat.relay_labels(r, query_stats(st, r.id))
+        if pid_alive(r.supervisor_pid, r.supervisor_start)
+        else {}
+        for r in recs
+    }
+    if args.format == "json":  # one NAME: its mappings' counters; else keyed by sandbox name
+        print(json.dumps(stats[recs[0].name] if len(args.names) == 1 else stats, indent=2))
         return 0
-    if not stats:
+    rows = [[n, k, *(str(v.get(c, 0)) for c in STATS_KEYS)] for n, s in stats.items() for k, v in s.items()]
+    if rows:
+        _print_table(rows, ["NAME", "MAPPING", *(c.upper() for c in STATS_KEYS)])
+    quiet = [r for r in recs if not stats[r.name]]
+    if quiet:
         print(
-            f"{rec.name}: no userland counters (publish mode {rec.sandbox.publish_mode}; kernel NAT "
-            "paths are counted by conntrack, not by portwright)"
+            f"{', '.join(r.name for r in quiet)}: no userland counters (kernel NAT paths are counted by "
+            "conntrack, not by portwright)"
         )
-        return 0
-    keys = ["active", "total", "bytes_in", "bytes_out", "udp_flows", "udp_dropped", "errors"]
-    keys += ["abandoned", "connect_timeouts"]
-    _print_table(
-        [[k, *(str(v.get(c, 0)) for c in keys)] for k, v in stats.items()],
-        ["MAPPING", *(c.upper() for c in keys)],
-    )
     return 0
 
 
@@ -392,6 +400,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(args.shell, build_parser()))
+    return 0
+
+
 ZYGOTE = "_zygote"  # the fork server's entry; not a subcommand, so no help or choice list shows it
 
 
@@ -414,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_parser(sub)
     _add_run_parser(sub)
     _add_sandbox_parsers(sub)
+    comp = sub.add_parser("completion", help="print the bash or zsh completion script")
+    comp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+    comp.set_defaults(func=cmd_completion)
 
     # Light modules: they declare the options; each handler imports its package when it runs.
     bench_commands.register(sub)
@@ -425,26 +443,28 @@ def _add_network_parser(sub: Any) -> None:
     net = sub.add_parser("network", help="manage bridge networks")
     nsub = net.add_subparsers(dest="net_cmd", metavar="CMD", required=True, parser_class=_Parser)
     c = nsub.add_parser("create", help="create a network")
-    c.add_argument("name")
-    c.add_argument("--subnet")
-    c.add_argument("--ipv6", action="store_true")
-    c.add_argument("--subnet6")
+    c.add_argument("name", help="the network's name")
+    c.add_argument("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free /24 of 198.18.0.0/15)")
+    c.add_argument("--ipv6", action="store_true", help="give sandboxes IPv6 addresses too")
+    c.add_argument("--subnet6", metavar="CIDR", help="IPv6 subnet (default: a free /64 of 2001:2::/48)")
     c.add_argument("--internal", action="store_true", help="no egress to the host's other interfaces")
     ls = nsub.add_parser("ls", help="list networks")
-    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.add_argument("--format", choices=["table", "json"], default="table", help="table, or json (one array)")
     ins = nsub.add_parser("inspect", help="show networks as a JSON array")
     ins.add_argument("names", nargs="+", metavar="NAME", help="network names")
     ins.add_argument("-f", "--format", metavar="TEMPLATE", help="Go template (e.g. '{{.Bridge}}') or json")
     rm = nsub.add_parser("rm", help="remove networks")
-    rm.add_argument("names", nargs="+")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="network names")
     net.set_defaults(func=cmd_network)
 
 
 def _add_run_parser(sub: Any) -> None:
     r = sub.add_parser("run", help="run a command in a new sandbox")
-    r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background and print the sandbox's ID"
+    )
     r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
-    r.add_argument("--name")
+    r.add_argument("--name", help="the sandbox's name (default pw_ and its ID's start)")
     r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
     r.add_argument(
         "--network-alias",
@@ -459,8 +479,12 @@ def _add_run_parser(sub: Any) -> None:
         metavar="SPEC",
         help="[ip:][hostPort[-end]:]containerPort[-end][/proto]",
     )
-    r.add_argument("-P", "--publish-all", action="store_true")
-    r.add_argument("--expose", action="append", metavar="PORT[-END][/PROTO]")
+    r.add_argument(
+        "-P", "--publish-all", action="store_true", help="publish every --expose'd port on a random host port"
+    )
+    r.add_argument(
+        "--expose", action="append", metavar="PORT[-END][/PROTO]", help="declare a port CMD serves (for -P)"
+    )
     r.add_argument(
         "-e",
         "--env",
@@ -503,7 +527,7 @@ def _add_run_parser(sub: Any) -> None:
         help="proxy mode: reset the client when the backend has not accepted after this long (default 10)",
     )
     caps_cli.add_args(r)
-    r.add_argument("cmd", nargs=argparse.REMAINDER)
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]: the command to run")
     r.set_defaults(func=cmd_run)
 
 
@@ -552,10 +576,10 @@ def _add_sandbox_parsers(sub: Any) -> None:
     e = sub.add_parser(
         "exec", help="run a command in a sandbox's (or container's, or process's) network namespace"
     )
-    e.add_argument("name", nargs="?")
+    e.add_argument("name", nargs="?", help="the sandbox's name or ID (not with --pid/--container)")
     e.add_argument("--pid", type=int, help="enter the network namespace of this process")
     e.add_argument("--container", help="enter the network namespace of this Docker container")
-    e.add_argument("cmd", nargs=argparse.REMAINDER)
+    e.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]: the command to run there")
     e.set_defaults(func=cmd_exec)
     _add_lifecycle_parsers(sub)
 
@@ -609,9 +633,16 @@ def _add_lifecycle_parsers(sub: Any) -> None:
     )
     lg.set_defaults(func=cmd_logs)
 
-    stt = sub.add_parser("stats", help="per-mapping counters of a sandbox's userland publishing")
-    stt.add_argument("name")
-    stt.add_argument("--format", choices=["table", "json"], default="table")
+    stt = sub.add_parser("stats", help="per-mapping counters of sandboxes' userland publishing")
+    stt.add_argument(
+        "names", nargs="*", metavar="NAME", help="sandbox names or IDs (default: every running one)"
+    )
+    stt.add_argument("--format", choices=["table", "json"], default="table", help="table or json")
+    stt.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="print once and exit (as docker stats --no-stream; always so here)",
+    )
     stt.set_defaults(func=cmd_stats)
 
     pr = sub.add_parser("prune", help="clean up after dead supervisors and remove exited sandboxes")
@@ -621,7 +652,7 @@ def _add_lifecycle_parsers(sub: Any) -> None:
 
 # Diagnostics must see leftovers as they are (reconciling first would hide the stale state they
 # report); the supervisor and the benchmark manage their own sandboxes.
-NO_RECONCILE = {ZYGOTE, "bench", "who", "ports", "audit", None}
+NO_RECONCILE = {ZYGOTE, "bench", "who", "ports", "audit", "completion", None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from .errors import BadInput
 from .model import Mapping, Network
 from .state import SandboxRecord
 
+KERNEL_PATH_MODES = ("nat", "ebpf")  # publishers that serve [::]:P in the kernel and relay only ::1
 COMMAND_WIDTH = 20  # docker ps truncates COMMAND to this many characters (then "…")
 
 
@@ -304,3 +305,24 @@ def format_rows(template: str, rows: Sequence[dict[str, Any]]) -> list[str]:
         header = render(body, names).split("\t")
         return table([render(body, r).split("\t") for r in rows], header)
     return [render(template, r) for r in rows]
+
+
+def relay_labels(rec: SandboxRecord, stats: dict[str, Any]) -> dict[str, Any]:
+    """A nat (or ebpf) mode sandbox's relay counters under the address the relay really serves: its
+    ``[::]:P`` socket only ever sees ``[::1]`` clients when kernel NAT serves every other IPv6
+    client (``firewall.rules.needs_relay``), so it is shown as ``[::1]:P``, not as a second
+    owner of ``[::]:P`` beside NAT."""
+    if rec.sandbox.publish_mode not in KERNEL_PATH_MODES:
+        return stats
+    out = {}
+    for key, value in stats.items():
+        m = next((m for m in rec.sandbox.mappings if m.docker_format() == key), None)
+        if (
+            m is not None
+            and m.host_ip.version == 6
+            and m.host_ip.is_unspecified
+            and m.container_ip.version == 6
+        ):
+            key = key.replace("[::]:", "[::1]:", 1)
+        out[key] = value
+    return out

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pwutil import free_port, inspect, pw, temp_network, uniq, wait_tcp
@@ -99,3 +100,23 @@ def test_bad_templates_and_filters_are_one_line(web: tuple[str, str, int]) -> No
         r = pw(*args, check=False)
         assert r.returncode == 2 and r.stdout == "", (args, r.stdout)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bash_completes_sandbox_and_network_names(web: tuple[str, str, int], tmp_path: Path) -> None:
+    name, net, _ = web
+    script = tmp_path / "portwright.bash"
+    script.write_text(pw("completion", "bash").stdout)
+    exe = Path(sys.executable).parent / "portwright"  # the console script, as the user types it
+
+    def complete(*words: str) -> list[str]:
+        quoted = " ".join(f"'{w}'" for w in words)
+        prog = (
+            f"source {script}; COMP_WORDS=('{exe}' {quoted}); COMP_CWORD={len(words)}; COMPREPLY=(); "
+            "__portwright; printf '%s\\n' \"${COMPREPLY[@]}\""
+        )
+        return subprocess.run(["bash", "-c", prog], capture_output=True, text=True, timeout=60).stdout.split()
+
+    assert complete("logs", name[:4]) and name in complete("logs", name[:4])
+    assert name in complete("inspect", "-f", "{{.Id}}", name[:-1])
+    assert net in complete("network", "inspect", net[:3])
+    assert net in complete("run", "--network", net[:3])

@@ -188,3 +188,18 @@ def test_format_rows() -> None:
     ]
     with pytest.raises(BadInput, match=r"--format '\{\{.Nope\}\}'.*no field 'Nope'"):
         cliformat.format_rows("{{.Nope}}", rows)
+
+
+def test_stats_show_a_nat_relay_as_loopback() -> None:
+    maps = (
+        Mapping("tcp", ip("0.0.0.0"), 8080, ip("198.18.0.2"), 80),
+        Mapping("tcp", ip("::"), 8080, ip("2001:2::2"), 80),
+    )
+    counters = {"[::]:8080->80/tcp": {"total": 3}}
+    nat = _rec(maps=maps)
+    assert cliformat.relay_labels(nat, counters) == {"[::1]:8080->80/tcp": {"total": 3}}
+    proxy = dataclasses.replace(nat, sandbox=dataclasses.replace(nat.sandbox, publish_mode="proxy"))
+    assert cliformat.relay_labels(proxy, counters) == counters  # proxy mode: [::]:P is its own
+    # an IPv4-only sandbox: kernel NAT cannot serve [::]:P, the relay serves every IPv6 client
+    v4only = _rec(maps=(maps[0], Mapping("tcp", ip("::"), 8080, ip("198.18.0.2"), 80)))
+    assert cliformat.relay_labels(v4only, counters) == counters

@@ -361,6 +361,23 @@ def test_ports_lists_docker_and_portwright_and_marks_stale() -> None:
     assert [(r.port, str(r.target_ip)) for r in stale] == [(7777, "198.19.0.9")]
 
 
+def test_ports_shows_a_nat_sandboxs_v6_relay_as_loopback_not_a_second_owner() -> None:
+    """Issue 17: in nat mode the supervisor's ``[::]:P`` socket only ever sees ``[::1]`` clients
+    (NAT serves every other IPv6 destination), so ``ports`` shows it as ``[::1]:P``, loopback-only."""
+    import dataclasses
+
+    sup = proc(700, "portwright", "python -m portwright _supervise web1")
+    rec = _record("web1", "abc123abc123", "nat", M8080)
+    rec = dataclasses.replace(
+        rec, sandbox=dataclasses.replace(rec.sandbox, ip6=ipaddress.IPv6Address("2001:2::2"))
+    )
+    lns = [ln("tcp", "0.0.0.0", 8080, sup), ln("tcp", "::", 8080, sup, v6only=True)]
+    rows = [r for r in port_rows(snapshot("diagnose_mixed", lns, None, [rec])) if r.port == 8080]
+    relay = [r for r in rows if r.mechanism == "proxy"]
+    assert [(r.binding, r.external) for r in relay] == [("[::1]:8080", False)]
+    assert not [r for r in rows if r.binding == "[::]:8080" and r.mechanism == "proxy"]
+
+
 def codes(rep: audit_mod.AuditReport) -> set[tuple[str, str, str]]:
     return {(f.severity, f.code, f.subject) for f in rep.findings}
 

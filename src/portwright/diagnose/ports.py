@@ -161,11 +161,35 @@ def _nat_rows(snap: Snapshot) -> list[PortRow]:
     return list(merged.values())
 
 
+def _loopback_relay(snap: Snapshot, name: str, ip: IPAddress) -> bool:
+    """Is this a kernel-path sandbox's ``[::]:P`` relay socket, which only ever sees ``[::1]``
+    clients because NAT serves every other IPv6 destination (``firewall.rules.needs_relay``)?"""
+    if ip.version != 6 or not ip.is_unspecified:
+        return False
+    rec = next((r for r in snap.sandboxes if r.name == name), None)
+    return rec is not None and rec.sandbox.publish_mode in ("nat", "ebpf") and rec.sandbox.ip6 is not None
+
+
 def _listener_row(snap: Snapshot, proto: str, ip: IPAddress, port: int, h: Holder) -> PortRow:
     if h.kind in (DOCKER_PROXY, PW_PROXY):
         tgt = h.proxy_to
         tip, tport = tgt if tgt else (None, None)
         if h.sandbox:
+            if _loopback_relay(snap, h.sandbox, ip):
+                ip = ipaddress.IPv6Address("::1")  # what it serves; NAT owns [::]:P
+                return PortRow(
+                    proto,
+                    ip,
+                    port,
+                    port,
+                    "proxy",
+                    "sandbox",
+                    h.sandbox,
+                    tip,
+                    tport,
+                    external=False,
+                    pid=h.pid,
+                )
             return PortRow(proto, ip, port, port, "proxy", "sandbox", h.sandbox, tip, tport, pid=h.pid)
         if tgt is not None:
             ep = snap.resolve(tgt[0])
