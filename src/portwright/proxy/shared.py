@@ -436,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = sub.add_parser("install", help="build the waiter dockerd starts (--userland-proxy-path)")
     i.add_argument("path", nargs="?", default=None)
     i.add_argument("--dir", default=None)
+    i.add_argument(
+        "--workers", type=int, default=0, help="relay worker processes (0: one per core, at most 4)"
+    )
     args = ap.parse_args(argv)
     directory = args.dir or relay_dir()
     if args.cmd == "serve":
@@ -445,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .waiter import DEFAULT_INSTALL_PATH, build
 
         path = args.path or DEFAULT_INSTALL_PATH
-        size = build(path, directory=directory)
+        size = build(path, directory=directory, workers=args.workers)
         print(
             f"{path}: {size} bytes; dockerd: --userland-proxy-path={path} (daemon.json: userland-proxy-path)"
         )

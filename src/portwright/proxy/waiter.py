@@ -120,7 +120,8 @@ static void spawn_relay(void) {
     long pid = S3(SYS_fork, 0, 0, 0);
     if (pid == 0) {
         u64 none = 0;
-        char *argv[] = {RELAY_PYTHON, "-I", "-m", "portwright.proxy.shared", "serve", "--dir", RELAY_DIR, 0};
+        char *argv[] = {RELAY_PYTHON, "-I", "-m", "portwright.proxy.shared", "serve", "--dir", RELAY_DIR,
+                        "--workers", "@WORKERS@", 0};
         char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0};
         S3(SYS_setsid, 0, 0, 0);
         if (S3(SYS_fork, 0, 0, 0) != 0) die(0);
@@ -233,8 +234,9 @@ def _c_string(s: str, what: str) -> str:
     return s
 
 
-def render(python: str, directory: str) -> str:
-    """The waiter's C source for this interpreter and relay directory."""
+def render(python: str, directory: str, workers: int = 0) -> str:
+    """The waiter's C source for this interpreter and relay directory (``workers``: the relay's
+    worker processes, 0 for one per core, at most 4)."""
     d = _c_string(os.path.abspath(directory), "relay directory")
     return (
         SOURCE.replace("@SOCKET@", f"{d}/relay.sock")
@@ -242,10 +244,11 @@ def render(python: str, directory: str) -> str:
         .replace("@PYTHON@", _c_string(python, "python interpreter"))
         .replace("@PARENT@", os.path.dirname(d))
         .replace("@DIR@", d)
+        .replace("@WORKERS@", str(int(workers)))
     )
 
 
-def build(out: str, python: str | None = None, directory: str | None = None) -> int:
+def build(out: str, python: str | None = None, directory: str | None = None, workers: int = 0) -> int:
     """Compile the waiter to ``out`` (atomically, mode 0755); its size in bytes."""
     if platform.machine() != "x86_64":
         raise BadInput(
@@ -253,7 +256,7 @@ def build(out: str, python: str | None = None, directory: str | None = None) -> 
             "use the Python drop-in (.venv/bin/portwright-proxy) there"
         )
     runner.require("gcc")
-    src = render(python or sys.executable, directory or relay_dir())
+    src = render(python or sys.executable, directory or relay_dir(), workers)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pw-waiter-") as tmp:
         c = os.path.join(tmp, "waiter.c")

@@ -1,0 +1,280 @@
+"""docker-proxy against the portwright-proxy waiter, under the same private dockerd (issue 15).
+
+``python -m portwright.bench.proxydropin [--rounds N] [--ranges 200,1000] [--seconds S]`` starts
+our private dockerd (``dockerd.py``) once per mechanism and round, rotating which mechanism
+goes first from round to round, and for each port range ``-p B-(B+N-1):8000-(8000+N-1)``:
+
+- ``publish_s``: how long ``docker run -d`` took (dockerd starts every proxy before it returns);
+- ``pss_mb``: the total PSS of every process the proxies cost (docker-proxy processes; or the
+  waiters plus the relay and its workers);
+- ``bulk_first``/``bulk_last`` (MB/s): one curl download of a 256 MiB file through the first and
+  the last port; ``bulk_four``: four at once on four ports, added up;
+- ``conn_first``/``conn_last`` (requests/s): wrk, 32 connections, ``Connection: close``;
+  ``conn_four``: four wrk runs at once on four ports, added up;
+- ``remove_s``: ``docker rm -f``.
+
+The container is busybox httpd on the first two and last two container ports, serving from its
+own /tmp. Prints one JSON line per measurement and a table of medians. Nothing is left behind:
+dockerd.stop removes the containers, dockerd, its directory and docker0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .dockerd import PrivateDockerd
+from .driver import run, wait_until
+
+MECHS = ("docker-proxy", "portwright-proxy", "portwright-proxy-1w")  # -1w: a relay without workers
+BIG_MB = 256
+
+
+def _free_block(n: int) -> int:
+    for base in range(20000, 32000 - n, 100):
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError(f"no {n} free consecutive ports below 32000")
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _proxy_pids(names: tuple[bytes, ...]) -> list[int]:
+    """Processes whose program (argv[0]) is one of ``names``, or the shared relay of the
+    directory ``names`` lists (never dockerd, whose flags name the waiter too)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        prog = os.path.basename(argv[0])
+        relay = b"portwright.proxy.shared" in argv and any(n in argv for n in names)
+        if relay or any(prog == os.path.basename(n) for n in names):
+            out.append(int(pid))
+    return out
+
+
+def _curl_mbps(port: int) -> float:
+    d = run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}", f"http://127.0.0.1:{port}/big"],
+        timeout=120,
+    )
+    return float(d.stdout or 0) / 1e6 if d.ok else 0.0
+
+
+def _wrk_rps(port: int, seconds: float, conns: int, threads: int) -> float:
+    d = run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(conns),
+            "-d",
+            f"{seconds:g}s",
+            "-H",
+            "Connection: close",
+            f"http://127.0.0.1:{port}/index.html",
+        ],
+        timeout=seconds + 60,
+    )
+    m = re.search(r"Requests/sec:\s+([\d.]+)", d.stdout)
+    return float(m.group(1)) if m else 0.0
+
+
+def _parallel(fns: list[Callable[[], float]]) -> float:
+    out: list[float] = [0.0] * len(fns)
+
+    def one(i: int) -> None:
+        out[i] = fns[i]()
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(fns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(out)
+
+
+def _container_cmd(n: int) -> list[str]:
+    ports = sorted({8000, 8001, 8000 + n - 2, 8000 + n - 1})
+    serve = " ".join(f"/bin/busybox httpd -p {p} -h /tmp;" for p in ports)
+    return [
+        "/bin/sh",
+        "-c",
+        f"/bin/busybox dd if=/dev/zero of=/tmp/big bs=1M count={BIG_MB} 2>/dev/null; "
+        f"echo hello > /tmp/index.html; {serve} exec /bin/sleep 100000",
+    ]
+
+
+def _one(
+    d: PrivateDockerd, img: str, mech: str, n: int, seconds: float, names: tuple[bytes, ...]
+) -> dict[str, Any]:
+    base = _free_block(n)
+    last = base + n - 1
+    row: dict[str, Any] = {"mech": mech, "ports": n}
+    t0 = time.monotonic()
+    r = d.docker(
+        "run",
+        "-d",
+        "--name",
+        "pwb-dropin",
+        "-p",
+        f"{base}-{last}:8000-{8000 + n - 1}",
+        img,
+        *_container_cmd(n),
+        timeout=600,
+    )
+    row["publish_s"] = round(time.monotonic() - t0, 2)
+    if not r.ok:
+        row["error"] = r.why()
+        return row
+    try:
+        up = wait_until(lambda: _curl_ok(base) and _curl_ok(last) and _big_ready(base), 120, every=0.5)
+        if not up:
+            row["error"] = "the container's servers did not answer"
+            return row
+        row["pss_mb"] = round(sum(_pss_kb(p) for p in _proxy_pids(names)) / 1024, 1)
+        row["processes"] = len(_proxy_pids(names))
+        row["bulk_first"] = round(_curl_mbps(base), 1)
+        row["bulk_last"] = round(_curl_mbps(last), 1)
+        four = [base, base + 1, last - 1, last]
+        row["bulk_four"] = round(_parallel([functools.partial(_curl_mbps, p) for p in four]), 1)
+        row["conn_first"] = round(_wrk_rps(base, seconds, 32, 2))
+        row["conn_last"] = round(_wrk_rps(last, seconds, 32, 2))
+        row["conn_four"] = round(_parallel([functools.partial(_wrk_rps, p, seconds, 16, 1) for p in four]))
+    finally:
+        t0 = time.monotonic()
+        d.docker("rm", "-f", "pwb-dropin", timeout=600)
+        row["remove_s"] = round(time.monotonic() - t0, 2)
+    return row
+
+
+def _curl_ok(port: int) -> bool:
+    return run(
+        ["curl", "-sf", "-o", "/dev/null", "--max-time", "2", f"http://127.0.0.1:{port}/index.html"],
+        timeout=10,
+    ).ok
+
+
+def _big_ready(port: int) -> bool:
+    d = run(["curl", "-sfI", "--max-time", "2", f"http://127.0.0.1:{port}/big"], timeout=10)
+    return d.ok and f"Content-Length: {BIG_MB << 20}" in d.stdout
+
+
+def measure(
+    rounds: int, ranges: tuple[int, ...], seconds: float, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    from ..proxy import waiter
+
+    tmp = tempfile.mkdtemp(prefix="pwb-waiter-")
+    binaries = {}
+    for mech, workers in (("portwright-proxy", 0), ("portwright-proxy-1w", 1)):
+        binary, relay_dir = os.path.join(tmp, mech, "portwright-proxy"), os.path.join(tmp, mech, "run")
+        waiter.build(binary, directory=relay_dir, workers=workers)
+        binaries[mech] = (binary, relay_dir)
+    rows: list[dict[str, Any]] = []
+    try:
+        for r in range(rounds):
+            order = MECHS[r % len(MECHS) :] + MECHS[: r % len(MECHS)]  # each first in turn
+            for mech in order:
+                extra: tuple[str, ...] = ()
+                names: tuple[bytes, ...] = (b"docker-proxy",)
+                if mech in binaries:
+                    binary, relay_dir = binaries[mech]
+                    extra = (f"--userland-proxy-path={binary}",)
+                    names = (binary.encode(), relay_dir.encode())
+                d = PrivateDockerd(log, extra_args=("--userland-proxy=true", *extra))
+                try:
+                    d.start()
+                    img = d.ensure_image()
+                    for n in ranges:
+                        row = _one(d, img, mech, n, seconds, names)
+                        row["round"] = r
+                        log(json.dumps(row))
+                        rows.append(row)
+                finally:
+                    for e in d.stop():
+                        log(f"cleanup: {e}")
+    finally:
+        for _, rdir in binaries.values():
+            for pid in _proxy_pids((rdir.encode(),)):
+                os.kill(pid, 9)
+        run(["rm", "-rf", tmp], timeout=30)
+    return rows
+
+
+KEYS = (
+    "publish_s",
+    "pss_mb",
+    "bulk_first",
+    "bulk_last",
+    "bulk_four",
+    "conn_first",
+    "conn_last",
+    "conn_four",
+    "remove_s",
+)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Medians per (mechanism, range), markdown."""
+    head = "| proxy | ports | " + " | ".join(KEYS) + " |"
+    out = [head, "|" + "---|" * (len(KEYS) + 2)]
+    for n in sorted({r["ports"] for r in rows}):
+        for mech in MECHS:
+            mine = [r for r in rows if r["mech"] == mech and r["ports"] == n and "error" not in r]
+            if not mine:
+                continue
+            cells = [f"{statistics.median(r[k] for r in mine):g}" for k in KEYS]
+            out.append(f"| {mech} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m portwright.bench.proxydropin", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ranges", default="200,1000")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    a = ap.parse_args(argv)
+    rows = measure(
+        a.rounds, tuple(int(x) for x in a.ranges.split(",")), a.seconds, lambda s: print(s, flush=True)
+    )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
