@@ -81,8 +81,9 @@ def pids_mentioning(text: str) -> list[int]:
 class PrivateDockerd:
     """One dockerd of our own; ``docker(*args)`` runs /usr/bin/docker against it."""
 
-    def __init__(self, log: Callable[[str], None] = lambda s: None) -> None:
+    def __init__(self, log: Callable[[str], None] = lambda s: None, extra_args: tuple[str, ...] = ()) -> None:
         self.log = log
+        self.extra_args = extra_args  # more dockerd flags (say --userland-proxy-path, proxydropin.py)
         self.root: str | None = None
         self.proc: Child | None = None
         self._lock_fd: int | None = None
@@ -151,6 +152,7 @@ class PrivateDockerd:
                 "--ip6tables=false",
                 "--ip-forward=false",
                 "--ip-masq=false",
+                *self.extra_args,
             ],
             log_path=os.path.join(r, "dockerd.log"),
             new_session=True,
