@@ -222,7 +222,8 @@ def test_P_allocates_host_ports_for_exposed_ones(names: list[str]) -> None:
     pw("run", "-d", "--name", name, "--network", "host", "-P", "--expose", str(inner), "--",
        sys.executable, "-m", "http.server", str(inner))  # fmt: skip
     lines = pw("port", name).stdout.splitlines()  # "INNER/tcp -> 0.0.0.0:HOST", one per family
-    assert lines and all(ln.startswith(f"{inner}/tcp -> ") for ln in lines)
+    why = f"{pw('ps', '-a').stdout}\n{pw('logs', name, check=False).stderr}"
+    assert lines and all(ln.startswith(f"{inner}/tcp -> ") for ln in lines), why
     host = {int(ln.rpartition(":")[2]) for ln in lines}
     assert len(host) == 1
     (hp,) = host
