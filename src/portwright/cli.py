@@ -20,6 +20,7 @@ from .diagnose import commands as diagnose_commands
 from .engine import Engine
 from .errors import BadInput, NotFound, PortwrightError
 from .model import PUBLISH_MODES, Network
+from .proxy import commands as proxy_commands
 from .spec import parse_sandbox_spec
 from .state import SandboxRecord, State, pid_alive
 
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Light modules: they declare the options; each handler imports its package when it runs.
     bench_commands.register(sub)
     diagnose_commands.register(sub)
+    proxy_commands.register(sub)
     return p
 
 
