@@ -6,6 +6,7 @@ non-zero exit code; no traceback reaches the user for bad input or a failed kern
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -148,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         privileges=caps_cli.privileges_from(args),
         firewall=firewall,
     )
+    _check_tty(args)
     check_command(spec)
     from .diagnose.firewallnote import input_drop_notes  # issue 16: say what the host firewall drops
 
@@ -158,7 +160,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(spawn(spec))
         return 0
+    if args.tty:  # CMD gets this terminal as the foreground job (kernel/tty.py)
+        spec = dataclasses.replace(spec, extra={**spec.extra, "tty": True})
     return run(spec)
+
+
+def _check_tty(args: argparse.Namespace) -> None:
+    """``-t``: CMD runs in the foreground on this terminal; there is no attach for ``-d``."""
+    if not args.tty:
+        return
+    from .kernel.tty import require_terminal
+
+    if getattr(args, "detach", False):
+        raise BadInput("-t with -d: portwright has no attach; run it in the foreground, or drop -t")
+    require_terminal()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -235,11 +250,30 @@ def cmd_exec(args: argparse.Namespace) -> int:
         args.name = None
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
+    _check_tty(args)
     path, env = _exec_target(args)
+    setup = caps_cli.exec_setup(args.name, path)
+    if args.tty:
+        from .kernel import tty
+
+        setup = _chain(setup, tty.take_foreground)
     try:
-        return runner.call(cmd, netns_path=path, env=env, setup=caps_cli.exec_setup(args.name, path))
+        with tty.foreground_back() if args.tty else contextlib.nullcontext():
+            return runner.call(cmd, netns_path=path, env=env, setup=setup)
     except FileNotFoundError:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
+
+
+def _chain(first: Any, then: Any) -> Any:
+    """Two child-setup steps as one (the first may be None)."""
+    if first is None:
+        return then
+
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 START_WAIT_SECONDS = 15.0  # restart: how long the stopped sandbox's teardown may take before start
@@ -460,12 +494,28 @@ def _add_network_parser(sub: Any) -> None:
     net.set_defaults(func=cmd_network)
 
 
+def _add_tty_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="keep stdin attached (a foreground CMD always has it)",
+    )
+    p.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="CMD gets this terminal as its foreground job: window size, Ctrl-C/Ctrl-Z and job control",
+    )
+
+
 def _add_run_parser(sub: Any) -> None:
     r = sub.add_parser("run", help="run a command in a new sandbox")
     r.add_argument(
         "-d", "--detach", action="store_true", help="run in the background and print the sandbox's ID"
     )
     r.add_argument("--rm", action="store_true", help="with -d: remove the sandbox's record when CMD exits")
+    _add_tty_flags(r)
     r.add_argument("--name", help="the sandbox's name (default pw_ and its ID's start)")
     r.add_argument("--network", default="pw0", help="NAME, host or none (default pw0)")
     r.add_argument(
@@ -581,6 +631,7 @@ def _add_sandbox_parsers(sub: Any) -> None:
     e.add_argument("name", nargs="?", help="the sandbox's name or ID (not with --pid/--container)")
     e.add_argument("--pid", type=int, help="enter the network namespace of this process")
     e.add_argument("--container", help="enter the network namespace of this Docker container")
+    _add_tty_flags(e)
     e.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]: the command to run there")
     e.set_defaults(func=cmd_exec)
     _add_lifecycle_parsers(sub)

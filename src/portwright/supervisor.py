@@ -15,6 +15,7 @@ pid, records it and answers the CLI. Everything the build touched leaves with th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -32,7 +33,7 @@ from .caps_model import Privileges
 from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
 from .firewall.backend import default_firewall
-from .kernel import caps, cgroup, netns, spawn
+from .kernel import caps, cgroup, netns, spawn, tty
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
 from .model import Mapping
 from .owners import sandbox_owner
@@ -161,6 +162,7 @@ def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
         cgroup_path=held.cgroup,
         log_path=log_path,
         stdin_null=spec.detach,
+        tty=bool(spec.extra.get("tty")),  # run -t: CMD is this terminal's foreground job
         child_setup=caps.child_setup(spec.privileges, netns_path),
     )
 
@@ -334,7 +336,8 @@ def run(spec: SandboxSpec) -> int:
     sup.setup()
     code: int | None = None
     try:
-        code = sup.wait()
+        with tty.foreground_back() if spec.extra.get("tty") else contextlib.nullcontext():
+            code = sup.wait()  # run -t: the terminal's foreground comes back to us after CMD
     finally:
         for problem in sup.teardown(code):
             print(f"portwright: teardown: {problem}", file=sys.stderr)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import BadInput
 from . import cgroup, netns
+from . import tty as _tty
 
 
 def spawn(
@@ -26,6 +27,7 @@ def spawn(
     log_path: str | None,
     stdin_null: bool,
     child_setup: Callable[[], None] | None = None,
+    tty: bool = False,
 ) -> int:
     """Start argv in the sandbox; return its pid (also its process group and session id). With a
     ``log_path``, CMD's stdout is appended there and its stderr to ``stderr_path(log_path)``.
@@ -40,7 +42,10 @@ def spawn(
             if netns_path is not None:
                 netns.setns(netns_path)
                 netns.bind_etc(netns_path)  # its resolv.conf, as 'ip netns exec' mounts it
-            os.setsid()
+            if tty:  # run -t: a job of the user's terminal session, in the foreground
+                _tty.take_foreground()
+            else:
+                os.setsid()
             os.chdir(cwd if os.path.isdir(cwd) else "/")
             if stdin_null:
                 null = os.open(os.devnull, os.O_RDONLY)
@@ -57,6 +62,8 @@ def spawn(
                 os.write(w, (getattr(e, "strerror", None) or str(e) or type(e).__name__).encode()[:400])
             finally:
                 os._exit(127)
+    if tty:
+        _tty.give_foreground(pid)
     os.close(w)
     for fd in (out, err):
         if fd is not None:
