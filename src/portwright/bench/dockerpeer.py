@@ -29,8 +29,47 @@ from ..errors import KernelError, MissingTool
 from .driver import Child, Done, run, spawn, tool_binary
 
 DOCKER_PROXY = "/usr/sbin/docker-proxy"
-#: portwright's docker-proxy drop-in (a console script next to the interpreter).
+#: portwright's docker-proxy drop-in: the tiny waiter and its shared relay (proxy/waiter.py,
+#: built here for a relay directory of the bench's own), or where the waiter cannot be built, the
+#: console script next to the interpreter (one Python process per port).
 DROPIN = "portwright-proxy"
+DROPIN_DIR = "/run/portwright/bench-proxy"
+
+
+def dropin_binary() -> str:
+    """The drop-in the bench runs: the waiter built for ``DROPIN_DIR`` (once per process), else
+    the Python console script."""
+    global _dropin
+    if _dropin is None:
+        from ..proxy import waiter
+
+        out = os.path.join(DROPIN_DIR, "portwright-proxy")
+        try:
+            waiter.build(out, directory=os.path.join(DROPIN_DIR, "run"))
+            _dropin = out
+        except Exception:  # noqa: BLE001 - no gcc, not x86_64: the Python drop-in still works
+            _dropin = tool_binary(DROPIN)
+    return _dropin
+
+
+_dropin: str | None = None
+
+
+def dropin_relay_pids() -> list[int]:
+    """The shared relay and its workers serving the bench's waiters (they count as its cost)."""
+    tag = os.path.join(DROPIN_DIR, "run").encode()
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"portwright.proxy.shared" in argv and tag in argv:
+            out.append(int(pid))
+    return out
+
+
 READY_TIMEOUT_S = 10.0
 
 
@@ -87,13 +126,16 @@ class DockerProxy:
     portwright's drop-in."""
 
     def __init__(self, binary: str = DOCKER_PROXY) -> None:
-        self.binary = tool_binary(DROPIN) if binary == DROPIN else binary
+        self.binary = dropin_binary() if binary == DROPIN else binary
         self.name = "portwright-proxy" if binary == DROPIN else os.path.basename(binary)
+        self.dropin = binary == DROPIN
         self.procs: list[Child] = []
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.running]
+        """Every process the proxies cost: one per port, and for the drop-in its shared relay."""
+        own = [p.pid for p in self.procs if p.running]
+        return own + dropin_relay_pids() if self.dropin and own else own
 
     def start(
         self, host_ip: str, host_port: int, container_ip: str, container_port: int, proto: str = "tcp"
