@@ -124,3 +124,13 @@ def test_missing_names_lost_elements() -> None:
     )
     assert a.missing(port, backend.dump("bridge", "portwright")) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
     assert fw.ensure_antispoof(sb()) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
+
+
+def test_nft_creates_the_typeof_set_from_text_and_the_rest_from_json() -> None:
+    from portwright.firewall import nft
+
+    texts = [nft._prelude_text(c) for c in a.base_commands()]
+    pre = [t for t in texts if t]
+    assert pre == [
+        ("bridge", "portwright", "add set bridge portwright port_nd { typeof iifname . @th,64,128 ; }")
+    ]
