@@ -142,6 +142,7 @@ def test_the_app_sees_its_own_ports_and_is_confined(names: list[str], external: 
         "getsockname": inner,  # the app's own getsockname says the inner port
         "self_reach": True,  # it reaches itself through 127.0.0.1:INNER
         "self_peer": inner,
+        "self_peer6": ["::1", inner],  # [::1]:INNER reaches the IPv4-only mapping, shown as asked
         "undeclared": "EPERM",  # confinement
         "exposed": exposed,  # --expose: allowed, unmapped
         "udp_sockname": inner_udp,

@@ -34,6 +34,12 @@ def main() -> None:
     out["self_peer"] = c.getpeername()[1]
     a.close()
     c.close()
+    # [::1]:INNER too: only an IPv4 mapping exists, so the v6 socket goes to ::ffff:127.0.0.1:HOST
+    c6 = socket.create_connection(("::1", inner), timeout=5)
+    a, _ = srv.accept()
+    out["self_peer6"] = list(c6.getpeername()[:2])
+    a.close()
+    c6.close()
     t = socket.socket()
     try:
         t.bind(("0.0.0.0", undeclared))
