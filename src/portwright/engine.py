@@ -634,6 +634,10 @@ class Engine:
                     lines.append(f"sandbox {rec.name}: restored {', '.join(gone[:4])}")
             except PortwrightError as e:
                 lines.append(f"sandbox {rec.name}: not restored: {e}")
+        if self.state.networks():
+            # The same reload may have taken the host firewall's accepts for our bridges (ufw
+            # reload, firewall-cmd --reload, iptables-restore): put them back too (issue 16).
+            self.sync_docker_user()
         return lines
 
     def _serving(self, sid: str) -> bool:

@@ -45,3 +45,11 @@ def test_plan_replaces_a_removed_bridge_and_ignores_other_comments() -> None:
 
 def test_an_accepting_chain_gets_nothing() -> None:
     assert hostfw.plan(["pw-a"], "-P FORWARD ACCEPT\n") == ([], [])
+
+
+def test_firewalld_helpers_read_dbus_replies_and_nft_bindings() -> None:
+    reply = 'method return time=1 sender=:1.2 -> destination=:1.3 serial=9 reply_serial=2\n   array [\n      string "pw-a"\n      string "pw-b"\n   ]\n'
+    assert hostfw.reply_strings(reply) == ["pw-a", "pw-b"]
+    table = '\t\tiifname "pw-a" goto filter_FWD_portwright\n\t\tiifname "pw-b" goto filter_FWD_public\n'
+    assert hostfw.zone_bound(table, "pw-a") and not hostfw.zone_bound(table, "pw-b")
+    assert len(hostfw.POLICY) <= 18  # firewalld refuses longer policy names

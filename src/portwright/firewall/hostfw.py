@@ -30,6 +30,7 @@ Pure parsing (``forward_needs_accept``, ``ours``) is separate from the tool call
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Sequence
 
@@ -97,6 +98,9 @@ FIREWALLD_TABLE = ("inet", "firewalld")  # present while firewalld (nftables bac
 ZONE = "portwright"
 POLICY = "portwright-fwd"  # firewalld allows 18 characters
 FIREWALL_CMD_TIMEOUT = 60.0
+# firewalld's D-Bus name, object and interface prefix (firewalld's D-Bus API, "org.fedoraproject.FirewallD1").
+DBUS_NAME = "org.fedoraproject.FirewallD1"
+DBUS_PATH = "/org/fedoraproject/FirewallD1"
 
 
 def zone_bound(table_text: str, bridge: str) -> bool:
@@ -111,11 +115,37 @@ def _fwcmd(args: list[str], netns: str | None, check: bool = True) -> runner.Com
     return p
 
 
+def _dbus(method: str, *args: str, netns: str | None) -> list[str]:
+    """Call firewalld's D-Bus API with ``dbus-send`` (a C program: milliseconds, where each
+    ``firewall-cmd`` is a Python start of about a second); the reply's strings."""
+    p = runner.run(
+        [
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            f"--dest={DBUS_NAME}",
+            DBUS_PATH,
+            f"{DBUS_NAME}.{method}",
+            *args,
+        ],
+        netns=dockeruser._ns(netns),
+        timeout=FIREWALL_CMD_TIMEOUT,
+    )
+    if p.returncode != 0:
+        raise KernelError(
+            f"firewalld D-Bus {method} {' '.join(args)}", p.stderr.strip() or f"exit {p.returncode}"
+        )
+    return reply_strings(p.stdout)
+
+
+def reply_strings(out: str) -> list[str]:
+    """The ``string "..."`` values of a ``dbus-send --print-reply`` answer."""
+    return [m.group(1) for m in re.finditer(r'string "([^"]*)"', out)]
+
+
 def _ensure_zone(netns: str | None) -> None:
     """Create the permanent zone and policy where missing, and load them (one reload)."""
-    runtime = _fwcmd(["--get-zones"], netns).stdout.split()
-    policies = _fwcmd(["--get-policies"], netns).stdout.split()
-    if ZONE in runtime and POLICY in policies:
+    if ZONE in _dbus("zone.getZones", netns=netns) and POLICY in _dbus("policy.getPolicies", netns=netns):
         return
     steps: list[list[str]] = []
     if ZONE not in _fwcmd(["--permanent", "--get-zones"], netns).stdout.split():
@@ -134,18 +164,21 @@ def _ensure_zone(netns: str | None) -> None:
 
 def firewalld_sync(bridges: Sequence[str], netns: str | None) -> None:
     """Bind exactly ``bridges`` to our zone (runtime). Cheap when nothing is missing: one read of
-    firewalld's nft table, no firewall-cmd (a Python program that takes about a second)."""
+    firewalld's nft table; otherwise a few D-Bus calls (firewall-cmd only to create the zone)."""
     table = runner.run(["nft", "list", "table", *FIREWALLD_TABLE], netns=dockeruser._ns(netns), timeout=30.0)
     text = table.stdout if table.returncode == 0 else ""
     if all(zone_bound(text, b) for b in bridges) and (bridges or f"goto filter_FWD_{ZONE}" not in text):
         return
     if bridges:
         _ensure_zone(netns)
-    have = set(_fwcmd(["--zone", ZONE, "--list-interfaces"], netns, check=False).stdout.split())
+    try:
+        have = set(_dbus("zone.getInterfaces", f"string:{ZONE}", netns=netns))
+    except KernelError:
+        have = set()  # no such zone: nothing of ours is bound
     for b in sorted(have - set(bridges)):
-        _fwcmd(["--zone", ZONE, "--remove-interface", b], netns, check=False)
+        _dbus("zone.removeInterface", f"string:{ZONE}", f"string:{b}", netns=netns)
     for b in sorted(set(bridges) - have):
-        _fwcmd(["--zone", ZONE, "--change-interface", b], netns)
+        _dbus("zone.changeZoneOfInterface", f"string:{ZONE}", f"string:{b}", netns=netns)
 
 
 def sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
