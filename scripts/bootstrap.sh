@@ -5,11 +5,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bootstrap: run as root (sudo bash scripts/bootstrap.sh)" >&2; exit 1; fi
 PKGS=(iproute2 nftables iptables conntrack procps iperf3 wrk nginx-light curl netcat-openbsd socat
-      dnsutils file busybox-static docker.io containernetworking-plugins podman python3-venv sysstat tini)
+      dnsutils file busybox-static docker.io containernetworking-plugins podman python3-venv sysstat tini
+      ufw firewalld)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
+  # ufw and firewalld serve the tests' throwaway host namespaces only: never enable them on this host.
+  # firewalld's package enables and starts its service on install: mask it first under systemd, and
+  # keep init scripts from starting it (a policy-rc.d that refuses, while none exists).
+  if printf '%s\n' "${missing[@]}" | grep -qx firewalld; then
+    if [ -d /run/systemd/system ]; then systemctl mask firewalld.service >/dev/null; fi
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+  fi
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
