@@ -185,6 +185,22 @@ def inspect_doc(rec: SandboxRecord, net: Network | None) -> dict[str, Any]:
         },
         "LogPath": rec.log_path or "",
         "NetworkSettings": network_settings(rec, net),
+        **({"HostRemap": host_remap(rec)} if sb.publish_mode == "host-remap" else {}),
+    }
+
+
+def host_remap(rec: SandboxRecord) -> dict[str, Any]:
+    """What a host-remap sandbox's cgroup BPF programs do (issue 12): each bind() remapped, and
+    what else CMD may bind."""
+    exposed = [f"{e.ports}/{e.proto}" for e in rec.spec.expose]
+    return {
+        "Remapped": list(
+            dict.fromkeys(
+                f"bound as :{m.container_port}/{m.proto}, remapped at bind() to {m.host_binding()}"
+                for m in rec.sandbox.mappings
+            )
+        ),
+        "AlsoBindable": ["0", "the ephemeral range (net.ipv4.ip_local_port_range)", *exposed],
     }
 
 

@@ -118,6 +118,7 @@ def test_two_servers_on_one_inner_port_side_by_side(names: list[str], external: 
     who = pw("who", str(h1)).stdout
     info = inspect(names[0])
     assert info["PublishMode"] == "host-remap"
+    assert f"bound as :{inner}/tcp, remapped at bind() to 0.0.0.0:{h1}" in info["HostRemap"]["Remapped"]
     assert (
         f"sandbox {names[0]} (CMD pid {info['State']['Pid']}): bound as :{inner}, remapped at bind()" in who
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from portwright.cliformat import inspect_doc
 from portwright.diagnose.nftview import parse_ruleset
 from portwright.diagnose.remap import remap_findings
 from portwright.diagnose.snapshot import Snapshot
@@ -51,3 +52,12 @@ def test_audit_shows_the_remapping_and_missing_programs() -> None:
     assert f[:3] == ("high", "degraded", "sandbox web") and "pw_bind4 programs are no longer pinned" in f[3]
     assert remap_findings(_snap(None))[0][1] == "remapped"  # bpffs unreadable: nothing is claimed
     assert remap_findings(_snap([], status="exited")) == []
+
+
+def test_inspect_shows_the_remapping_and_what_else_is_bindable() -> None:
+    doc = inspect_doc(_snap([]).sandboxes[0], None)
+    assert doc["HostRemap"]["Remapped"] == [
+        "bound as :80/tcp, remapped at bind() to 127.0.0.1:8080",
+        "bound as :53/udp, remapped at bind() to 0.0.0.0:5353",
+    ]
+    assert doc["HostRemap"]["AlsoBindable"][0] == "0"
