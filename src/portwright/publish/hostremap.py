@@ -14,7 +14,9 @@ before CMD starts, because CMD's own rewritten ``bind()`` must take the port. Sh
 (SO_REUSEPORT set on CMD's socket from the bind program) would let a UDP reservation steal half of
 CMD's datagrams and change CMD's socket semantics. The port stays recorded in state, so no other
 portwright sandbox can be given it; only a foreign process that binds it in the few milliseconds
-before CMD does could take it, and then CMD's bind fails loudly (EADDRINUSE), and ``who`` names both.
+before CMD does could take it (or, for a ``-P`` port, which lies in the ephemeral range, an
+outgoing connection's automatic bind), and then CMD's bind fails loudly (EADDRINUSE) and ``who``
+names the holder.
 """
 
 from __future__ import annotations
