@@ -115,3 +115,16 @@ def test_probes_say_yes_here() -> None:
     assert probe.connect4() == (True, "")
     assert probe.bind4() == (True, "")
     assert probe.cgroup_link() == (True, "")
+
+
+def test_batch_read_update_delete_match_the_per_element_calls() -> None:
+    with Map.create(c.BPF_MAP_TYPE_HASH, 20, 32, 20000, "pw_batch", c.BPF_F_NO_PREALLOC) as m:
+        items = [(i.to_bytes(20, "little"), (i * 7).to_bytes(32, "little")) for i in range(9000)]
+        m.update_batch(items)
+        got = m.items_batch(chunk=1000)  # several chunks, the last one ending with ENOENT
+        assert sorted(got) == sorted(items) == sorted(m.items())
+        gone = [k for k, _ in items[:4000]] + [(99999).to_bytes(20, "little")]  # one never there
+        m.delete_batch(gone)
+        assert sorted(m.items_batch()) == sorted(items[4000:])
+        with pytest.raises(ValueError, match="wrong size"):
+            m.update_batch([(b"x", b"y")])

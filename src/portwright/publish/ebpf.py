@@ -187,11 +187,10 @@ class RewriteSet:
             maps.local.update(k, struct.pack("<I", 1))
 
     def remove_owner(self, maps: Maps, owner: int) -> int:
-        gone = 0
-        for k, v in maps.svc.items():
-            if ep.decode_svc(k, v).owner == owner:
-                gone += maps.svc.delete(k)
-        return gone
+        """Delete ``owner``'s svc entries (a batch read and a batch delete); how many."""
+        keys = [k for k, v in maps.svc.items_batch() if ep.entry_owner(v) == owner]
+        maps.svc.delete_batch(keys)
+        return len(keys)
 
     def release_if_unused(self, maps: Maps) -> list[str]:
         """The last publication is gone: detach and unpin (nothing left running for anyone)."""
@@ -273,8 +272,7 @@ def add(owner: str, mappings: list[Mapping], rewrites: RewriteSet | None = None)
         maps = rw.ensure()
         try:
             rw.refresh_local(maps)
-            for k, v in want:
-                maps.svc.update(k, v)
+            maps.svc.update_batch(want)
         finally:
             maps.close()
     return True
@@ -315,7 +313,7 @@ def sweep(owners: set[str], rewrites: RewriteSet | None = None) -> list[str]:
             if maps is None:
                 return rw.detach_all()
             keep = {owner_hash(o) for o in owners}
-            stale = {e.owner for k, v in maps.svc.items() if (e := ep.decode_svc(k, v)).owner not in keep}
+            stale = {o for _, v in maps.svc.items_batch() if (o := ep.entry_owner(v)) not in keep}
             for o in stale:
                 n = rw.remove_owner(maps, o)
                 lines.append(f"ebpf: removed {n} rewrite entries of a sandbox that is gone")

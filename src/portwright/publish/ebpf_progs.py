@@ -86,6 +86,11 @@ class SvcEntry:
     owner: int
 
 
+def entry_owner(value: bytes) -> int:
+    """The owner tag of a raw svc value (without decoding the rest)."""
+    return int(struct.unpack_from("<Q", value, 24)[0])
+
+
 def _unmap(raw: bytes) -> IPAddress:
     a = ipaddress.IPv6Address(raw)
     return a.ipv4_mapped or a

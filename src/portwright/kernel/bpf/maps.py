@@ -128,6 +128,82 @@ class Map:
                 out.append((k, v))
         return out
 
+    # The batch commands (Linux 5.6+) move thousands of elements per syscall. union bpf_attr's
+    # batch struct: in_batch @0, out_batch @8, keys @16, values @24, count @32, map_fd @36,
+    # elem_flags @40. Where a kernel refuses them, the per-element calls do the same work.
+    _NO_BATCH = (22, 95, 524)  # EINVAL, EOPNOTSUPP, ENOTSUPP
+
+    def items_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+        """Every (key, value), read BPF_MAP_LOOKUP_BATCH-wise (falls back to ``items``)."""
+        ks, vs = self.key_size, self.value_size
+        keys = ctypes.create_string_buffer(ks * chunk)
+        values = ctypes.create_string_buffer(vs * chunk)
+        token = ctypes.create_string_buffer(max(8, ks))
+        nxt = ctypes.create_string_buffer(max(8, ks))
+        out: list[tuple[bytes, bytes]] = []
+        first = True
+        while True:
+            fields: list[tuple[int, str, int | bytes]] = [
+                (8, "Q", addr(nxt)), (16, "Q", addr(keys)), (24, "Q", addr(values)),
+                (32, "I", chunk), (36, "I", self.fd),
+            ]  # fmt: skip
+            if not first:
+                fields.append((0, "Q", addr(token)))
+            buf = attr(*fields)
+            try:
+                bpf(c.BPF_MAP_LOOKUP_BATCH, buf, f"read map {self.name}")
+                done = False
+            except BpfError as e:
+                if e.errno in self._NO_BATCH and first:
+                    return self.items()
+                if e.errno != 2:  # ENOENT: this was the last chunk
+                    raise
+                done = True
+            n = int.from_bytes(buf.raw[32:36], "little")
+            raw_k, raw_v = keys.raw, values.raw
+            out += [(raw_k[i * ks : (i + 1) * ks], raw_v[i * vs : (i + 1) * vs]) for i in range(n)]
+            if done:
+                return out
+            ctypes.memmove(token, nxt, len(nxt))
+            first = False
+
+    def update_batch(self, items: list[tuple[bytes, bytes]], flags: int = c.BPF_ANY) -> None:
+        """Insert or replace many elements in one BPF_MAP_UPDATE_BATCH (falls back to ``update``)."""
+        if not items:
+            return
+        if any(len(k) != self.key_size or len(v) != self.value_size for k, v in items):
+            raise ValueError(f"map {self.name}: a key or value has the wrong size")
+        keys = ctypes.create_string_buffer(b"".join(k for k, _ in items), self.key_size * len(items))
+        values = ctypes.create_string_buffer(b"".join(v for _, v in items), self.value_size * len(items))
+        buf = attr(
+            (16, "Q", addr(keys)),
+            (24, "Q", addr(values)),
+            (32, "I", len(items)),
+            (36, "I", self.fd),
+            (40, "Q", flags),
+        )
+        try:
+            bpf(c.BPF_MAP_UPDATE_BATCH, buf, f"update map {self.name}")
+        except BpfError as e:
+            if e.errno not in self._NO_BATCH:
+                raise
+            for k, v in items:
+                self.update(k, v, flags)
+
+    def delete_batch(self, keys: list[bytes]) -> None:
+        """Remove many keys in one BPF_MAP_DELETE_BATCH; keys already gone are skipped."""
+        if not keys:
+            return
+        raw = ctypes.create_string_buffer(b"".join(keys), self.key_size * len(keys))
+        buf = attr((16, "Q", addr(raw)), (32, "I", len(keys)), (36, "I", self.fd))
+        try:
+            bpf(c.BPF_MAP_DELETE_BATCH, buf, f"delete from map {self.name}")
+        except BpfError as e:
+            if e.errno not in (2, *self._NO_BATCH):
+                raise
+            for k in keys:  # stopped at a missing key (ENOENT) or no batch support
+                self.delete(k)
+
     def pin(self, path: str) -> None:
         pin_fd(self.fd, path, f"map {self.name}")
 
