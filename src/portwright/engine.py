@@ -611,29 +611,28 @@ class Engine:
         running sandboxes (only those in ``sids`` when given). Idempotent and quiet when the
         table is whole. Returns one line per repair or failure; raises nothing."""
         lines: list[str] = []
-        for net in self.state.networks():
-            try:
-                with self._network_lock():
-                    if self.state.find_network(net.name) is None:
-                        continue  # removed meanwhile ('network rm' holds the same lock)
-                    gone = self.fw.ensure_network(net)
-                if gone:
-                    lines.append(f"network {net.name}: restored {', '.join(gone[:4])}")
-            except PortwrightError as e:
-                lines.append(f"network {net.name}: not restored: {e}")
+        try:
+            with self._network_lock():  # 'network rm' holds it: no network comes back as it goes
+                nat = [
+                    r
+                    for r in self.state.sandboxes()
+                    if r.status == "running"
+                    and (sids is None or r.id in sids)
+                    and r.sandbox.publish_mode in ("nat", "ebpf")
+                    and r.sandbox.mappings
+                ]
+                pubs = [
+                    (sandbox_owner(r.id), r.sandbox.mappings, functools.partial(self._serving, r.id))
+                    for r in nat
+                ]
+                repaired = self.fw.ensure_all(self.state.networks(), pubs)
+            names = {sandbox_owner(r.id): f"sandbox {r.name}" for r in nat}
+            lines += [f"{names.get(what, what)}: restored {', '.join(gone[:4])}" for what, gone in repaired]
+        except PortwrightError as e:
+            lines.append(f"firewall: not restored: {e}")
         for rec in self.state.sandboxes():
             if rec.status != "running" or (sids is not None and rec.id not in sids):
                 continue
-            if rec.sandbox.publish_mode not in ("nat", "ebpf") or not rec.sandbox.mappings:
-                continue
-            try:
-                gone = self.fw.ensure_published(
-                    sandbox_owner(rec.id), rec.sandbox.mappings, functools.partial(self._serving, rec.id)
-                )
-                if gone:
-                    lines.append(f"sandbox {rec.name}: restored {', '.join(gone[:4])}")
-            except PortwrightError as e:
-                lines.append(f"sandbox {rec.name}: not restored: {e}")
         if self.state.networks():
             # The same reload may have taken the host firewall's accepts for our bridges (ufw
             # reload, firewall-cmd --reload, iptables-restore): put them back too (issue 16).

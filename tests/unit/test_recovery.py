@@ -260,3 +260,31 @@ def test_watch_is_due_after_a_change_settles_not_before() -> None:
     assert not w.take(now + SETTLE_SECONDS + 0.02)  # once per change
     w.ready([])  # no event: no new deadline
     assert not w.take(now + 1.0)
+
+
+def test_ensure_all_repairs_everything_in_one_transaction() -> None:
+    fw, backend = _fw()
+    other = (Mapping("tcp", ip("0.0.0.0"), 18090, ip("198.18.7.3"), 80),)
+    fw.publish("pw:ba9876543210", other, flush_udp=False)
+    whole = backend.read()
+    _delete(backend, "table")
+    before = len(backend.transactions)
+    pubs = [(OWNER, MAPS, lambda: True), ("pw:ba9876543210", other, lambda: True)]
+    repaired = dict(fw.ensure_all([NET], pubs))
+    assert len(backend.transactions) == before + 1  # one atomic batch for all of it
+    assert set(repaired) == {"table", f"network {NET.name}", OWNER, "pw:ba9876543210"}
+    assert sorted(map(str, rules.published(backend.read()))) == sorted(map(str, rules.published(whole)))
+    assert fw.ensure_all([NET], pubs) == [] and len(backend.transactions) == before + 1
+
+
+def test_ensure_all_leaves_a_key_another_owner_took() -> None:
+    fw, backend = _fw()
+    _delete(backend, "element")  # OWNER's tcp 0.0.0.0:18080
+    thief = (Mapping("tcp", ip("0.0.0.0"), 18080, ip("198.18.7.9"), 80),)
+    fw.publish("pw:ffffffffffff", thief, flush_udp=False)
+    repaired = dict(fw.ensure_all([NET], [(OWNER, MAPS, lambda: True)]))
+    assert "taken by pw:ffffffffffff" in repaired[OWNER][0]
+    owners = {
+        p.owner for p in rules.published(backend.read()) if p.host_port == 18080 and p.host_ip.version == 4
+    }
+    assert owners == {"pw:ffffffffffff"}
