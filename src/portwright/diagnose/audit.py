@@ -24,7 +24,7 @@ from .ports import PortRow, port_rows
 from .privileges import privilege_findings
 from .remap import remap_findings
 from .snapshot import APPLICATION, PLACEHOLDERS, Snapshot, fmt_ep
-from .who import LOOP4, LOOP6, follow
+from .who import LOOP4, LOOP6, Path, follow
 
 SEVERITIES = ("info", "low", "medium", "high")
 # Services that are almost never meant to face the network: publishing them on every interface
@@ -321,38 +321,98 @@ def check_input_bypass(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
     return out
 
 
+def _served(p: Path) -> bool:
+    """Does the path end at a sandbox or container?"""
+    return p.target is not None and p.target.kind in ("sandbox", "container")
+
+
+def _odd_one(p4: Path, p6: Path) -> tuple[Path, Path] | None:
+    """(the family that works, the one that does not), or None when they agree: one ends at the
+    sandbox and the other does not, or both reach it and nothing listens inside for one of them."""
+    if _served(p4) != _served(p6):
+        return (p4, p6) if _served(p4) else (p6, p4)
+    if _served(p4) and p4.nothing_inside != p6.nothing_inside:
+        return (p6, p4) if p4.nothing_inside else (p4, p6)
+    return None
+
+
+def _family_probes(snap: Snapshot, r: PortRow) -> list[tuple[Packet, str, Packet, str]]:
+    """(IPv4 packet, label, IPv6 packet, label) pairs to compare: loopback clients, and clients
+    on other machines when the host has an address of each family and the port is not loopback-only."""
+    pairs = [
+        (
+            Packet("output", r.proto, LOOP4, r.port),
+            "127.0.0.1",
+            Packet("output", r.proto, LOOP6, r.port),
+            "[::1]",
+        )
+    ]
+    if snap.host4 and snap.host6 and not r.loopback:
+        pairs.append(
+            (
+                Packet("prerouting", r.proto, snap.host4, r.port, snap.host_if),
+                f"{snap.host4}",
+                Packet("prerouting", r.proto, snap.host6, r.port, snap.host_if),
+                f"[{snap.host6}]",
+            )
+        )
+    return pairs
+
+
+def _mismatch_text(r: PortRow, bad: Path) -> tuple[str, str, str]:
+    """(severity, what happens to the other family, the fix) for a family that reaches nothing."""
+    both = "publish both families (add -p [::]:P:C, or enable IPv6 NAT/ip6tables for Docker), or tell clients to use 127.0.0.1"
+    if r.loopback and bad.via == "nothing":
+        return (
+            "low",
+            "is refused (published on one family only)",
+            (
+                f"publish the other loopback too (-p [::1]:{r.port}:C beside -p 127.0.0.1:{r.port}:C), or tell clients which one"
+            ),
+        )
+    if bad.nothing_inside and bad.inner is not None:
+        return (
+            "medium",
+            f"reaches {bad.target.name if bad.target else '?'}, but {bad.inner.note}",
+            (
+                "make the server listen on both families inside (bind [::] with IPV6_V6ONLY off, or both "
+                "addresses), or publish only the family it serves (-p 0.0.0.0:P:C)"
+            ),
+        )
+    if bad.via == "socket" and bad.holder and bad.holder.kind in PLACEHOLDERS:
+        return "medium", f"lands on {bad.holder.describe()}, which never answers", both
+    if bad.via == "nothing":
+        return "low", "is refused (published on one family only)", both
+    return "medium", f"reaches {bad.holder.describe() if bad.holder else bad.via} instead", both
+
+
 def check_families(snap: Snapshot, rows: list[PortRow]) -> list[Finding]:
+    """Do IPv4 and IPv6 clients end in the same place, with something listening there? Loopback
+    clients always; clients on other machines when the host has both families (issue 17: a
+    v4-only server behind a dual-stack publication resets IPv6 clients inside the sandbox)."""
     out: list[Finding] = []
     seen: set[tuple[str, int]] = set()
     for r in _published(rows):
-        if r.stale or r.loopback or (r.proto, r.port) in seen or r.port != r.port_end:
+        if r.stale or (r.proto, r.port) in seen or r.port != r.port_end:
             continue
         seen.add((r.proto, r.port))
-        p4 = follow(snap, "127.0.0.1", Packet("output", r.proto, LOOP4, r.port))
-        p6 = follow(snap, "[::1]", Packet("output", r.proto, LOOP6, r.port))
-        served4 = p4.target is not None and p4.target.kind in ("sandbox", "container")
-        served6 = p6.target is not None and p6.target.kind in ("sandbox", "container")
-        if served4 == served6:
-            continue
-        good, bad = (p4, p6) if served4 else (p6, p4)
-        if bad.via == "socket" and bad.holder and bad.holder.kind in PLACEHOLDERS:
-            sev, what = "medium", f"lands on {bad.holder.describe()}, which never answers"
-        elif bad.via == "nothing":
-            sev, what = "low", "is refused (published on one family only)"
-        else:
-            sev, what = "medium", f"reaches {bad.holder.describe() if bad.holder else bad.via} instead"
-        out.append(
-            Finding(
-                sev,
-                "family-mismatch",
-                f"{r.proto} {bad.label}:{r.port}",
-                f"{good.label}:{r.port} reaches {_who(r)} but {bad.label}:{r.port} {what}",
-                "publish both families (add -p [::]:P:C, or enable IPv6 NAT/ip6tables for Docker), "
-                "or tell clients to use 127.0.0.1",
-                (f"{good.label}: {good.via} {good.detail}", f"{bad.label}: {bad.via} {bad.detail}"),
-                _who(r),
+        for pkt4, label4, pkt6, label6 in _family_probes(snap, r):
+            odd = _odd_one(follow(snap, label4, pkt4), follow(snap, label6, pkt6))
+            if odd is None:
+                continue
+            good, bad = odd
+            sev, what, fix = _mismatch_text(r, bad)
+            out.append(
+                Finding(
+                    sev,
+                    "family-mismatch",
+                    f"{r.proto} {bad.label}:{r.port}",
+                    f"{good.label}:{r.port} reaches {_who(r)} but {bad.label}:{r.port} {what}",
+                    fix,
+                    (f"{good.label}: {good.via} {good.detail}", f"{bad.label}: {bad.via} {bad.detail}"),
+                    _who(r),
+                )
             )
-        )
     return out
 
 
@@ -392,6 +452,17 @@ def check_placeholders(snap: Snapshot) -> list[Finding]:
     return out
 
 
+def _undeclared_fix(sandbox: bool, port: int, proto: str, comm: str) -> str:
+    """What works for a host-network listener: -p P:P is refused with --network host (and
+    Docker discards -p there), so declare the port with --expose (EXPOSE for an image)."""
+    declare = (
+        f"--expose {port}/{proto}"
+        if sandbox
+        else f"EXPOSE {port}/{proto} in the image, or --expose {port}/{proto}"
+    )
+    return f"declare it ({declare}) or make {comm} bind to 127.0.0.1 or another port"
+
+
 def check_undeclared(snap: Snapshot) -> list[Finding]:
     out: list[Finding] = []
     for ln in snap.listeners:
@@ -420,8 +491,7 @@ def check_undeclared(snap: Snapshot) -> list[Finding]:
                 "undeclared",
                 f"{ln.proto} {ln.binding}",
                 f"{owner} uses the host network and listens on {ln.binding}/{ln.proto}, which it did not declare",
-                f"declare it (--expose {ln.port}/{ln.proto} / -p {ln.port}:{ln.port}) or make {h.comm} bind to "
-                "127.0.0.1 or another port",
+                _undeclared_fix(h.sandbox is not None, ln.port, ln.proto, h.comm),
                 (f"pid {h.pid} {h.comm}: {h.cmdline[:100]}",),
                 owner,
             )

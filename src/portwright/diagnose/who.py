@@ -44,6 +44,9 @@ class Inner:
     note: str = ""
 
 
+NOTHING_INSIDE = "nothing listens"  # how inner_of's note begins when no socket takes the target
+
+
 @dataclass(frozen=True, slots=True)
 class Path:
     """Where one kind of client ends up."""
@@ -59,13 +62,22 @@ class Path:
     trace: tuple[str, ...] = ()
 
     @property
+    def nothing_inside(self) -> bool:
+        """It reaches a sandbox or container, but nothing listens there on the target address:
+        the connection is refused (NAT) or reset (a relay) inside."""
+        return (
+            self.inner is not None and not self.inner.listeners and self.inner.note.startswith(NOTHING_INSIDE)
+        )
+
+    @property
     def end(self) -> str:
         """A comparable summary of where the path ends (for the differences check)."""
+        empty = f" ({self.inner.note})" if self.nothing_inside and self.inner else ""
         if self.via in ("dnat", "rewrite") and self.target:
-            return f"{self.target.kind} {self.target.name or self.target.ip}"
+            return f"{self.target.kind} {self.target.name or self.target.ip}{empty}"
         if self.via == "socket" and self.holder:
             if self.holder.proxy_to and self.target:
-                return f"{self.target.kind} {self.target.name or self.target.ip}"
+                return f"{self.target.kind} {self.target.name or self.target.ip}{empty}"
             if self.holder.kind in PLACEHOLDERS:
                 return f"placeholder {self.holder.kind}"
             return f"process {self.holder.pid}"
@@ -194,7 +206,7 @@ def inner_of(snap: Snapshot, target: Endpoint, proto: str, port: int) -> Inner:
     hits = [ln for ln in lns if ln.proto == proto and ln.port == port and accepts(ln, target.ip)]
     if not hits:
         return Inner(
-            note=f"nothing listens on {fmt_ep(target.ip, port)}/{proto} inside {target.name}: "
+            note=f"{NOTHING_INSIDE} on {fmt_ep(target.ip, port)}/{proto} inside {target.name}: "
             "connections are refused there"
         )
     return Inner(
@@ -257,15 +269,16 @@ def follow(snap: Snapshot, label: str, pkt: Packet) -> Path:
     holder = snap.classify(ln.processes[0] if ln.processes else None, ln)
     path = Path(label, "socket", ln.binding, holder=holder)
     if holder.proxy_to:
-        target = snap.resolve(holder.proxy_to[0])
+        to_ip, to_port = _twin(snap, holder, ln, pkt) or holder.proxy_to
+        target = snap.resolve(to_ip)
         return Path(
             label,
             "socket",
             ln.binding,
             holder=holder,
             target=target,
-            target_port=holder.proxy_to[1],
-            inner=inner_of(snap, target, pkt.proto, holder.proxy_to[1]),
+            target_port=to_port,
+            inner=inner_of(snap, target, pkt.proto, to_port),
         )
     if holder.sandbox or holder.container:
         name = holder.sandbox or holder.container
@@ -279,6 +292,26 @@ def follow(snap: Snapshot, label: str, pkt: Packet) -> Path:
             target_port=ln.port,
         )
     return path
+
+
+def _twin(snap: Snapshot, holder: Holder, ln: Listener, pkt: Packet) -> tuple[IPAddress, int] | None:
+    """Where a proxy-mode sandbox's dual-stack ``[::]:P`` socket sends an IPv4 client: to the
+    IPv4 half's backend, its twin (publish/proxy.py), not to the IPv6 target the socket records."""
+    if (
+        holder.proxy_to is None
+        or pkt.daddr.version != 4
+        or holder.proxy_to[0].version != 6
+        or not holder.sandbox
+    ):
+        return None
+    rec = next((r for r in snap.sandboxes if r.name == holder.sandbox), None)
+    if rec is None or rec.sandbox.publish_mode != "proxy":
+        return None
+    for m in rec.sandbox.mappings:
+        if (m.proto, m.host_port, m.container_port) == (ln.proto, ln.port, holder.proxy_to[1]):
+            if m.container_ip.version == 4:
+                return m.container_ip, m.container_port
+    return None
 
 
 def local_rewrite(snap: Snapshot, label: str, pkt: Packet) -> Path | None:
@@ -322,7 +355,8 @@ def differences(paths: list[Path], proto: str, port: int) -> list[str]:
 
 def _end_text(p: Path) -> str:
     if p.target is not None and p.target.kind in ("sandbox", "container"):
-        return f"{p.target.kind} {p.target.name}"
+        where = f", where nothing listens on {fmt_ep(p.target.ip, p.target_port)}" if p.nothing_inside else ""
+        return f"{p.target.kind} {p.target.name}{where}"
     if p.via == "socket" and p.holder:
         return p.holder.describe()
     if p.via == "dnat" and p.target is not None:
