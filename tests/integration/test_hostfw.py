@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import secrets
 import shutil
 import subprocess
@@ -410,3 +411,57 @@ def test_firewall_host_obeys_firewalld_zone(in_zone: bool) -> None:
             assert wait_reachable(xns, f"http://{host4}:18796/")
         else:
             assert not reachable(xns, f"http://{host4}:18796/", 2), "firewalld's zone did not close the port"
+
+
+def test_random_firewall_churn_keeps_promises() -> None:
+    """Seeded churn: ufw allow/deny/reload of a --firewall host port and a nat port, and our FORWARD
+    accepts deleted behind portwright's back. After each step: the --firewall host port answers
+    other machines exactly when ufw's last word on it was allow; the nat port always answers (the
+    accepts come back on the nftables event, or the 5 s re-check)."""
+    need_ufw()
+    seed = int.from_bytes(secrets.token_bytes(4), "big")
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    with host_namespace() as h:
+        h.ufw("--force", "enable")
+        xns, _, host4 = h.external()
+        start_web(h, "18797:8000")
+        h.pw(
+            "run",
+            "-d",
+            "--firewall",
+            "host",
+            "--name",
+            f"fw{secrets.token_hex(3)}",
+            "-p",
+            "18798:8000",
+            "--",
+            "python3",
+            "-c",
+            SERVE,
+        )
+        allowed = False
+        for step in range(8):
+            op = rnd.choice(["allow", "deny", "reload", "fault"])
+            if op == "allow":
+                h.ufw("allow", "18798/tcp")
+                allowed = True
+            elif op == "deny":
+                h.ufw("deny", "18798/tcp")
+                allowed = False
+            elif op == "reload":
+                h.ufw("reload")
+            else:
+                for rule in forward_rules(h):
+                    h.run("iptables", *rule.replace("-A", "-D", 1).split())
+            assert wait_reachable(xns, f"http://{host4}:18797/", 10), (
+                f"seed {seed} step {step} ({op}): nat port lost"
+            )
+            got = (
+                wait_reachable(xns, f"http://{host4}:18798/", 3)
+                if allowed
+                else reachable(xns, f"http://{host4}:18798/", 2)
+            )
+            assert got == allowed, (
+                f"seed {seed} step {step} ({op}): firewall-host port reachable={got}, ufw allows={allowed}"
+            )
