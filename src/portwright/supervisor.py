@@ -57,7 +57,8 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-HANDOFF_LIMIT = 1 << 20  # bytes of the builder's message (mappings as JSON)
+#: Bytes of the builder's message (mappings as JSON: 10,000 ports in both families take ~2.5 MB).
+HANDOFF_LIMIT = 16 << 20
 MAX_FDS_PER_MESSAGE = 250  # SCM_RIGHTS carries at most 253 descriptors per message
 
 
@@ -167,6 +168,20 @@ def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
     )
 
 
+def _readable(watched: list[Any], timeout: float | None) -> list[Any]:
+    """What select.select would return as readable, through poll(2): a proxy-mode holder of
+    thousands of sockets has descriptors above select's FD_SETSIZE of 1,024 ("filedescriptor
+    out of range in select()")."""
+    p = select.poll()
+    by_fd: dict[int, Any] = {}
+    for w in watched:
+        fd = w if isinstance(w, int) else w.fileno()
+        by_fd[fd] = w
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return [by_fd[fd] for fd, _ev in p.poll(ms)]
+
+
 def wait_cmd(held: Held, docker_user: Engine | None) -> int:
     """Wait for CMD, forwarding signals, serving stats; returns its exit code (128+N for signal N)."""
     assert held.pid is not None
@@ -189,7 +204,7 @@ def wait_cmd(held: Held, docker_user: Engine | None) -> int:
         while True:
             due = fw_watch.due if fw_watch is not None else float("inf")
             timeout = max(0.0, min(kill_at, next_docker, due) - time.monotonic())
-            ready, _, _ = select.select(watched, [], [], None if timeout == float("inf") else timeout)
+            ready = _readable(watched, None if timeout == float("inf") else timeout)
             if pidfd in ready:
                 return spawn.exit_code(os.waitpid(pid, 0)[1])
             if wake_r in ready:
@@ -559,7 +574,11 @@ def _hand_to_python(
     pid = start_cmd(held, live.sandbox.netns, live.log_path)
     stack.callback(_killpg, pid, signal.SIGKILL)
     order = list(relays)
-    fds = [ctl.fileno()] + [relays[m].fileno() for m in order]
+    # A dual-stack socket serves two mappings (proxy mode's IPv4 twin): each socket is sent once,
+    # so 10,000 ports cost the holder 10,000 descriptors, not 20,000 (issue 13.4).
+    socks = list({id(s): s for s in relays.values()}.values())
+    at = {id(s): i for i, s in enumerate(socks)}
+    fds = [ctl.fileno()] + [s.fileno() for s in socks]
     fds += [s.fileno() for s in live.sockets if s not in relays.values()]
     _send(
         chan,
@@ -569,6 +588,7 @@ def _hand_to_python(
             "cgroup": live.cgroup,
             "pid": pid,
             "relays": [m.to_json() for m in order],
+            "relay_fd": [at[id(relays[m])] for m in order],
             "spec": req["spec"] if order else None,
         },
         fds,
@@ -591,7 +611,10 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
     spec is read only then)."""
     socks = [socket.socket(fileno=fd) for fd in fds]
     ctl, rest = socks[0], socks[1:]
-    relays = {Mapping.from_json(m): s for m, s in zip(msg["relays"], rest, strict=False)}
+    if "relay_fd" in msg:  # index of each mapping's socket: a dual-stack one serves two mappings
+        relays = {Mapping.from_json(m): rest[i] for m, i in zip(msg["relays"], msg["relay_fd"], strict=True)}
+    else:
+        relays = {Mapping.from_json(m): s for m, s in zip(msg["relays"], rest, strict=False)}
     publisher = None
     spec = SandboxSpec.from_json(msg["spec"]) if msg.get("spec") else None
     mode = registry.mode_for(spec) if spec is not None else None
