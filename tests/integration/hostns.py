@@ -45,6 +45,7 @@ class HostNS:
     state: str
     etc: Path
     _externals: list[str] = field(default_factory=list)
+    _names: set[str] = field(default_factory=set)  # sandboxes run here: their /run/netns files go
     _mnt_pid: int = 0  # firewalld's holder: its mount namespace has the private /run/dbus
 
     def _guard(self) -> None:
@@ -74,6 +75,8 @@ class HostNS:
 
     def pw(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """The real portwright CLI, run inside the host namespace with the private state dir."""
+        if "--name" in args[:-1]:
+            self._names.add(args[args.index("--name") + 1])
         return self.run(sys.executable, "-m", "portwright", *args, check=check, timeout=timeout)
 
     def external(self, idx: int = 1) -> tuple[str, str, str]:
@@ -189,6 +192,14 @@ def _teardown(h: HostNS) -> None:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
     subprocess.run(["pkill", "-9", "-f", f"pw-zygote.*{h.state}"], capture_output=True)
+    # A sandbox's /run/netns/pw-NAME bind mount is made inside 'ip netns exec''s private mount
+    # namespace, so 'ip netns del' from any other one cannot unmount it and leaves the empty file
+    # behind: remove the files of this host's own sandboxes (never a mounted, live one).
+    for n in h._names:
+        path = f"/run/netns/pw-{n}"
+        if os.path.exists(path) and not os.path.ismount(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     for ns in h._externals:
         _sh("ip", "netns", "del", ns, check=False)
     _sh("ip", "netns", "del", h.name, check=False)
