@@ -215,6 +215,11 @@ def test_a_clash_names_the_owner_and_changes_nothing(names: list[str]) -> None:
     r = pw("run", "--network", "host", "-p", f"{host + 1}:{inner}", "-p", f"{host + 2}:{inner}", "--",
            "true", check=False)  # fmt: skip
     assert r.returncode != 0 and "publish it once" in r.stderr
+    # the refused runs left no pins: only the running sandbox has links (this session's state dir)
+    sid = inspect(name)["Id"]
+    ours = os.path.dirname(_pins(sid))
+    assert os.listdir(ours) == [sid]
+    assert len(_listening(host)) == 0  # sleep binds nothing: the port waits for CMD, held by state only
 
 
 def test_P_allocates_host_ports_for_exposed_ones(names: list[str]) -> None:
