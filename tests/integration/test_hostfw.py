@@ -465,3 +465,51 @@ def test_random_firewall_churn_keeps_promises() -> None:
             assert got == allowed, (
                 f"seed {seed} step {step} ({op}): firewall-host port reachable={got}, ufw allows={allowed}"
             )
+
+
+# Answers each connection with the client address of its PROXY v2 header (or "none").
+PROXY_ECHO = """
+import socket, ipaddress
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', 8000)); s.listen(16)
+while True:
+    c, _ = s.accept()
+    head = c.recv(16, socket.MSG_WAITALL)
+    who = b'none'
+    if head[:12] == b'\\r\\n\\r\\n\\x00\\r\\nQUIT\\n' and head[13] == 0x11:
+        body = c.recv(int.from_bytes(head[14:16], 'big'), socket.MSG_WAITALL)
+        who = str(ipaddress.IPv4Address(body[:4])).encode()
+    c.sendall(who + b'\\n'); c.close()
+"""
+
+
+def test_firewall_host_passes_the_client_address_with_proxy_protocol() -> None:
+    with host_namespace() as h:
+        xns, xaddr, host4 = h.external()
+        h.pw(
+            "run",
+            "-d",
+            "--firewall",
+            "host",
+            "--proxy-protocol",
+            "--name",
+            f"fw{secrets.token_hex(3)}",
+            "-p",
+            "18799:8000",
+            "--",
+            "python3",
+            "-c",
+            PROXY_ECHO,
+        )
+        deadline = time.monotonic() + 10
+        out = ""
+        while time.monotonic() < deadline and not out:
+            p = subprocess.run(
+                ["ip", "netns", "exec", xns, "nc", "-w", "2", host4, "18799"],
+                input="hi\n",
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            out = p.stdout.strip()
+            time.sleep(0.2)
+        assert out == xaddr, f"the sandbox saw {out!r}, not the external client {xaddr}"
