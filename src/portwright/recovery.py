@@ -23,7 +23,7 @@ from .kernel.nftevents import NftEvents, open_events
 
 # A reload is one transaction, but scripts run several in a row: wait this long after the last
 # event before reading the table, so we repair once, not mid-reload. Well inside the 2 s budget.
-SETTLE_SECONDS = 0.2
+SETTLE_SECONDS = 0.1
 # The safety net where events are unavailable, and a check now and then where they are.
 FALLBACK_SECONDS = 30.0
 NO_EVENTS_FALLBACK_SECONDS = 1.5  # without events, still within the 2 s promise
