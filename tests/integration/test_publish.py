@@ -1,6 +1,6 @@
 """Published ports carry traffic on every path a user tries, in every publish mode.
 
-Parametrized over the publishers (nat, proxy) so every mechanism passes the same behaviour
+Parametrized over the publishers (nat, proxy, ebpf) so every mechanism passes the same behaviour
 tests: external clients (a separate namespace routed to the host), the host itself on
 127.0.0.1, [::1], localhost and its own addresses, other sandboxes and the same sandbox
 (hairpin), for TCP and UDP, IPv4 and IPv6. Also: source addresses, loopback-only bindings,
@@ -40,7 +40,7 @@ from pwutil import (
 from conftest import External, sh
 
 pytestmark = pytest.mark.integration
-MODES = ["nat", "proxy"]
+MODES = ["nat", "proxy", "ebpf"]
 CPORT = 7000
 
 
@@ -141,7 +141,7 @@ def test_external_client_keeps_source_address(pub: Published, external: External
     }
     for host, client in ((str(external.host4), external.addr4), (f"[{external.host6}]", external.addr6)):
         reply = curl(f"http://{host}:{pub.port}/", ns=external.ns)
-        if pub.mode == "nat":
+        if pub.mode in ("nat", "ebpf"):  # ebpf: remote clients take the same NAT path
             assert peer_of(reply) == str(client)  # kernel NAT keeps the client's address
         else:
             # A proxy opens its own connection from the host: the server sees the bridge's gateway
@@ -150,7 +150,7 @@ def test_external_client_keeps_source_address(pub: Published, external: External
     for host, client in ((str(external.host4), external.addr4), (str(external.host6), external.addr6)):
         reply = udp_ask(host, pub.udp_port, ns=external.ns)
         assert reply.startswith("PEER "), host
-        if pub.mode == "nat":
+        if pub.mode in ("nat", "ebpf"):
             assert peer_of(reply) == str(client)
 
 
@@ -297,7 +297,7 @@ def test_ss_names_portwright_and_sandbox(pub: Published) -> None:
 def test_rm_and_kill9_leave_nothing(network: str) -> None:
     for mode in MODES:
         p = start(network, mode)
-        if mode == "nat":
+        if mode in ("nat", "ebpf"):
             assert nft_owner_elements(f"pw:{p.id}")
         pw("rm", "-f", p.name)
         assert nft_owner_elements(f"pw:{p.id}") == []
