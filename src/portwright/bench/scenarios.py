@@ -54,6 +54,7 @@ MECHANISMS = (
     "proxy-dropin",
     "direct-allowspoof",
     "nat-allowspoof",
+    "firewall-host",
 )
 #: The same paths as direct and nat, from sandboxes run with --allow-spoof: their frames skip the
 #: bridge's anti-spoofing checks (issue 19), so the pairs measure what the checks cost.
@@ -326,7 +327,7 @@ class Lab:
             self.external.create()
         ext = self.external.host_addr if self.external else ""
         need_net = any(m in want for m in MECHANISMS if m not in ("host", "host-remap"))
-        base = free_port_block(18)
+        base = free_port_block(20)
         udp = any(SCENARIOS[sc].udp for sc in self.config.scenarios)
         if need_net:
             self.create_network()
@@ -364,6 +365,7 @@ class Lab:
                     exclude_pids=[int(str(cmd_pid))] if cmd_pid else [],
                 )
         self._open_allowspoof(want, base, ext, udp)
+        self._open_firewall_host(want, base, ext, udp)
         peers: list[str] = [
             m
             for m in ("direct", "docker-proxy", "docker-iptables", "proxy-dropin")
@@ -372,9 +374,32 @@ class Lab:
         if peers:
             self._open_peers(peers, base, ext, udp)
         role = {"host": "host", "host-remap": "host-remap", "nat": "nat", "proxy": "proxy", "ebpf": "ebpf"}
-        role |= {"nat-allowspoof": "nat-as", "direct-allowspoof": "plain-as"}
+        role |= {"nat-allowspoof": "nat-as", "direct-allowspoof": "plain-as", "firewall-host": "fwhost"}
         for m, t in self.targets.items():
             t.servers = dict(self.sandbox_servers.get(f"pwb{self.tag}-{role.get(m, 'plain')}", {}))
+
+    def _open_firewall_host(self, want: list[str], base: int, ext: str, udp: bool) -> None:
+        """``run --firewall host`` (issue 16, host ports base+18/19): external clients go through the
+        relay on the host port (the INPUT path), local ones through the 127.0.0.1 DNAT fast path."""
+        if "firewall-host" not in want:
+            return
+        publish = [f"{base + 18}:{IPERF_PORT}", f"{base + 19}:{HTTP_PORT}"] + (
+            [f"{base + 18}:{IPERF_PORT}/udp"] if udp else []
+        )
+        name = self._start(
+            "fwhost", self.network, IPERF_PORT, HTTP_PORT, publish, None, flags=["--firewall", "host"]
+        )
+        sup = self._supervisor(name)
+        cmd_pid = self.sandbox_info[name].get("pid")
+        self.targets["firewall-host"] = Target(
+            "firewall-host",
+            base + 18,
+            base + 19,
+            "127.0.0.1",
+            ext,
+            publisher_pids=_const([sup] if sup else []),
+            exclude_pids=[int(str(cmd_pid))] if cmd_pid else [],
+        )
 
     def _open_allowspoof(self, want: list[str], base: int, ext: str, udp: bool) -> None:
         """direct and nat again, to sandboxes run with --allow-spoof (host ports base+16/17)."""
