@@ -317,6 +317,11 @@ class SandboxSpec:
     def refuse_ignored(self, *, udp_timeout_given: bool) -> None:
         """Refuse flags a new request gives that would be silently ignored (a stored spec of an
         earlier version is read as it is, without this check)."""
+        if self.privileges.allow_spoof and not self.bridged:
+            raise BadInput(
+                f"--allow-spoof applies only to a bridge network (--network {self.network} has no "
+                "bridge port to check); drop it"
+            )
         if not self.bridged and self.publish_mode == "proxy":
             raise BadInput(
                 f"--publish-mode proxy does not apply with --network {self.network} (nothing is "

@@ -91,3 +91,11 @@ def test_spec_stores_privileges_and_reads_old_specs() -> None:
     old = spec.to_json()
     del old["privileges"]
     assert SandboxSpec.from_json(old).privileges == cm.Privileges()
+
+
+def test_allow_spoof_needs_a_bridge_network() -> None:
+    p = cm.Privileges(allow_spoof=True)
+    for net in ("host", "none"):
+        with pytest.raises(BadInput, match="--allow-spoof applies only to a bridge network"):
+            parse_sandbox_spec(["true"], network=net, privileges=p)
+    assert parse_sandbox_spec(["true"], network="n1", privileges=p).privileges.allow_spoof

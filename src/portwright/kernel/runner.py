@@ -179,7 +179,10 @@ def call(
         if setup is not None:
             setup()
 
-    return subprocess.call(list(argv), preexec_fn=pre if path or setup else None, env=env)
+    try:
+        return subprocess.call(list(argv), preexec_fn=pre if path or setup else None, env=env)
+    except subprocess.SubprocessError:  # the child said why on stderr (kernel.caps.child_setup)
+        raise KernelError(_what(argv, netns_path), "preparing the command in the child failed") from None
 
 
 def spawn_detached(
