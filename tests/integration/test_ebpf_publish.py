@@ -324,3 +324,14 @@ def test_who_names_the_rewrite_for_local_paths_and_nat_for_remote(dual: Sandbox)
     assert f"rewritten at connect() to {dual.ip4}:{CPORT} by portwright" in local[0], out
     assert f"rewritten at connect() to [{dual.ip6}]:{CPORT} by portwright" in local[1], out
     assert "(other machines)" in out and "DNAT ->" in out, out
+
+
+def test_a_firewall_reload_takes_the_nat_half_and_any_command_puts_it_back(
+    dual: Sandbox, external: External
+) -> None:
+    sh("nft", "delete", "element", "inet", "portwright", "pub4_any", "{", f"tcp . {dual.port}", "}")
+    assert f"tcp . {dual.port}" not in sh("nft", "list", "map", "inet", "portwright", "pub4_any").stdout
+    pw("ps")  # reconcile restores running sandboxes' NAT elements, ebpf's included
+    assert f"tcp . {dual.port}" in sh("nft", "list", "map", "inet", "portwright", "pub4_any").stdout
+    body = external.run("curl", "-sS", "--max-time", "5", f"http://{external.host4}:{dual.port}/").stdout
+    assert body.strip() == f"PEER {external.addr4}"
