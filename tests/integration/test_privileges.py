@@ -72,7 +72,7 @@ def _exec(h: HostNS, name: str, *cmd: str, check: bool = True) -> subprocess.Com
 
 
 def _bridge_table(h: HostNS) -> str:
-    p = h.run("nft", "-j", "list", "table", "bridge", "portwright", check=False)
+    p = h.run("nft", "-j", "list", "table", "bridge", "portwright_antispoof", check=False)
     return p.stdout if p.returncode == 0 else ""
 
 
@@ -271,7 +271,7 @@ def test_anti_spoofing_comes_back_after_nft_flush_ruleset() -> None:
         veth = json.loads(h.pw("inspect", "--format", "json", "f1").stdout)["NetworkSettings"]["HostVeth"]
 
         def table() -> str:
-            p = h.run("nft", "-j", "list", "table", "bridge", "portwright", check=False)
+            p = h.run("nft", "-j", "list", "table", "bridge", "portwright_antispoof", check=False)
             return p.stdout if p.returncode == 0 else ""
 
         assert veth in table()

@@ -38,10 +38,11 @@ def test_elements_cover_mac_addresses_link_local_dad_and_nd_targets() -> None:
     assert port is not None
     el = a.elements(port)
     assert el[a.SET_PORTS] == ["pwvaaaaaaaaaaa"]
-    assert el[a.SET_MAC] == [{"concat": ["pwvaaaaaaaaaaa", MAC]}]
-    assert el[a.SET_IP4] == [{"concat": ["pwvaaaaaaaaaaa", "198.18.0.2"]}]
-    v6 = [k["concat"][1] for k in el[a.SET_IP6]]
+    assert el[a.SET_ALLOW4] == [{"concat": ["pwvaaaaaaaaaaa", MAC, "198.18.0.2"]}]
+    assert el[a.SET_ARP] == [{"concat": ["pwvaaaaaaaaaaa", MAC, MAC, "198.18.0.2"]}]
+    v6 = [k["concat"][2] for k in el[a.SET_ALLOW6]]
     assert v6 == ["2001:2::2", "fe80::42:c6ff:fe12:2", "::"]
+    assert all(k["concat"][1] == MAC for k in el[a.SET_ALLOW6])
     nd = [k["concat"][1] for k in el[a.SET_ND]]
     assert nd == ["0x20010002000000000000000000000002", "0xfe800000000000000042c6fffe120002"]  # never ::
 
@@ -78,7 +79,7 @@ def test_firewall_ensure_is_idempotent_tagged_and_removed_by_owner() -> None:
     backend = FakeBackend()
     fw = Firewall(backend)
     one, two = sb(), sb("bbbbbbbbbbbb", "pwvbbbbbbbbbbb", 3)
-    assert fw.ensure_antispoof(one)[0] == "table bridge portwright"
+    assert fw.ensure_antispoof(one)[0] == "table bridge portwright_antispoof"
     n = len(backend.transactions)
     assert fw.ensure_antispoof(one) == [] and len(backend.transactions) == n  # whole: no write
     fw.ensure_antispoof(two)
@@ -86,7 +87,7 @@ def test_firewall_ensure_is_idempotent_tagged_and_removed_by_owner() -> None:
     fw.remove_antispoof("pw:aaaaaaaaaaaa")
     assert fw.antispoof_owners() == {"pw:bbbbbbbbbbbb"}
     fw.remove_antispoof("pw:aaaaaaaaaaaa")  # idempotent
-    table = backend.dump("bridge", "portwright")
+    table = backend.dump("bridge", "portwright_antispoof")
     assert "pwvaaaaaaaaaaa" not in json.dumps(table)
 
 
@@ -94,12 +95,20 @@ def test_ensure_puts_back_a_flushed_table_and_a_flushed_chain() -> None:
     backend = FakeBackend()
     fw = Firewall(backend)
     fw.ensure_antispoof(sb())
-    backend.apply([{"delete": {"table": {"family": "bridge", "name": "portwright"}}}])  # nft flush ruleset
-    assert "table bridge portwright" in fw.ensure_antispoof(sb())
+    backend.apply(
+        [{"delete": {"table": {"family": "bridge", "name": "portwright_antispoof"}}}]
+    )  # nft flush ruleset
+    assert "table bridge portwright_antispoof" in fw.ensure_antispoof(sb())
     assert fw.antispoof_owners() == {"pw:aaaaaaaaaaaa"}
-    backend.apply([{"flush": {"chain": {"family": "bridge", "table": "portwright", "name": a.CHAIN_CHECK}}}])
+    backend.apply(
+        [{"flush": {"chain": {"family": "bridge", "table": "portwright_antispoof", "name": a.CHAIN_CHECK}}}]
+    )
     assert fw.ensure_antispoof(sb()) == ["rules"]
-    assert a.missing(a.port_for(sb()), backend.dump("bridge", "portwright")) == []  # type: ignore[arg-type]
+    rules = [r for r in a.BASE_RULES if r["add"]["rule"]["chain"] == a.CHAIN_CHECK]
+    assert [r["add"]["rule"]["expr"][-1] for r in rules] == [{"accept": None}, {"drop": None}] + [
+        {"accept": None}
+    ] * 2 + [{"drop": None}]  # v4 accept, NA target drop, v6 and ARP accept, the rest dropped
+    assert a.missing(a.port_for(sb()), backend.dump("bridge", "portwright_antispoof")) == []  # type: ignore[arg-type]
 
 
 def test_missing_names_lost_elements() -> None:
@@ -114,16 +123,18 @@ def test_missing_names_lost_elements() -> None:
                 "delete": {
                     "element": {
                         "family": "bridge",
-                        "table": "portwright",
-                        "name": a.SET_IP4,
-                        "elem": [{"concat": ["pwvaaaaaaaaaaa", "198.18.0.2"]}],
+                        "table": "portwright_antispoof",
+                        "name": a.SET_ALLOW4,
+                        "elem": [{"concat": ["pwvaaaaaaaaaaa", MAC, "198.18.0.2"]}],
                     }
                 }
             }
         ]
     )
-    assert a.missing(port, backend.dump("bridge", "portwright")) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
-    assert fw.ensure_antispoof(sb()) == ["port_ip4 pwvaaaaaaaaaaa . 198.18.0.2"]
+    assert a.missing(port, backend.dump("bridge", "portwright_antispoof")) == [
+        f"allow4 pwvaaaaaaaaaaa . {MAC} . 198.18.0.2"
+    ]
+    assert fw.ensure_antispoof(sb()) == [f"allow4 pwvaaaaaaaaaaa . {MAC} . 198.18.0.2"]
 
 
 def test_nft_creates_the_typeof_set_from_text_and_the_rest_from_json() -> None:
@@ -132,5 +143,9 @@ def test_nft_creates_the_typeof_set_from_text_and_the_rest_from_json() -> None:
     texts = [nft._prelude_text(c) for c in a.base_commands()]
     pre = [t for t in texts if t]
     assert pre == [
-        ("bridge", "portwright", "add set bridge portwright port_nd { typeof iifname . @th,64,128 ; }")
+        (
+            "bridge",
+            "portwright_antispoof",
+            "add set bridge portwright_antispoof port_nd { typeof iifname . @th,64,128 ; }",
+        )
     ]

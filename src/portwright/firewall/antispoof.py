@@ -13,16 +13,18 @@ CNIs close it. portwright checks every frame that enters a bridge from a sandbox
 * neighbour advertisements: the target is one of those addresses (not ``::``);
 * any other EtherType (VLAN tags, raw protocols) is dropped. DHCP is not used, so no exception.
 
-Why a second table, ``bridge portwright``: an ``inet`` table has no hook on the bridge path (the
-``bridge`` family's prerouting hook sees frames as they enter the bridge from a port, before
-forwarding, without br_netfilter); DESIGN's one-table rule is kept in spirit: the table is
-ours alone, named like the other, and every element carries the owning sandbox's tag, so
+Why a second table, ``bridge portwright_antispoof``: an ``inet`` table has no hook on the bridge
+path (the ``bridge`` family's prerouting hook sees frames as they enter the bridge from a port,
+before forwarding, without br_netfilter). DESIGN's one-table rule is kept in spirit: the table is
+ours alone, named for what it does, and every element carries the owning sandbox's tag, so
 teardown, reconcile and ``who`` treat it like the rest.
 
-The shape scales: one rule ``iifname @ports jump antispoof`` and, in that chain, one set lookup
-per check, keyed by ``iifname . <field>``. A sandbox adds elements, never rules, so 1 port or
-1,000 costs the same per frame; a frame from a port that is not in ``ports`` (the bridge itself,
-a sandbox run with ``--allow-spoof``) pays one lookup.
+The shape scales and stays cheap: one rule ``iifname @ports jump antispoof`` and, in that chain,
+one accept rule per EtherType whose single set lookup matches the interface, the frame's MAC and
+its source address together (``allow4``, ``allow6``, ``allow_arp``); anything no accept rule takes
+is dropped. A sandbox adds elements, never rules, so 1 port or 1,000 cost the same per frame: two
+lookups for a frame from a sandbox port, one for a frame from elsewhere (the bridge itself, a
+sandbox run with ``--allow-spoof``).
 
 nft 1.0.6 has no ``icmpv6 taddr``: the NA target is the raw transport payload ``@th,64,128``,
 so its set is declared ``typeof iifname . @th,64,128`` (``TYPEOF`` below, which ``nft.run``
@@ -43,18 +45,21 @@ from ..owners import nft_comment, sandbox_owner
 Cmd = dict[str, Any]
 
 FAMILY = "bridge"
-TABLE = "portwright"
+# Not "portwright": the first shape of these checks (one lookup per field, sets port_mac/port_ip4/
+# port_ip6) lived in "bridge portwright" for a day on shared hosts; long-running processes of that
+# version keep restoring it, so this shape has its own table and the two never rewrite each other.
+TABLE = "portwright_antispoof"
 CHAIN_HOOK = "prerouting"  # base chain on the bridge family's prerouting hook
 CHAIN_CHECK = "antispoof"  # the checks, reached only from protected ports
 # linux/netfilter_bridge.h: NF_BR_PRI_NAT_DST_BRIDGED = -300. Ours runs before any bridge-family
 # DNAT or filter chain, so a forged frame is dropped before anyone acts on it.
 PRIO = -310
 SET_PORTS = "ports"  # ifname: every protected sandbox port
-SET_MAC = "port_mac"  # ifname . ether_addr
-SET_IP4 = "port_ip4"  # ifname . ipv4_addr
-SET_IP6 = "port_ip6"  # ifname . ipv6_addr (its address, link-local, ::)
+SET_ALLOW4 = "allow4"  # ifname . ether_addr . ipv4_addr: its MAC with its IPv4 source
+SET_ALLOW6 = "allow6"  # ifname . ether_addr . ipv6_addr: its MAC with its address, link-local, ::
+SET_ARP = "allow_arp"  # ifname . ether_addr . ether_addr . ipv4_addr: frame MAC, ARP sender MAC/IP
 SET_ND = "port_nd"  # ifname . @th,64,128: neighbour advertisement targets
-SETS = (SET_PORTS, SET_MAC, SET_IP4, SET_IP6, SET_ND)
+SETS = (SET_PORTS, SET_ALLOW4, SET_ALLOW6, SET_ARP, SET_ND)
 TYPEOF = {SET_ND: "iifname . @th,64,128"}  # sets JSON cannot declare (nft.run creates them)
 BASE_COMMENT = "pw-base: anti-spoofing"
 ICMPV6_NA = "nd-neighbor-advert"
@@ -62,9 +67,9 @@ ND_TARGET = {"payload": {"base": "th", "offset": 64, "len": 128}}  # RFC 4861 4.
 
 _TYPES: dict[str, list[str] | str] = {
     SET_PORTS: "ifname",
-    SET_MAC: ["ifname", "ether_addr"],
-    SET_IP4: ["ifname", "ipv4_addr"],
-    SET_IP6: ["ifname", "ipv6_addr"],
+    SET_ALLOW4: ["ifname", "ether_addr", "ipv4_addr"],
+    SET_ALLOW6: ["ifname", "ether_addr", "ipv6_addr"],
+    SET_ARP: ["ifname", "ether_addr", "ether_addr", "ipv4_addr"],
     SET_ND: ["ifname", "integer"],  # as nft lists a typeof set
 }
 
@@ -131,20 +136,39 @@ def _pl(protocol: str, field: str) -> dict[str, Any]:
     return {"payload": {"protocol": protocol, "field": field}}
 
 
-def base_commands() -> list[Cmd]:
-    """The table, sets, chains and fixed rules, re-created from scratch (elements are kept by
-    the caller: see ``Firewall.ensure_antispoof``). Flushing the chains first makes it idempotent."""
-    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+def _accept(expr: list[dict[str, Any]], why: str) -> Cmd:
+    body = [*expr, {"accept": None}]
+    return {"add": _obj("rule", chain=CHAIN_CHECK, expr=body, comment=f"{BASE_COMMENT}: {why}")}
+
+
+def _sets_commands() -> list[Cmd]:
+    cmds: list[Cmd] = []
     for name in SETS:
         body: dict[str, Any] = {"name": name, "type": _TYPES[name]}
         if name in TYPEOF:
             body["typeof"] = TYPEOF[name]
         cmds.append({"add": _obj("set", **body)})
+    return cmds
+
+
+def base_commands() -> list[Cmd]:
+    """The table, sets, chains and fixed rules, re-created from scratch (elements are kept by
+    the caller: see ``Firewall.ensure_antispoof``). Flushing the chains first makes it idempotent.
+
+    Each frame costs one lookup in ``ports`` and, from a sandbox port, one more: the accept rule
+    of its EtherType matches the frame's MAC and source address together (a forged MAC or address
+    misses). An ICMPv6 neighbour advertisement is checked for its target first. What no accept
+    rule takes (a foreign MAC or address, another EtherType, a VLAN tag) is dropped."""
+    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds += [
         {"add": _obj("chain", name=CHAIN_HOOK, type="filter", hook="prerouting", prio=PRIO, policy="accept")},
         {"add": _obj("chain", name=CHAIN_CHECK)},
         {"flush": _obj("chain", name=CHAIN_HOOK)},
         {"flush": _obj("chain", name=CHAIN_CHECK)},
+    ]
+    cmds[1:1] = _sets_commands()
+    mac = _pl("ether", "saddr")
+    cmds += [
         {
             "add": _obj(
                 "rule",
@@ -153,34 +177,33 @@ def base_commands() -> list[Cmd]:
                 comment=f"{BASE_COMMENT}: frames from sandbox ports are checked",
             )
         },
-        _check([_match(_concat(_IIF, _pl("ether", "saddr")), "@" + SET_MAC, "!=")], "its MAC only"),
-        _check(
-            [
-                _match(_ETHERTYPE, "arp"),
-                _match(_concat(_IIF, _pl("arp", "saddr ether")), "@" + SET_MAC, "!="),
-            ],
-            "ARP sender MAC",
+        _accept(
+            [_match(_ETHERTYPE, "ip"), _match(_concat(_IIF, mac, _pl("ip", "saddr")), "@" + SET_ALLOW4)],
+            "IPv4 from its MAC and address",
         ),
         _check(
-            [_match(_ETHERTYPE, "arp"), _match(_concat(_IIF, _pl("arp", "saddr ip")), "@" + SET_IP4, "!=")],
-            "ARP sender IPv4",
-        ),
-        _check(
-            [_match(_ETHERTYPE, "ip"), _match(_concat(_IIF, _pl("ip", "saddr")), "@" + SET_IP4, "!=")],
-            "IPv4 source",
-        ),
-        _check(
-            [_match(_ETHERTYPE, "ip6"), _match(_concat(_IIF, _pl("ip6", "saddr")), "@" + SET_IP6, "!=")],
-            "IPv6 source",
-        ),
-        _check(
-            [
-                _match(_pl("icmpv6", "type"), ICMPV6_NA),
-                _match(_concat(_IIF, ND_TARGET), "@" + SET_ND, "!="),
-            ],
+            [_match(_pl("icmpv6", "type"), ICMPV6_NA), _match(_concat(_IIF, ND_TARGET), "@" + SET_ND, "!=")],
             "neighbour advertisement target",
         ),
-        _check([_match(_ETHERTYPE, {"set": ["ip", "ip6", "arp"]}, "!=")], "IPv4, IPv6 and ARP only"),
+        _accept(
+            [_match(_ETHERTYPE, "ip6"), _match(_concat(_IIF, mac, _pl("ip6", "saddr")), "@" + SET_ALLOW6)],
+            "IPv6 from its MAC and address (link-local, ::)",
+        ),
+        _accept(
+            [
+                _match(_ETHERTYPE, "arp"),
+                _match(_concat(_IIF, mac, _pl("arp", "saddr ether"), _pl("arp", "saddr ip")), "@" + SET_ARP),
+            ],
+            "ARP from its MAC, with its MAC and address as sender",
+        ),
+        {
+            "add": _obj(
+                "rule",
+                chain=CHAIN_CHECK,
+                expr=[_DROP],
+                comment=f"{BASE_COMMENT}: anything else (forged MAC or address, other EtherType)",
+            )
+        },
     ]
     return cmds
 
@@ -196,12 +219,13 @@ def elements(port: Port) -> dict[str, list[Any]]:
     """Set name -> the keys ``port`` adds (untagged)."""
     ll = link_local(port.mac)
     v6 = [a for a in (port.ip6, ll) if a is not None]
+    mac, ifn = port.mac.lower(), port.ifname
     return {
-        SET_PORTS: [port.ifname],
-        SET_MAC: [_concat(port.ifname, port.mac.lower())],
-        SET_IP4: [_concat(port.ifname, str(port.ip4))] if port.ip4 is not None else [],
-        SET_IP6: [_concat(port.ifname, str(a)) for a in [*v6, ipaddress.IPv6Address(0)]],
-        SET_ND: [_concat(port.ifname, _nd_key(a)) for a in v6],
+        SET_PORTS: [ifn],
+        SET_ALLOW4: [_concat(ifn, mac, str(port.ip4))] if port.ip4 is not None else [],
+        SET_ALLOW6: [_concat(ifn, mac, str(a)) for a in [*v6, ipaddress.IPv6Address(0)]],
+        SET_ARP: [_concat(ifn, mac, mac, str(port.ip4))] if port.ip4 is not None else [],
+        SET_ND: [_concat(ifn, _nd_key(a)) for a in v6],
     }
 
 
