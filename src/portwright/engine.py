@@ -633,11 +633,22 @@ class Engine:
         for rec in self.state.sandboxes():
             if rec.status != "running" or (sids is not None and rec.id not in sids):
                 continue
+            lines += self._restore_antispoof(rec)
         if self.state.networks():
             # The same reload may have taken the host firewall's accepts for our bridges (ufw
             # reload, firewall-cmd --reload, iptables-restore): put them back too (issue 16).
             self.sync_docker_user()
         return lines
+
+    def _restore_antispoof(self, rec: SandboxRecord) -> list[str]:
+        """Put back a running sandbox's anti-spoofing elements (issue 19), as its NAT ones."""
+        if rec.sandbox.veth is None or rec.spec.privileges.allow_spoof:
+            return []
+        try:
+            gone = self.fw.ensure_antispoof(rec.sandbox, functools.partial(self._serving, rec.id))
+        except PortwrightError as e:
+            return [f"sandbox {rec.name}: anti-spoofing not restored: {e}"]
+        return [f"sandbox {rec.name}: restored anti-spoofing ({', '.join(gone[:3])})"] if gone else []
 
     def _serving(self, sid: str) -> bool:
         """Is sandbox ``sid`` running, with a live supervisor, and not yet tearing down?"""
