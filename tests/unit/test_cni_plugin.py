@@ -591,3 +591,22 @@ def test_conflict_names_container_and_network() -> None:
     code, out = call(be, env("ADD"), stdin())
     assert code == 1 and out is not None and out["code"] == p.E_PORT_IN_USE
     assert f"container {'x' * 12} (eth0) on network net-a" in str(out["msg"])
+
+
+def test_firewall_host_relays_other_machines_and_keeps_a_local_fast_path() -> None:
+    """``"firewall": "host"`` (issue 16): no DNAT for 0.0.0.0:8080, a relay on it instead (the INPUT
+    path, where the host firewall decides), and a 127.0.0.1:8080 element for local clients."""
+    be = Rig()
+    code, out = call(be, env("ADD"), stdin(firewall="host"))
+    assert code == 0 and out is not None
+    assert [m.docker_format() for m in be.elements[OWNER]] == ["127.0.0.1:8080->80/tcp"]
+    (binding,) = be.held[OWNER][2]
+    assert (binding.ip, binding.port, binding.to_port) == ("0.0.0.0", 8080, 80) and binding.to_ip
+    code, out = call(
+        be,
+        env("ADD", cid="c2"),
+        stdin([{"hostPort": 53, "containerPort": 53, "protocol": "udp"}], firewall="host"),
+    )
+    assert code != 0 and out is not None and "firewall host relays only TCP" in str(out["msg"])
+    code, out = call(be, env("ADD", cid="c3"), stdin(firewall="sideways"))
+    assert code != 0 and out is not None and "option firewall is 'sideways'" in str(out["msg"])

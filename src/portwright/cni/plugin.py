@@ -30,6 +30,7 @@ from ..errors import KernelError, MissingTool, NeedRoot, PortInUse, PortwrightEr
 from ..firewall import rules
 from ..model import ANY4, ANY6, Mapping
 from ..owners import DIGEST_MARK, cni_legacy_owner, cni_owner, network_field, nft_comment, parse_cni_owner
+from ..publish.firewallhost import local_fast_path
 from . import protocol as p
 from .holder import Binding
 
@@ -77,15 +78,20 @@ def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
     mappings = p.to_mappings(conf.port_mappings, p.container_addresses(conf.prev_result))
     nat: list[Mapping] = []
     bindings: list[Binding] = []
+    obey = conf.firewall == "host"  # issue 16: other machines reach the port through INPUT, via the relay
     for m in mappings:
-        capable = rules.nat_capable(m)
+        capable = rules.nat_capable(m) and not (obey and not m.loopback)
         if capable:
             nat.append(m)
+        if obey and not m.loopback:
+            nat += local_fast_path([m])  # local clients keep DNAT through 127.0.0.1
         # rules.needs_relay decides. A [::] wildcard that NAT serves needs the relay only for the
         # ::1 traffic that reaches the socket holding the port; without a reservation
         # (reserveHostPort false) that socket is the runtime's, so there is nothing of ours to relay.
         only_loopback = capable and m.host_ip.is_unspecified
-        relay = rules.needs_relay(m) and (conf.reserve_host_port or not only_loopback)
+        relay = (obey and not m.loopback) or (
+            rules.needs_relay(m) and (conf.reserve_host_port or not only_loopback)
+        )
         if relay or conf.reserve_host_port:
             bindings.append(
                 Binding(
@@ -97,6 +103,12 @@ def plan(env: p.Env, conf: p.Config, backend: Backend) -> Plan:
                 )
             )
     for b in bindings:
+        if b.to_ip and b.proto != "tcp" and obey:
+            raise p.CniError(
+                p.E_INVALID_CONFIG,
+                f"firewall host relays only TCP; {b.port}/{b.proto} would bypass the host firewall: "
+                "publish it on 127.0.0.1 or set firewall to forward",
+            )
         if b.to_ip and b.proto != "tcp":
             raise p.CniError(
                 p.E_INVALID_CONFIG,

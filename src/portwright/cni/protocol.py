@@ -215,6 +215,7 @@ class Config:
     type: str
     reserve_host_port: bool = True
     snat: bool = True
+    firewall: str = "forward"  # "host": non-loopback ports are relayed, so INPUT rules apply (issue 16)
     port_mappings: tuple[PortMapping, ...] = ()
     prev_result: dict[str, Any] | None = None
     valid_attachments: tuple[Attachment, ...] | None = None
@@ -272,6 +273,13 @@ def parse_port_mappings(value: object) -> tuple[PortMapping, ...]:
                 ) from None
         out.append(PortMapping(host_port, container_port, proto.lower(), host_ip))  # type: ignore[arg-type]
     return tuple(out)
+
+
+def _choice_opt(conf: AbcMapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = conf.get(key, default)
+    if value not in choices:
+        raise CniError(E_INVALID_CONFIG, f"option {key} is {value!r}; set it to one of {', '.join(choices)}")
+    return str(value)
 
 
 def _bool_opt(conf: AbcMapping[str, Any], key: str, default: bool) -> bool:
@@ -350,6 +358,7 @@ def parse_config(raw_stdin: bytes | str, command: str) -> Config:
         type=typ,
         reserve_host_port=_bool_opt(conf, "reserveHostPort", True),
         snat=_bool_opt(conf, "snat", True),
+        firewall=_choice_opt(conf, "firewall", ("forward", "host"), "forward"),
         port_mappings=parse_port_mappings(runtime.get("portMappings")),
         prev_result=prev,
         valid_attachments=parse_valid_attachments(conf) if command == "GC" else None,
