@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from pwutil import curl, free_port
+from pwutil import curl, free_port, wait_tcp
 from test_cni import Rig, new_rig
 
 from conftest import sh
@@ -25,6 +25,7 @@ def test_cni_loopback_v6_reaches_a_v4_container_without_a_relay() -> None:
     rig: Rig
     with new_rig() as rig:
         c = rig.new_container()
+        wait_tcp(c.ns, "127.0.0.1", 80)  # busybox httpd is started, not waited for
         port = free_port()
         rc, res = rig.add(
             c, [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}], reserveHostPort=False
