@@ -306,3 +306,30 @@ def test_control_socket_refuses_non_root_and_bad_messages(lab: Lab) -> None:
         os.chmod(lab.dir, 0o700)
         assert out.stdout.startswith("1\npermission denied: uid 65534 is not root"), (out.stdout, out.stderr)
         assert len(shared.query(lab.dir)["ports"]) == 1  # nothing changed
+
+
+def test_a_killed_worker_is_replaced_and_given_the_listeners(lab: Lab) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: the default relay has no worker")
+    with echo_server() as b:
+        port = free_port()
+        _, status = lab.spawn(*flags("tcp", "127.0.0.1", port, b))
+        assert status == b"0\n"
+        st = shared.query(lab.dir)
+        relay, worker = st["workers"][0], st["workers"][1]
+        os.kill(worker, signal.SIGKILL)
+        assert wait_until(lambda: shared.query(lab.dir)["workers"][1] != worker, timeout=5)
+        new = shared.query(lab.dir)
+        assert new["pid"] == relay and os.path.exists(f"/proc/{new['workers'][1]}")
+
+        def burst() -> None:
+            for _ in range(60):
+                assert echo(port, b"w") == b"w|ok"
+
+        ts = [threading.Thread(target=burst) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        row = shared.query(lab.dir)["ports"][0]
+        assert row["by_process"][1] > 0, row  # the new worker serves the port it was handed
