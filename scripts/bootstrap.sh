@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "bootstrap: run as root (sudo bash scripts/bootstrap.sh)" >&2; exit 1; fi
 PKGS=(iproute2 nftables iptables conntrack procps iperf3 wrk nginx-light curl netcat-openbsd socat
       dnsutils file busybox-static docker.io containernetworking-plugins podman python3-venv sysstat tini
-      ufw firewalld)
+      ufw firewalld gcc)  # gcc: portwright proxy install builds the dockerd waiter (issue 15)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
