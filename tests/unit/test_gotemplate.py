@@ -182,3 +182,26 @@ def test_same_output_as_docker_go_templates(template: str, tmp_path: Any) -> Non
     )
     assert theirs.returncode == 0, theirs.stderr
     assert render(template, data) + "\n" == theirs.stdout
+
+
+def test_random_templates_either_render_or_fail_in_one_line() -> None:
+    """Bounded, seeded fuzzing: whatever a user types, the answer is text or one TemplateError
+    (the CLI's one-line error), never another exception."""
+    import random
+
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    pieces = [
+        "{{", "}}", "{{-", "-}}", " ", ".", ".Name", ".Args", ".Config.Labels", ".State", "$", "$x", "$k, $v :=",
+        ":=", "|", "(", ")", "range", "if", "else", "with", "end", "json", "index", "len", "printf", "join",
+        '"tier"', '"%s"', "0", "1", "-3", "`raw`", '"', "`", "text", "/*", "*/", "nil", "true", "eq", "not",
+    ]  # fmt: skip
+    for _ in range(3000):
+        template = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
+        try:
+            out = render(template, DOC)
+        except TemplateError as e:
+            assert "\n" not in str(e), (seed, template, str(e))
+        else:
+            assert isinstance(out, str), (seed, template)
