@@ -79,6 +79,10 @@ def _state_dir() -> Iterator[None]:
         os.environ["PORTWRIGHT_STATE_DIR"] = tempfile.mkdtemp(prefix="pw-test-state-")
     # NAME.portwright goes to a hosts file of the session's, never the machine's /etc/hosts (dns/).
     os.environ.setdefault("PORTWRIGHT_HOSTS_FILE", os.path.join(os.environ["PORTWRIGHT_STATE_DIR"], "hosts"))
+    # and names the resolver forwards go nowhere (SERVFAIL) unless a test names its own upstream.
+    os.environ.setdefault(
+        "PORTWRIGHT_UPSTREAM_RESOLV_CONF", os.path.join(os.environ["PORTWRIGHT_STATE_DIR"], "no-upstreams")
+    )
     tables_before = _nft_tables() if os.geteuid() == 0 and shutil.which("nft") else set()
     yield
     if os.geteuid() == 0:

@@ -42,10 +42,20 @@ def test_update_renames_and_keeps_mode(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["hosts"]  # no temp file left
 
 
-def test_path_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_path_default_state_dir_only_or_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(hosts.ENV, raising=False)
-    assert hosts.hosts_path() == "/etc/hosts"
+    assert hosts.hosts_path("/run/portwright") == "/etc/hosts"
+    assert hosts.hosts_path("/tmp/pw-test-state-x") is None  # never the machine's file
     monkeypatch.setenv(hosts.ENV, "")
-    assert hosts.hosts_path() is None
+    assert hosts.hosts_path("/run/portwright") is None
     monkeypatch.setenv(hosts.ENV, "/tmp/x")
-    assert hosts.hosts_path() == "/tmp/x"
+    assert hosts.hosts_path("/tmp/pw-test-state-x") == "/tmp/x"
+
+
+def test_sweep_removes_dead_resolvers_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    text = hosts.render(BASE, "/run/a", [("a.portwright", IP)])
+    path.write_text(hosts.render(text, "/run/b", [("b.portwright", IP)]))
+    assert hosts.owners(path.read_text()) == ["/run/a", "/run/b"]
+    assert hosts.sweep(str(path), lambda d: d == "/run/b") == ["/run/a"]
+    assert "a.portwright" not in path.read_text() and "b.portwright" in path.read_text()

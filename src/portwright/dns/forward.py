@@ -31,8 +31,10 @@ ENV = "PORTWRIGHT_UPSTREAM_RESOLV_CONF"
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"  # systemd-resolved's real servers
 RESOLVED_STUB = ipaddress.ip_address("127.0.0.53")
-TIMEOUT = 1.0  # seconds per upstream try
-ATTEMPTS = 2  # tries (each on the next upstream) before SERVFAIL; resolv.conf's default timeout is 5 s
+TIMEOUT = 0.8  # seconds per upstream try
+# Tries (each on the next upstream) before SERVFAIL: 2 x 0.8 s stays inside the 2 s a sandbox's
+# resolv.conf gives its client (service.RESOLV_OPTIONS), so the client hears SERVFAIL, not silence.
+ATTEMPTS = 2
 MAX_PENDING = 4096  # queries in flight upstream; beyond it a query gets SERVFAIL at once
 PORT = 53
 
@@ -86,6 +88,7 @@ class Pending:
     tries: int
     upstream: tuple[str, int]
     deadline: float
+    ids: list[tuple[int, tuple[str, int]]]  # every try's (ID, upstream): a late answer still counts
 
 
 class Forwarder:
@@ -113,10 +116,10 @@ class Forwarder:
         return list(self.socks.values())
 
     def submit(self, query: dns.message.Message, reply: Callable[[bytes], None], now: float) -> None:
-        if not self.upstreams or len(self.pending) >= MAX_PENDING:
+        if not self.upstreams or len(self.pending) >= MAX_PENDING * ATTEMPTS:
             reply(servfail(query))
             return
-        p = Pending(query, query.id, reply, 0, ("", PORT), now)
+        p = Pending(query, query.id, reply, 0, ("", PORT), now, [])
         self._send(p, now)
 
     def _send(self, p: Pending, now: float) -> None:
@@ -135,6 +138,7 @@ class Forwarder:
             p.query.id = p.client_id
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
         self.pending[qid] = p
+        p.ids.append((qid, p.upstream))
         try:
             self.socks[family].sendto(wire, p.upstream)
         except (OSError, KeyError):
@@ -154,8 +158,9 @@ class Forwarder:
     def _answer(self, data: bytes, src: tuple[str, int]) -> None:
         if len(data) < 12:
             return
-        p = self.pending.get(int.from_bytes(data[:2], "big"))
-        if p is None or (str(ipaddress.ip_address(p.upstream[0])), p.upstream[1]) != src:
+        qid = int.from_bytes(data[:2], "big")
+        p = self.pending.get(qid)
+        if p is None or (qid, src) not in {(i, (str(ipaddress.ip_address(u[0])), u[1])) for i, u in p.ids}:
             return
         try:
             resp = dns.message.from_wire(data)
@@ -163,16 +168,19 @@ class Forwarder:
             return  # a garbled answer: wait for the next one or the timeout
         if resp.question != p.query.question:
             return
-        del self.pending[resp.id]
+        for i, _ in p.ids:
+            self.pending.pop(i, None)
         p.reply(p.client_id.to_bytes(2, "big") + data[2:])  # the same answer, under the client's ID
 
     def expire(self, now: float) -> None:
-        for qid, p in [(q, p) for q, p in self.pending.items() if p.deadline <= now]:
-            del self.pending[qid]
+        due = {id(p): p for p in self.pending.values() if p.deadline <= now}
+        for p in due.values():
             if p.tries < self.attempts:
-                self._send(p, now)
-            else:
-                p.reply(servfail(p.query))
+                self._send(p, now)  # the earlier tries' IDs stay valid until the last one expires
+                continue
+            for i, _ in p.ids:
+                self.pending.pop(i, None)
+            p.reply(servfail(p.query))
 
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self.pending.values()), default=None)

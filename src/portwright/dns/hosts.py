@@ -6,8 +6,11 @@ the file by rename, so a reader sees the old file or the new one, never half of 
 is a mount point (a container's bind-mounted /etc/hosts) rename fails with EBUSY and it is rewritten
 in place instead. A lock serialises writers of different state directories.
 
-The hosts file is the machine's own: ``PORTWRIGHT_HOSTS_FILE`` names another (tests use a temp
-file), and an empty value turns the feature off.
+The hosts file is the machine's own, so only the default state directory (/run/portwright, the
+installed portwright) keeps its block in /etc/hosts; another state directory (a test's, a private
+experiment's) keeps none unless ``PORTWRIGHT_HOSTS_FILE`` names a file for it. That variable names
+any file (tests use a temp file), and an empty value turns the feature off. ``sweep`` removes the
+blocks of state directories whose resolver is gone (killed with -9, its directory deleted).
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..model import IPAddress
+from ..state import DEFAULT_DIR
 
 DEFAULT_PATH = "/etc/hosts"
 ENV = "PORTWRIGHT_HOSTS_FILE"
 LOCK_DIRS = ("/run/lock", tempfile.gettempdir())
 
 
-def hosts_path() -> str | None:
-    """The hosts file to keep our block in; None when turned off (``PORTWRIGHT_HOSTS_FILE=``)."""
-    path = os.environ.get(ENV, DEFAULT_PATH)
-    return path or None
+def hosts_path(state_dir: str) -> str | None:
+    """The hosts file to keep ``state_dir``'s block in; None when it keeps none."""
+    path = os.environ.get(ENV)
+    if path is not None:
+        return path or None  # PORTWRIGHT_HOSTS_FILE= : off
+    return DEFAULT_PATH if os.path.abspath(state_dir) == DEFAULT_DIR else None
 
 
 def markers(state_dir: str) -> tuple[str, str]:
@@ -56,6 +62,25 @@ def render(old: str, state_dir: str, entries: Sequence[tuple[str, IPAddress]]) -
         text += "\n"
     body = "".join(f"{ip}\t{name}\n" for name, ip in entries)
     return f"{text}{begin}\n{body}{end}\n"
+
+
+def owners(text: str) -> list[str]:
+    """The state directories that have a block in ``text``."""
+    return [
+        ln[len("# BEGIN portwright ") :] for ln in text.splitlines() if ln.startswith("# BEGIN portwright ")
+    ]
+
+
+def sweep(path: str, alive: Callable[[str], bool]) -> list[str]:
+    """Remove the blocks of state directories for which ``alive`` is false; their names."""
+    try:
+        with open(path) as f:
+            dead = [d for d in owners(f.read()) if not alive(d)]
+    except OSError:
+        return []
+    for d in dead:
+        update(path, d, [])
+    return dead
 
 
 @contextlib.contextmanager
@@ -101,9 +126,8 @@ def write_atomic(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".portwright-hosts-", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            f.write(text)  # no fsync: readers need the rename's atomicity, not durability (and an
+            # fsync on a loaded disk would stall the resolver's one thread for seconds)
         os.chmod(tmp, mode)
         try:
             os.rename(tmp, path)

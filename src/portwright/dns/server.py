@@ -20,6 +20,7 @@ again after a kill -9. Every packet's handling is guarded: a bad packet costs th
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import ipaddress
 import os
@@ -32,11 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dns.rcode
+
 from ..kernel.proc import set_process_name, set_process_title
 from ..state import State, proc_start_time
 from . import hosts
 from .forward import Forwarder, host_upstreams
-from .message import Drop, Forward, Reply, Subnet, decide
+from .message import Drop, Forward, Reply, Subnet, decide, error_reply
 from .records import Entry, Table
 
 NAME = "pw-dns"
@@ -49,6 +52,8 @@ RETRY_BIND_SECONDS = 1.0  # a gateway that could not be bound is tried again thi
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP = 256
 CTL_TIMEOUT = 0.5
+SLOW_REFRESH_SECONDS = 0.1
+STALL_SECONDS = 0.5  # the loop waking this much later than asked is logged (CPU starvation)  # a rebuild longer than this is logged: queries wait behind it
 
 
 def ctl_path(state_dir: str) -> str:
@@ -85,7 +90,10 @@ def _listen(addr: str, kind: int) -> socket.socket:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         else:
             s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:
+            # TCP only: a restarted resolver must not wait out TIME_WAIT. Never for UDP, where it
+            # would let a second resolver share the port and take its queries.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, PORT))
         if kind == socket.SOCK_STREAM:
             s.listen(64)
@@ -120,7 +128,7 @@ class Resolver:
         self.missing = False
         self.next_poll = self.next_bind = 0.0
         self.idle_since = time.monotonic()
-        self.hosts_file = hosts.hosts_path()
+        self.hosts_file = hosts.hosts_path(state_dir)
         self.forwarder = Forwarder([])
         for s in self.forwarder.open():
             self.sel.register(s, selectors.EVENT_READ, ("upstream", ""))
@@ -138,6 +146,13 @@ class Resolver:
     # ---------------------------------------------------------------- records
     def refresh(self) -> None:
         """Rebuild the table from state, open and close listeners to match, rewrite hosts."""
+        t0 = time.monotonic()
+        self._rebuild()
+        took = time.monotonic() - t0
+        if took > SLOW_REFRESH_SECONDS:
+            print(f"portwright: dns: slow refresh: {took * 1000:.0f} ms", file=sys.stderr)
+
+    def _rebuild(self) -> None:
         self.version = self.state.db.execute("PRAGMA data_version").fetchone()[0]
         entries, nets = load(self.state)
         gateways = {ip for pairs in nets.values() for ip, _ in pairs}
@@ -161,6 +176,7 @@ class Resolver:
             for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
         }
         for key in [k for k in self.listeners if k not in want]:
+            print(f"portwright: dns: network {key[0]} gone: closing {key[1]}:{PORT}", file=sys.stderr)
             s = self.listeners.pop(key)
             self.sel.unregister(s)
             s.close()
@@ -197,9 +213,15 @@ class Resolver:
                 self._expire_conns(now)
                 if not self.table.host_names and now - self.idle_since > IDLE_SECONDS:
                     self.quit()
+                if not os.path.exists(self.state.path):
+                    self.quit()  # its state directory was deleted: nothing to serve, ever again
             deadline = self.forwarder.next_deadline()
             wait = min(self.next_poll, deadline if deadline is not None else self.next_poll) - now
-            for key, _ in self.sel.select(max(0.0, wait)):
+            events = self.sel.select(max(0.0, wait))
+            late = time.monotonic() - now - max(0.0, wait)
+            if late > STALL_SECONDS:
+                print(f"portwright: dns: the loop woke {late:.2f} s late (host overloaded?)", file=sys.stderr)
+            for key, _ in events:
                 role, network = key.data
                 self._guard(self._event, role, network, key.fileobj)
             self.forwarder.expire(time.monotonic())
@@ -229,7 +251,29 @@ class Resolver:
                 data, client = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            self._query(data, network, functools.partial(_sendto, sock, client), tcp=False)
+            send = functools.partial(_sendto, sock, client)
+            if not self._member(network, client[0]):
+                self._refuse(data, send)
+                continue
+            self._query(data, network, send, tcp=False)
+
+    def _member(self, network: str, addr: str) -> bool:
+        """Is the client on this network? A sandbox of another network can route to this gateway
+        address through the host, but must not read this network's names."""
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in sub for sub in self.subnets.get(network, ()))
+
+    @staticmethod
+    def _refuse(data: bytes, send: Callable[[bytes], object]) -> None:
+        d = error_reply(data, dns.rcode.REFUSED)
+        if isinstance(d, Reply):
+            with contextlib.suppress(OSError):
+                send(d.wire)
 
     def _query(self, data: bytes, network: str, send: Callable[[bytes], object], tcp: bool) -> None:
         self.turn += 1
@@ -250,10 +294,10 @@ class Resolver:
     # ---------------------------------------------------------------- TCP (RFC 7766: 2-byte length)
     def _accept(self, sock: socket.socket, network: str) -> None:
         try:
-            conn, _ = sock.accept()
+            conn, peer = sock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        if len(self.conns) >= MAX_TCP:
+        if len(self.conns) >= MAX_TCP or not self._member(network, peer[0]):
             conn.close()
             return
         conn.setblocking(False)
@@ -326,10 +370,25 @@ class Resolver:
         os._exit(0)
 
 
+def _answering(state_dir: str) -> bool:
+    """Does a resolver already answer on this state directory's control socket?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(CTL_TIMEOUT * 4)
+        try:
+            s.connect(ctl_path(state_dir))
+            s.sendall(b"ping\n")
+            return s.recv(8).startswith(b"ok")
+        except OSError:
+            return False
+
+
 def main(argv: list[str]) -> int:
     state_dir = argv[0] if argv else State().dir
+    if _answering(state_dir):
+        return 0  # one resolver per state directory
     set_process_name(NAME)
     set_process_title(f"{NAME} {state_dir}")
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr)  # kill -USR1: its stack, in logs/dns.log
     Resolver(state_dir).serve()
     return 0
 

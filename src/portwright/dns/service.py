@@ -31,14 +31,13 @@ NETNS_ETC = "/etc/netns"  # iproute2's per-namespace /etc (ip-netns(8))
 START_TIMEOUT = 10.0
 ASK_TIMEOUT = 2.0
 RESOLV_OPTIONS = "options ndots:0 timeout:2 attempts:2"  # ndots:0: a bare NAME is asked as is
+MARK = "# written by portwright: this network's resolver (portwright.dns)"
+NETNS_RUN = "/run/netns"
 
 
 def resolv_conf(net: Network) -> str:
     """The sandbox's resolv.conf: its network's gateway addresses, where the resolver listens."""
-    lines = [
-        "# written by portwright: this network's resolver (portwright.dns)",
-        f"nameserver {net.gateway4}",
-    ]
+    lines = [MARK, f"nameserver {net.gateway4}"]
     if net.gateway6 is not None:
         lines.append(f"nameserver {net.gateway6}")
     return "\n".join([*lines, RESOLV_OPTIONS, ""])
@@ -46,6 +45,21 @@ def resolv_conf(net: Network) -> str:
 
 def etc_dir(netns_path: str) -> str:
     return os.path.join(NETNS_ETC, os.path.basename(netns_path))
+
+
+def resolver_pid(state_dir: str) -> int | None:
+    """The pid of ``state_dir``'s running resolver (None: no pid file, or a dead or reused pid)."""
+    try:
+        with open(pid_path(state_dir)) as f:
+            pid_s, start_s = f.read().split()
+        pid, start = int(pid_s), int(start_s)
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid, start) else None
+
+
+def resolver_alive(state_dir: str) -> bool:
+    return resolver_pid(state_dir) is not None
 
 
 class Dns(Protocol):
@@ -117,13 +131,7 @@ class LiveDns:
 
     def pid(self) -> int | None:
         """The running resolver's pid (None when none runs: no file, or a dead or reused pid)."""
-        try:
-            with open(pid_path(self.state_dir)) as f:
-                pid_s, start_s = f.read().split()
-            pid, start = int(pid_s), int(start_s)
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid, start) else None
+        return resolver_pid(self.state_dir)
 
     def ensure_running(self) -> None:
         with contextlib.suppress(OSError):
@@ -158,6 +166,7 @@ class LiveDns:
 
     def reconcile(self, needed: bool) -> None:
         """After a kill -9: start it again if sandboxes need it, else clear what it left."""
+        sweep_resolv_confs()
         if self.pid() is not None:
             return
         if needed:
@@ -167,10 +176,10 @@ class LiveDns:
                 _warn("restarting the resolver", e)
             return
         self._clear_stale()
-        path = hosts.hosts_path()
+        path = hosts.hosts_path(self.state_dir)
         if path:
             with contextlib.suppress(OSError):
-                hosts.update(path, self.state_dir, [])
+                hosts.sweep(path, resolver_alive)  # ours, and any other dead resolver's block
 
     def stop(self) -> None:
         """Stop the resolver of this state directory (tests, uninstall); it clears its files."""
@@ -178,3 +187,30 @@ class LiveDns:
         if pid is not None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def sweep_resolv_confs() -> list[str]:
+    """Remove resolv.conf files we wrote for namespaces that no longer exist (a teardown that
+    crashed between deleting the netns and the file). Only files carrying our mark, and only where
+    /run/netns/NAME is gone, so another state directory's live sandbox is never touched."""
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(NETNS_ETC) if n.startswith("pw-")]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(NETNS_ETC, name, "resolv.conf")
+        if os.path.exists(os.path.join(NETNS_RUN, name)):
+            continue
+        try:
+            with open(path) as f:
+                ours = f.readline().rstrip("\n") == MARK
+        except OSError:
+            continue
+        if ours:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))
+    return removed
