@@ -76,10 +76,11 @@ def test_random_faults_keep_the_set_exact() -> None:
     with temp_network(prefix="ebs") as net:
         try:
             for step in range(STEPS):
-                action = fault(rng, net, live)
+                action = "?"
                 try:
+                    action = fault(rng, net, live)
                     check(live)
-                except AssertionError as e:
+                except (AssertionError, OSError) as e:
                     raise AssertionError(f"seed {seed}, step {step} ({action}): {e}") from e
         finally:
             for sb in live.values():
