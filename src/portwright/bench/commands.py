@@ -52,6 +52,10 @@ SCALE_SECONDS = 2.0  # cli.SCALE_SECONDS
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.dns:
+        from .resolver import handle as run_dns_bench
+
+        return run_dns_bench(args)
     from .cli import handle as run_bench_command
 
     return run_bench_command(args)
@@ -134,6 +138,14 @@ def register(subparsers: Any) -> None:
         help="for --sandboxes: none (--network none), published (a bridge and one -p each)",
     )
     _add_antispoof_ab(p)
+    p.add_argument(
+        "--dns",
+        action="store_true",
+        help="instead: the name resolver's latency from inside a sandbox and the queries/s it "
+        "answers, with --dns-sandboxes sandboxes on one network (bench/resolver.py)",
+    )
+    p.add_argument("--dns-queries", type=int, default=10_000, help="--dns: sequential queries per round")
+    p.add_argument("--dns-sandboxes", type=int, default=200, help="--dns: sandboxes on the network")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=handle)
 

@@ -38,7 +38,12 @@ HEADER_LEN = 12
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """Bytes to send. ``cacheable``: an answer from the table, the same for the same query bytes
+    (but the ID) until the table changes, in ``rotations`` forms (round-robin turns)."""
+
     wire: bytes
+    cacheable: bool = False
+    rotations: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +86,18 @@ def decide(
         return error_reply(wire, dns.rcode.FORMERR)
     qrr = q.question[0]
     if qrr.rdclass != dns.rdataclass.IN:
-        return Reply(_finish(q, _response(q, dns.rcode.REFUSED), tcp))
+        return Reply(_finish(q, _response(q, dns.rcode.REFUSED), tcp), cacheable=True)
     qname = qrr.name.to_text()
     if qrr.rdtype == dns.rdatatype.PTR:
         ptr = _reverse(q, table, network, subnets, qname)
         if ptr is not None:
-            return Reply(_finish(q, ptr, tcp))
+            return Reply(_finish(q, ptr, tcp), cacheable=True)
     found = table.lookup(network, qname)
     if found is not None:
-        return Reply(_finish(q, _addresses(q, found, turn), tcp))
+        turns = max(len(found.v4), len(found.v6), 1)
+        return Reply(_finish(q, _addresses(q, found, turn), tcp), cacheable=True, rotations=turns)
     if in_zone(qname):
-        return Reply(_finish(q, _response(q, dns.rcode.NXDOMAIN), tcp))
+        return Reply(_finish(q, _response(q, dns.rcode.NXDOMAIN), tcp), cacheable=True)
     return Forward(q)
 
 

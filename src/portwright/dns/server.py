@@ -52,6 +52,8 @@ RETRY_BIND_SECONDS = 1.0  # a gateway that could not be bound is tried again thi
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP = 256
 CTL_TIMEOUT = 0.5
+CACHE_ENTRIES = 4096  # distinct questions kept; the whole cache goes when full or on a rebuild
+CACHE_ROTATIONS = 16  # a name with more addresses than this is built per query (no cache)
 SLOW_REFRESH_SECONDS = 0.1
 STALL_SECONDS = 0.5  # the loop waking this much later than asked is logged (CPU starvation)  # a rebuild longer than this is logged: queries wait behind it
 
@@ -124,6 +126,7 @@ class Resolver:
         self.listeners: dict[tuple[str, str, int], socket.socket] = {}  # (network, addr, kind)
         self.conns: dict[socket.socket, Conn] = {}
         self.turn = 0
+        self.cache: dict[tuple[str, bool, bytes], list[bytes]] = {}  # query bytes but ID -> answers
         self.version = -1
         self.missing = False
         self.next_poll = self.next_bind = 0.0
@@ -158,6 +161,7 @@ class Resolver:
         gateways = {ip for pairs in nets.values() for ip, _ in pairs}
         self.forwarder.upstreams = host_upstreams(gateways)
         self.table = Table.build(entries)
+        self.cache.clear()  # answers of the old table
         self.subnets = {n: [sub for _, sub in pairs] for n, pairs in nets.items()}
         self._sync_listeners(nets)
         if entries:
@@ -277,7 +281,15 @@ class Resolver:
 
     def _query(self, data: bytes, network: str, send: Callable[[bytes], object], tcp: bool) -> None:
         self.turn += 1
+        key = (network, tcp, data[2:])
+        forms = self.cache.get(key)
+        if forms is not None:  # the same question since the last rebuild: its answer, our ID swapped in
+            with contextlib.suppress(OSError):
+                send(data[:2] + forms[self.turn % len(forms)])
+            return
         d = decide(data, self.table, network, self.subnets.get(network, ()), self.turn, tcp=tcp)
+        if isinstance(d, Reply) and d.cacheable and d.rotations <= CACHE_ROTATIONS:
+            self._remember(key, data, network, tcp, d)
         if isinstance(d, Reply):
             with contextlib.suppress(OSError):
                 send(d.wire)
@@ -285,6 +297,18 @@ class Resolver:
             self.forwarder.submit(d.query, lambda wire: self._send_quietly(send, wire), time.monotonic())
         elif isinstance(d, Drop):
             pass
+
+    def _remember(self, key: tuple[str, bool, bytes], data: bytes, network: str, tcp: bool, d: Reply) -> None:
+        """Keep every round-robin form of a table answer, in turn order, until the next rebuild."""
+        if len(self.cache) >= CACHE_ENTRIES:
+            self.cache.clear()
+        subnets = self.subnets.get(network, ())
+        forms = [d.wire]
+        for t in range(1, d.rotations):
+            r = decide(data, self.table, network, subnets, self.turn + t, tcp=tcp)
+            forms.append(r.wire if isinstance(r, Reply) else d.wire)
+        k = self.turn % len(forms)  # forms[i] answers turn self.turn + i
+        self.cache[key] = [f[2:] for f in forms[-k:] + forms[:-k]] if k else [f[2:] for f in forms]
 
     @staticmethod
     def _send_quietly(send: Callable[[bytes], object], wire: bytes) -> None:
