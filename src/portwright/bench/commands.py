@@ -61,6 +61,17 @@ def handle(args: argparse.Namespace) -> int:
     return run_bench_command(args)
 
 
+def _add_dns_args(p: Any) -> None:
+    p.add_argument(
+        "--dns",
+        action="store_true",
+        help="instead: the name resolver's latency from inside a sandbox and the queries/s it "
+        "answers, with --dns-sandboxes sandboxes on one network (bench/resolver.py)",
+    )
+    p.add_argument("--dns-queries", type=int, default=10_000, help="--dns: sequential queries per round")
+    p.add_argument("--dns-sandboxes", type=int, default=200, help="--dns: sandboxes on the network")
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -138,14 +149,7 @@ def register(subparsers: Any) -> None:
         help="for --sandboxes: none (--network none), published (a bridge and one -p each)",
     )
     _add_antispoof_ab(p)
-    p.add_argument(
-        "--dns",
-        action="store_true",
-        help="instead: the name resolver's latency from inside a sandbox and the queries/s it "
-        "answers, with --dns-sandboxes sandboxes on one network (bench/resolver.py)",
-    )
-    p.add_argument("--dns-queries", type=int, default=10_000, help="--dns: sequential queries per round")
-    p.add_argument("--dns-sandboxes", type=int, default=200, help="--dns: sandboxes on the network")
+    _add_dns_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=handle)
 
