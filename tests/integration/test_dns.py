@@ -275,6 +275,8 @@ def test_updates_while_a_query_loop_runs(env: DnsEnv) -> None:
             d = env.sandbox(net, "--network-alias", f"alias{i}")
             made.append(d)
             d4, _ = env.addresses(d)
+            with open(env.hosts) as f:  # written by the rebuild that swapped the table in
+                assert f"{d4}\t{d}.portwright\n" in f.read()  # done by the time run returns
             assert _eventually(lambda d=d: short(c, d)) == [d4]
             assert short(c, f"alias{i}") == [d4]
             if i % 2:

@@ -156,8 +156,14 @@ class Resolver:
             print(f"portwright: dns: slow refresh: {took * 1000:.0f} ms", file=sys.stderr)
 
     def _rebuild(self) -> None:
-        self.version = self.state.db.execute("PRAGMA data_version").fetchone()[0]
-        entries, nets = load(self.state)
+        self.version = self._data_version()
+        # A connection of its own for each rebuild: what it reads is the database as committed
+        # now, never a snapshot some earlier, unfinished statement still holds open.
+        fresh = State(self.state_dir)
+        try:
+            entries, nets = load(fresh)
+        finally:
+            fresh.close()
         gateways = {ip for pairs in nets.values() for ip, _ in pairs}
         self.forwarder.upstreams = host_upstreams(gateways)
         self.table = Table.build(entries)
@@ -197,9 +203,13 @@ class Resolver:
             role = "udp" if kind == socket.SOCK_DGRAM else "tcp"
             self.sel.register(s, selectors.EVENT_READ, (role, network))
 
+    def _data_version(self) -> int:
+        rows = self.state.db.execute("PRAGMA data_version").fetchall()  # all rows: the statement ends
+        return int(rows[0][0])
+
     def _changed(self) -> bool:
         try:
-            return bool(self.state.db.execute("PRAGMA data_version").fetchone()[0] != self.version)
+            return self._data_version() != self.version
         except sqlite3.Error:
             return True
 
