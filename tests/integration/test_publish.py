@@ -344,7 +344,7 @@ def test_publish_all_and_ranges(network: str) -> None:
         tcp = [m for m in maps if m["Proto"] == "tcp"]
         assert len({m["HostPort"] for m in tcp}) == 1  # v4 and v6 halves share one port
         wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], CPORT)
-        assert "PEER" in tcp_ask("127.0.0.1", tcp[0]["host_port"])
+        assert "PEER" in tcp_ask("127.0.0.1", tcp[0]["HostPort"])
     finally:
         pw("rm", "-f", name)
 
