@@ -20,7 +20,7 @@ from typing import Any
 
 from . import caps_model
 from .errors import BadInput
-from .state import SandboxRecord, State
+from .state import SandboxRecord
 
 
 def add_args(r: argparse.ArgumentParser) -> None:
@@ -107,13 +107,13 @@ def host_config(rec: SandboxRecord) -> dict[str, Any]:
     return out
 
 
-def exec_setup(name: str | None, netns_path: str | None) -> Callable[[], None] | None:
-    """The child setup of ``exec``: a sandbox's privileges (``exec NAME``), and /sys matching
-    whatever network namespace it enters."""
+def exec_setup(privileges: caps_model.Privileges | None, netns_path: str | None) -> Callable[[], None] | None:
+    """The child setup of ``exec``: a sandbox's privileges (``exec NAME``, from its record), and
+    /sys matching whatever network namespace it enters."""
     from .kernel import caps
 
-    if name is not None:
-        return caps.child_setup(State().sandbox(name).spec.privileges, netns_path)
+    if privileges is not None:
+        return caps.child_setup(privileges, netns_path)
     if netns_path is None:
         return None
     return caps.child_setup(caps_model.Privileges(privileged=True), netns_path)

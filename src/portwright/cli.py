@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, caps_cli, cliformat
 from .bench import commands as bench_commands
@@ -24,6 +24,9 @@ from .model import PUBLISH_MODES, Network
 from .proxy import commands as proxy_commands
 from .spec import parse_sandbox_spec
 from .state import SandboxRecord, State, pid_alive
+
+if TYPE_CHECKING:
+    from .caps_model import Privileges
 
 
 class _Parser(argparse.ArgumentParser):
@@ -222,19 +225,22 @@ def cmd_port(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exec_target(args: argparse.Namespace) -> tuple[str | None, dict[str, str] | None]:
-    """The network namespace ``exec`` enters and the environment it gives CMD: a sandbox's
-    ``-e`` variables on top of ours, as ``docker exec`` does (None: ours as it is)."""
+def _exec_target(
+    args: argparse.Namespace,
+) -> tuple[str | None, dict[str, str] | None, Privileges | None]:
+    """The network namespace ``exec`` enters, the environment it gives CMD (a sandbox's ``-e``
+    variables on top of ours, as ``docker exec`` does; None: ours as it is), and the sandbox's
+    privileges (None for --pid/--container)."""
     if args.pid is not None or args.container is not None:
         from .diagnose.nsenter import netns_path_for
 
-        return netns_path_for(pid=args.pid, container=args.container), None
+        return netns_path_for(pid=args.pid, container=args.container), None, None
     if not args.name:
         raise BadInput("exec: give a sandbox NAME, --pid PID or --container NAME")
     rec = State().sandbox(args.name)
     if rec.status != "running":
         raise BadInput(f"sandbox {rec.name!r} is not running; start a new one with 'portwright run'")
-    return rec.sandbox.netns, {**os.environ, **dict(rec.spec.env)}
+    return rec.sandbox.netns, {**os.environ, **dict(rec.spec.env)}, rec.spec.privileges
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -251,8 +257,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         raise BadInput("exec: no command given; usage: portwright exec NAME -- CMD [ARG...]")
     _check_tty(args)
-    path, env = _exec_target(args)
-    setup = caps_cli.exec_setup(args.name, path)
+    path, env, privileges = _exec_target(args)
+    setup = caps_cli.exec_setup(privileges, path)
     if args.tty:
         from .kernel import tty
 

@@ -77,7 +77,9 @@ def test_the_drop_in_is_started_the_dockerd_way_and_relays() -> None:
     try:
         assert dp.binary.endswith("portwright-proxy") and dp.name == "portwright-proxy"
         dp.start("127.0.0.1", port, "127.0.0.1", ls.getsockname()[1])
-        assert len(dp.pids) == 1
+        # One waiter per port, plus the shared relay and its workers (their memory is its cost).
+        relay = dockerpeer.dropin_relay_pids()
+        assert len(dp.procs) == 1 and relay and set(dp.pids) == {dp.procs[0].pid, *relay}
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(b"ping")
             assert c.recv(100) == b"ping"

@@ -152,7 +152,10 @@ def test_the_registry_builds_by_name_and_refuses_unknown_names() -> None:
     assert registry.mode_for(spec) == "nat"
     assert registry.mode_for(parse_sandbox_spec(["x"], network="host")) == "host"
     assert registry.mode_for(parse_sandbox_spec(["x"], network="host", publish=["8080:80"])) == "host-remap"
-    assert registry.mode_for(parse_sandbox_spec(["x"], network="host", publish_all=True, expose=["80"])) == "host-remap"
+    assert (
+        registry.mode_for(parse_sandbox_spec(["x"], network="host", publish_all=True, expose=["80"]))
+        == "host-remap"
+    )
     assert registry.mode_for(parse_sandbox_spec(["x"], network="none")) is None
     with pytest.raises(BadInput, match="teleport"):
         registry.create("teleport", ctx)

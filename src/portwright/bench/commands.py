@@ -26,6 +26,9 @@ MECHANISMS = (
     "docker-proxy",
     "docker-iptables",
     "proxy-dropin",
+    "direct-allowspoof",
+    "nat-allowspoof",
+    "firewall-host",
 )  # scenarios
 DEFAULT_MECHANISMS = (
     "host",

@@ -40,8 +40,8 @@ from .placement import PLACEMENTS, ExternalClient
 from .servers import HTTP_PORT, IPERF_PORT, ports_listening, server_command
 from .stats import efficiency
 
-#: Every mechanism the bench knows; ``proxy-dropin`` is portwright-proxy run the dockerd way (one
-#: process per port, in docker-proxy's place), measured when asked for.
+#: Every mechanism the bench knows; ``proxy-dropin`` is portwright-proxy run the dockerd way (a
+#: tiny waiter per port, in docker-proxy's place, and the one shared relay), measured when asked for.
 MECHANISMS = (
     "host",
     "host-remap",
