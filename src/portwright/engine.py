@@ -254,7 +254,7 @@ class Engine:
                         self.state.remove_sandbox(r.id)
                 self.state.remove_network(name)
             errors = _collect(
-                ("nft", lambda: self.fw.remove_network(name)),
+                ("nft", lambda: self.fw.remove_network(name, net)),
                 ("bridge", lambda: self.host.delete_link(net.bridge)),
             )
         self.sync_docker_user()

@@ -337,6 +337,11 @@ class Server:
         """Put back every network's rules and every running sandbox's NAT elements that a
         firewall reload took (issue 13), in a short-lived child: the server's pages stay clean
         and a hung nft cannot stall it. One at a time; a change meanwhile is looked at after."""
+        if not self.children - self.reapers:
+            # No sandbox of ours runs: nothing to hold up. Networks are put back by the next
+            # command, and a restorer child here would keep this idle server alive forever on a
+            # host where something else keeps changing the ruleset.
+            return
         if self.restorer is not None:
             if self.watch is not None:
                 self.watch.due = time.monotonic() + SETTLE_SECONDS

@@ -288,3 +288,63 @@ def test_ensure_all_leaves_a_key_another_owner_took() -> None:
         p.owner for p in rules.published(backend.read()) if p.host_port == 18080 and p.host_ip.version == 4
     }
     assert owners == {"pw:ffffffffffff"}
+
+
+def test_two_state_dirs_with_one_network_name_never_undo_each_other() -> None:
+    """Tests and benches run several state directories on one host, each with its own ``pw0`` on
+    its own bridge and subnet. Putting one back must not take the other's away: before, each
+    repair deleted every ``pw-net:n1`` rule and element, so two watchers undid each other after
+    every nftables event, forever."""
+    other = Network(
+        name="n1",
+        bridge="pw-abcd0002",
+        subnet4=ipaddress.IPv4Network("198.18.8.0/24"),
+        gateway4=ipaddress.IPv4Address("198.18.8.1"),
+    )
+    fw, backend = _fw()
+    fw.add_network(other)
+    assert health.missing_network(NET, backend.read()) == []
+    assert health.missing_network(other, backend.read()) == []
+    # Only the other one's bridge element goes: only it is missing, and repairing it is enough.
+    backend.apply(
+        [
+            {
+                "delete": {
+                    "element": {
+                        "family": rules.FAMILY,
+                        "table": rules.TABLE,
+                        "name": rules.SET_BRIDGES,
+                        "elem": [other.bridge],
+                    }
+                }
+            }
+        ]
+    )
+    assert health.missing_network(NET, backend.read()) == []
+    assert health.missing_network(other, backend.read()) == [f"bridge {other.bridge} in set bridges"]
+    fw.ensure_network(other)
+    assert health.missing_network(NET, backend.read()) == []
+    assert health.missing_network(other, backend.read()) == []
+    # One of NET's rules goes: the count is per network, not per shared tag.
+    rule = rules.network_rules(NET, backend.read())[0]
+    backend.apply(
+        [
+            {
+                "delete": {
+                    "rule": {
+                        "family": rules.FAMILY,
+                        "table": rules.TABLE,
+                        "chain": rule["chain"],
+                        "handle": rule["handle"],
+                    }
+                }
+            }
+        ]
+    )
+    assert health.missing_network(NET, backend.read()) != []
+    assert fw.ensure_network(other) == [] and fw.ensure_network(NET) != []
+    assert health.missing_network(NET, backend.read()) == health.missing_network(other, backend.read()) == []
+    # Removing one network leaves the other whole.
+    fw.remove_network("n1", NET)
+    assert health.missing_network(other, backend.read()) == []
+    assert rules.network_rules(NET, backend.read()) == []

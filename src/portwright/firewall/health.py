@@ -79,7 +79,10 @@ def missing_network(net: Network, table: Table) -> list[str]:
     out: list[str] = []
     if not any(k == net.bridge and c == tag for k, _, c in rules._set_elements(table, rules.SET_BRIDGES)):
         out.append(f"bridge {net.bridge} in set {rules.SET_BRIDGES}")
-    return out + _short(_wanted_rule_counts(rules.network_commands(net)), _rule_counts(table))
+    # Only this network's own rules count: another state directory's network of the same name
+    # carries the same tag (``rules.network_rules``).
+    mine = {"nftables": [{"rule": r} for r in rules.network_rules(net, table)]}
+    return out + _short(_wanted_rule_counts(rules.network_commands(net)), _rule_counts(mine))
 
 
 def missing_publication(owner: str, mappings: Sequence[Mapping], table: Table) -> list[str]:

@@ -89,14 +89,15 @@ class Firewall:
         with self.backend.lock():
             current = self.backend.read()
             base = rules.base_commands() if not current else []
-            self.backend.apply(base + rules.remove_network_commands(net.name, current) + cmds)
+            self.backend.apply(base + rules.remove_network_commands(net.name, current, net) + cmds)
 
-    def remove_network(self, name: str) -> None:
-        """Remove the rules and bridge element of network ``name``; a no-op if it has none."""
+    def remove_network(self, name: str, net: Network | None = None) -> None:
+        """Remove the rules and bridge element of network ``name`` (only ``net``'s own, when
+        given: ``rules.remove_network_commands``); a no-op if it has none."""
         rules.net_tag(name)  # validates before taking the lock
         with self.backend.lock():
             current = self.backend.read()
-            cmds = rules.remove_network_commands(name, current) if current else []
+            cmds = rules.remove_network_commands(name, current, net) if current else []
             if cmds:
                 self.backend.apply(cmds)
 
@@ -180,7 +181,7 @@ class Firewall:
             missing = health.missing_base(current) + health.missing_network(net, current)
             if missing:
                 self.backend.apply(
-                    rules.base_commands() + rules.remove_network_commands(net.name, current) + cmds
+                    rules.base_commands() + rules.remove_network_commands(net.name, current, net) + cmds
                 )
         return missing
 
@@ -232,7 +233,7 @@ class Firewall:
             for n in nets:
                 gone = health.missing_network(n, current)
                 if gone:
-                    cmds += rules.remove_network_commands(n.name, current) + net_cmds[n.name]
+                    cmds += rules.remove_network_commands(n.name, current, n) + net_cmds[n.name]
                     out.append((f"network {n.name}", gone))
             for owner, ms, wanted in pubs:
                 gone = health.missing_publication(owner, ms, current)

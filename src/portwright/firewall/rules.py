@@ -35,6 +35,7 @@ Packet paths and the rule serving each (model: containernetworking/plugins portm
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -356,9 +357,41 @@ def network_commands(net: Network) -> list[Cmd]:
     return cmds
 
 
-def remove_network_commands(net_name: str, table_json: dict[str, Any]) -> list[Cmd]:
-    """Delete the rules and bridge element tagged ``pw-net:<net_name>`` found in the live table."""
-    return _delete_tagged(net_tag(net_name), table_json, (SET_BRIDGES,))
+def remove_network_commands(
+    net_name: str, table_json: dict[str, Any], net: Network | None = None
+) -> list[Cmd]:
+    """Delete the rules and bridge element tagged ``pw-net:<net_name>`` found in the live table.
+
+    With ``net``, only that network's own: its bridge element and the tagged rules that name its
+    bridge or one of its subnets. Two state directories (tests, benches) may each have a network
+    of the same name on one host; putting one back must never take the other's away, or their
+    watchers would undo each other after every nftables event."""
+    tag = net_tag(net_name)
+    if net is None:
+        return _delete_tagged(tag, table_json, (SET_BRIDGES,))
+    cmds: list[Cmd] = []
+    keys = [k for k, _, c in _set_elements(table_json, SET_BRIDGES) if c == tag and k == net.bridge]
+    if keys:
+        cmds.append({"delete": _obj("element", name=SET_BRIDGES, elem=keys)})
+    for rule in network_rules(net, table_json):
+        cmds.append({"delete": _obj("rule", chain=rule["chain"], handle=rule["handle"])})
+    return cmds
+
+
+def network_rules(net: Network, table_json: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live rules of ``net``: tagged with its name, and naming its bridge or a subnet (every
+    rule ``network_commands`` makes does one or the other)."""
+    marks = [f'"{net.bridge}"'] + [
+        f'"{n.network_address}"' for n in (net.subnet4, net.subnet6) if n is not None
+    ]
+    tag = net_tag(net.name)
+    out = []
+    for rule in _objects(table_json, "rule"):
+        if rule.get("comment") == tag:
+            text = json.dumps(rule.get("expr"))
+            if any(m in text for m in marks):
+                out.append(rule)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
