@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Any
 
 import pytest
 from proxynet import wait_until
@@ -69,9 +70,15 @@ def _start(name: str, shape: str, port: int, results: dict[str, int]) -> None:
     results[name] = r.returncode
 
 
+def _doc(name: str) -> dict[str, Any]:
+    """``inspect NAME``'s one document (inspect prints an array, as Docker's), or {} when gone."""
+    docs = json.loads(pw("inspect", name, check=False).stdout or "[]")
+    return docs[0] if docs else {}
+
+
 def _fault(rng: random.Random, name: str) -> str:
-    info = json.loads(pw("inspect", name, check=False).stdout or "{}")
-    state = info.get("State", {}) if isinstance(info, dict) else {}
+    info = _doc(name)
+    state = info.get("State", {})
     sup, cmd = state.get("SupervisorPid"), state.get("Pid")
     what = rng.choice(["kill-supervisor", "kill-cmd", "rm", "stop", "kill-holder", "none"])
     try:
@@ -109,12 +116,12 @@ def test_detached_sandboxes_survive_random_faults_and_leave_nothing() -> None:
         for t in threads:
             t.join()
         assert all(rc == 0 for rc in results.values()), f"seed {seed}: {results}"
-        ids.update({n: json.loads(pw("inspect", n).stdout)["Id"] for n in names})
+        ids.update({n: _doc(n)["Id"] for n in names})
         # Every published port has its own sandbox's process as owner, and answers.
         for n, shape in names.items():
             if shape == "bare":
                 continue
-            info = json.loads(pw("inspect", n).stdout)
+            info = _doc(n)
             sup = info["State"]["SupervisorPid"]
             assert wait_until(lambda n=n: _port_pids(ports[n]), timeout=10), f"seed {seed}: {n} holds nothing"
             owners = _port_pids(ports[n]) - {info["State"]["Pid"]}  # CMD never holds a host port...
@@ -131,8 +138,8 @@ def test_detached_sandboxes_survive_random_faults_and_leave_nothing() -> None:
         time.sleep(1.5)
         pw("ps", "-a")  # reconcile
         for n, what in faults.items():
-            rec = json.loads(pw("inspect", n, check=False).stdout or "[]")
-            if isinstance(rec, dict) and rec["State"]["Running"]:
+            rec = _doc(n)
+            if rec and rec["State"]["Running"]:
                 assert what in ("none", "kill-holder"), f"seed {seed}: {n} still running after {what}"
                 if what == "none":
                     sup = rec["State"]["SupervisorPid"]
