@@ -8,6 +8,7 @@ through ``runner`` (a missing iproute2 is named, a hung command times out).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -62,8 +63,19 @@ def used_prefixes() -> list[str]:
     return out
 
 
+def bridge_mac(name: str) -> str:
+    """A fixed, locally administered unicast MAC for bridge ``name`` (derived from the name).
+
+    A bridge whose address was never set takes the lowest MAC of its ports, so removing a
+    sandbox could change the gateway's MAC under the other sandboxes' neighbour caches: their
+    traffic to the gateway (DNS, egress) went to a MAC nobody had until the entry went stale.
+    An address set explicitly (addr_assign_type "set") is kept, as Docker does for docker0."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, 0x50, *digest[:4]))
+
+
 def create_bridge(name: str, addrs: list[str]) -> None:
-    ip("link", "add", name, "type", "bridge")
+    ip("link", "add", name, "address", bridge_mac(name), "type", "bridge")
     try:
         for a in addrs:
             if ":" in a:
