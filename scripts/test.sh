@@ -8,7 +8,7 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@" tests
+.venv/bin/python -m pytest -p no:cacheprovider --durations=20 "$@" tests
 rc=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.

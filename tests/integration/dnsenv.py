@@ -124,8 +124,7 @@ def dns_env() -> Iterator[DnsEnv]:
 def dig(ns: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """The real dig inside pw-NS, with the sandbox's resolv.conf (ip netns exec mounts it)."""
     return subprocess.run(
-        # Two tries, as a stub resolver makes: on this shared machine a first try right after a
-        # run -d was seen unanswered now and then (the query never reached the resolver).
+        # Two tries, as a stub resolver makes.
         ["ip", "netns", "exec", f"pw-{ns}", "dig", "+time=3", "+tries=2", *args],
         capture_output=True,
         text=True,

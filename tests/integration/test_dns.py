@@ -247,9 +247,9 @@ print(json.dumps({"ok": ok, "lost": lost, "wrong": wrong}))
 
 def _eventually(ask: Callable[[], list[str]], seconds: float = 20) -> list[str]:
     """The answer once it is one address. The resolver has the name when run returns (it reloads
-    before answering the engine), but on this shared machine a sandbox's packets were seen going
-    unanswered for seconds right after another run -d (they never reached the resolver's socket;
-    the bridge's anti-spoofing rules being restored at that moment are the suspect)."""
+    before answering the engine); the retries are for a loaded machine. (Queries that went
+    unanswered for many seconds here were a real bug, now fixed and tested in
+    test_bridge_mac.py: removing a sandbox changed the bridge's MAC under the others.)"""
     deadline = time.monotonic() + seconds
     got = ask()
     while len(got) != 1 and time.monotonic() < deadline:
