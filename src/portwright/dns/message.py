@@ -149,16 +149,18 @@ def _reverse(
 
 
 def _finish(q: dns.message.Message, r: dns.message.Message, tcp: bool) -> bytes:
-    """Wire form within the client's limit: over UDP, a reply that does not fit is truncated."""
+    """Wire form within the client's limit: over UDP, a reply that does not fit is truncated.
+    dnspython shuffles an RRset's records by default; ours go out in the order built (the
+    round-robin turn decides it), so rotation is what clients see, not chance."""
     if tcp:
-        return r.to_wire(max_size=65535)
+        return r.to_wire(max_size=65535, want_shuffle=False)
     limit = max(UDP_PLAIN_SIZE, q.payload) if q.edns >= 0 else UDP_PLAIN_SIZE
     try:
-        return r.to_wire(max_size=limit)
+        return r.to_wire(max_size=limit, want_shuffle=False)
     except dns.exception.TooBig:
         r.answer = []
         r.flags |= dns.flags.TC
-        return r.to_wire(max_size=limit)
+        return r.to_wire(max_size=limit, want_shuffle=False)
 
 
 def servfail(query: dns.message.Message) -> bytes:
