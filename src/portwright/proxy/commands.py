@@ -9,34 +9,19 @@ each one serves, its waiter's pid and the counters of all relay processes added 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 
 def _install(args: argparse.Namespace) -> int:
-    from .waiter import DEFAULT_INSTALL_PATH, build, relay_dir
+    from .shared import install
 
-    path = args.path or DEFAULT_INSTALL_PATH
-    size = build(path, directory=args.dir or relay_dir(), workers=args.workers)
-    print(f'{path}: {size} bytes. dockerd: --userland-proxy-path={path} (daemon.json: "userland-proxy-path")')
-    return 0
+    return install(args.path, args.dir, args.workers)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .shared import _print_status, query
-    from .waiter import relay_dir
+    from .shared import show_status
 
-    directory = args.dir or relay_dir()
-    try:
-        st = query(directory)
-    except OSError as e:
-        print(f"no shared relay runs under {directory} ({e.strerror}); it starts with dockerd's first port")
-        return 1
-    if args.json:
-        print(json.dumps(st, indent=2))
-    else:
-        _print_status(st, print)
-    return 0
+    return show_status(args.dir, args.json)
 
 
 def register(sub: Any) -> None:

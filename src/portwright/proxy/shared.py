@@ -440,25 +440,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=0, help="relay worker processes (0: one per core, at most 4)"
     )
     args = ap.parse_args(argv)
-    directory = args.dir or relay_dir()
     if args.cmd == "serve":
         set_process_name(RELAY_NAME)
-        return Relay(directory, args.workers, args.connect_timeout).run()
+        return Relay(args.dir or relay_dir(), args.workers, args.connect_timeout).run()
     if args.cmd == "install":
-        from .waiter import DEFAULT_INSTALL_PATH, build
+        return install(args.path, args.dir, args.workers)
+    return show_status(args.dir, args.json)
 
-        path = args.path or DEFAULT_INSTALL_PATH
-        size = build(path, directory=directory, workers=args.workers)
-        print(
-            f"{path}: {size} bytes; dockerd: --userland-proxy-path={path} (daemon.json: userland-proxy-path)"
-        )
-        return 0
+
+def install(path: str | None, directory: str | None, workers: int) -> int:
+    """Build the waiter dockerd starts (``portwright proxy install`` and this module's CLI)."""
+    from .waiter import DEFAULT_INSTALL_PATH, build
+
+    path = path or DEFAULT_INSTALL_PATH
+    size = build(path, directory=directory or relay_dir(), workers=workers)
+    print(f'{path}: {size} bytes. dockerd: --userland-proxy-path={path} (daemon.json: "userland-proxy-path")')
+    return 0
+
+
+def show_status(directory: str | None, as_json: bool) -> int:
+    """Print the running relay's ports, containers and counters (``portwright proxy status``)."""
+    directory = directory or relay_dir()
     try:
         st = query(directory)
     except OSError as e:
-        print(f"no shared relay is running under {directory} ({e.strerror}); it starts with the first port")
+        print(f"no shared relay runs under {directory} ({e.strerror}); it starts with dockerd's first port")
         return 1
-    if args.json:
+    if as_json:
         print(json.dumps(st, indent=2))
     else:
         _print_status(st, print)
