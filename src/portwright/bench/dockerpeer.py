@@ -57,17 +57,10 @@ _dropin: str | None = None
 
 def dropin_relay_pids() -> list[int]:
     """The shared relay and its workers serving the bench's waiters (they count as its cost)."""
+    from ..kernel.proc import argvs
+
     tag = os.path.join(DROPIN_DIR, "run").encode()
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"portwright.proxy.shared" in argv and tag in argv:
-            out.append(int(pid))
-    return out
+    return [pid for pid, argv in argvs() if b"portwright.proxy.shared" in argv and tag in argv]
 
 
 READY_TIMEOUT_S = 10.0

@@ -70,17 +70,14 @@ def _pss_kb(pid: int) -> int:
 def _proxy_pids(names: tuple[bytes, ...]) -> list[int]:
     """Processes whose program (argv[0]) is one of ``names``, or the shared relay of the
     directory ``names`` lists (never dockerd, whose flags name the waiter too)."""
+    from ..kernel.proc import argvs
+
     out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, argv in argvs():
         prog = os.path.basename(argv[0])
         relay = b"portwright.proxy.shared" in argv and any(n in argv for n in names)
         if relay or any(prog == os.path.basename(n) for n in names):
-            out.append(int(pid))
+            out.append(pid)
     return out
 
 

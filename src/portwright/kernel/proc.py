@@ -1,4 +1,5 @@
-"""Process identity: the short name (comm) that ps, top and ``ss -p`` show.
+"""Process identity: the short name (comm) that ps, top and ``ss -p`` show, and every process's
+command line (``argvs``) for finding processes by what they run.
 
 Every long-lived portwright process names itself, so that whoever reads ``ss -ntlp`` sees who
 holds a port: the supervisor ("portwright"), the docker-proxy drop-in, the CNI port holder.
@@ -7,6 +8,8 @@ holds a port: the supervisor ("portwright"), the docker-proxy drop-in, the CNI p
 from __future__ import annotations
 
 import ctypes
+import os
+from collections.abc import Iterator
 
 PR_SET_NAME = 15  # include/uapi/linux/prctl.h
 PR_SET_CHILD_SUBREAPER = 36  # include/uapi/linux/prctl.h
@@ -54,3 +57,15 @@ def set_parent_death_signal(signum: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def argvs() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process readable now; one that exits meanwhile is skipped."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                yield int(entry), f.read().split(b"\0")
+        except OSError:
+            continue
