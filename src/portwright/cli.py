@@ -165,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.tty:  # CMD gets this terminal as the foreground job (kernel/tty.py)
         spec = dataclasses.replace(spec, extra={**spec.extra, "tty": True})
+    if args.interactive:  # as Docker: without -i, CMD reads /dev/null, not our stdin
+        spec = dataclasses.replace(spec, extra={**spec.extra, "interactive": True})
     return run(spec)
 
 
@@ -265,7 +267,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
         setup = _chain(setup, tty.take_foreground)
     try:
         with tty.foreground_back() if args.tty else contextlib.nullcontext():
-            return runner.call(cmd, netns_path=path, env=env, setup=setup)
+            # as docker exec: stdin only with -i (-t hands over the terminal, input included)
+            stdin = args.interactive or args.tty
+            return runner.call(cmd, netns_path=path, env=env, setup=setup, stdin_null=not stdin)
     except FileNotFoundError:
         raise BadInput(f"exec: command {cmd[0]!r} not found") from None
 
@@ -505,7 +509,7 @@ def _add_tty_flags(p: argparse.ArgumentParser) -> None:
         "-i",
         "--interactive",
         action="store_true",
-        help="keep stdin attached (a foreground CMD always has it)",
+        help="attach stdin (as Docker: without -i or -t, CMD reads /dev/null)",
     )
     p.add_argument(
         "-t",

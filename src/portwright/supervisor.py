@@ -162,7 +162,8 @@ def start_cmd(held: Held, netns_path: str | None, log_path: str | None) -> int:
         netns_path=netns_path,
         cgroup_path=held.cgroup,
         log_path=log_path,
-        stdin_null=spec.detach,
+        # As Docker: stdin only with -i (or -t, which hands CMD the terminal itself).
+        stdin_null=spec.detach or not (spec.extra.get("interactive") or spec.extra.get("tty")),
         tty=bool(spec.extra.get("tty")),  # run -t: CMD is this terminal's foreground job
         child_setup=caps.child_setup(spec.privileges, netns_path),
     )

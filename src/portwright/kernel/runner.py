@@ -161,6 +161,7 @@ def call(
     netns_path: str | None = None,
     env: dict[str, str] | None = None,
     setup: Callable[[], None] | None = None,
+    stdin_null: bool = False,
 ) -> int:
     """Run a user's command in the foreground, on this terminal (no capture, no timeout), in the
     network namespace at ``netns_path`` if given, with ``env`` as its whole environment if given
@@ -168,7 +169,7 @@ def call(
 
     It is the user's program, not a tool of ours, so a missing one raises FileNotFoundError for
     the caller to word (there is no package to name). ``setup`` runs in the child after setns,
-    before exec (``kernel.caps.child_setup``).
+    before exec (``kernel.caps.child_setup``). ``stdin_null``: it reads /dev/null, not our stdin.
     """
     path = netns_path
 
@@ -180,7 +181,12 @@ def call(
             setup()
 
     try:
-        return subprocess.call(list(argv), preexec_fn=pre if path or setup else None, env=env)
+        return subprocess.call(
+            list(argv),
+            preexec_fn=pre if path or setup else None,
+            env=env,
+            stdin=subprocess.DEVNULL if stdin_null else None,
+        )
     except subprocess.SubprocessError:  # the child said why on stderr (kernel.caps.child_setup)
         raise KernelError(_what(argv, netns_path), "preparing the command in the child failed") from None
 
