@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PortwrightError
 from .firewall import rules
-from .kernel import netlink, netns
+from .kernel import netlink, netns, proc
 from .model import Network, Sandbox
 from .owners import network_tag, parse_owner, sandbox_owner
 from .spec import SandboxSpec
@@ -63,11 +63,7 @@ def parse_supervisor(argv: list[str]) -> tuple[str, tuple[str, ...]] | None:
 
 
 def _argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
+    return [a.decode(errors="replace") for a in proc.argv(pid) or [] if a]
 
 
 def _children(pid: int) -> list[int]:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import KernelError
+from ..kernel.proc import argvs
 from .driver import Child, Done, run, spawn, wait_until
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -64,18 +65,8 @@ def _static_busybox() -> str | None:
 
 def pids_mentioning(text: str) -> list[int]:
     """Processes whose command line contains ``text`` (this process excluded)."""
-    out: list[int] = []
     needle = text.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if needle in f.read():
-                    out.append(int(entry))
-        except OSError:
-            continue
-    return out
+    return [pid for pid, args in argvs() if pid != os.getpid() and needle in b"\0".join(args)]
 
 
 class PrivateDockerd:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PortwrightError
+from ..kernel import proc
 from ..state import state_dir
 from . import cpu, dockerd
 from .driver import SandboxInfo
@@ -69,11 +70,11 @@ def read_proc_table() -> dict[int, Proc]:
         try:
             with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
                 comm, ppid = parse_stat(f.read())
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, ValueError, IndexError):
             continue
-        out[int(entry)] = Proc(int(entry), ppid, comm, cmdline)
+        cmdline = proc.argv_text(int(entry))
+        if cmdline is not None:
+            out[int(entry)] = Proc(int(entry), ppid, comm, cmdline)
     return out
 
 

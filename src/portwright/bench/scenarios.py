@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ..errors import BadInput, Conflict, KernelError, MissingTool, PortwrightError
+from ..kernel import proc
 from . import cpu, iperf3, wrk
 from .dockerpeer import (
     DOCKER_PROXY,
@@ -611,12 +612,10 @@ def _reap(pids: list[int], marker: str) -> None:
     """Kill server processes that outlived their sandbox (only ours: cmdline names our temp dir
     or is an iperf3 we started)."""
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except OSError:
+        args = proc.argv(pid)
+        if args is None:
             continue
-        if marker in cmdline or cmdline.startswith("iperf3\0-s"):
+        if marker.encode() in b"\0".join(args) or args[:2] == [b"iperf3", b"-s"]:
             try:
                 os.kill(pid, 9)
             except OSError:

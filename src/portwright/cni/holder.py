@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import PortwrightError
 from ..firewall import health, rules
-from ..kernel.proc import set_process_name
+from ..kernel.proc import argvs, set_process_name
 from ..model import Mapping
 from ..proxy.server import ProxyServer
 from ..publish.reserve import bind_socket, make_placeholder
@@ -197,16 +197,9 @@ def keep_firewall(owner: str) -> None:
                 print(f"portwright-cni holder {owner}: not restored: {e}", file=sys.stderr)
 
 
-def holder_pids(owner: str | None = None, proc: str = "/proc") -> Iterator[tuple[int, str]]:
+def holder_pids(owner: str | None = None) -> Iterator[tuple[int, str]]:
     """(pid, owner tag) of every live holder, optionally only those of ``owner``."""
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, args in argvs():
         if HOLDER_MODULE.encode() not in args:
             continue
         try:
@@ -214,7 +207,7 @@ def holder_pids(owner: str | None = None, proc: str = "/proc") -> Iterator[tuple
         except (ValueError, IndexError):
             continue
         if owner is None or tag == owner:
-            yield int(entry), tag
+            yield pid, tag
 
 
 if __name__ == "__main__":

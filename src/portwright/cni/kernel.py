@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import KernelError, MissingTool, NeedRoot, PortInUse
 from ..firewall import dockeruser, rules
 from ..firewall.backend import Firewall, default_firewall
-from ..kernel import runner, sysctl
+from ..kernel import proc, runner, sysctl
 from ..kernel import sockets as ksockets
 from ..model import Mapping
 from . import protocol as p
@@ -320,9 +320,8 @@ def _alive(pid: int) -> bool:
 
 
 def _holder_network(pid: int) -> str:
+    args = proc.argv(pid) or []
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
         return args[args.index(b"--network") + 1].decode()
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return ""

@@ -59,13 +59,26 @@ def set_parent_death_signal(signum: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
+def argv(pid: int) -> list[bytes] | None:
+    """The command line of ``pid``, split at NULs (the trailing NUL leaves a last empty item);
+    None when the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def argv_text(pid: int) -> str | None:
+    """``pid``'s command line as one line of text, words joined by single spaces."""
+    args = argv(pid)
+    return None if args is None else " ".join(b" ".join(args).decode(errors="replace").split())
+
+
 def argvs() -> Iterator[tuple[int, list[bytes]]]:
     """(pid, argv) of every process readable now; one that exits meanwhile is skipped."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                yield int(entry), f.read().split(b"\0")
-        except OSError:
-            continue
+        if entry.isdigit():
+            args = argv(int(entry))
+            if args is not None:
+                yield int(entry), args

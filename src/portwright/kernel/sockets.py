@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass, replace
 
 from ..model import IPAddress, bindings_clash
+from .proc import argv_text
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN == 10
 UDP_UNCONN = "07"  # an unconnected (bound) UDP socket shows TCP_CLOSE == 7
@@ -118,11 +119,10 @@ def process(pid: int) -> Process | None:
     try:
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
-        with open(f"/proc/{pid}/cmdline", "rb") as fb:
-            cmdline = " ".join(fb.read().replace(b"\0", b" ").decode(errors="replace").split())
     except OSError:
         return None
-    return Process(pid, comm, cmdline)
+    cmdline = argv_text(pid)
+    return None if cmdline is None else Process(pid, comm, cmdline)
 
 
 # ---- sock_diag netlink (linux/inet_diag.h, linux/sock_diag.h)
