@@ -577,10 +577,9 @@ class Engine:
             self.mark_exited(rec, None)
             cleaned.append(rec.name)
         if self.state.networks():
-            # dockerd may have started since our networks were made: its FORWARD policy is DROP,
-            # so make sure its DOCKER-USER hook accepts our bridges (idempotent, cheap).
-            self.sync_docker_user()
             # A firewall reload may have taken our table: every command puts it back (issue 13).
+            # restore also makes sure dockerd's DOCKER-USER hook accepts our bridges (dockerd may
+            # have started since our networks were made: its FORWARD policy is DROP).
             for line in self.restore():
                 print(f"portwright: {line}", file=sys.stderr)
         # ebpf's shared maps: entries of sandboxes that are gone go, detached programs come back.
@@ -630,25 +629,29 @@ class Engine:
             lines += [f"{names.get(what, what)}: restored {', '.join(gone[:4])}" for what, gone in repaired]
         except PortwrightError as e:
             lines.append(f"firewall: not restored: {e}")
-        for rec in self.state.sandboxes():
-            if rec.status != "running" or (sids is not None and rec.id not in sids):
-                continue
-            lines += self._restore_antispoof(rec)
+        running = [
+            r for r in self.state.sandboxes() if r.status == "running" and (sids is None or r.id in sids)
+        ]
+        lines += self._restore_antispoof(running)
         if self.state.networks():
             # The same reload may have taken the host firewall's accepts for our bridges (ufw
             # reload, firewall-cmd --reload, iptables-restore): put them back too (issue 16).
             self.sync_docker_user()
         return lines
 
-    def _restore_antispoof(self, rec: SandboxRecord) -> list[str]:
-        """Put back a running sandbox's anti-spoofing elements (issue 19), as its NAT ones."""
-        if rec.sandbox.veth is None or rec.spec.privileges.allow_spoof:
-            return []
+    def _restore_antispoof(self, recs: list[SandboxRecord]) -> list[str]:
+        """Put back running sandboxes' anti-spoofing elements (issue 19), as their NAT ones: one
+        read and at most one transaction for all of them, so a restore does not grow with k."""
+        protect = [
+            (r.sandbox, functools.partial(self._serving, r.id))
+            for r in recs
+            if r.sandbox.veth is not None and not r.spec.privileges.allow_spoof
+        ]
         try:
-            gone = self.fw.ensure_antispoof(rec.sandbox, functools.partial(self._serving, rec.id))
+            repaired = self.fw.ensure_antispoof_all(protect)
         except PortwrightError as e:
-            return [f"sandbox {rec.name}: anti-spoofing not restored: {e}"]
-        return [f"sandbox {rec.name}: restored anti-spoofing ({', '.join(gone[:3])})"] if gone else []
+            return [f"anti-spoofing not restored: {e}"]
+        return [f"sandbox {sb.name}: restored anti-spoofing ({', '.join(gone[:3])})" for sb, gone in repaired]
 
     def _serving(self, sid: str) -> bool:
         """Is sandbox ``sid`` running, with a live supervisor, and not yet tearing down?"""
