@@ -321,3 +321,20 @@ def test_kill_9_of_the_resolver(env: DnsEnv) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         with pytest.raises(OSError):
             s.connect(os.path.join(env.state, "ctl", "dns.sock"))
+
+
+def test_the_resolver_reports_its_own_service_time(env: DnsEnv) -> None:
+    """``stats`` on the control socket (what bench --dns reads): every UDP query answered is
+    timed, and ``stats-reset`` starts the count over."""
+    net = env.network()
+    a = env.sandbox(net)
+    b = env.sandbox(net)
+    live, a4 = env.resolver(), env.addresses(a)[0]
+    before = live.stats(reset=True)
+    assert before["rebuilds"] >= 1  # the table was built at least once for these sandboxes
+    for _ in range(5):
+        assert short(b, a) == [a4]
+    snap = live.stats()
+    assert snap["queries"] >= 5  # dig may have asked again after a lost datagram
+    assert 0 < snap["service_us"]["p50"] <= snap["service_us"]["max"]
+    assert live.stats(reset=True)["queries"] == snap["queries"] and live.stats()["queries"] == 0

@@ -10,7 +10,11 @@ network, then, for ``rounds`` rounds:
   DNS work), interleaved, so the ratio says what resolving adds;
 - throughput: ``clients`` processes in as many sandboxes keep ``window`` queries each in flight for
   ``duration`` seconds; answered queries per second, and the resolver's CPU seconds over the same
-  time (from /proc/PID/stat), so the figure can be read per CPU-second on a shared machine.
+  time (from /proc/PID/stat), so the figure can be read per CPU-second on a shared machine;
+- the resolver's own view of each phase (``stats`` on its control socket, ``dns/stats.py``): its
+  service time per query (datagram read to answer sent), collector passes and their longest
+  pause, table rebuilds. A client p99 far above the service p99 is time spent outside our code
+  (waiting to be scheduled on a busy host, the path), not in it.
 
 Clients are Python (dnspython builds the queries; a reply is checked by ID and rcode), run with
 ``ip netns exec``. Everything it created is removed at the end, also on failure.
@@ -209,7 +213,9 @@ def _round(lab: Lab, gw: str, queries: int, log: Callable[[str], None]) -> dict[
 
     names = ",".join(lab.names)
     out: dict[str, Any] = {}
+    dns = LiveDns(lab.state)
     for label, port in (("dns", 53), ("echo", ECHO_PORT)):
+        dns.stats(reset=True)
         r = _in_ns(lab.names[0], LATENCY_CLIENT, gw, str(port), names, str(queries))
         out[label] = {
             **percentiles(r["lat_ns"]),
@@ -218,6 +224,9 @@ def _round(lab: Lab, gw: str, queries: int, log: Callable[[str], None]) -> dict[
             "bad": r["bad"],
         }
         log(f"latency {label}: p50 {out[label]['p50']:.3f} ms p99 {out[label]['p99']:.3f} ms")
+        if label == "dns":
+            out["server"] = dns.stats()
+            log(f"resolver's own view: {json.dumps(out['server'])}")
     pid = LiveDns(lab.state).pid()
     assert pid is not None
     cpu0, t0 = _cpu_seconds(pid), time.monotonic()
@@ -227,6 +236,7 @@ def _round(lab: Lab, gw: str, queries: int, log: Callable[[str], None]) -> dict[
             pool.map(lambda n: _in_ns(n, QPS_CLIENT, gw, names, str(DURATION), str(WINDOW)), clients)
         )
     cpu, wall = _cpu_seconds(pid) - cpu0, time.monotonic() - t0
+    out["qps_server"] = dns.stats()
     ok = sum(r["ok"] for r in results)
     out["qps"] = {
         "answered_per_s": ok / DURATION,
@@ -250,6 +260,11 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     s["dns_over_echo_p50"] = s["dns_p50"] / s["echo_p50"] if s["echo_p50"] else 0.0
     for p in ("answered_per_s", "per_cpu_s", "resolver_cpu_s"):
         s[f"qps_{p}"] = med(("qps", p))
+    for p in ("p50", "p99", "p999"):
+        s[f"server_{p}_us"] = float(statistics.median(r["server"]["service_us"][p] for r in rounds))
+    s["server_gc_ms_max"] = max(r["server"]["gc_ms_max"] for r in rounds)
+    s["server_gc_passes"] = sum(sum(r["server"]["gc_passes"]) for r in rounds)
+    s["server_rebuilds"] = sum(r["server"]["rebuilds"] for r in rounds)
     s["lost"] = sum(r[k]["lost"] for r in rounds for k in ("dns", "qps"))
     s["bad"] = sum(r[k]["bad"] for r in rounds for k in ("dns", "qps"))
     return s
@@ -263,6 +278,10 @@ def text(s: dict[str, Any], n: int, queries: int, rounds: int) -> str:
             f"p99.9 {s['dns_p999']:.3f} ms  max {s['dns_max']:.2f} ms",
             f"  UDP echo, same path     p50 {s['echo_p50']:.3f} ms  p99 {s['echo_p99']:.3f} ms  "
             f"(dns/echo p50 {s['dns_over_echo_p50']:.2f}x)",
+            f"  the resolver's own service time  p50 {s['server_p50_us']:.0f} us  "
+            f"p99 {s['server_p99_us']:.0f} us  p99.9 {s['server_p999_us']:.0f} us; "
+            f"{s['server_gc_passes']} collector passes (longest {s['server_gc_ms_max']:.2f} ms), "
+            f"{s['server_rebuilds']} rebuilds, during the latency runs",
             f"  throughput ({CLIENTS} clients x {WINDOW} in flight, {DURATION:g} s)  "
             f"{s['qps_answered_per_s']:.0f} answers/s; {s['qps_per_cpu_s']:.0f} per resolver CPU-second "
             f"(resolver CPU {s['qps_resolver_cpu_s']:.2f} s)",

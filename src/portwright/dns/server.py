@@ -23,6 +23,7 @@ import contextlib
 import faulthandler
 import functools
 import ipaddress
+import json
 import os
 import selectors
 import signal
@@ -41,6 +42,7 @@ from . import hosts
 from .forward import Forwarder, host_upstreams
 from .message import Drop, Forward, Reply, Subnet, decide, error_reply
 from .records import Entry, Table
+from .stats import Stats
 
 NAME = "pw-dns"
 PORT = 53
@@ -133,6 +135,7 @@ class Resolver:
         self.idle_since = time.monotonic()
         self.hosts_file = hosts.hosts_path(state_dir)
         self.forwarder = Forwarder([])
+        self.stats = Stats()
         for s in self.forwarder.open():
             self.sel.register(s, selectors.EVENT_READ, ("upstream", ""))
         self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -152,6 +155,7 @@ class Resolver:
         t0 = time.monotonic()
         self._rebuild()
         took = time.monotonic() - t0
+        self.stats.rebuilt(int(took * 1e9))
         if took > SLOW_REFRESH_SECONDS:
             print(f"portwright: dns: slow refresh: {took * 1000:.0f} ms", file=sys.stderr)
 
@@ -216,6 +220,7 @@ class Resolver:
     # ---------------------------------------------------------------- loop
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.quit())
+        self.stats.install()
         self.refresh()
         while True:
             now = time.monotonic()
@@ -265,11 +270,13 @@ class Resolver:
                 data, client = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
+            t0 = time.perf_counter_ns()
             send = functools.partial(_sendto, sock, client)
             if not self._member(network, client[0]):
                 self._refuse(data, send)
                 continue
             self._query(data, network, send, tcp=False)
+            self.stats.query(time.perf_counter_ns() - t0)
 
     def _member(self, network: str, addr: str) -> bool:
         """Is the client on this network? A sandbox of another network can route to this gateway
@@ -390,8 +397,13 @@ class Resolver:
                 return
             if word == b"reload":
                 self.refresh()
+            reply = b"ok\n"
+            if word in (b"stats", b"stats-reset"):  # bench --dns: what the resolver itself measured
+                reply = json.dumps(self.stats.snapshot()).encode() + b"\n"
+                if word == b"stats-reset":
+                    self.stats.reset()
             with contextlib.suppress(OSError):
-                conn.sendall(b"ok\n")
+                conn.sendall(reply)
 
     def quit(self) -> None:
         """Leave nothing behind: our hosts block, the control socket and the pid file."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
 import sys
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import KernelError, PortwrightError
 from ..kernel import runner
@@ -128,6 +129,18 @@ class LiveDns:
             s.connect(ctl_path(self.state_dir))
             s.sendall(word.encode() + b"\n")
             return s.recv(64).decode().strip()
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """What the resolver measured about itself (``dns/stats.py``); ``reset`` starts it over."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(ASK_TIMEOUT)
+            s.connect(ctl_path(self.state_dir))
+            s.sendall(b"stats-reset\n" if reset else b"stats\n")
+            data = b""
+            while not data.endswith(b"\n") and (chunk := s.recv(4096)):
+                data += chunk
+        out: dict[str, Any] = json.loads(data)
+        return out
 
     def pid(self) -> int | None:
         """The running resolver's pid (None when none runs: no file, or a dead or reused pid)."""
