@@ -41,6 +41,7 @@ from ..state import State, proc_start_time
 from . import hosts
 from .forward import Forwarder, host_upstreams
 from .message import Drop, Forward, Reply, Subnet, decide, error_reply
+from .paths import ctl_path, pid_path
 from .records import Entry, Table
 from .stats import Stats
 
@@ -58,14 +59,6 @@ CACHE_ENTRIES = 4096  # distinct questions kept; the whole cache goes when full 
 CACHE_ROTATIONS = 16  # a name with more addresses than this is built per query (no cache)
 SLOW_REFRESH_SECONDS = 0.1
 STALL_SECONDS = 0.5  # the loop waking this much later than asked is logged (CPU starvation)  # a rebuild longer than this is logged: queries wait behind it
-
-
-def ctl_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "ctl", "dns.sock")
-
-
-def pid_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "ctl", "dns.pid")
 
 
 def load(state: State) -> tuple[list[Entry], dict[str, list[tuple[str, Subnet]]]]:

@@ -26,7 +26,7 @@ from ..kernel import runner
 from ..model import Network, Sandbox
 from ..state import pid_alive
 from . import hosts
-from .server import ctl_path, pid_path
+from .paths import ctl_path, pid_path
 
 NETNS_ETC = "/etc/netns"  # iproute2's per-namespace /etc (ip-netns(8))
 START_TIMEOUT = 10.0
