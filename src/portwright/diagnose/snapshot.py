@@ -23,6 +23,8 @@ from .bpfview import BpfView
 from .bpfview import read as read_bpf
 from .docker import Container, DockerView, parse_docker_proxy
 from .nftview import Ruleset, read_ruleset
+from .relayview import RelayPort, for_listener, is_relay
+from .relayview import read as read_relays
 
 # Kinds of socket holders, as printed.
 APPLICATION = "application"
@@ -30,6 +32,7 @@ DOCKER_PROXY = "docker-proxy"
 DOCKERD_PLACEHOLDER = "dockerd placeholder"
 PW_RESERVATION = "portwright reservation"
 PW_PROXY = "portwright proxy"
+PW_RELAY = "portwright-proxy relay"  # the shared relay behind dockerd's --userland-proxy-path, port unknown
 PW_ORPHAN = "portwright (no sandbox)"
 PODMAN_CONMON = "conmon placeholder"
 UNKNOWN = "unknown"
@@ -47,6 +50,7 @@ class Holder:
     sandbox: str | None = None  # portwright sandbox name it belongs to
     container: str | None = None  # Docker container name it belongs to
     proxy_to: tuple[IPAddress, int] | None = None  # where a proxy forwards
+    waiter: int | None = None  # the shared relay's port: the waiter dockerd started for it (issue 15)
 
     def describe(self) -> str:
         who = f"pid {self.pid} {self.comm}" if self.pid else "no visible process"
@@ -58,6 +62,8 @@ class Holder:
         if self.proxy_to:
             ip, port = self.proxy_to
             extra += f" -> {fmt_ep(ip, port)}"
+        if self.waiter:
+            extra += f", shared relay; dockerd's waiter pid {self.waiter}"
         return f"{who} ({self.kind}{extra})"
 
 
@@ -101,6 +107,7 @@ class Snapshot:
     remap_links: Callable[[str], list[str] | None] = lambda sid: None
     ppid: dict[int, int] = field(default_factory=dict)
     bpf: BpfView = field(default_factory=BpfView)  # publish mode ebpf's connect-time rewrites (issue 11)
+    relay: list[RelayPort] = field(default_factory=list)  # the shared relay's ports (issue 15)
 
     # ---- lookups
     def sandbox_by_supervisor(self, pid: int) -> SandboxRecord | None:
@@ -183,12 +190,31 @@ class Snapshot:
             return Holder(DOCKER_PROXY, container=c.name if c else None, proxy_to=to, **base)  # type: ignore[arg-type]
         if proc.comm == "dockerd":
             return Holder(DOCKERD_PLACEHOLDER, **base)  # type: ignore[arg-type]
+        if is_relay(proc):
+            return self._relay_holder(proc, ln)
         if proc.comm == "conmon":
             return Holder(PODMAN_CONMON, **base)  # type: ignore[arg-type]
         if proc.comm == "portwright" or argv0 == "portwright" or " -m portwright" in proc.cmdline:
             return Holder(PW_ORPHAN, **base)  # type: ignore[arg-type]
         sb, cont = self.host_net_owner(proc.pid)
         return Holder(APPLICATION, sandbox=sb, container=cont, **base)  # type: ignore[arg-type]
+
+    def _relay_holder(self, proc: Process, ln: Listener | None) -> Holder:
+        """A port of the shared relay: dockerd's userland proxy for the container (and waiter) its
+        registration names, as a docker-proxy process would be."""
+        reg = for_listener(self.relay, ln) if ln is not None else None
+        if reg is None:
+            return Holder(PW_RELAY, pid=proc.pid, comm=proc.comm, cmdline=proc.cmdline)
+        c = self.container_by_ip(reg.container_ip)
+        return Holder(
+            DOCKER_PROXY,
+            pid=proc.pid,
+            comm=proc.comm,
+            cmdline=proc.cmdline,
+            container=c.name if c else None,
+            proxy_to=(reg.container_ip, reg.container_port),
+            waiter=reg.waiter_pid,
+        )
 
     def resolve(self, ip: IPAddress) -> Endpoint:
         for rec in self.sandboxes:
@@ -335,6 +361,8 @@ def collect(what: str = "portwright diagnostics") -> Snapshot:
         notes.append(docker.note)
     h4, h6, ifname, local = _addrs()
     pidns, ppid = _proc_tables()
+    relay, relay_notes = read_relays(lns)
+    notes += relay_notes
 
     def inner(path: str) -> list[Listener]:
         return listeners_in(path, ("tcp", "udp"), by_inode)
@@ -360,4 +388,5 @@ def collect(what: str = "portwright diagnostics") -> Snapshot:
         pidns=pidns,
         ppid=ppid,
         bpf=read_bpf(),
+        relay=relay,
     )

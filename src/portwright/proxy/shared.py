@@ -363,6 +363,12 @@ class Relay:
                 {
                     "binding": f"{m.host_binding()}/{m.proto}",
                     "container": f"{m.container_ip}:{m.container_port}",
+                    # the same, as fields (diagnose/relayview.py: who and ports read them)
+                    "proto": m.proto,
+                    "host_ip": str(m.host_ip),
+                    "host_port": m.host_port,
+                    "container_ip": str(m.container_ip),
+                    "container_port": m.container_port,
                     "waiter_pid": p.waiter_pid,
                     "counters": total([p.ctr, *(w[p.lid] for w in remote if p.lid in w)]),
                     # connections each process accepted: the relay's, then each worker's
