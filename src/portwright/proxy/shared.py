@@ -172,6 +172,8 @@ class Relay:
         with contextlib.suppress(OSError):
             if os.stat(self.sock_path).st_ino == self.sock_ino:  # still ours, not a successor's
                 os.unlink(self.sock_path)
+        if self.loop is not None:
+            self.loop.forget(self.ctl.fileno())  # an event of this wake-up may still name it
         self.ctl.close()
         self.ctl = None
 
@@ -257,8 +259,12 @@ class Relay:
             _answer(conn, f"1\npermission denied: uid {uid} is not root; the relay serves root only")
             log.warning("refused a request from pid %d uid %d", pid, uid)
         elif data.startswith(REGISTER_TAG):
-            if self._register(conn, data[len(REGISTER_TAG) :], fds):
-                return
+            try:
+                if self._register(conn, data[len(REGISTER_TAG) :], fds):
+                    return
+            except Exception as e:  # noqa: BLE001 - the waiter gets an answer, the relay goes on
+                log.exception("registration failed")
+                _answer(conn, f"1\nportwright-proxy relay: registration failed: {e}")
         else:
             for extra in fds:
                 os.close(extra)
@@ -281,7 +287,6 @@ class Relay:
     # -- ports ---------------------------------------------------------------------------------
     def _register(self, conn: socket.socket, body: bytes, fds: list[int]) -> bool:
         """Open the port a waiter asks for; answer it. True when the port is now served."""
-        given = socket.socket(fileno=fds[0]) if fds else None
         for extra in fds[1:]:
             os.close(extra)
         try:
@@ -289,13 +294,22 @@ class Relay:
             a = parse_args(argv)
             m = mapping_for(a)
         except (FlagError, HelpRequested, ValueError, UnicodeDecodeError) as e:
-            if given is not None:
-                given.close()
+            if fds:
+                os.close(fds[0])
             _answer(conn, f"1\nbad arguments: {str(e) or 'help is not a registration'}")
             return False
-        if not a.use_listen_fd and given is not None:
-            given.close()
-            given = None
+        # The waiter passes whatever its fd 4 is; only -use-listen-fd makes it dockerd's socket (a
+        # caller may leave any descriptor there: a pipe, a file), and only then is it wrapped.
+        given: socket.socket | None = None
+        if fds and not a.use_listen_fd:
+            os.close(fds[0])
+        elif fds:
+            try:
+                given = socket.socket(fileno=fds[0])
+            except OSError as e:
+                os.close(fds[0])
+                _answer(conn, f"1\nbad arguments: -use-listen-fd: fd 4 is not a socket ({e.strerror})")
+                return False
         try:
             sock = self._listener(m, given)
         except Exception as e:  # noqa: BLE001 - every failure goes back as "1\n<message>"
@@ -456,9 +470,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def install(path: str | None, directory: str | None, workers: int) -> int:
     """Build the waiter dockerd starts (``portwright proxy install`` and this module's CLI)."""
-    from .waiter import DEFAULT_INSTALL_PATH, build
+    import platform
+
+    from .waiter import DEFAULT_INSTALL_PATH, MACHINES, build, link_python_entry_point
 
     path = path or DEFAULT_INSTALL_PATH
+    if platform.machine() not in MACHINES:
+        target = link_python_entry_point(path)
+        print(
+            f"{path}: the waiter is written for x86_64 and aarch64, not {platform.machine()}; linked the "
+            f"Python entry point {target} instead (one interpreter, ~8 MB, per port). "
+            f"dockerd: --userland-proxy-path={path}"
+        )
+        return 0
     size = build(path, directory=directory or relay_dir(), workers=workers)
     print(f'{path}: {size} bytes. dockerd: --userland-proxy-path={path} (daemon.json: "userland-proxy-path")')
     return 0
