@@ -28,12 +28,13 @@ per port) still works.
 from __future__ import annotations
 
 import os
-import platform
 import sys
-import tempfile
 
 from ..errors import BadInput, KernelError
-from ..kernel import runner
+
+# platform, tempfile and kernel.runner (subprocess) are imported where the waiter is built: the
+# shared relay imports this module for its constants, and every module it loads is resident
+# memory in the relay and each of its workers.
 
 #: Where the relay's socket, lock and log live (override: PORTWRIGHT_PROXY_DIR).
 DEFAULT_DIR = "/run/portwright/proxy"
@@ -297,6 +298,11 @@ def build(
 ) -> int:
     """Compile the waiter to ``out`` (atomically, mode 0755); its size in bytes. ``compiler`` and
     ``machine`` name a cross compiler and its target (the tests build the aarch64 waiter here)."""
+    import platform
+    import tempfile
+
+    from ..kernel import runner
+
     machine = machine or platform.machine()
     if machine not in MACHINES:
         raise BadInput(
