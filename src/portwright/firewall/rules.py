@@ -91,6 +91,7 @@ CHAIN_NET_POSTROUTING = "net-postrouting"
 FIXED_CHAINS = (CHAIN_GUARD, CHAIN_PREROUTING, CHAIN_OUTPUT, CHAIN_PUBLISH, CHAIN_POSTROUTING, CHAIN_FORWARD)
 
 # --- Sets and maps. -----------------------------------------------------------------------------
+RESOLVER_PORT = 53  # DNS (RFC 1035): where each network's resolver listens on its gateway
 SET_BRIDGES = "bridges"  # every portwright bridge (ifname); elements tagged "pw-net:<name>"
 MAP_ANY4 = "pub4_any"  # l4proto . dport            -> sandbox v4 addr . port (0.0.0.0 bindings)
 MAP_ADDR4 = "pub4_addr"  # daddr . l4proto . dport    -> sandbox v4 addr . port (one host address)
@@ -232,6 +233,24 @@ def _fixed_rules() -> list[Cmd]:
             CHAIN_GUARD,
             [_match(_meta("iif"), "lo", "!="), _match(_payload("ip6", "daddr"), "::1"), _DROP],
             "loopback destinations only from lo",
+        ),
+        # A sandbox asking its own gateway for names reaches the resolver (pw-dns, dns/server.py),
+        # never a sandbox that publishes host port 53 on every address: the gateway is a local
+        # address, so the publish maps would DNAT the whole network's queries to it (issue 14).
+        # "fib daddr . iif type local": the destination is an address of the very bridge the
+        # packet came in on, i.e. its gateway; any other local address is still published. In
+        # prerouting, not in publish: the kernel refuses fib's iif in the output hook, which
+        # jumps to publish too (and the host's own queries never come in on a bridge).
+        _base(
+            CHAIN_PREROUTING,
+            [
+                _match(_meta("iifname"), "@" + SET_BRIDGES),
+                _match({"fib": {"result": "type", "flags": ["daddr", "iif"]}}, "local"),
+                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                _match(_payload("th", "dport"), RESOLVER_PORT),
+                _RETURN,
+            ],
+            "a bridge's own gateway, port 53, is the resolver's",
         ),
         # DNAT only what is addressed to this host (any local address incl. 127.0.0.1), as
         # Docker's "-m addrtype --dst-type LOCAL"; traffic passing through is never rewritten.
