@@ -308,11 +308,16 @@ def _start_one(st: State, name: str) -> None:
             f"sandbox {rec.name!r}: its stored flags cannot be read; run it again with 'portwright run'"
         )
     last = json.loads(rec.last_addrs or "{}")
-    spec = dataclasses.replace(
-        rec.spec, name=rec.name, extra={**rec.spec.extra, RESUME: {"id": rec.id, **last}}
-    )
+    keep = {"id": rec.id, **last, "created": rec.created, "finished": rec.finished}
+    spec = dataclasses.replace(rec.spec, name=rec.name, extra={**rec.spec.extra, RESUME: keep})
     check_command(spec)
     spawn(spec)
+    from .resume import moved, moved_note, preferred
+
+    now = st.find_sandbox(rec.id)
+    note = moved_note(rec.name, moved(preferred(last.get("ports")), now.sandbox.mappings if now else ()))
+    if note is not None:
+        print(f"portwright: {note}", file=sys.stderr)
 
 
 def _each(names: Sequence[str], fn: Any) -> int:
@@ -374,6 +379,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise BadInput(f"sandbox {rec.name!r} ran in the foreground; its output went to the terminal")
     try:
         tail = logs.parse_tail(args.tail)
+        now = time.time()
+        since = logs.parse_time("--since", args.since, now) if args.since else None
+        until = logs.parse_time("--until", args.until, now) if args.until else None
     except ValueError as e:
         raise BadInput(str(e)) from None
 
@@ -383,9 +391,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
             now is not None and now.status != "exited" and pid_alive(now.supervisor_pid, now.supervisor_start)
         )
 
-    logs.show(
-        rec.log_path, (sys.stdout.buffer, sys.stderr.buffer), tail=tail, follow=args.follow, running=running
-    )
+    outs = (sys.stdout.buffer, sys.stderr.buffer)
+    if logs.has_records(rec.log_path):
+        printer = logs.Printer(outs, timestamps=args.timestamps, since=since, until=until)
+        logs.show(rec.log_path, printer, tail=tail, follow=args.follow, running=running)
+        return 0
+    if since or until:  # started without the log collector: nothing to compare with
+        raise BadInput(f"--since/--until: {rec.name!r} was started without log times; drop them")
+    if args.timestamps:
+        print(f"portwright: {rec.name!r} was started without log times; showing its logs without", file=sys.stderr)
+    logs.show_plain(rec.log_path, outs, tail=tail, follow=args.follow, running=running)
     return 0
 
 
@@ -691,9 +706,14 @@ def _add_lifecycle_parsers(sub: Any) -> None:
     lg.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new output until the sandbox exits"
     )
+    lg.add_argument("-n", "--tail", default="all", metavar="N", help="only the last N lines (default all)")
     lg.add_argument(
-        "-n", "--tail", default="all", metavar="N", help="only the last N lines of each stream (default all)"
+        "-t", "--timestamps", action="store_true", help="each line's time in front (RFC 3339, nanoseconds)"
     )
+    lg.add_argument(
+        "--since", metavar="TIME", help="lines from TIME on: RFC 3339, Unix seconds, or a duration ago (10m, 1h30m)"
+    )
+    lg.add_argument("--until", metavar="TIME", help="lines up to TIME (same forms as --since)")
     lg.set_defaults(func=cmd_logs)
 
     stt = sub.add_parser("stats", help="per-mapping counters of sandboxes' userland publishing")

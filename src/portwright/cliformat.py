@@ -21,6 +21,7 @@ from .state import SandboxRecord
 
 KERNEL_PATH_MODES = ("nat", "ebpf")  # publishers that serve [::]:P in the kernel and relay only ::1
 COMMAND_WIDTH = 20  # docker ps truncates COMMAND to this many characters (then "…")
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's StartedAt/FinishedAt for "never" (Go's zero time.Time)
 
 
 def rfc3339(ts: float) -> str:
@@ -68,8 +69,8 @@ def status_text(rec: SandboxRecord, now: float) -> str:
     if rec.status == "exited":
         code = rec.exit_code if rec.exit_code is not None else "?"
         return f"Exited ({code})" + (f" {ago(rec.finished, now)}" if rec.finished is not None else "")
-    if rec.status == "running":
-        return "Up " + human_duration(max(0.0, now - rec.created))
+    if rec.status == "running":  # as Docker: since CMD last started (`start` keeps Created)
+        return "Up " + human_duration(max(0.0, now - (rec.started or rec.created)))
     return rec.status.capitalize()
 
 
@@ -182,6 +183,8 @@ def inspect_doc(rec: SandboxRecord, net: Network | None) -> dict[str, Any]:
             "Pid": rec.cmd_pid or 0,
             "SupervisorPid": rec.supervisor_pid or 0,
             "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
+            "StartedAt": rfc3339(rec.started) if rec.started is not None else ZERO_TIME,
+            "FinishedAt": rfc3339(rec.finished) if rec.finished is not None else ZERO_TIME,
         },
         "LogPath": rec.log_path or "",
         "NetworkSettings": network_settings(rec, net),

@@ -33,11 +33,13 @@ from .dns.records import Entry, alias_clash
 from .dns.service import Dns, LiveDns, NoDns
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
 from .kernel.host import Host, LinuxHost
+from .kernel.logcollect import records_path
 from .kernel.spawn import stderr_path
 from .model import ANY4, ANY6, Network, Sandbox
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Bound, Publisher, Target, allocate
+from .resume import last_ports, preferred
 from .spec import DEFAULT_NETWORK, SandboxSpec, check_name
 from .state import (
     SandboxRecord,
@@ -91,8 +93,8 @@ def _preferred(want: str | None, net: ipam.AnyNet, used: list[Any]) -> Any:
 
 
 def _unlink_quietly(path: str | None) -> None:
-    """Remove a detached sandbox's logs: stdout at ``path`` and stderr beside it."""
-    for p in (path, stderr_path(path)) if path else ():
+    """Remove a detached sandbox's logs: its records, or stdout at ``path`` and stderr beside it."""
+    for p in (path, stderr_path(path), records_path(path)) if path else ():
         try:
             os.unlink(p)
         except OSError:
@@ -361,6 +363,10 @@ class Engine:
             )
             stored = {k: v for k, v in spec.to_json().items() if k != RESUME}
             self.state.insert_sandbox(sb, list(spec.cmd), spec=stored, log_path=self._log_path(spec, sid))
+            resumed = spec.extra.get(RESUME) or {}  # `start` keeps Created (and the last FinishedAt)
+            self.state.update_sandbox(
+                sid, **{k: resumed[k] for k in ("created", "finished") if resumed.get(k) is not None}
+            )
             if supervisor_pid is not None:
                 self.state.update_sandbox(
                     sid, supervisor_pid=supervisor_pid, supervisor_start=proc_start_time(supervisor_pid)
@@ -383,7 +389,12 @@ class Engine:
                 old.sandbox, list(old.cmd), spec=old.spec.to_json(), status="exited", log_path=old.log_path
             )
             self.state.update_sandbox(
-                old.id, exit_code=old.exit_code, finished=old.finished, last_addrs=old.last_addrs
+                old.id,
+                exit_code=old.exit_code,
+                finished=old.finished,
+                last_addrs=old.last_addrs,
+                created=old.created,
+                started=old.started,
             )
 
     def _refuse_name_clash(self, spec: SandboxSpec, name: str, network: str) -> None:
@@ -445,6 +456,7 @@ class Engine:
                 known,
                 ipv6_host=self.host.ipv6_enabled(),
                 dual_stack=publisher.dual_stack,
+                prefer=preferred((spec.extra.get(RESUME) or {}).get("ports")),  # `start`: same ports
             )
             self.state.set_ports(sb.id, [m for m, _ in bound])
         return bound
@@ -464,6 +476,7 @@ class Engine:
                     status="running",
                     cmd_pid=cmd_pid,
                     cmd_start=proc_start_time(cmd_pid) if cmd_pid else None,
+                    started=time.time(),
                 )
 
     def reap(self, supervisor_pid: int, exit_code: int | None) -> str | None:
@@ -541,9 +554,13 @@ class Engine:
                 known: dict[str, object] = {} if exit_code is None else {"exit_code": exit_code}
                 if rec.status != "exited":
                     known["finished"] = time.time()
-                if rec.sandbox.ip4 or rec.sandbox.ip6:  # what `start` asks for again
+                if rec.sandbox.ip4 or rec.sandbox.ip6 or rec.sandbox.mappings:  # what `start` asks for again
                     known["last_addrs"] = json.dumps(
-                        {"ip4": _str_or_none(rec.sandbox.ip4), "ip6": _str_or_none(rec.sandbox.ip6)}
+                        {
+                            "ip4": _str_or_none(rec.sandbox.ip4),
+                            "ip6": _str_or_none(rec.sandbox.ip6),
+                            "ports": last_ports(rec.sandbox.mappings),
+                        }
                     )
                 self.state.update_sandbox(
                     rec.id, status="exited", ip4=None, ip6=None, supervisor_pid=None, cmd_pid=None, **known

@@ -51,6 +51,7 @@ MIGRATIONS = (
     ("cmd_start", "INTEGER"),
     ("finished", "REAL"),  # when CMD exited: "Exited (0) 3 minutes ago"
     ("last_addrs", "TEXT"),  # JSON {"ip4", "ip6"} it had when it exited: `start` asks for them again
+    ("started", "REAL"),  # when CMD last started (run or `start`): "Up 3 seconds", State.StartedAt
 )
 
 #: ``PRAGMA user_version`` of the files this release writes. An older file is migrated; a newer one
@@ -85,6 +86,7 @@ class SandboxRecord:
     created: float
     finished: float | None = None  # when CMD exited (None while it runs, or for older records)
     last_addrs: str | None = None  # the addresses an exited sandbox had (JSON), for `start`
+    started: float | None = None  # when CMD last started (None before it has, or for older records)
 
     @property
     def id(self) -> str:
@@ -391,6 +393,7 @@ class State:
             created=row["created"],
             finished=row["finished"],
             last_addrs=row["last_addrs"],
+            started=row["started"],
         )
 
     def insert_sandbox(

@@ -419,6 +419,7 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
 def _become_tini(plan: dict[str, Any]) -> None:
     """Exec the tiny init in the sandbox's cgroup and netns."""
     try:
+        logs = spawn.log_fds(plan["log"]) if plan["log"] else None  # the collector: outside the cgroup
         cgroup.join_fn(plan["cgroup"])()
         if plan["netns"]:
             netns.setns(plan["netns"])
@@ -426,10 +427,9 @@ def _become_tini(plan: dict[str, Any]) -> None:
         os.chdir(plan["cwd"] if os.path.isdir(plan["cwd"]) else "/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        if plan["log"]:
-            out, err = spawn.open_logs(plan["log"])  # stdout and stderr kept apart
-            os.dup2(out, 1)
-            os.dup2(err, 2)
+        if logs is not None:
+            os.dup2(logs[0], 1)
+            os.dup2(logs[1], 2)
         caps.child_setup(Privileges.from_json(plan.get("privileges")), plan["netns"])()
         os.execve(plan["tini"], plan["argv"], plan["env"])
     finally:

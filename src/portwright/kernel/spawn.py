@@ -1,4 +1,5 @@
-"""Starting CMD: fork, join the sandbox's cgroup and netns, become a session leader, exec.
+"""Starting CMD: fork, join the sandbox's cgroup and netns, become a session leader, exec; a
+detached CMD's output goes to its log collector (``logcollect``), or to two plain files without one.
 
 Plain ``os.fork``/``os.execvpe`` instead of ``subprocess.Popen``: the supervisor stays small (Popen's
 machinery would be copied into every sandbox's process) and owns every step between fork and exec.
@@ -13,7 +14,7 @@ import resource
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import BadInput
-from . import cgroup, netns
+from . import cgroup, logcollect, netns
 from . import tty as _tty
 
 
@@ -30,9 +31,9 @@ def spawn(
     tty: bool = False,
 ) -> int:
     """Start argv in the sandbox; return its pid (also its process group and session id). With a
-    ``log_path``, CMD's stdout is appended there and its stderr to ``stderr_path(log_path)``.
+    ``log_path``, CMD's output goes to its log collector (``log_fds``).
     ``child_setup`` runs last before exec (``kernel.caps.child_setup``: /sys, privileges)."""
-    out, err = open_logs(log_path) if log_path else (None, None)
+    out, err = log_fds(log_path) if log_path else (None, None)
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: only os-level calls until exec
@@ -82,6 +83,15 @@ def stderr_path(log_path: str) -> str:
     """Where a detached CMD's stderr goes: beside its stdout log, kept apart as Docker keeps the
     two streams (``logs NAME 2>/dev/null`` shows stdout only)."""
     return log_path.removesuffix(".log") + ".stderr.log"
+
+
+def log_fds(log_path: str) -> tuple[int, int]:
+    """CMD's stdout and stderr for a detached sandbox: the pipes of a log collector started for
+    it (``logcollect``: times, one ordered file), or, when none can be had, the two plain files.
+    Called before CMD joins its cgroup, so the collector outlives the sandbox's cgroup.kill and
+    drains what CMD wrote last."""
+    fds = logcollect.start(log_path)
+    return fds if fds is not None else open_logs(log_path)
 
 
 def open_logs(log_path: str) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import BadInput, Conflict, PortInUse
+from ..errors import BadInput, Conflict, PortInUse, PortwrightError
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
 from ..model import ANY4, ANY6, IPAddress, Mapping, Proto, bindings_clash
@@ -183,12 +183,14 @@ def allocate(
     known: Sequence[tuple[str, Mapping]],
     ipv6_host: bool | None = None,
     dual_stack: bool = False,
+    prefer: dict[tuple[str, str, int], int] | None = None,
 ) -> Bound:
     """Bind a socket for every mapping the specs ask for. ``known`` lists (owner description,
     mapping) already published by others: a port one of them holds, or that a host socket holds
     (sock_diag), is refused (PortInUse naming the owner) or skipped in a range, before any bind.
     All-or-nothing. With dual_stack, a wildcard request's two halves share one ``[::]:P`` socket
-    (kept on the v6 half; the v4 half's socket is None)."""
+    (kept on the v6 half; the v4 half's socket is None). ``prefer`` maps (proto, host address,
+    container port) to the host port to try first (``start``: the port it had, if still free)."""
     if ipv6_host is None:
         ipv6_host = sysctl.ipv6_enabled()
     lo, hi = sysctl.local_port_range()
@@ -196,14 +198,22 @@ def allocate(
     holders = _Holders(known, {spec.proto for spec in specs})
     out: Bound = []
     taken_here: _Taken = {}
+    avoid = set((prefer or {}).values())
     try:
         for spec in specs:
             for cport, candidates in spec.requests():
                 halves = host_ips(spec, target, ipv6_host)
                 pool = candidates or tuple(p for p in range(lo, hi + 1) if p not in reserved)
-                port, socks = _bind_one(
-                    spec, halves, pool, not candidates, dual_stack, holders, taken_here, len(out)
-                )
+                if avoid and len(pool) > 1:  # a port drawn again keeps off the others' old ports
+                    pool = tuple(p for p in pool if p not in avoid) or pool
+                args = (halves, dual_stack, holders, taken_here, len(out))
+                want = (prefer or {}).get((spec.proto, str(halves[0][0]), cport)) if halves else None
+                if want is not None and not (
+                    want in candidates if candidates else lo <= want <= hi and want not in reserved
+                ):
+                    want = None  # no longer a port this request may have
+                got = _bind_preferred(spec, want, *args)
+                port, socks = got or _bind_one(spec, halves, pool, not candidates, *args[1:])
                 for (hip, cip), sock in zip(halves, socks, strict=True):
                     out.append((Mapping(spec.proto, hip, port, cip, cport), sock))
                 for hip, is_dual in _socket_halves(halves, dual_stack):
@@ -214,6 +224,25 @@ def allocate(
                 sock.close()
         raise
     return out
+
+
+def _bind_preferred(
+    spec: PortSpec,
+    want: int | None,
+    halves: list[tuple[IPAddress, IPAddress]],
+    dual: bool,
+    holders: _Holders,
+    taken_here: _Taken,
+    n_bound: int,
+) -> tuple[int, list[socket.socket | None]] | None:
+    """The preferred host port ``want`` (``start``: the one it had) if it is still free; None
+    (draw as usual, with the usual errors) when there is none or it is taken."""
+    if want is None:
+        return None
+    try:
+        return _bind_one(spec, halves, (want,), True, dual, holders, taken_here, n_bound)
+    except PortwrightError:
+        return None
 
 
 # (proto, host port) -> (the -p text, host address, dual-stack?) of each socket this request bound
