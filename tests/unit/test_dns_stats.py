@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from portwright.bench.resolver import summary
+from portwright.bench.resolver import run_cost_text, summary
 from portwright.dns.stats import RING, Stats
 
 
@@ -69,3 +69,10 @@ def test_summary_takes_medians_and_the_worst_pause() -> None:
     assert s["dns_p99"] == 2.0 and s["server_p99_us"] == 40.0
     assert s["server_gc_ms_max"] == 1.5 and s["server_gc_passes"] == 12
     assert s["dns_over_echo_p50"] == 2.0
+
+
+def test_run_cost_compares_the_first_and_last_tenth() -> None:
+    seconds = [1.0] * 10 + [5.0] * 80 + [2.0] * 10
+    out = run_cost_text(seconds)
+    assert "1.00 s (median of the first 10)" in out and "2.00 s (median of the last 10)" in out
+    assert "median of the first 1)" in run_cost_text([3.0]) and run_cost_text([]) == "no runs"

@@ -43,6 +43,7 @@ ROUNDS = 3
 CLIENTS = 4
 WINDOW = 16
 DURATION = 5.0
+BUILD_WORKERS = 6  # run -d in parallel while building the network
 ECHO_PORT = 5353  # the floor: a UDP echo on the gateway address, same client, same path
 
 LATENCY_CLIENT = r"""
@@ -130,6 +131,19 @@ def percentiles(lat_ns: list[int]) -> dict[str, float]:
     return {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": xs[-1] / 1e6}
 
 
+def run_cost_text(seconds: list[float]) -> str:
+    """The k-th run -d against the first ones (pure): does creating a sandbox slow down as the
+    network fills? Medians of the first and the last tenth (at least one run each)."""
+    if not seconds:
+        return "no runs"
+    tenth = max(1, len(seconds) // 10)
+    first, last = statistics.median(seconds[:tenth]), statistics.median(seconds[-tenth:])
+    return (
+        f"run -d took {first:.2f} s (median of the first {tenth}) and {last:.2f} s "
+        f"(median of the last {tenth}), {BUILD_WORKERS} at a time"
+    )
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -161,6 +175,7 @@ class Lab:
         self.pw = driver.Portwright()
         self.network = "bdns" + secrets.token_hex(2)
         self.names: list[str] = []
+        self.run_seconds: list[float] = []  # each run -d, in the order they finished
         self.echo: driver.Child | None = None
 
     def build(self, n: int) -> str:
@@ -168,13 +183,17 @@ class Lab:
         names = [f"q{i:03d}{secrets.token_hex(2)}" for i in range(n)]
 
         def start(name: str) -> None:
+            t = time.monotonic()
             self.pw.run(name, self.network, ["sleep", "infinity"], timeout=300)
-            self.names.append(name)
+            self.names.append(name)  # in the order they came up: the k-th is names[k - 1]
+            self.run_seconds.append(time.monotonic() - t)
+            if len(self.names) % 20 == 0:
+                self.log(f"{len(self.names)} sandboxes up; that run -d took {self.run_seconds[-1]:.1f} s")
 
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=6) as pool:
+        with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
             list(pool.map(start, names))
-        self.log(f"{n} sandboxes up in {time.monotonic() - t0:.0f} s")
+        self.log(f"{n} sandboxes up in {time.monotonic() - t0:.0f} s; {run_cost_text(self.run_seconds)}")
         doc = json.loads(self.pw.call("network", "inspect", self.network))[0]
         gw = str(doc["IPAM"]["Config"][0]["Gateway"])
         self.echo = driver.spawn([sys.executable, "-c", ECHO, gw, str(ECHO_PORT)])
@@ -309,7 +328,8 @@ def handle(args: Any) -> int:
             print(f"bench: cleanup: {e}", file=sys.stderr)
     s = summary(results)
     print(text(s, n, queries, rounds))
+    print(f"  building: {run_cost_text(lab.run_seconds)}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"rounds": results, "summary": s}, f, indent=1)
+            json.dump({"rounds": results, "summary": s, "run_seconds": lab.run_seconds}, f, indent=1)
     return 0
