@@ -67,6 +67,9 @@ class EventLoop:
         #: Called about once a second from the loop's thread (the shared relay's housekeeping);
         #: set before the loop starts.
         self.tick: Callable[[float], None] | None = None
+        #: A monotonic time at which ``tick`` should run early (0: none), set from the loop's
+        #: thread: the shared relay hands new ports to its workers in batches this way.
+        self.soon = 0.0
 
     # registration helpers (called from the loop thread, or before the thread starts)
     def watch(
@@ -137,6 +140,9 @@ class EventLoop:
                 wait = timeout
                 if connecting:
                     wait = self._expire(timeout)
+                if self.soon:
+                    left = max(0.0, self.soon - time.monotonic())
+                    wait = left if wait < 0 else min(wait, left)
                 events = poll(wait)
                 if periodic:
                     self.now = now = time.monotonic()
@@ -146,6 +152,9 @@ class EventLoop:
                             u.sweep(now)
                         if tick is not None:
                             tick(now)
+                    elif self.soon and now >= self.soon and tick is not None:
+                        self.soon = 0.0
+                        tick(now)
                 for fd, ev in events:
                     if stale and fd in stale:
                         continue

@@ -39,6 +39,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,10 @@ QUERY_TAG = b"PWQ1\0"
 RELAY_NAME = "pw-relay"
 #: Seconds without any port before the relay exits (a container restart re-registers within it).
 IDLE_EXIT = 1.0
+#: Seconds a new port is served by the relay alone before its workers get it too, in one batch
+#: with the ports registered meanwhile (dockerd registers a range one port after the other: one
+#: message per worker per batch instead of one per port).
+WORKER_BATCH_DELAY = 0.05
 #: Pending waiter connections the control socket queues (dockerd starts a range's proxies at once).
 CTL_BACKLOG = 4096
 _MAX_REQUEST = 8192
@@ -74,7 +79,7 @@ def paths(directory: str) -> tuple[str, str, str]:
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Port:
     """One registered port: its waiter's connection, the socket and where it is served."""
 
@@ -97,6 +102,7 @@ class Relay:
         self.sock_path, self.lock_path, self.log_path = paths(directory)
         self.ports: dict[int, Port] = {}  # by the waiter connection's fd
         self.pending: dict[int, socket.socket] = {}  # connections that have not registered yet
+        self.to_workers: list[Port] = []  # TCP ports the workers do not serve yet (a batch)
         self.next_id = 1
         self.idle_since: float | None = None
         self.pool: WorkerPool | None = None
@@ -190,6 +196,7 @@ class Relay:
         log.info("relay stopped")
 
     def _tick(self, now: float) -> None:
+        self._flush_workers()
         self._revive_workers()
         if self.ports or self.pending:
             self.idle_since = None
@@ -199,6 +206,12 @@ class Relay:
         elif now - self.idle_since >= IDLE_EXIT and self.loop is not None:
             self._stop_listening()
             self.loop.stopping = True
+
+    def _flush_workers(self) -> None:
+        """Hand the batch of new TCP ports to every worker."""
+        if self.to_workers and self.pool is not None:
+            self.pool.add_many([(p.lid, p.mapping, p.sock) for p in self.to_workers])
+        self.to_workers.clear()
 
     def _revive_workers(self) -> None:
         """A dead worker is replaced and given every TCP listener again (never silently fewer)."""
@@ -259,7 +272,7 @@ class Relay:
             log.warning("refused a request from pid %d uid %d", pid, uid)
         elif data.startswith(REGISTER_TAG):
             try:
-                if self._register(conn, data[len(REGISTER_TAG) :], fds):
+                if self._register(conn, data[len(REGISTER_TAG) :], fds, pid):
                     return
             except Exception as e:  # noqa: BLE001 - the waiter gets an answer, the relay goes on
                 log.exception("registration failed")
@@ -284,8 +297,8 @@ class Relay:
         conn.close()
 
     # -- ports ---------------------------------------------------------------------------------
-    def _register(self, conn: socket.socket, body: bytes, fds: list[int]) -> bool:
-        """Open the port a waiter asks for; answer it. True when the port is now served."""
+    def _register(self, conn: socket.socket, body: bytes, fds: list[int], pid: int) -> bool:
+        """Open the port waiter ``pid`` asks for; answer it. True when the port is now served."""
         for extra in fds[1:]:
             os.close(extra)
         try:
@@ -314,7 +327,6 @@ class Relay:
         except Exception as e:  # noqa: BLE001 - every failure goes back as "1\n<message>"
             _answer(conn, "1\n" + _go_listen_error(a, e))
             return False
-        pid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[0]
         port = Port(self.next_id, m, sock, conn, pid)
         self.next_id += 1
         self._serve_port(port)
@@ -344,7 +356,9 @@ class Relay:
             return
         port.local = attach_tcp(self.loop, m, port.sock, port.ctr, False, None, exclusive=self.workers > 1)
         if self.pool is not None and self.pool.n:
-            self.pool.add(port.lid, m, None, port.sock)
+            self.to_workers.append(port)
+            if not self.loop.soon:
+                self.loop.soon = time.monotonic() + WORKER_BATCH_DELAY
 
     def _unregister(self, port: Port) -> None:
         assert self.loop is not None
@@ -360,7 +374,9 @@ class Relay:
             port.sock.close()
         elif local is not None:
             detach_tcp(self.loop, local)
-            if self.pool is not None and self.pool.n:
+            if port in self.to_workers:
+                self.to_workers.remove(port)  # never handed over: nothing to take back
+            elif self.pool is not None and self.pool.n:
                 self.pool.remove(port.lid)  # every worker closed its copy when this returns
         else:
             port.sock.close()
@@ -406,6 +422,13 @@ def _recv_request(conn: socket.socket) -> tuple[bytes, list[int]]:
 
 def _answer(conn: socket.socket, text: str, big: bool = False) -> bool:
     data = text.encode(errors="replace")
+    if not big:
+        try:
+            return conn.send(data) == len(data)  # a short answer on a fresh connection: no wait
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
     try:
         if big:
             with contextlib.suppress(OSError):

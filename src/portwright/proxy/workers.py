@@ -47,6 +47,8 @@ ANSWER_TIMEOUT = 5.0
 #: Control socket buffers: a stats answer for thousands of busy listeners is one message.
 CTL_BUFFER = 4 << 20
 _MAX_MSG = CTL_BUFFER
+#: Listeners handed over in one message (``add_many``); the kernel's SCM_MAX_FD is 253.
+FDS_PER_MSG = 200
 
 
 def default_workers() -> int:
@@ -67,7 +69,7 @@ def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = N
 
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and the descriptors that came with it; (None, []) at EOF."""
-    data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, socket.CMSG_SPACE(4 * 4))
+    data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, socket.CMSG_SPACE(4 * FDS_PER_MSG))
     fds: list[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -141,6 +143,19 @@ class WorkerPool:
                 send_msg(ctl, msg, [sock.fileno()])
             except OSError:
                 pass  # a dead worker: alive() says so
+
+    def add_many(self, items: list[tuple[int, Mapping, socket.socket]]) -> None:
+        """``add`` for many TCP listeners, in one message per FDS_PER_MSG of them (the shared relay
+        batches a port range's registrations this way: one wake-up of each worker, not one each)."""
+        for i in range(0, len(items), FDS_PER_MSG):
+            chunk = items[i : i + FDS_PER_MSG]
+            msg = {"op": "addn", "items": [{"id": lid, "m": m.to_json()} for lid, m, _ in chunk]}
+            fds = [sock.fileno() for _, _, sock in chunk]
+            for ctl in self.ctls:
+                try:
+                    send_msg(ctl, msg, fds)
+                except OSError:
+                    pass  # a dead worker: alive() says so
 
     def remove(self, lid: int) -> None:
         """Stop serving a listener everywhere; returns when every live worker closed its copy."""
@@ -257,6 +272,12 @@ def _control_handler(
                 served[int(msg["id"])] = attach_tcp(
                     loop, m, sock, new_counters(), proxy_protocol, twin, exclusive=True
                 )
+            elif op == "addn" and len(fds) == len(msg.get("items", ())):
+                for item, fd in zip(msg["items"], fds, strict=True):
+                    sock = socket.socket(fileno=fd)
+                    m = Mapping.from_json(item["m"])
+                    lst = attach_tcp(loop, m, sock, new_counters(), proxy_protocol, None, exclusive=True)
+                    served[int(item["id"])] = lst
             elif op == "del":
                 lst = served.pop(int(msg["id"]), None)
                 if lst is not None:
