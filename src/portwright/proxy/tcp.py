@@ -199,7 +199,10 @@ class TcpRelay:
         self.down = Half(self.bfd, self.cfd, backend, client, BYTES_OUT)
         self.connected = False
         self.hdr = header  # PROXY header still to send, b"" when none
-        self.c_ready = False  # client bytes arrived before the backend connection completed
+        # client bytes arrived before the backend connection completed: 1, and 2 once its FIN
+        # (or a hang-up) was reported too: the first read after connect must then drain to EOF,
+        # otherwise one short recv() proves the socket empty (no EAGAIN probe)
+        self.c_ready = 0
         self.closed = False
 
     # -- event entry point ---------------------------------------------------------------------
@@ -215,7 +218,7 @@ class TcpRelay:
                             # drain: nobody would read the client again to see it, so end here.
                             raise RelayError("client connection failed")
                     else:
-                        self.c_ready = True
+                        self.c_ready = 2 if ev & _EOF_EV else (self.c_ready or 1)
                         if ev & EPOLLERR:
                             self._client_error()
                             return
@@ -230,7 +233,7 @@ class TcpRelay:
                     if not self._finish_connect():
                         return
                     if self.c_ready or self.hdr:
-                        self._pump(self.up)
+                        self._pump(self.up, self.c_ready != 1)
                 elif ev & EPOLLOUT and self.up.blocked:
                     self._pump(self.up)
                 if ev & _READ_EV:
@@ -362,7 +365,12 @@ class TcpRelay:
             if not h.eof and h.bulk and self._splice_bulk(h):
                 return
             if h.eof and not h.done:
-                self._pass_eof(h)
+                if (self.down if h is self.up else self.up).done:
+                    # The other direction is finished too: close() (on_event's next step) sends
+                    # this FIN after the queued bytes, so the shutdown() syscall is not needed.
+                    h.done = True
+                else:
+                    self._pass_eof(h)
         except OSError as e:
             raise RelayError(str(e)) from e
         if h.pipe is not None:
