@@ -396,10 +396,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         printer = logs.Printer(outs, timestamps=args.timestamps, since=since, until=until)
         logs.show(rec.log_path, printer, tail=tail, follow=args.follow, running=running)
         return 0
+    why = logs.no_times_reason(st.dir)
     if since or until:  # started without the log collector: nothing to compare with
-        raise BadInput(f"--since/--until: {rec.name!r} was started without log times; drop them")
+        raise BadInput(f"--since/--until: {rec.name!r} was started without log times ({why}); drop them")
     if args.timestamps:
-        print(f"portwright: {rec.name!r} was started without log times; showing its logs without", file=sys.stderr)
+        print(f"portwright: {rec.name!r} was started without log times ({why}); showing them without", file=sys.stderr)
     logs.show_plain(rec.log_path, outs, tail=tail, follow=args.follow, running=running)
     return 0
 

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import BinaryIO
 
-from .kernel.logcollect import records_path
+from .kernel.logcollect import error_path, finished, records_path
 from .kernel.spawn import stderr_path
 
 FOLLOW_POLL_SECONDS = 0.1  # how often -f looks for new output; a human cannot tell the lag
+COLLECTOR_DRAIN_SECONDS = 5.0  # -f at the end: how long the collector may take to write the last lines
 TIME_WIDTH = 30  # "2026-11-30T09:30:00.123456789Z"
 HEADER = TIME_WIDTH + 5  # time, " o F "
 STREAMS = {b"o": 0, b"e": 1, b"n": 1}  # the collector's own notes go to stderr
@@ -187,9 +188,22 @@ def show(
             recs, rest = split_records(rest + data)
             printer.write(recs)
         elif not alive:
+            if finished(path, COLLECTOR_DRAIN_SECONDS):  # what CMD wrote last is in the file now
+                recs, rest = split_records(rest + _read_from(path, offset)[0])
+                printer.write(recs)
             return
         else:
             time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def no_times_reason(state_dir: str) -> str:
+    """Why a sandbox has plain logs: the collector's build error, or an older start."""
+    try:
+        with open(error_path(state_dir)) as f:
+            first = f.readline().strip()
+    except OSError:
+        return "it was started by an older release or before the log collector was built"
+    return f"the log collector could not be built: {first[:200]}; see {error_path(state_dir)}"
 
 
 def has_records(log_path: str) -> bool:
