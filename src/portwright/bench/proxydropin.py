@@ -11,6 +11,12 @@ goes first from round to round, and for each port range ``-p B-(B+N-1):8000-(800
   the last port; ``bulk_four``: four at once on four ports, added up;
 - ``conn_first``/``conn_last`` (requests/s): wrk, 32 connections, ``Connection: close``;
   ``conn_four``: four wrk runs at once on four ports, added up;
+- ``cpu_us_first``/``cpu_us_four``: CPU time (user+system, every thread) of all the proxy
+  processes per request during ``conn_first``/``conn_four``: the efficiency, which a loaded
+  machine distorts far less than the rate;
+- ``runq_four``: the share of the proxies' runnable time they spent waiting for a CPU
+  (/proc/PID/task/TID/schedstat) during ``conn_four``. Near 1 the rate measures the scheduler's
+  share (docker-proxy runs more threads) more than the proxy;
 - ``remove_s``: ``docker rm -f``.
 
 The container is busybox httpd on the first two and last two container ports, serving from its
@@ -34,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .cpu import CLOCK_TICKS, parse_pid_stat
 from .dockerd import PrivateDockerd
 from .driver import run, wait_until
 
@@ -79,6 +86,49 @@ def _proxy_pids(names: tuple[bytes, ...]) -> list[int]:
         if relay or any(prog == os.path.basename(n) for n in names):
             out.append(pid)
     return out
+
+
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """/proc/PID/task/TID/schedstat -> (ns on a CPU, ns runnable but waiting for one)."""
+    run, wait, _slices = text.split()
+    return int(run), int(wait)
+
+
+def _sched(pids: list[int]) -> tuple[float, float, float]:
+    """(CPU seconds, seconds on a CPU, seconds waiting for one) of ``pids``, every thread."""
+    ticks, run, wait = 0, 0, 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    u, st = parse_pid_stat(f.read())
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    r, w = parse_schedstat(f.read())
+            except (OSError, ValueError):
+                continue
+            ticks += u + st
+            run += r
+            wait += w
+    return ticks / CLOCK_TICKS, run / 1e9, wait / 1e9
+
+
+def per_request_us(cpu_s: float, rps: float, seconds: float) -> float:
+    """CPU microseconds per request of a run of ``seconds`` at ``rps`` (0 when nothing ran)."""
+    n = rps * seconds
+    return round(cpu_s * 1e6 / n, 1) if n > 0 else 0.0
+
+
+def _measured(fn: Callable[[], float], pids: list[int], seconds: float) -> tuple[float, float, float]:
+    """(requests/s of ``fn``, proxy CPU us per request, share of runnable time spent waiting)."""
+    c0, r0, w0 = _sched(pids)
+    rps = fn()
+    c1, r1, w1 = _sched(pids)
+    busy = (r1 - r0) + (w1 - w0)
+    return rps, per_request_us(c1 - c0, rps, seconds), round((w1 - w0) / busy, 2) if busy > 0 else 0.0
 
 
 def _curl_mbps(port: int) -> float:
@@ -167,9 +217,13 @@ def _one(
         row["bulk_last"] = round(_curl_mbps(last), 1)
         four = [base, base + 1, last - 1, last]
         row["bulk_four"] = round(_parallel([functools.partial(_curl_mbps, p) for p in four]), 1)
-        row["conn_first"] = round(_wrk_rps(base, seconds, 32, 2))
+        procs = _proxy_pids(names)
+        rps, row["cpu_us_first"], _ = _measured(lambda: _wrk_rps(base, seconds, 32, 2), procs, seconds)
+        row["conn_first"] = round(rps)
         row["conn_last"] = round(_wrk_rps(last, seconds, 32, 2))
-        row["conn_four"] = round(_parallel([functools.partial(_wrk_rps, p, seconds, 16, 1) for p in four]))
+        fours: list[Callable[[], float]] = [functools.partial(_wrk_rps, p, seconds, 16, 1) for p in four]
+        rps, row["cpu_us_four"], row["runq_four"] = _measured(lambda: _parallel(fours), procs, seconds)
+        row["conn_four"] = round(rps)
     finally:
         t0 = time.monotonic()
         d.docker("rm", "-f", "pwb-dropin", timeout=600)
@@ -240,6 +294,9 @@ KEYS = (
     "conn_first",
     "conn_last",
     "conn_four",
+    "cpu_us_first",
+    "cpu_us_four",
+    "runq_four",
     "remove_s",
 )
 
