@@ -54,6 +54,23 @@ MIGRATIONS = (
     ("started", "REAL"),  # when CMD last started (run or `start`): "Up 3 seconds", State.StartedAt
 )
 
+_PORT_COLUMNS = ("proto", "host_ip", "host_port", "container_ip", "container_port")
+# Mappings already decoded, by their row: one command reads a sandbox back many times (reconcile,
+# restore, teardown, each `_serving` check), and decoding a 10,000-port sandbox's 20,000 rows each
+# time was most of `run -d` and `rm -f` at that size (#11). Mappings are frozen, so sharing is safe.
+_MAPPING_MEMO: dict[tuple[Any, ...], Mapping] = {}
+_MAPPING_MEMO_MAX = 200_000  # rows; past it the memo starts again (a few MB at most)
+
+
+def _mapping(row: tuple[Any, ...]) -> Mapping:
+    m = _MAPPING_MEMO.get(row)
+    if m is None:
+        if len(_MAPPING_MEMO) >= _MAPPING_MEMO_MAX:
+            _MAPPING_MEMO.clear()
+        m = _MAPPING_MEMO[row] = Mapping.from_json(dict(zip(_PORT_COLUMNS, row, strict=True)))
+    return m
+
+
 #: ``PRAGMA user_version`` of the files this release writes. An older file is migrated; a newer one
 #: (written by a later release) is refused rather than misread.
 SCHEMA_VERSION = 1
@@ -360,7 +377,7 @@ class State:
     # ---- sandboxes
     def _record(self, row: sqlite3.Row) -> SandboxRecord:
         maps = tuple(
-            Mapping.from_json(dict(r))
+            _mapping(tuple(r))
             for r in self.db.execute(
                 "SELECT proto, host_ip, host_port, container_ip, container_port FROM ports "
                 "WHERE sandbox_id=? ORDER BY rowid",

@@ -580,7 +580,7 @@ def _hand_to_python(
     socks = list({id(s): s for s in relays.values()}.values())
     at = {id(s): i for i, s in enumerate(socks)}
     fds = [ctl.fileno()] + [s.fileno() for s in socks]
-    fds += [s.fileno() for s in live.sockets if s not in relays.values()]
+    fds += [s.fileno() for s in live.sockets if id(s) not in at]  # a set: 10,000 x 10,000 was seconds
     _send(
         chan,
         {
