@@ -120,7 +120,9 @@ def test_secrets_on_disk_are_root_only_and_ctl_sockets_go_with_rm() -> None:
         logs = os.path.join(h.state, "logs")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not any(
-            "hunter2" in open(os.path.join(logs, f)).read() for f in os.listdir(logs) if f.endswith(".log")
+            "hunter2" in open(os.path.join(logs, f), errors="replace").read()
+            for f in os.listdir(logs)
+            if f.endswith((".log", ".records"))
         ):
             time.sleep(0.1)
         secret = [f for f in os.listdir(logs) if "hunter2" in open(os.path.join(logs, f)).read()]

@@ -183,7 +183,7 @@ static void recover(void) {
         discard(jr->stream, jr->m - (jr->avail - avail(mid[jr->stream][0])));
         jr->state = IDLE;
     }
-    static const char msg[] = "portwright: the log collector was killed and has been replaced; nothing was lost";
+    static const char msg[] = "portwright: the log collector was killed and has been replaced; nothing was lost\n";
     put(out, records('n', msg, sizeof msg - 1));
 }
 
