@@ -215,15 +215,17 @@ def cmd_port(args: argparse.Namespace) -> int:
         maps = [m for m in maps if m.container_port == int(port) and (not proto or m.proto == proto)]
         if not maps:
             raise NotFound(f"no public port '{args.port}' published for {rec.name}")
+    mode = rec.sandbox.publish_mode
     if args.format:  # over Docker's Ports map: {"80/tcp": [{"HostIp": ..., "HostPort": ...}]}
-        print(cliformat.render(args.format, cliformat.docker_ports(maps)))
+        data = cliformat.PortMap(cliformat.docker_ports(maps), PublishMode=mode)
+        print(cliformat.render(args.format, data))
         return 0
-    if args.port:
-        for m in maps:
-            print(m.host_binding())
-        return 0
+    # Docker's exact lines, which scripts parse ($(portwright port web 80)); the mode in effect
+    # (issue 11) is added only for a person at a terminal, and is '{{.PublishMode}}' for scripts.
+    note = f"   ({mode})" if sys.stdout.isatty() else ""
     for m in maps:
-        print(f"{m.container_port}/{m.proto} -> {m.host_binding()}")
+        line = m.host_binding() if args.port else f"{m.container_port}/{m.proto} -> {m.host_binding()}"
+        print(line + note)
     return 0
 
 
@@ -647,7 +649,9 @@ def _add_sandbox_parsers(sub: Any) -> None:
         "-f",
         "--format",
         metavar="TEMPLATE",
-        help="Go template over Docker's port map, e.g. '{{(index (index . \"80/tcp\") 0).HostPort}}'",
+        help="Go template over Docker's port map, e.g. '{{(index (index . \"80/tcp\") 0).HostPort}}'; "
+        "'{{.PublishMode}}' is the mode in effect (ebpf, nat, proxy), which a terminal also sees "
+        "after each line",
     )
     pt.set_defaults(func=cmd_port)
 

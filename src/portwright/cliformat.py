@@ -117,6 +117,16 @@ def docker_ports(mappings: Iterable[Mapping]) -> dict[str, list[dict[str, str]]]
     return out
 
 
+class PortMap(dict[str, list[dict[str, str]]]):
+    """Docker's port map for ``port --format``, plus ``fields`` a template reaches by name but
+    that ``range`` and ``json`` never see: ``{{.PublishMode}}`` works, while a script ranging over
+    the ports (``{{range $p, $c := .}}``) gets exactly Docker's keys (issue 11)."""
+
+    def __init__(self, ports: dict[str, list[dict[str, str]]], **fields: str) -> None:
+        super().__init__(ports)
+        self.fields = fields
+
+
 def mapping_json(m: Mapping) -> dict[str, Any]:
     return {
         "Proto": m.proto,

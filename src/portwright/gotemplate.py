@@ -297,6 +297,9 @@ def field(v: Any, name: str, where: str) -> Any:
     if isinstance(v, dict):
         if name in v:
             return v[name]
+        extra = getattr(v, "fields", None)  # a map with fields beside its keys (cliformat.PortMap)
+        if isinstance(extra, dict) and name in extra:
+            return extra[name]
         known = ", ".join(sorted(str(k) for k in v)[:12])
         raise TemplateError(f"{where}: no field {name!r} (fields here: {known})")
     raise TemplateError(f"{where}: cannot take field {name!r} of {_kind(v)} {go_str(v)[:40]!r}")
