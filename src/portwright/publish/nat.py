@@ -35,6 +35,9 @@ class NatPublisher:
         self.sockets: list[socket.socket] = []
         self.proxy: ProxyServer | None = None
         self.in_kernel = False
+        # The NAT mappings whose host bindings our reservations hold: unpublish deletes them by
+        # key with no table read (ops.Firewall.unpublish); None: it reads the table (#11).
+        self._known: list[Mapping] | None = None
 
     def publish(self, bound: Bound) -> None:
         self.mappings = [m for m, _ in bound]
@@ -58,6 +61,9 @@ class NatPublisher:
                 ): s
                 for m, s in proxied.items()
             }
+        held = {(m.proto, m.host_port) for m, s in bound if s is not None}
+        if all((m.proto, m.host_port) in held for m in nat):
+            self._known = nat
         if nat:
             # One transaction; it also flushes the published UDP ports' conntrack entries, so a
             # client that sent before the rule existed is not stuck on the host (Docker #8795).
@@ -82,7 +88,7 @@ class NatPublisher:
         errs: list[str] = []
         if self.in_kernel:
             try:
-                self.ctx.firewall.unpublish(self.ctx.owner)
+                self.ctx.firewall.unpublish(self.ctx.owner, known=self._known)
                 self.in_kernel = False
             except Exception as e:  # teardown goes on
                 errs.append(f"nft unpublish: {e}")
