@@ -176,6 +176,8 @@ def show(
     """Print the sandbox's records through ``printer``; with ``follow``, keep printing what the
     collector adds until ``running()`` is false and nothing is left."""
     path = records_path(log_path)
+    if not running():  # an exited sandbox: its collector may still be writing CMD's last lines
+        finished(path, COLLECTOR_DRAIN_SECONDS)
     data, offset = _read_from(path, 0)
     recs, rest = split_records(data)
     k = tail_start(recs, tail, printer)

@@ -5,6 +5,8 @@ one through ``logs -f``, so the test cannot pass unless ``-f`` delivers output l
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from proxynet import wait_until
-from pwutil import pw, temp_network, uniq
+from pwutil import inspect, pw, temp_network, uniq
+
+from portwright.kernel import logcollect
 
 pytestmark = pytest.mark.integration
 
@@ -136,5 +140,52 @@ def test_timestamps_order_since_until(placement: list[str], tmp_path: Path) -> N
         bad = pw("logs", "--since", "yesterday", name, check=False)
         errors = [line for line in bad.stderr.splitlines() if "--since" in line]
         assert bad.returncode == 2 and len(errors) == 1 and "Traceback" not in bad.stderr
+    finally:
+        pw("rm", "-f", name, check=False)
+
+
+def _collectors(records: str) -> list[int]:
+    """The live collector processes (reader and spare) writing ``records``."""
+    found = []
+    for d in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if argv[:2] == [logcollect.NAME.encode(), records.encode()] and state != "Z":
+            found.append(int(d))
+    return found
+
+
+def _reader(pair: list[int]) -> int:
+    """The reader of a collector pair: the parent of the other (its spare)."""
+    for pid in pair:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if ppid in pair:
+            return ppid
+    raise AssertionError(f"no reader among {pair}")
+
+
+def test_collector_killed_loses_nothing_and_cmd_goes_on(placement: list[str]) -> None:
+    n = 300
+    script = (
+        f"i=0; while [ $i -lt {n} ]; do echo line$i; echo eline$i >&2; i=$((i+1)); sleep 0.01; done; "
+        "echo done; sleep 60"
+    )
+    name = _sandbox(placement, script)
+    try:
+        records = logcollect.records_path(inspect(name)["LogPath"])
+        assert wait_until(lambda: len(_collectors(records)) == 2)
+        for _ in range(2):  # the first kill hits one of the pair, the second one its replacement
+            os.kill(_reader(_collectors(records)), signal.SIGKILL)
+            assert wait_until(lambda: len(_collectors(records)) == 2)
+        assert wait_until(lambda: "done" in pw("logs", name).stdout.split(), timeout=60)
+        out = pw("logs", name)
+        assert out.stdout.split() == [f"line{i}" for i in range(n)] + ["done"]
+        assert _cmd_lines(out.stderr) == [f"eline{i}" for i in range(n)]
+        assert inspect(name)["State"]["Running"]  # CMD never got EPIPE
+        notes = [line for line in out.stderr.splitlines() if "log collector was killed" in line]
+        assert len(notes) == 2  # each reader killed was replaced, and said so
     finally:
         pw("rm", "-f", name, check=False)
