@@ -3,8 +3,9 @@
 detached. ``read`` touches bpffs (root); the rest is pure over a ``BpfView``.
 
 * ``who`` shows a local path as "rewritten at connect() to ADDR by portwright";
-* ``audit`` flags a map entry whose sandbox is gone (``stale``) and a running ebpf sandbox whose
-  programs are detached (``degraded``: local clients then take the NAT path).
+* ``audit`` checks the map against live sandboxes both ways: an entry whose sandbox is gone
+  (``stale``), a running ebpf sandbox whose entries are missing, and one whose programs are
+  detached (both ``degraded``: local clients then take the NAT path).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..model import ANY4, ANY6, IPAddress
 from ..publish.ebpf_progs import SvcEntry
 
 if TYPE_CHECKING:
+    from ..state import SandboxRecord
     from .snapshot import Snapshot
 
 Raw = tuple[str, str, str, str, str, str]  # severity, code, subject, message, fix, owner
@@ -88,6 +90,7 @@ def bpf_findings(snap: Snapshot) -> list[Raw]:
                 "",
             )
         )
+    out += _missing_entries(snap, live)
     if snap.bpf.detached:
         for r in snap.sandboxes:
             if snap.alive(r) and r.sandbox.publish_mode == "ebpf" and r.sandbox.mappings:
@@ -103,6 +106,39 @@ def bpf_findings(snap: Snapshot) -> list[Raw]:
                         f"sandbox {r.name!r} ({r.id})",
                     )
                 )
+    return out
+
+
+def _missing_entries(snap: Snapshot, live: dict[int, SandboxRecord]) -> list[Raw]:
+    """degraded: a running ebpf sandbox whose svc entries (some or all) are not in the map."""
+    from ..publish.ebpf_progs import IPPROTO
+
+    if snap.bpf.note:
+        return []  # the map was not readable: nothing to compare (the note says why)
+    have: dict[int, set[tuple[str, IPAddress, int]]] = {}
+    for e in snap.bpf.entries:
+        have.setdefault(e.owner, set()).add((e.proto, e.host_ip, e.host_port))
+    out: list[Raw] = []
+    for owner, r in live.items():
+        if r.sandbox.publish_mode != "ebpf":
+            continue
+        want = [m for m in r.sandbox.mappings if m.proto in IPPROTO]
+        gone = [m for m in want if (m.proto, m.host_ip, m.host_port) not in have.get(owner, set())]
+        if not gone:
+            continue
+        first = gone[0]
+        out.append(
+            (
+                "medium",
+                "degraded",
+                f"sandbox {r.name}",
+                f"publish mode ebpf but {len(gone)} of its {len(want)} connect-time rewrite entries are "
+                f"missing (first: {first.proto} {_ep(first.host_ip, first.host_port)}); "
+                "local clients of those take the NAT path",
+                f"restart it ('portwright restart {r.name}') to publish them again",
+                f"sandbox {r.name!r} ({r.id})",
+            )
+        )
     return out
 
 
