@@ -385,6 +385,7 @@ class Relay:
 
     def status(self) -> dict[str, Any]:
         remote = self.pool.stats() if self.pool is not None else []
+        held = self.pool.served() if self.pool is not None else []
         ports = []
         for p in sorted(self.ports.values(), key=lambda p: (p.mapping.host_port, str(p.mapping.host_ip))):
             m = p.mapping
@@ -402,6 +403,8 @@ class Relay:
                     "counters": total([p.ctr, *(w[p.lid] for w in remote if p.lid in w)]),
                     # connections each process accepted: the relay's, then each worker's
                     "by_process": [p.ctr[TOTAL], *(w[p.lid][TOTAL] if p.lid in w else 0 for w in remote)],
+                    # worker processes holding this TCP listener (a new one joins them within 50 ms)
+                    "in_workers": sum(p.lid in ids for ids in held),
                 }
             )
         return {

@@ -161,6 +161,10 @@ class WorkerPool:
         """Stop serving a listener everywhere; returns when every live worker closed its copy."""
         self._ask({"op": "del", "id": lid})
 
+    def served(self) -> list[set[int]]:
+        """The listener ids each live worker serves (status: is every port in every worker?)."""
+        return [set(a.get("ids", [])) for a in self._ask({"op": "ids"})]
+
     def stats(self) -> list[dict[int, list[int]]]:
         """Each worker's counters by listener id."""
         return [{int(k): v for k, v in a.get("ctr", {}).items()} for a in self._ask({"op": "stats"})]
@@ -283,6 +287,8 @@ def _control_handler(
                 if lst is not None:
                     detach_tcp(loop, lst)
                 send_msg(ctl, {"ok": True})
+            elif op == "ids":
+                send_msg(ctl, {"ids": list(served)})
             elif op == "stats":
                 ctr = {str(k): lst.ctr for k, lst in served.items() if any(lst.ctr)}
                 send_msg(ctl, {"ctr": ctr})
