@@ -4,7 +4,8 @@ Owns the loop's registrations (``watch``, ``watch_relay``, ``forget``: an fd for
 is closed is skipped for the rest of that wake-up, so a reused fd number never reaches the wrong
 handler), the per-loop resources the relays borrow (the pipe pool and the small-message copy
 buffer, used only by this thread), the backend connect timeout (``connecting``), the UDP flow sweep (once a second, in loop 0 when it has UDP
-listeners), rate-limited logging for overload and backend failures, and the loop's end: a crash
+listeners), the housekeeping ``tick`` (once a second, or earlier at ``soon``), rate-limited
+logging for overload and backend failures, and the loop's end: a crash
 is recorded (``crashed``, reported by the server) and every relay, flow and pipe is closed.
 
 One bad connection never stops the loop: a handler that raises is logged and, if it was a TCP

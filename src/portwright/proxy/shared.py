@@ -19,6 +19,11 @@ root's only, and every peer's SO_PEERCRED uid must be 0):
   what ``status`` prints;
 - anything else gets ``1\\n<what was wrong>`` and the connection is closed.
 
+New TCP ports are served by the relay at once and handed to its workers in batches (every
+``WORKER_BATCH_DELAY``, one message per worker), so a range registered port after port wakes each
+worker a few times, not once per port; ``status`` says how many workers hold each port
+(``in_workers``).
+
 Lifetime: the first waiter starts the relay (``serve``; a flock on ``relay.lock`` keeps it
 single); it exits about a second after its last port closed. A relay killed with SIGKILL takes
 its workers with it (PR_SET_PDEATHSIG), so no listener copy is left accepting connections that

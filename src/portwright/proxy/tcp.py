@@ -15,7 +15,8 @@ for connection rate first (see DESIGN.md: per-connection cost decides a proxy's 
   wake-up's first read is tiny (``SMALL_READ``): mid-stream wake-ups often find a few KiB that
   arrived while the last batch was being moved, and copying 64 KiB through Python on each of those
   cost more than the splice it replaced;
-- EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing;
+- EOF in one direction becomes ``shutdown(SHUT_WR)`` toward the peer, the other keeps flowing
+  (the second EOF needs no shutdown: ``close()`` sends that FIN after the queued bytes);
 - a backend that refuses (or any reset) is passed on as a reset (SO_LINGER 0), never a clean EOF,
   also when it arrives on a direction that is waiting for its destination to drain (EPOLLERR);
 - backpressure: when the destination is full the bytes stay in the (bounded) pipe and the source

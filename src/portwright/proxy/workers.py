@@ -15,10 +15,11 @@ process cannot join it, and closing it everywhere frees the port.
 - a worker dies with its parent (PR_SET_PDEATHSIG SIGKILL), so a killed relay never leaves a
   copy of a listener behind that would accept connections nobody serves;
 - control: one SOCK_SEQPACKET socketpair per worker, one JSON message each way:
-  ``add`` (a listener, its descriptor in SCM_RIGHTS), ``del`` (answered once the worker closed
-  its copy, so the port is free when ``remove`` returns), ``stats`` (the worker's counters by
-  listener id, which the parent adds to its own: ``counters.total``). A worker whose control
-  socket closes (its parent stopped or died) exits.
+  ``add`` (a listener, its descriptor in SCM_RIGHTS), ``addn`` (up to ``FDS_PER_MSG`` listeners in
+  one message: the shared relay's batches), ``del`` (answered once the worker closed its copy, so
+  the port is free when ``remove`` returns), ``stats`` (the worker's counters by listener id,
+  which the parent adds to its own: ``counters.total``), ``ids`` (the listener ids it serves). A
+  worker whose control socket closes (its parent stopped or died) exits.
 """
 
 from __future__ import annotations
