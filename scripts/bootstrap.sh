@@ -7,6 +7,9 @@ if [ "$(id -u)" != 0 ]; then echo "bootstrap: run as root (sudo bash scripts/boo
 PKGS=(iproute2 nftables iptables conntrack procps iperf3 wrk nginx-light curl netcat-openbsd socat
       dnsutils file busybox-static docker.io containernetworking-plugins podman python3-venv sysstat tini
       ufw firewalld gcc)  # gcc: portwright proxy install builds the dockerd waiter (issue 15)
+# --test (scripts/test.sh): also what only the tests use: a cross compiler and qemu-user, so the
+# aarch64 waiter is built and run for real (tests/integration/test_proxy_waiter_arm.py).
+if [ "${1:-}" = --test ]; then PKGS+=(gcc-aarch64-linux-gnu qemu-user-static); fi
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
