@@ -215,6 +215,27 @@ def base_commands() -> list[Cmd]:
     return cmds
 
 
+def _resolver_exemption() -> Cmd:
+    """A sandbox asking its own gateway for names reaches the resolver (pw-dns, dns/server.py),
+    never a sandbox that publishes host port 53 on every address: the gateway is a local
+    address, so the publish maps would DNAT the whole network's queries to it (issue 14).
+    "fib daddr . iif type local": the destination is an address of the very bridge the packet
+    came in on, i.e. its gateway; any other local address is still published. In prerouting,
+    not in publish: the kernel refuses fib's iif in the output hook, which jumps to publish too
+    (and the host's own queries never come in on a bridge)."""
+    return _base(
+        CHAIN_PREROUTING,
+        [
+            _match(_meta("iifname"), "@" + SET_BRIDGES),
+            _match({"fib": {"result": "type", "flags": ["daddr", "iif"]}}, "local"),
+            _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+            _match(_payload("th", "dport"), RESOLVER_PORT),
+            _RETURN,
+        ],
+        "a bridge's own gateway, port 53, is the resolver's",
+    )
+
+
 def _fixed_rules() -> list[Cmd]:
     in_bridges = _match(_meta("oifname"), "@" + SET_BRIDGES)
     return [
@@ -234,24 +255,7 @@ def _fixed_rules() -> list[Cmd]:
             [_match(_meta("iif"), "lo", "!="), _match(_payload("ip6", "daddr"), "::1"), _DROP],
             "loopback destinations only from lo",
         ),
-        # A sandbox asking its own gateway for names reaches the resolver (pw-dns, dns/server.py),
-        # never a sandbox that publishes host port 53 on every address: the gateway is a local
-        # address, so the publish maps would DNAT the whole network's queries to it (issue 14).
-        # "fib daddr . iif type local": the destination is an address of the very bridge the
-        # packet came in on, i.e. its gateway; any other local address is still published. In
-        # prerouting, not in publish: the kernel refuses fib's iif in the output hook, which
-        # jumps to publish too (and the host's own queries never come in on a bridge).
-        _base(
-            CHAIN_PREROUTING,
-            [
-                _match(_meta("iifname"), "@" + SET_BRIDGES),
-                _match({"fib": {"result": "type", "flags": ["daddr", "iif"]}}, "local"),
-                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
-                _match(_payload("th", "dport"), RESOLVER_PORT),
-                _RETURN,
-            ],
-            "a bridge's own gateway, port 53, is the resolver's",
-        ),
+        _resolver_exemption(),
         # DNAT only what is addressed to this host (any local address incl. 127.0.0.1), as
         # Docker's "-m addrtype --dst-type LOCAL"; traffic passing through is never rewritten.
         _base(
