@@ -629,6 +629,14 @@ def _set_elements(table_json: dict[str, Any], name: str) -> Iterable[tuple[Any, 
 def published(table_json: dict[str, Any]) -> list[Published]:
     """Every element of the four publish maps, in map order."""
     out: list[Published] = []
+    ips: dict[str, IPAddress] = {}  # 20,000 elements hold a handful of addresses: parse each once (#11)
+
+    def ip(text: str) -> IPAddress:
+        a = ips.get(text)
+        if a is None:
+            a = ips[text] = ipaddress.ip_address(text)
+        return a
+
     for name in PUB_MAPS:
         any_addr = ipaddress.IPv4Address(0) if name == MAP_ANY4 else ipaddress.IPv6Address(0)
         for key, value, comment in _set_elements(table_json, name):
@@ -644,14 +652,14 @@ def published(table_json: dict[str, Any]) -> list[Published]:
                 proto, port = parts
             else:
                 addr, proto, port = parts
-                host_ip = ipaddress.ip_address(addr)
+                host_ip = ip(addr)
             out.append(
                 Published(
                     map=name,
                     proto=str(proto),
                     host_ip=host_ip,
                     host_port=int(port),
-                    container_ip=ipaddress.ip_address(data[0]),
+                    container_ip=ip(data[0]),
                     container_port=int(data[1]),
                     owner=comment,
                 )
