@@ -9,6 +9,8 @@ only when that fails (an element already gone). Counted through the fake backend
 from __future__ import annotations
 
 import ipaddress
+import os
+import random
 import socket
 from contextlib import ExitStack
 
@@ -111,3 +113,36 @@ def test_the_nat_publisher_tears_down_without_reading_the_table(fw: Firewall, fa
         assert pub.unpublish() == []
         assert "read" not in fake.calls and fake.calls.count("apply") == 1
         assert _owners(fw) == {rules.owner_tag(OTHER): 1}
+
+
+def test_randomized_unpublish_never_touches_another_owner() -> None:
+    """Seeded: owners publish random ports, elements vanish at random (a reload, a hand-deleted
+    element), owners leave in random order by key; what stays is exactly the others' elements."""
+    seed = int(os.environ.get("PW_SEED", random.randrange(1 << 32)))
+    print(f"seed {seed} (PW_SEED={seed} repeats it)")
+    rng = random.Random(seed)
+    for _ in range(30):
+        fake = FakeBackend()
+        fw = Firewall(fake)
+        fw.ensure_base()
+        fw.add_network(WEB)
+        ports = rng.sample(range(1024, 65536), 40)
+        owners = {f"pw:{i:012x}": _ports(0) for i in range(4)}
+        for i, owner in enumerate(owners):
+            mine = ports[i * 10 : (i + 1) * 10]
+            owners[owner] = [
+                m(proto, host, p, cont, 80) for p in mine for proto in ("tcp", "udp")
+                for host, cont in (("0.0.0.0", f"198.18.5.{i + 2}"), ("::", f"2001:2:5::{i + 2}"))
+            ]  # fmt: skip
+            fw.publish(owner, owners[owner], flush_udp=False)
+        for maps in owners.values():  # some elements are gone before teardown
+            gone = [x for x in maps if rng.random() < 0.1]
+            if gone:
+                fake.apply(rules.delete_elements_commands(gone))
+        order = list(owners)
+        rng.shuffle(order)
+        for owner in order:
+            left = {o: n for o, n in _owners(fw).items() if o != rules.owner_tag(owner)}
+            fw.unpublish(owner, known=owners[owner])  # all it published, some gone
+            assert _owners(fw) == left, f"seed {seed}"
+        assert fw.published() == []
