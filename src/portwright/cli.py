@@ -402,7 +402,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if since or until:  # started without the log collector: nothing to compare with
         raise BadInput(f"--since/--until: {rec.name!r} was started without log times ({why}); drop them")
     if args.timestamps:
-        print(f"portwright: {rec.name!r} was started without log times ({why}); showing them without", file=sys.stderr)
+        print(
+            f"portwright: {rec.name!r} was started without log times ({why}); showing them without",
+            file=sys.stderr,
+        )
     logs.show_plain(rec.log_path, outs, tail=tail, follow=args.follow, running=running)
     return 0
 
@@ -716,7 +719,9 @@ def _add_lifecycle_parsers(sub: Any) -> None:
         "-t", "--timestamps", action="store_true", help="each line's time in front (RFC 3339, nanoseconds)"
     )
     lg.add_argument(
-        "--since", metavar="TIME", help="lines from TIME on: RFC 3339, Unix seconds, or a duration ago (10m, 1h30m)"
+        "--since",
+        metavar="TIME",
+        help="lines from TIME on: RFC 3339, Unix seconds, or a duration ago (10m, 1h30m)",
     )
     lg.add_argument("--until", metavar="TIME", help="lines up to TIME (same forms as --since)")
     lg.set_defaults(func=cmd_logs)
