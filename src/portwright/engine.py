@@ -35,7 +35,7 @@ from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
 from .kernel.host import Host, LinuxHost
 from .kernel.logcollect import records_path
 from .kernel.spawn import stderr_path
-from .model import ANY4, ANY6, Network, Sandbox
+from .model import ANY4, ANY6, Mapping, Network, Sandbox
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Bound, Publisher, Target, allocate
@@ -514,13 +514,17 @@ class Engine:
         return errors
 
     # ------------------------------------------------------------------ teardown
-    def teardown(self, rec: SandboxRecord, firewall: bool = True) -> list[str]:
+    def teardown(
+        self, rec: SandboxRecord, firewall: bool = True, known: list[Mapping] | None = None
+    ) -> list[str]:
         """Remove every kernel object a sandbox may have; errors are collected, not raised.
-        ``firewall`` False: its publisher already removed its firewall elements."""
+        ``firewall`` False: its publisher already removed its firewall elements. ``known``: its
+        NAT mappings, from a caller that still holds their host bindings (``Firewall.unpublish``
+        then deletes them by key, with no read of a table that may hold 20,000 elements)."""
         sb = rec.sandbox
         steps: list[tuple[str, object]] = []
         if firewall:
-            steps.append(("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id))))
+            steps.append(("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id), known=known)))
         if sb.veth:
             steps.append(("anti-spoofing", lambda: self.fw.remove_antispoof(sandbox_owner(sb.id))))
             steps.append((f"veth {sb.veth}", lambda: self.host.delete_link(sb.veth or "")))
@@ -571,8 +575,11 @@ class Engine:
             _unlink_quietly(rec.log_path)
         self.dns.changed()  # its names go now
 
-    def reconcile(self) -> list[str]:
-        """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner)."""
+    def reconcile(self, restore: bool = True) -> list[str]:
+        """Clear up after supervisors that died (kill -9, crash, reboot of the state dir's owner).
+        ``restore`` False: skip putting back the firewall (the command's first reconcile, in the
+        CLI, already did; a second full check costs a read of the whole table, 20,000 elements
+        at 10,000 ports)."""
         self._rebuild_if_needed()
         cleaned = []
         for rec in self.state.sandboxes():
@@ -593,7 +600,7 @@ class Engine:
             self.teardown(rec)
             self.mark_exited(rec, None)
             cleaned.append(rec.name)
-        if self.state.networks():
+        if restore and self.state.networks():
             # A firewall reload may have taken our table: every command puts it back (issue 13).
             # restore also makes sure dockerd's DOCKER-USER hook accepts our bridges (dockerd may
             # have started since our networks were made: its FORWARD policy is DROP).
@@ -722,7 +729,7 @@ class Engine:
             return
         self.signal_stop(rec, timeout)
         self.wait_stopped(rec, timeout + 0.5)
-        self.reconcile()
+        self.reconcile(restore=False)
 
     def remove(self, names: list[str], force: bool = False) -> list[tuple[str, PortwrightError | None]]:
         """Remove sandboxes; with ``force``, running ones are killed first, all at once, as
@@ -746,7 +753,7 @@ class Engine:
         for rec in recs:
             if rec.status != "exited":
                 self.wait_stopped(rec, 10)
-        self.reconcile()
+        self.reconcile(restore=False)
         for rec in recs:
             rec2 = self.state.find_sandbox(rec.id)
             if rec2 is not None:

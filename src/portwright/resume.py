@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .model import Mapping
+from .model import Mapping, address_text
 
 # (proto, host address as text, container port) -> the host port it had
 Preferred = dict[tuple[str, str, int], int]
@@ -20,7 +20,7 @@ Preferred = dict[tuple[str, str, int], int]
 
 def last_ports(mappings: Iterable[Mapping]) -> list[list[Any]]:
     """The JSON kept for ``start``: one ``[proto, host_ip, container_port, host_port]`` per mapping."""
-    return [[m.proto, str(m.host_ip), m.container_port, m.host_port] for m in mappings]
+    return [[m.proto, address_text(m.host_ip), m.container_port, m.host_port] for m in mappings]
 
 
 def preferred(ports: Sequence[Sequence[Any]] | None) -> Preferred:
@@ -39,7 +39,7 @@ def moved(before: Preferred, now: Iterable[Mapping]) -> list[str]:
     """``"80/tcp 0.0.0.0:32768 -> 32771"`` for each mapping whose host port was drawn again."""
     out = []
     for m in now:
-        old = before.get((m.proto, str(m.host_ip), m.container_port))
+        old = before.get((m.proto, address_text(m.host_ip), m.container_port))
         if old is not None and old != m.host_port:
             out.append(f"{m.container_port}/{m.proto} {m.host_ip}:{old} -> {m.host_port}")
     return out

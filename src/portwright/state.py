@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Conflict, NeedRoot, NotFound, PortwrightError
-from .model import Mapping, Network, Sandbox
+from .model import Mapping, Network, Sandbox, address_text
 from .spec import SandboxSpec
 
 DEFAULT_DIR = "/run/portwright"
@@ -465,7 +465,14 @@ class State:
         self.db.executemany(
             "INSERT INTO ports VALUES (?,?,?,?,?,?)",
             [
-                (sid, m.proto, str(m.host_ip), m.host_port, str(m.container_ip), m.container_port)
+                (
+                    sid,
+                    m.proto,
+                    address_text(m.host_ip),
+                    m.host_port,
+                    address_text(m.container_ip),
+                    m.container_port,
+                )
                 for m in mappings
             ],
         )

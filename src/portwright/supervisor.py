@@ -32,6 +32,7 @@ from typing import Any
 from .caps_model import Privileges
 from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
+from .firewall import rules
 from .firewall.backend import default_firewall
 from .kernel import caps, cgroup, netns, spawn, tty
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
@@ -39,6 +40,7 @@ from .model import Mapping
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Publisher
+from .publish.nat import held_bindings, known_if_held
 from .recovery import FirewallWatch
 from .spec import SandboxSpec
 from .state import State, grace_path, read_grace, state_dir
@@ -640,14 +642,29 @@ def _finish_detached(held: Held, code: int) -> int:
     close_control(held.ctl, held.state_dir, held.sid)
     engine = Engine(State(held.state_dir))
     engine.mark_removing(held.sid)  # nothing restores its rules from here on (issue 13)
+    # The relays' sockets stay bound (dup'ed) until the NAT elements are gone: with every host
+    # binding held, no other owner can hold those keys, so they go by key with no read of a
+    # table that may hold 20,000 elements (#11).
+    keep = [s.dup() for s in _relay_sockets(held)]
     errors = held.publisher.unpublish() if held.publisher is not None else []
     rec = engine.state.find_sandbox(held.sid)
     if rec is not None:
-        errors += engine.teardown(rec)
+        known = None
+        if rec.sandbox.publish_mode in ("nat", "ebpf"):  # their publisher adds elements, no rules
+            nat_maps = [m for m in rec.sandbox.mappings if rules.nat_capable(m)]
+            known = known_if_held(nat_maps, held_bindings(held.sockets + keep))
+        errors += engine.teardown(rec, known=known)
         engine.mark_exited(rec, code)
+    for s in keep:
+        s.close()
     for problem in errors:
         print(f"portwright: teardown of {held.sid}: {problem}", file=sys.stderr)
     return code
+
+
+def _relay_sockets(held: Held) -> list[socket.socket]:
+    relays = getattr(held.publisher, "relays", None)
+    return list(relays().values()) if callable(relays) else []
 
 
 def _send(chan: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portwright.errors import BadInput
-from portwright.model import IPAddress, Mapping, Network, bindings_clash
+from portwright.model import IPAddress, Mapping, Network, address_text, bindings_clash
 
 # The tags' prefixes and nft's comment limit are re-exported, as callers of this module knew them.
 from portwright.owners import BASE_TAG as BASE_TAG
@@ -455,16 +455,16 @@ def map_for(m: Mapping) -> str:
 def _key(m: Mapping) -> dict[str, Any]:
     parts: list[Any] = [m.proto, m.host_port]
     if not m.wildcard:
-        parts.insert(0, str(m.host_ip))
+        parts.insert(0, address_text(m.host_ip))
     return {"concat": parts}
 
 
 def _value(m: Mapping) -> dict[str, Any]:
-    return {"concat": [str(m.container_ip), m.container_port]}
+    return {"concat": [address_text(m.container_ip), m.container_port]}
 
 
 def _binding_key(m: Mapping) -> tuple[str, str, str, int]:
-    return (map_for(m), m.proto, str(m.host_ip), m.host_port)
+    return (map_for(m), m.proto, address_text(m.host_ip), m.host_port)
 
 
 def publish_commands(owner: str, mappings: Sequence[Mapping]) -> list[Cmd]:

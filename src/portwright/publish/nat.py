@@ -61,9 +61,7 @@ class NatPublisher:
                 ): s
                 for m, s in proxied.items()
             }
-        held = {(m.proto, m.host_port) for m, s in bound if s is not None}
-        if all((m.proto, m.host_port) in held for m in nat):
-            self._known = nat
+        self._known = known_if_held(nat, {(m.proto, m.host_port) for m, s in bound if s is not None})
         if nat:
             # One transaction; it also flushes the published UDP ports' conntrack entries, so a
             # client that sent before the rule existed is not stuck on the host (Docker #8795).
@@ -130,3 +128,24 @@ class NatPublisher:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return self.proxy.stats() if self.proxy is not None else {}
+
+
+def known_if_held(nat: list[Mapping], held: set[tuple[str, int]]) -> list[Mapping] | None:
+    """``nat`` when every one of its host bindings ((proto, port)) is held by a reservation of
+    the caller: then no other owner can have published those keys, and they may be deleted by
+    key with no table read (``Firewall.unpublish(known=)``). None otherwise (read and match the
+    owner tag instead)."""
+    return nat if all((m.proto, m.host_port) in held for m in nat) else None
+
+
+def held_bindings(socks: list[socket.socket]) -> set[tuple[str, int]]:
+    """(proto, port) of every bound socket in ``socks`` (closed ones are skipped)."""
+    out: set[tuple[str, int]] = set()
+    for s in socks:
+        try:
+            port = s.getsockname()[1]
+        except OSError:
+            continue
+        if port:
+            out.add(("tcp" if s.type == socket.SOCK_STREAM else "udp", port))
+    return out
