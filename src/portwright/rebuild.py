@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PortwrightError
 from .firewall import rules
 from .kernel import netlink, netns, proc
+from .kernel.logcollect import NAME as COLLECTOR
 from .model import Network, Sandbox
 from .owners import network_tag, parse_owner, sandbox_owner
 from .spec import SandboxSpec
@@ -33,6 +34,7 @@ from .state import State, proc_start_time
 if TYPE_CHECKING:
     from .firewall.backend import Firewall
 
+HELPERS = (COLLECTOR, "pw-dns")  # a supervisor's children that are never CMD
 TINI_PREFIX = "portwright:"  # argv[0] of the tini supervisor and of its socket holder
 PY_TITLE = "portwright _supervise "  # the process title of a Python supervisor
 VETH_PREFIX = "pwv"  # engine.VETH_PREFIX, + 11 hex of the id
@@ -107,7 +109,7 @@ def find_sandboxes(state_dir: str, proc: str = "/proc") -> Iterator[Found]:
         cmd_pid = _cmd_child(pid)
         if cmd_pid is None or not _ours(name, cmd_pid):
             continue
-        sid = _sid_of(cmd_pid, state_dir) or _sid_of(pid, state_dir)
+        sid = _sid_of(cmd_pid, state_dir) or _sid_of(pid, state_dir) or _collector_sid(pid, state_dir)
         if sid is not None:
             yield Found(sid, name, pid, cmd_pid, cmd or tuple(_argv(cmd_pid)))
 
@@ -118,23 +120,47 @@ _SID = re.compile(r"^[0-9a-f]{12}$")
 def _sid_of(pid: int, state_dir: str) -> str | None:
     """The sandbox id in the detached log ``STATE/logs/<id>.log`` (or ``<id>.stderr.log``) on
     the process's stdout or stderr."""
-    logs = os.path.realpath(os.path.join(state_dir, "logs"))
     for fd in (1, 2):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        base = os.path.basename(target).split(".")[0]
-        if os.path.dirname(target) == logs and _SID.match(base):
-            return base
+        sid = _sid_in(target, state_dir)
+        if sid is not None:
+            return sid
     return None
 
 
-def _cmd_child(sup: int) -> int | None:
-    """A supervisor's CMD: its child that is not the socket holder (tini's other child)."""
+def _sid_in(path: str, state_dir: str) -> str | None:
+    base = os.path.basename(path).split(".")[0]
+    logs = os.path.realpath(os.path.join(state_dir, "logs"))
+    return base if os.path.dirname(path) == logs and _SID.match(base) else None
+
+
+def _collector_sid(sup: int, state_dir: str) -> str | None:
+    """The sandbox id in the records file ``STATE/logs/<id>.records`` that the supervisor's log
+    collector names on its command line (CMD then writes into the collector's pipes)."""
     for c in _children(sup):
         argv = _argv(c)
-        if argv and not argv[0].startswith(TINI_PREFIX):
+        if len(argv) > 1 and _program(argv) == COLLECTOR:
+            sid = _sid_in(argv[1], state_dir)
+            if sid is not None:
+                return sid
+    return None
+
+
+def _program(argv: list[str]) -> str:
+    """The program's name: argv[0]'s last path part (a title set with setproctitle, such as
+    ``pw-dns STATE``, is one argument holding spaces)."""
+    return os.path.basename(argv[0].split(" ", 1)[0])
+
+
+def _cmd_child(sup: int) -> int | None:
+    """A supervisor's CMD: its child that is not the socket holder (tini's other child), the log
+    collector or the resolver (a daemon whose parent exited is the subreaper's child)."""
+    for c in _children(sup):
+        argv = _argv(c)
+        if argv and not argv[0].startswith(TINI_PREFIX) and _program(argv) not in HELPERS:
             return c
     return None
 

@@ -398,9 +398,13 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
         if "exec" in msg:
             plan = msg["exec"]
             hold = _hold_sockets(plan["hold"], plan["argv"][0], fds) if fds else None
-            _send(mine, {"ok": True, "hold": hold})
+            # The log collector (and the gcc that builds it, the first time) are our children
+            # too: start it before answering, and name every child we have, so that the builder
+            # takes none of them for CMD, which tini starts after the exec.
+            logs = spawn.log_fds(plan["log"]) if plan["log"] else None
+            _send(mine, {"ok": True, "hold": hold, "children": _children(os.getpid())})
             mine.close()
-            _become_tini(plan)  # never returns
+            _become_tini(plan, logs)  # never returns
         held = _receive(msg, fds)
         _send(mine, {"ok": True})
     except (OSError, ValueError, KeyError, PortwrightError) as e:
@@ -418,10 +422,10 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
     return _finish_detached(held, code)
 
 
-def _become_tini(plan: dict[str, Any]) -> None:
-    """Exec the tiny init in the sandbox's cgroup and netns."""
+def _become_tini(plan: dict[str, Any], logs: tuple[int, int] | None) -> None:
+    """Exec the tiny init in the sandbox's cgroup and netns. ``logs``: CMD's stdout and stderr
+    (the collector's pipes, started outside the cgroup, or the plain files)."""
     try:
-        logs = spawn.log_fds(plan["log"]) if plan["log"] else None  # the collector: outside the cgroup
         cgroup.join_fn(plan["cgroup"])()
         if plan["netns"]:
             netns.setns(plan["netns"])
@@ -543,7 +547,29 @@ def _hand_to_tini(
     answer = _recv(chan)[0]
     if "ok" not in answer:
         raise PortwrightError(str(answer.get("error", "the supervisor could not take the sandbox")))
-    return _child_of(holder, exclude={os.getpid(), answer.get("hold") or 0})
+    exclude = {os.getpid(), answer.get("hold") or 0, *answer.get("children", ())}
+    return _child_of(holder, exclude=exclude)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(k) for k in f.read().split()]
+    except OSError:
+        return []
+
+
+#: Our own helpers that can become the holder's children after it answered (it is a subreaper:
+#: a daemon's intermediate process may exit late); never CMD.
+HELPER_COMMS = ("pw-dns", "portwright-logs")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _child_of(pid: int, exclude: set[int], timeout: float = 5.0) -> int | None:
@@ -556,6 +582,7 @@ def _child_of(pid: int, exclude: set[int], timeout: float = 5.0) -> int | None:
                 kids = [int(k) for k in f.read().split() if int(k) not in exclude]
         except OSError:
             return None  # tini is gone: CMD came and went
+        kids = [k for k in kids if _comm(k) not in HELPER_COMMS]
         if kids:
             return kids[0]
         time.sleep(0.005)

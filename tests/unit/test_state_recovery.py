@@ -95,3 +95,18 @@ def test_supervisors_are_told_apart_from_other_processes() -> None:
 def test_the_warning_is_one_line_naming_what_and_where() -> None:
     line = warning("/run/portwright/state.db.corrupt-X", "file is not a database", ["pw0"], ["a", "b"])
     assert "\n" not in line and "a, b" in line and "pw0" in line and "state.db.corrupt-X" in line
+
+
+def test_a_supervisors_helpers_are_never_taken_for_cmd_or_miss_its_id() -> None:
+    """CMD of a detached sandbox writes into its log collector's pipes, so the sandbox's id comes
+    from the collector's command line; the collector and a resolver re-parented to the
+    supervisor (a subreaper) are never its CMD."""
+    from portwright.rebuild import HELPERS, _program, _sid_in
+
+    assert _program(["/run/portwright/bin/portwright-logs", "/x/logs/0123456789ab.records"]) in HELPERS
+    assert _program(["pw-dns /run/portwright"]) in HELPERS  # a setproctitle title: one argument
+    assert _program(["python3", "-m", "http.server"]) not in HELPERS
+    assert _sid_in("/run/portwright/logs/0123456789ab.records", "/run/portwright") == "0123456789ab"
+    assert _sid_in("/run/portwright/logs/0123456789ab.stderr.log", "/run/portwright") == "0123456789ab"
+    assert _sid_in("/elsewhere/logs/0123456789ab.records", "/run/portwright") is None
+    assert _sid_in("/run/portwright/logs/not-an-id.records", "/run/portwright") is None
