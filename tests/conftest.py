@@ -70,6 +70,9 @@ def _sweep() -> None:
         nft.remove_table()  # refuses while any owner or network remains (another user's, say)
     except PortwrightError:
         pass
+    from portwright.kernel.bpf import fs
+
+    fs.remove_pins(fs.pin_dir(os.environ["PORTWRIGHT_STATE_DIR"]))  # ebpf links at the cgroup root
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portwright.kernel.bpf import fs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -204,6 +206,8 @@ def _teardown(h: HostNS) -> None:
         _sh("ip", "netns", "del", ns, check=False)
     _sh("ip", "netns", "del", h.name, check=False)
     shutil.rmtree(h.etc, ignore_errors=True)
+    # bpffs and the cgroup root are the machine's, not the namespace's: its ebpf links go too.
+    fs.remove_pins(fs.pin_dir(h.state))
     shutil.rmtree(h.state, ignore_errors=True)
 
 
