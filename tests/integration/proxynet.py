@@ -7,7 +7,9 @@ ranges; checked against the host's routes so parallel test runs do not collide).
 
 The servers are plain Python run with ``ip netns exec``: an epoll TCP server (echo, with a
 summary line after the client's EOF, optionally reporting a PROXY v2 header) that can hold tens
-of thousands of connections, and a UDP echo server.
+of thousands of connections, and a UDP echo server. For relays that need no namespace:
+``echo_server()`` (a loopback TCP/UDP echo thread that answers ``payload|ok``), ``echo()`` (one
+round trip to EOF), ``burst()`` (threads of such round trips) and ``refused()``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -224,3 +228,81 @@ def wait_until(pred: object, timeout: float = 10.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return False
+
+
+@contextlib.contextmanager
+def echo_server(proto: str = "tcp") -> Iterator[int]:
+    """A loopback echo thread on a free port: TCP answers all it read (to EOF) plus ``|ok``;
+    UDP answers each datagram plus ``|ok``. Yields the port."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def tcp() -> None:
+        s.listen(128)
+        while not stop.is_set():
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            with c:
+                data = b""
+                while chunk := c.recv(65536):
+                    data += chunk
+                c.sendall(data + b"|ok")
+
+    def udp() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = s.recvfrom(65535)
+            except OSError:
+                return
+            s.sendto(data + b"|ok", peer)
+
+    t = threading.Thread(target=tcp if proto == "tcp" else udp, daemon=True)
+    t.start()
+    try:
+        yield s.getsockname()[1]
+    finally:
+        stop.set()
+        s.close()
+
+
+def echo(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    """One TCP round trip: send ``payload``, half-close, read the answer to EOF."""
+    with socket.create_connection((host, port), timeout=5) as c:
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := c.recv(65536):
+            out += chunk
+    return out
+
+
+def burst(port: int, payload: bytes, threads: int, rounds: int) -> None:
+    """``threads`` threads each make ``rounds`` round trips through ``port`` to an
+    ``echo_server``; every answer must be ``payload|ok`` (a failure is raised here)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(rounds):
+                got = echo(port, payload)
+                assert got == payload + b"|ok", got
+        except BaseException as e:  # handed to the caller's thread
+            errors.append(e)
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def refused(port: int) -> bool:
+    """True if nothing accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as c:
+        return c.connect_ex(("127.0.0.1", port)) != 0

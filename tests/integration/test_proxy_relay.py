@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from proxynet import Backend, backend_ns, free_port, wait_until
+from proxynet import Backend, backend_ns, echo, free_port, wait_until
 
 from conftest import External, sh
 from portwright.errors import PortInUse
@@ -38,16 +38,6 @@ def M(proto: str, host: str, port: int, cip: object, cport: int) -> Mapping:
     return Mapping(proto, ip(host), port, ip(str(cip)), cport)  # type: ignore[arg-type]
 
 
-def echo(host: str, port: int, payload: bytes = b"ping") -> bytes:
-    with socket.create_connection((host, port), timeout=5) as c:
-        c.sendall(payload)
-        c.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := c.recv(65536):
-            out += chunk
-    return out
-
-
 @pytest.mark.parametrize("backend_v6", [False, True], ids=["to-v4-backend", "to-v6-backend"])
 def test_tcp_v4_and_v6_listeners_from_host_and_external(
     be: Backend, external: External, backend_v6: bool
@@ -58,7 +48,7 @@ def test_tcp_v4_and_v6_listeners_from_host_and_external(
     maps = [M("tcp", "0.0.0.0", p, cip, 7000), M("tcp", "::", p, cip, 7000)]
     with ProxyServer(maps):
         for host in ("127.0.0.1", "::1", str(be.host4), str(be.host6)):
-            assert echo(host, p, b"hello") == b"helloEOF 5\n", host
+            assert echo(p, b"hello", host) == b"helloEOF 5\n", host
         for host in (f"{external.host4}", f"[{external.host6}]"):
             r = external.run("sh", "-c", f"printf abc | nc -N {host.strip('[]')} {p}")
             assert r.stdout == "abcEOF 3\n"
@@ -246,7 +236,7 @@ def test_counters_move(be: Backend) -> None:
             c.sendall(b"12345")
             assert c.recv(5) == b"12345"
             c.close()
-        assert echo("127.0.0.1", p, b"x" * 1000) == b"x" * 1000 + b"EOF 1000\n"
+        assert echo(p, b"x" * 1000) == b"x" * 1000 + b"EOF 1000\n"
         assert wait_until(lambda: srv.stats()[key]["active"] == 0)
         st = srv.stats()[key]
         assert st["total"] == 4 and st["bytes_in"] == 1015
@@ -384,7 +374,7 @@ def test_adopts_reservation_sockets_even_with_a_drop_filter(be: Backend) -> None
     keep = (_attach_drop_all(t), _attach_drop_all(u))
     maps = {M("tcp", "127.0.0.1", p, be.ip4, 7010): t, M("udp", "127.0.0.1", p, be.ip4, 7011): u}
     with ProxyServer(list(maps), sockets=maps):
-        assert echo("127.0.0.1", p, b"adopted") == b"adoptedEOF 7\n"
+        assert echo(p, b"adopted") == b"adoptedEOF 7\n"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
             c.sendto(b"adopted", ("127.0.0.1", p))

@@ -16,13 +16,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from proxynet import free_port, wait_until
+from proxynet import burst, echo, echo_server, free_port, refused, wait_until
 
 from portwright.proxy import shared, waiter
 
@@ -105,58 +104,6 @@ def _relay_pids(directory: str) -> list[int]:
             if b"portwright.proxy.shared" in cmd and directory.encode() in cmd:
                 out.append(int(pid))
     return out
-
-
-@contextlib.contextmanager
-def echo_server(proto: str = "tcp") -> Iterator[int]:
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def tcp() -> None:
-        s.listen(128)
-        while not stop.is_set():
-            try:
-                c, _ = s.accept()
-            except OSError:
-                return
-            with c:
-                data = b""
-                while chunk := c.recv(65536):
-                    data += chunk
-                c.sendall(data + b"|ok")
-
-    def udp() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = s.recvfrom(65535)
-            except OSError:
-                return
-            s.sendto(data + b"|ok", peer)
-
-    t = threading.Thread(target=tcp if proto == "tcp" else udp, daemon=True)
-    t.start()
-    try:
-        yield s.getsockname()[1]
-    finally:
-        stop.set()
-        s.close()
-
-
-def echo(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
-    with socket.create_connection((host, port), timeout=5) as c:
-        c.sendall(payload)
-        c.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := c.recv(65536):
-            out += chunk
-    return out
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as c:
-        return c.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_waiters_register_relay_report_and_exit_0(lab: Lab) -> None:
@@ -258,16 +205,7 @@ def test_two_worker_processes_both_serve(lab: Lab) -> None:
         port = free_port()
         _, status = lab.spawn(*flags("tcp", "127.0.0.1", port, b))
         assert status == b"0\n"
-
-        def burst() -> None:
-            for _ in range(60):
-                assert echo(port, b"q") == b"q|ok"
-
-        ts = [threading.Thread(target=burst) for _ in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        burst(port, b"q", threads=8, rounds=60)
         row = shared.query(lab.dir)["ports"][0]
         assert row["counters"]["total"] == 480
         assert len(row["by_process"]) >= 2 and all(n > 0 for n in row["by_process"]), row
@@ -321,15 +259,6 @@ def test_a_killed_worker_is_replaced_and_given_the_listeners(lab: Lab) -> None:
         assert wait_until(lambda: shared.query(lab.dir)["workers"][1] != worker, timeout=5)
         new = shared.query(lab.dir)
         assert new["pid"] == relay and os.path.exists(f"/proc/{new['workers'][1]}")
-
-        def burst() -> None:
-            for _ in range(60):
-                assert echo(port, b"w") == b"w|ok"
-
-        ts = [threading.Thread(target=burst) for _ in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        burst(port, b"w", threads=8, rounds=60)
         row = shared.query(lab.dir)["ports"][0]
         assert row["by_process"][1] > 0, row  # the new worker serves the port it was handed

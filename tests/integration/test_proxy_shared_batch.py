@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import pytest
-from proxynet import free_port, wait_until
-from test_proxy_shared import Lab, echo, echo_server, flags, lab, refused  # noqa: F401 (fixture)
+from proxynet import burst, echo_server, free_port, refused, wait_until
+from test_proxy_shared import Lab, flags, lab  # noqa: F401 (fixture)
 
 from portwright.proxy import shared
 
@@ -32,16 +31,7 @@ def test_a_burst_of_ports_reaches_every_worker(lab: Lab) -> None:  # noqa: F811
         assert w.wait(timeout=5) == 0
         assert wait_until(lambda: refused(quick), timeout=2)
         for target in (ports[0], ports[-1]):
-
-            def burst(port: int = target) -> None:
-                for _ in range(40):
-                    assert echo(port, b"q") == b"q|ok"
-
-            ts = [threading.Thread(target=burst) for _ in range(6)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            burst(target, b"q", threads=6, rounds=40)
         rows = {r["binding"]: r for r in shared.query(lab.dir)["ports"]}
         assert f"127.0.0.1:{quick}/tcp" not in rows
         for target in (ports[0], ports[-1]):
