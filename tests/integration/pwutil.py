@@ -120,13 +120,20 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel hands out that is free in both families and for both TCP and UDP."""
-    for _ in range(100):
+    """A port the kernel hands out that is free in both families and for both TCP and UDP, and
+    that this process was not given before: once the probe socket closes, the kernel's bind(0)
+    readily hands out the same port again (seen: 50001 four times in twelve calls), so a test
+    asking for twelve ports before binding any got the same one twice."""
+    for _ in range(200):
         with socket.socket(family, kind) as s:
             s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             port = int(s.getsockname()[1])
-        if port_is_free(port):
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free port found")
 
