@@ -1,10 +1,13 @@
-"""Shared test data for the firewall tests: two networks and a Mapping builder (no I/O)."""
+"""Shared test data for the firewall tests: two networks, a Mapping builder and a Firewall over a
+fake backend already holding the base table and the ``web`` network (no I/O)."""
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
 
+from portwright.firewall.backend import Firewall
+from portwright.firewall.fake import FakeBackend
 from portwright.model import Mapping, Network
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -35,3 +38,11 @@ def m(proto: str, host: str, hport: int, cont: str, cport: int) -> Mapping:
         container_ip=A(cont),  # type: ignore[arg-type]
         container_port=cport,
     )
+
+
+def web_firewall(backend: FakeBackend) -> Firewall:
+    """A Firewall over ``backend`` with the base table and the WEB network in place."""
+    fw = Firewall(backend)
+    fw.ensure_base()
+    fw.add_network(WEB)
+    return fw

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from nftdata import DB, GOLDEN, WEB, m
+from nftdata import DB, GOLDEN, WEB, m, web_firewall
 
 from portwright.errors import BadInput, Conflict, KernelError, MissingTool, PortInUse
 from portwright.firewall import rules
@@ -44,10 +44,7 @@ def fake() -> FakeBackend:
 
 @pytest.fixture
 def fw(fake: FakeBackend) -> Firewall:
-    f = Firewall(fake)
-    f.ensure_base()
-    f.add_network(WEB)
-    return f
+    return web_firewall(fake)
 
 
 def published(fw: Firewall) -> set[tuple[str | None, str]]:
@@ -391,9 +388,7 @@ def test_listing_matches_a_real_nft_listing() -> None:
     """The same state as the real listing in tests/golden/live_table.json reads back the same."""
     live: dict[str, Any] = json.loads((GOLDEN / "live_table.json").read_text())
     cni_rule = next(i["rule"] for i in live["nftables"] if "rule" in i and i["rule"]["comment"] == OWNER_CNI)
-    fw = Firewall(FakeBackend())
-    fw.ensure_base()
-    fw.add_network(WEB)
+    fw = web_firewall(FakeBackend())
     fw.add_network(DB)
     fw.publish(OWNER_A, MAPS_A, flush_udp=False)
     fw.publish(

@@ -15,7 +15,7 @@ import socket
 from contextlib import ExitStack
 
 import pytest
-from nftdata import WEB, m
+from nftdata import m, web_firewall
 
 from portwright.firewall import rules
 from portwright.firewall.backend import Firewall
@@ -43,9 +43,7 @@ def fake() -> FakeBackend:
 
 @pytest.fixture
 def fw(fake: FakeBackend) -> Firewall:
-    f = Firewall(fake)
-    f.ensure_base()
-    f.add_network(WEB)
+    f = web_firewall(fake)
     f.publish(OTHER, [m("tcp", "0.0.0.0", 9999, "198.18.5.9", 80)], flush_udp=False)
     return f
 
@@ -123,9 +121,7 @@ def test_randomized_unpublish_never_touches_another_owner() -> None:
     rng = random.Random(seed)
     for _ in range(30):
         fake = FakeBackend()
-        fw = Firewall(fake)
-        fw.ensure_base()
-        fw.add_network(WEB)
+        fw = web_firewall(fake)
         ports = rng.sample(range(1024, 65536), 40)
         owners = {f"pw:{i:012x}": _ports(0) for i in range(4)}
         for i, owner in enumerate(owners):
