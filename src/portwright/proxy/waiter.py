@@ -18,6 +18,12 @@ compiles it with gcc, once, at install time (``install``). The waiter:
    the relay dies instead, the waiter registers its port again with a new relay, so a crashed
    relay is replaced rather than silently dead (its ports were closed by the kernel with it).
 
+What one waiter keeps resident counts hundreds of times (400 for a 200-port range), so it keeps
+one private page: the ELF has no writable segment (no static variables: its message is its
+argument strings as the kernel laid them out, its answer buffer is on the stack), and it moves its
+stack under its argument strings and gives back the pages the kernel's pointer block and its
+first frames used (``drop_old_stack``). It was 12 KB (a bss page and two or three stack pages).
+
 Why gcc and not hand-assembled bytes: the source below can be read and reviewed line by line,
 the compiler gets the ABI details right (syscall registers, struct layouts, stack alignment), and
 gcc is on every host that builds Python packages (scripts/bootstrap.sh installs it). Without
@@ -75,7 +81,7 @@ enum { SYS_read = 0, SYS_write = 1, SYS_close = 3, SYS_rt_sigprocmask = 14, SYS_
        SYS_socket = 41, SYS_connect = 42, SYS_recvfrom = 45, SYS_sendmsg = 46, SYS_setsockopt = 54,
        SYS_clone = 56, SYS_execve = 59, SYS_exit = 60, SYS_wait4 = 61, SYS_fcntl = 72, SYS_flock = 73,
        SYS_setsid = 112, SYS_openat = 257, SYS_mkdirat = 258, SYS_ppoll = 271, SYS_signalfd4 = 289,
-       SYS_dup3 = 292 };
+       SYS_dup3 = 292, SYS_madvise = 28, SYS_prctl = 157 };
 
 static long sc(long n, long a, long b, long c, long d, long e, long f) {
     register long r10 __asm__("r10") = d;
@@ -93,7 +99,7 @@ enum { SYS_dup3 = 24, SYS_fcntl = 25, SYS_flock = 32, SYS_mkdirat = 34, SYS_open
        SYS_read = 63, SYS_write = 64, SYS_ppoll = 73, SYS_signalfd4 = 74, SYS_exit = 93,
        SYS_nanosleep = 101, SYS_rt_sigprocmask = 135, SYS_setsid = 157, SYS_socket = 198,
        SYS_connect = 203, SYS_recvfrom = 207, SYS_setsockopt = 208, SYS_sendmsg = 211,
-       SYS_clone = 220, SYS_execve = 221, SYS_wait4 = 260 };
+       SYS_clone = 220, SYS_execve = 221, SYS_wait4 = 260, SYS_prctl = 167, SYS_madvise = 233 };
 
 static long sc(long n, long a, long b, long c, long d, long e, long f) {
     register long x8 __asm__("x8") = n;
@@ -135,9 +141,10 @@ struct cmsg1 { u64 len; int level; int type; int fd; int pad; };
 struct pollfd { int fd; short events; short revents; };
 struct timespec { long sec; long nsec; };
 
-static char msg[4096];
-static char answer[1024];
-static long answer_len;
+/* No static variables: a writable ELF segment would cost every waiter a page of its own. The
+   message and the answer live in cmain's frame, on the one stack page that stays resident. */
+struct msg { struct iovec iov[2]; char *answer; long answer_len; };
+#define ANSWER_MAX 512
 
 static void nap(void) { struct timespec t = {0, 20000000}; S3(SYS_nanosleep, &t, 0, 0); }
 
@@ -174,8 +181,8 @@ static void spawn_relay(void) {
     if (pid > 0) sc(SYS_wait4, pid, 0, 0, 0, 0, 0);
 }
 
-/* Register with the relay (starting it if needed); the connection, with answer[] filled. */
-static int do_register(u64 n, int sendfd) {
+/* Register with the relay (starting it if needed); the connection, with m->answer filled. */
+static int do_register(struct msg *m, int sendfd) {
     int lock = -1;
     for (int attempt = 0; attempt < 750; attempt++) {  /* 750 x 20 ms: 15 s, dockerd waits 16 */
         int fd = relay_connect();
@@ -196,17 +203,16 @@ static int do_register(u64 n, int sendfd) {
         }
         struct { long sec; long usec; } tv = {15, 0};
         sc(SYS_setsockopt, fd, 1 /* SOL_SOCKET */, 20 /* SO_RCVTIMEO */, (long)&tv, sizeof tv, 0);
-        struct iovec iov = {msg, n};
         struct cmsg1 c = {20, 1 /* SOL_SOCKET */, 1 /* SCM_RIGHTS */, sendfd, 0};
         struct msghdr mh;
         memset(&mh, 0, sizeof mh);
-        mh.iov = &iov;
-        mh.iovlen = 1;
+        mh.iov = m->iov;
+        mh.iovlen = 2;
         if (sendfd >= 0) { mh.control = &c; mh.controllen = sizeof c; }
         long r = S3(SYS_sendmsg, fd, &mh, 0x4000 /* MSG_NOSIGNAL */);
-        if (r >= 0) r = sc(SYS_recvfrom, fd, (long)answer, sizeof answer - 1, 0, 0, 0);
+        if (r >= 0) r = sc(SYS_recvfrom, fd, (long)m->answer, ANSWER_MAX - 1, 0, 0, 0);
         if (r <= 0) { S3(SYS_close, fd, 0, 0); nap(); continue; }  /* the relay was leaving */
-        answer_len = r;
+        m->answer_len = r;
         if (lock >= 0) S3(SYS_close, lock, 0, 0);
         return fd;
     }
@@ -214,30 +220,43 @@ static int do_register(u64 n, int sendfd) {
     return -1;
 }
 
-void cmain(long *sp) {
-    long argc = sp[0];
-    char **argv = (char **)(sp + 1);
-    u64 n = 0;
-    memcpy(msg, "PWW1", 5);
-    n = 5;
-    for (long i = 1; i < argc; i++) {
-        u64 l = slen(argv[i]) + 1;
-        if (n + l > sizeof msg) { say(2, "portwright-proxy: arguments too long\n"); die(2); }
-        memcpy(msg + n, argv[i], l);
-        n += l;
-    }
+#define PAGE 4096UL
+#define PAGE_DOWN(a) ((u64)(a) & ~(PAGE - 1))
+#define MADV_DONTNEED 4
+
+/* The kernel starts us with two clusters on the stack, a random gap (up to 8 KB) apart: the
+   argument and environment strings at the top, and below the gap argc, the pointers to the
+   strings and the aux vector, under which our frames would grow. Two or three resident pages for
+   a process that only waits. So cmain moves the stack to just below the argument strings (their
+   page is resident anyway, and /proc/PID/cmdline must keep reading them), and waiter_main gives
+   the pages of the old cluster and frames back: one stack page per waiter when its frames fit
+   below the strings, else two. */
+static void drop_old_stack(u64 old_sp) {
+    volatile char mark = 0;
+    u64 lo = PAGE_DOWN(old_sp), hi = PAGE_DOWN((u64)&mark - 256);  /* keep the live frames */
+    if (hi > lo) S3(SYS_madvise, lo, hi - lo, MADV_DONTNEED);
+}
+
+__attribute__((noreturn, used)) void waiter_main(long argc, char **argv, u64 old_sp) {
+    char answer[ANSWER_MAX];
+    /* The message is the strings as the kernel laid them out, one after the other. */
+    char *args = argc > 1 ? argv[1] : (char *)"";
+    u64 len = argc > 1 ? (u64)(argv[argc - 1] + slen(argv[argc - 1]) + 1 - args) : 0;
+    struct msg m = {{{"PWW1", 5}, {args, len}}, answer, 0};
+    drop_old_stack(old_sp);
+    if (len > 4096) { say(2, "portwright-proxy: arguments too long\n"); die(2); }
     int have_fd4 = S3(SYS_fcntl, 4, 1 /* F_GETFD */, 0) >= 0;
     u64 sigs = (1UL << (2 - 1)) | (1UL << (15 - 1));  /* SIGINT, SIGTERM */
     sc(SYS_rt_sigprocmask, 0 /* SIG_BLOCK */, (long)&sigs, 0, 8, 0, 0);
     int sfd = (int)sc(SYS_signalfd4, -1, (long)&sigs, 8, 0x80000, 0, 0);
-    int fd = do_register(n, have_fd4 ? 4 : -1);
+    int fd = do_register(&m, have_fd4 ? 4 : -1);
     if (fd < 0) {
         const char *e = "1\nportwright-proxy: the shared relay did not answer (see " RELAY_DIR "/relay.log)";
         if (S3(SYS_write, 3, e, slen(e)) < 0) say(2, e + 2);
         die(1);
     }
-    if (S3(SYS_write, 3, answer, answer_len) < 0 && answer[0] != '0') {
-        answer[answer_len] = 0;
+    if (S3(SYS_write, 3, answer, m.answer_len) < 0 && answer[0] != '0') {
+        answer[m.answer_len] = 0;
         say(2, answer + 2);
     }
     S3(SYS_close, 3, 0, 0);
@@ -249,13 +268,30 @@ void cmain(long *sp) {
         if (p[0].revents) die(0);  /* SIGINT or SIGTERM: dockerd unmaps the port */
         if (p[1].revents) {        /* the relay died: hand our port to a new one */
             S3(SYS_close, fd, 0, 0);
-            fd = do_register(n, -1);
+            fd = do_register(&m, -1);
             if (fd < 0 || answer[0] != '0') {
                 say(2, "portwright-proxy: lost the shared relay and could not register again\n");
                 die(1);
             }
         }
     }
+}
+
+void cmain(long *sp) {
+    long argc = sp[0];
+    char **argv = (char **)(sp + 1);
+    /* The new stack starts 16-aligned below argv[0], the lowest string (16 bytes of margin). */
+    u64 top = argc > 0 ? (((u64)argv[0]) & ~15UL) - 16 : (u64)sp;
+#if defined(__x86_64__)
+    __asm__ volatile("mov %%rsp, %%rdx\n  mov %0, %%rsp\n  call waiter_main\n  hlt\n"
+                     : : "r"(top), "D"(argc), "S"(argv) : "rdx", "memory");
+#else
+    register long x0 __asm__("x0") = argc;
+    register char **x1 __asm__("x1") = argv;
+    __asm__ volatile("mov x2, sp\n  mov sp, %0\n  bl waiter_main\n  brk #0\n"
+                     : : "r"(top), "r"(x0), "r"(x1) : "x2", "x30", "memory");
+#endif
+    __builtin_unreachable();
 }
 """
 
@@ -328,6 +364,27 @@ def build(
         os.chmod(tmp_out, 0o755)
         os.replace(tmp_out, out)
     return len(data)
+
+
+#: ELF program header values (elf.h): a loadable segment, and its writable flag.
+PT_LOAD = 1
+PF_W = 2
+
+
+def writable_segments(elf: bytes) -> list[int]:
+    """Indexes of the writable PT_LOAD segments of a little-endian ELF64 image (the waiter has
+    none: a writable segment is a page of its own in each of hundreds of waiters)."""
+    import struct
+
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise BadInput("not a little-endian 64-bit ELF file; build the waiter with gcc again")
+    phoff, phentsize, phnum = struct.unpack_from("<Q", elf, 32)[0], *struct.unpack_from("<HH", elf, 54)
+    out = []
+    for i in range(phnum):
+        p_type, p_flags = struct.unpack_from("<II", elf, phoff + i * phentsize)
+        if p_type == PT_LOAD and p_flags & PF_W:
+            out.append(i)
+    return out
 
 
 def python_entry_point() -> str:
