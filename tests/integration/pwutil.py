@@ -138,6 +138,16 @@ def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> i
     raise RuntimeError("no free port found")
 
 
+def docker_user_rules(interface: str) -> list[str]:
+    """The DOCKER-USER rules (iptables and ip6tables, ``-S`` form) that name ``interface``;
+    empty where the chain does not exist (no dockerd)."""
+    out = []
+    for tool in ("iptables", "ip6tables"):
+        r = subprocess.run([tool, "-w", "10", "-S", "DOCKER-USER"], capture_output=True, text=True)
+        out += [ln for ln in r.stdout.splitlines() if r.returncode == 0 and f" {interface} " in f"{ln} "]
+    return out
+
+
 def bridge_ports(network: str) -> set[str]:
     """The interfaces enslaved to a portwright network's bridge (its sandboxes' veths)."""
     nets = json.loads(pw("network", "inspect", network).stdout)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pwutil import free_port
+from pwutil import docker_user_rules, free_port
 
 from conftest import External, need, sh
 from portwright.cni import protocol as p
@@ -161,14 +161,17 @@ class Rig:
 
     def teardown(self) -> None:
         for c in self.containers:
-            self.call(PLUGIN, "DEL", self.pw_conf(None, []), c.cid, "")
+            # With prevResult, as runtimes pass it: the last DEL on the bridge drops its DOCKER-USER rules.
+            self.call(PLUGIN, "DEL", self.pw_conf(c.prev, []), c.cid, "")
             self.call(f"{CNI_DIR}/bridge", "DEL", self.bridge_conf(), c.cid, c.netns)
             if c.server is not None:
                 c.server.kill()
                 c.server.wait()
             sh("ip", "netns", "del", c.ns, check=False)
+        left = docker_user_rules(self.bridge)
         sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        assert left == [], f"DOCKER-USER rules left for {self.bridge}: {left}"
 
 
 @contextmanager

@@ -44,6 +44,8 @@ class FakeHost:
         self.sysctl: dict[str, str] = {}  # bridge -> route_localnet
         self.docker_user: list[str] = []  # DOCKER-USER accepts, in order
         self.forgets = 0
+        self.brif: dict[str, list[str]] = {BRIDGE: ["vethx"]}  # bridge -> its ports
+        self.fail_forget = False
         self.held: dict[str, tuple[int, str, tuple[Binding, ...]]] = {}
         self.netns = {"/run/netns/x"}
         self.host_busy: set[tuple[str, int]] = set()
@@ -74,6 +76,14 @@ class FakeHost:
 
     def docker_user_forget_missing(self) -> None:
         self.forgets += 1
+
+    def bridge_ports(self, bridge: str) -> list[str] | None:
+        return self.brif.get(bridge)
+
+    def docker_user_forget(self, bridge: str) -> None:
+        if self.fail_forget:
+            raise KernelError(f"iptables -D DOCKER-USER -i {bridge}", "injected failure")
+        self.docker_user = [b for b in self.docker_user if b != bridge]
 
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
         if self.fail_holder:
@@ -610,3 +620,52 @@ def test_firewall_host_relays_other_machines_and_keeps_a_local_fast_path() -> No
     assert code != 0 and out is not None and "firewall host relays only TCP" in str(out["msg"])
     code, out = call(be, env("ADD", cid="c3"), stdin(firewall="sideways"))
     assert code != 0 and out is not None and "option firewall is 'sideways'" in str(out["msg"])
+
+
+# --- DOCKER-USER rules of a bridge the runtime made (portwright-cni comment) -----------------------
+
+
+def test_bridge_unused_only_when_no_port_but_the_attachments_own() -> None:
+    assert plugin.bridge_unused([], [])
+    assert plugin.bridge_unused(["vethx"], ["vethx"])
+    assert plugin.bridge_unused([], ["vethx"])  # its veth went with the netns already
+    assert not plugin.bridge_unused(["vethx", "vethy"], ["vethx"])  # another container
+    assert not plugin.bridge_unused(["eno1"], [])  # an uplink, or no veth named by prevResult
+
+
+def test_last_del_on_a_bridge_removes_its_docker_user_accept() -> None:
+    be = Rig()
+    assert call(be, env("ADD"), stdin())[0] == 0
+    assert be.fake_host.docker_user == [BRIDGE]
+    assert call(be, env("DEL"), stdin()) == (0, None)
+    assert be.fake_host.docker_user == []  # the runtime deletes the bridge later: nothing would
+
+
+def test_del_keeps_the_accept_while_another_container_is_on_the_bridge() -> None:
+    be = Rig()
+    be.fake_host.brif[BRIDGE] = ["vethx", "vethy"]
+    assert call(be, env("ADD"), stdin())[0] == 0
+    assert call(be, env("DEL"), stdin()) == (0, None)
+    assert be.fake_host.docker_user == [BRIDGE] and OWNER not in be.elements
+
+
+def test_del_without_prev_result_or_bridge_leaves_the_accept_to_forget_missing() -> None:
+    be = Rig()
+    assert call(be, env("ADD"), stdin())[0] == 0
+    assert call(be, env("DEL"), stdin(prevResult=None)) == (0, None)
+    assert be.fake_host.docker_user == [BRIDGE] and be.fake_host.forgets >= 1
+    del be.fake_host.brif[BRIDGE]  # the bridge is gone: forget_missing's job, not this one's
+    assert call(be, env("DEL"), stdin()) == (0, None)
+    assert be.fake_host.docker_user == [BRIDGE]
+
+
+def test_del_reports_a_failed_forget_after_removing_everything_else() -> None:
+    be = Rig()
+    assert call(be, env("ADD"), stdin())[0] == 0
+    be.fake_host.fail_forget = True
+    code, out = call(be, env("DEL"), stdin())
+    assert code == 1 and out is not None and out["code"] == p.E_KERNEL
+    assert f"DOCKER-USER rules of bridge {BRIDGE}" in str(out["details"])
+    assert be.elements == {} and be.held == {}  # the attachment itself is gone all the same
+    be.fake_host.fail_forget = False
+    assert call(be, env("DEL"), stdin()) == (0, None) and be.fake_host.docker_user == []

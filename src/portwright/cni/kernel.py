@@ -75,6 +75,16 @@ class Host:
         no-op where the chain does not exist."""
         dockeruser.docker_user_ensure([bridge])
 
+    def bridge_ports(self, bridge: str) -> list[str] | None:
+        """The interfaces enslaved to ``bridge`` (sysfs ``brif``), None when it is no bridge."""
+        try:
+            return os.listdir(f"/sys/class/net/{bridge}/brif")
+        except OSError:
+            return None
+
+    def docker_user_forget(self, bridge: str) -> None:
+        dockeruser.docker_user_forget([bridge])
+
     def docker_user_forget_missing(self) -> None:
         """Drop the DOCKER-USER rules of CNI bridges that are gone (a bridge outlives one
         attachment while others use it)."""
@@ -232,6 +242,12 @@ class KernelBackend:
         finally:
             self._table = None
             self.host.unrewrite(owner)
+
+    def bridge_ports(self, bridge: str) -> list[str] | None:
+        return self.host.bridge_ports(bridge)
+
+    def forget_bridge(self, bridge: str) -> None:
+        self.host.docker_user_forget(bridge)
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.fw.flush_conntrack_ports(proto, [port])

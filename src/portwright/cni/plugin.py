@@ -63,6 +63,8 @@ class Backend(Protocol):
         rewrite: Sequence[Mapping] = (),
     ) -> None: ...
     def unpublish(self, owner: str) -> None: ...  # idempotent: elements, extra rules, rewrites
+    def bridge_ports(self, bridge: str) -> list[str] | None: ...  # its interfaces; None: no bridge
+    def forget_bridge(self, bridge: str) -> None: ...  # drop its portwright-cni DOCKER-USER rules
     def flush_conntrack(self, proto: str, port: int) -> None: ...
     def check_bridge(self, owner: str, bridge: str, snat: bool) -> str | None: ...  # problem text or None
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None: ...
@@ -238,8 +240,32 @@ def _teardown(owner: str, backend: Backend) -> list[str]:
     return errors
 
 
+def bridge_unused(ports: Sequence[str], own: Sequence[str]) -> bool:
+    """Whether a bridge with interfaces ``ports`` serves nothing once the attachment whose host
+    interfaces are ``own`` (its veth) is gone: then its DOCKER-USER accept can go too. Any
+    other port (another container, an uplink) keeps it."""
+    return not set(ports) - set(own)
+
+
+def _release_bridge(conf: p.Config, backend: Backend) -> list[str]:
+    """DEL with a prevResult names the bridge and the attachment's veth: the last attachment
+    on a bridge removes the bridge's DOCKER-USER rules, as the runtime deletes the bridge later
+    (``podman network rm``) with no plugin call left to tidy up after it."""
+    hosts = p.host_interfaces(conf.prev_result)
+    if not hosts:
+        return []
+    try:
+        ports = backend.bridge_ports(hosts[0])
+        if ports is not None and bridge_unused(ports, hosts[1:]):
+            backend.forget_bridge(hosts[0])
+    except Exception as e:  # teardown goes on; the caller reports every failure
+        return [f"DOCKER-USER rules of bridge {hosts[0]}: {e}"]
+    return []
+
+
 def cmd_del(env: p.Env, conf: p.Config, backend: Backend) -> None:
     errors = [e for owner in _owners(env, conf, backend) for e in _teardown(owner, backend)]
+    errors += _release_bridge(conf, backend)
     if errors:
         raise p.CniError(
             p.E_KERNEL, "DEL could not remove everything; fix the cause and run DEL again", "; ".join(errors)

@@ -23,7 +23,8 @@ from portwright.kernel import runner
 CHAIN = "DOCKER-USER"
 COMMENT = "portwright"
 # Bridges made by a CNI interface plugin (cni0, podman's cni-podman0): added by portwright-cni's ADD,
-# kept while the bridge exists. A separate tag, so the engine's sync never removes them.
+# removed by the DEL that leaves no other interface on the bridge (or by any DEL once the bridge
+# is gone). A separate tag, so the engine's sync never removes them.
 CNI_COMMENT = "portwright-cni"
 TOOLS = ("iptables", "ip6tables")  # the same backend dockerd uses (iptables-nft on Debian 12)
 NETNS_ENV = "PORTWRIGHT_FW_NETNS"
@@ -98,6 +99,18 @@ def docker_user_forget_missing(*, comment: str = CNI_COMMENT, netns: str | None 
     for tool, listing in _listings(netns):
         for spec in _ours(listing, comment):
             if not _link_exists(spec[1], netns):
+                _checked(tool, ["-t", "filter", "-D", CHAIN, *spec], netns)
+
+
+def docker_user_forget(
+    bridges: Sequence[str], *, comment: str = CNI_COMMENT, netns: str | None = None
+) -> None:
+    """Remove the ``comment``-tagged rules of ``bridges`` (idempotent): the bridge may still
+    exist, but nothing of ours uses it any more."""
+    gone = set(bridges)
+    for tool, listing in _listings(netns):
+        for spec in _ours(listing, comment):
+            if spec[1] in gone:
                 _checked(tool, ["-t", "filter", "-D", CHAIN, *spec], netns)
 
 
