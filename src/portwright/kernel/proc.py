@@ -7,7 +7,6 @@ holds a port: the supervisor ("portwright"), the docker-proxy drop-in, the CNI p
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterator
 
@@ -18,11 +17,12 @@ COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel keeps only this many bytes
 
 
 def set_process_name(name: str) -> None:
-    """prctl(PR_SET_NAME): best effort, a failure changes nothing else."""
+    """This thread's comm, as prctl(PR_SET_NAME) sets it: best effort, a failure changes nothing
+    else. Written to /proc/thread-self/comm, without ctypes (0.2 MB resident in the shared relay)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:COMM_MAX]), 0, 0, 0)
-    except (OSError, AttributeError):
+        with open("/proc/thread-self/comm", "wb") as f:
+            f.write(name.encode()[:COMM_MAX])
+    except OSError:
         pass
 
 
@@ -47,6 +47,8 @@ def set_process_title(title: str) -> None:
 def set_child_subreaper() -> None:
     """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants become this process's children (not
     init's), so it can wait for a CMD that another of its children started."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
@@ -54,6 +56,8 @@ def set_child_subreaper() -> None:
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends ``signum`` when the parent exits; it survives exec."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")

@@ -16,7 +16,6 @@ the relays live in ``tcp.py`` and ``udp.py``; the counters in ``counters.py``.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import select
 import threading
@@ -24,12 +23,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import plog
 from .tcp import COPY_SIZE, RELAY_EVENTS, PipePool, TcpRelay
 
 if TYPE_CHECKING:
     from .udp import UdpListener
 
-log = logging.getLogger("portwright.proxy")
+log = plog.get("portwright.proxy")  # logging is imported only when something is logged
 
 Handler = Callable[[int, int], None]
 #: Seconds between sweeps of idle UDP flows (and the longest epoll wait of a loop with UDP).
@@ -100,14 +100,14 @@ class EventLoop:
             self.stale.add(fd)
 
     def overloaded(self, e: OSError) -> None:
-        self._rate_log(logging.WARNING, "proxy cannot take more connections now: %s", e.strerror)
+        self._rate_log(plog.WARNING, "proxy cannot take more connections now: %s", e.strerror)
 
     def log_backend_error(self, relay: TcpRelay, err: int) -> None:
-        self._rate_log(logging.INFO, "backend connection failed (%s); client reset", os.strerror(err))
+        self._rate_log(plog.INFO, "backend connection failed (%s); client reset", os.strerror(err))
 
     def flows_full(self, listener: UdpListener) -> None:
         self._rate_log(
-            logging.WARNING,
+            plog.WARNING,
             "%s: %d UDP flows, the most allowed; dropping datagrams from new clients until flows expire",
             listener.mapping.docker_format(),
             listener.max_flows,

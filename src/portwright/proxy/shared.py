@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
-import logging
+import gc
 import os
 import signal
 import socket
@@ -51,6 +50,7 @@ from typing import Any
 
 from ..kernel.proc import set_process_name
 from ..model import Mapping
+from . import plog
 from .counters import TOTAL, new_counters, total
 from .dockerproxy import FlagError, HelpRequested, _go_listen_error, mapping_for, parse_args
 from .listener import Listener, attach_tcp, detach_tcp
@@ -59,7 +59,7 @@ from .udp import UdpListener
 from .waiter import REGISTER_TAG, relay_dir
 from .workers import WorkerPool, resolve_workers
 
-log = logging.getLogger("portwright.proxy.shared")
+log = plog.get("portwright.proxy.shared")
 
 QUERY_TAG = b"PWQ1\0"
 RELAY_NAME = "pw-relay"
@@ -130,6 +130,9 @@ class Relay:
 
         raise_nofile()
         pool = WorkerPool(self.workers - 1, name=f"{RELAY_NAME}-w", connect_timeout=self.connect_timeout)
+        if pool.n:
+            gc.collect()
+            gc.freeze()  # start-up's objects are never scanned: their pages stay shared with the workers
         pool.start()  # forks: before any socket or thread of the relay exists
         self.pool = pool
         try:
@@ -140,12 +143,14 @@ class Relay:
         return 0
 
     def _log_to_file(self) -> None:
+        """Every proxy logger of this process writes to relay.log (``plog.sink``: no logging)."""
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
-        handler.setFormatter(logging.Formatter("%(asctime)s pw-relay[%(process)d] %(message)s"))
-        root = logging.getLogger("portwright")
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+
+        def write(text: str) -> None:
+            with contextlib.suppress(OSError):
+                os.write(fd, log_line(time.time(), os.getpid(), text).encode(errors="replace"))
+
+        plog.sink, plog.sink_fd = write, fd  # the workers keep the fd (workers._close_inherited)
 
     def _serve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -286,6 +291,8 @@ class Relay:
             for extra in fds:
                 os.close(extra)
             if data.startswith(QUERY_TAG):
+                import json  # only for status: not resident in a relay nobody asks
+
                 _answer(conn, json.dumps(self.status()), big=True)
             elif data:
                 _answer(
@@ -419,6 +426,12 @@ class Relay:
         }
 
 
+def log_line(now: float, pid: int, text: str) -> str:
+    """One relay.log line, as logging's ``%(asctime)s pw-relay[%(process)d] %(message)s`` was."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    return f"{stamp},{int(now * 1000) % 1000:03d} pw-relay[{pid}] {text}\n"
+
+
 def _recv_request(conn: socket.socket) -> tuple[bytes, list[int]]:
     data, anc, _flags, _addr = conn.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(4 * 4))
     fds: list[int] = []
@@ -459,6 +472,8 @@ def query(directory: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.send(QUERY_TAG)
         data = s.recv(64 << 20)
+    import json
+
     result: dict[str, Any] = json.loads(data)
     return result
 
@@ -553,6 +568,8 @@ def show_status(directory: str | None, as_json: bool) -> int:
         print(f"no shared relay runs under {directory} ({e.strerror}); it starts with dockerd's first port")
         return 1
     if as_json:
+        import json
+
         print(json.dumps(st, indent=2))
     else:
         _print_status(st, print)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -36,6 +35,7 @@ from typing import Any
 
 from ..kernel.proc import set_parent_death_signal, set_process_name
 from ..model import Mapping
+from . import plog
 from .counters import new_counters
 from .listener import attach_tcp, detach_tcp
 from .loop import CONNECT_TIMEOUT, EventLoop
@@ -63,6 +63,8 @@ def resolve_workers(n: int) -> int:
 
 
 def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    import json  # here: a relay with no worker never loads it
+
     data = json.dumps(msg).encode()
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
     sock.sendmsg([data], anc)
@@ -70,6 +72,8 @@ def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = N
 
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and the descriptors that came with it; (None, []) at EOF."""
+    import json
+
     data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, socket.CMSG_SPACE(4 * FDS_PER_MSG))
     fds: list[int] = []
     for level, kind, payload in anc:
@@ -224,7 +228,7 @@ def _worker_main(ctl: socket.socket, index: int, name: str, proxy_protocol: bool
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)  # not the parent's handlers (a supervisor's teardown)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        _close_inherited(ctl.fileno())
+        _close_inherited({ctl.fileno(), plog.sink_fd})
         set_process_name(name)
         ctl.setblocking(False)
         loop = EventLoop(index, name, timeout)
@@ -242,11 +246,12 @@ def _worker_main(ctl: socket.socket, index: int, name: str, proxy_protocol: bool
     os._exit(code)
 
 
-def _close_inherited(keep: int) -> None:
-    """Close every descriptor the fork copied except stdio and ``keep``."""
+def _close_inherited(keep: set[int]) -> None:
+    """Close every descriptor the fork copied except stdio and ``keep`` (the control socket and
+    the relay's log file)."""
     fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
     for fd in fds:
-        if fd > 2 and fd != keep:
+        if fd > 2 and fd not in keep:
             try:
                 os.close(fd)
             except OSError:
