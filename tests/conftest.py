@@ -2,7 +2,10 @@
 
 Every portwright call in a test (library or subprocess) sees PORTWRIGHT_STATE_DIR. When the session
 ends, whatever is still recorded there — sandboxes, networks (the default ``pw0`` included) — is
-removed, and so is the ``inet portwright`` table once nothing in it is owned by anyone.
+removed, and so is the ``inet portwright`` table once nothing in it is owned by anyone. Last, the
+bpffs pins of every state dir of the session (its own and the private ones tests register through
+``pwstate``) must be gone: any left are removed and fail the session, naming the test after which
+each appeared.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+
+import pwstate
 
 
 def _pw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,9 +75,38 @@ def _sweep() -> None:
         nft.remove_table()  # refuses while any owner or network remains (another user's, say)
     except PortwrightError:
         pass
-    from portwright.kernel.bpf import fs
 
-    fs.remove_pins(fs.pin_dir(os.environ["PORTWRIGHT_STATE_DIR"]))  # ebpf links at the cgroup root
+
+#: Problems the session end found, printed in the terminal summary.
+_findings: list[str] = []
+#: The pin dirs present when the session started (others' too: never touched).
+_pins_before: set[str] = set()
+
+
+def _check_pins() -> None:
+    """bpffs pins (ebpf links at the machine's cgroup root) of the session's state dirs: the
+    session's own and every private one a test registered (tests/pwstate.py). Once every sandbox
+    is removed none should be left; those that are go now, and the session fails, naming them.
+    New pin dirs of unregistered state dirs are only reported: they may be another user's."""
+    present = pwstate.pin_dirs()
+    known, seen = pwstate.registered(), pwstate.first_seen()
+    left = pwstate.leftovers(present, known, seen)
+    for lo in left:
+        pwstate.remove(str(lo.state_dir))
+    strays = pwstate.unattributed(present, _pins_before, known, seen)
+    if strays:
+        _findings.append(
+            pwstate.report("bpffs pin dirs of state dirs this session did not register (left alone)", strays)
+        )
+    if left:
+        msg = pwstate.report("bpffs pin dirs left by this session's state dirs (removed now)", left)
+        _findings.append(msg)
+        raise AssertionError(msg)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for finding in _findings:
+        terminalreporter.write_line(finding, red=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -87,6 +121,8 @@ def _state_dir() -> Iterator[None]:
         "PORTWRIGHT_UPSTREAM_RESOLV_CONF", os.path.join(os.environ["PORTWRIGHT_STATE_DIR"], "no-upstreams")
     )
     tables_before = _nft_tables() if os.geteuid() == 0 and shutil.which("nft") else set()
+    pwstate.register(os.environ["PORTWRIGHT_STATE_DIR"])
+    _pins_before.update(pwstate.pin_dirs())
     yield
     if os.geteuid() == 0:
         _sweep()
@@ -94,3 +130,5 @@ def _state_dir() -> Iterator[None]:
             _drop_new_empty_iptables_tables(tables_before)
     if own:
         shutil.rmtree(os.environ.pop("PORTWRIGHT_STATE_DIR"), ignore_errors=True)
+    if os.geteuid() == 0:
+        _check_pins()  # last: it fails the session when a test leaked pins

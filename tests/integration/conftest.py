@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
+import pwstate
+
 pytestmark = pytest.mark.integration
 
 
@@ -27,6 +29,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _pins_watch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remember after which test each bpffs pin dir appeared, so that the session end can name
+    the test that leaked one (tests/pwstate.py; reading a directory, nothing else)."""
+    before = pwstate.pin_dirs()
+    yield
+    pwstate.note(before, pwstate.pin_dirs(), request.node.nodeid)
 
 
 def sh(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pwstate
 from portwright.dns.service import LiveDns
 from portwright.zygote import stop_server
 
@@ -107,6 +108,7 @@ class DnsEnv:
 @contextlib.contextmanager
 def dns_env() -> Iterator[DnsEnv]:
     root = tempfile.mkdtemp(prefix="pw-dns-test-")
+    pwstate.register(os.path.join(root, "state"))
     env = DnsEnv(
         state=os.path.join(root, "state"),
         hosts=os.path.join(root, "hosts"),
@@ -118,6 +120,7 @@ def dns_env() -> Iterator[DnsEnv]:
         yield env
     finally:
         env.cleanup()
+        pwstate.discard(env.state)  # its ebpf pins outlive the directory
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -21,13 +21,12 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portwright.kernel.bpf import fs
+import pwstate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,8 +206,7 @@ def _teardown(h: HostNS) -> None:
     _sh("ip", "netns", "del", h.name, check=False)
     shutil.rmtree(h.etc, ignore_errors=True)
     # bpffs and the cgroup root are the machine's, not the namespace's: its ebpf links go too.
-    fs.remove_pins(fs.pin_dir(h.state))
-    shutil.rmtree(h.state, ignore_errors=True)
+    pwstate.discard(h.state)
 
 
 def _json_records(out: str) -> list[dict[str, object]]:
@@ -228,7 +226,7 @@ def host_namespace(prefix: str = "pwh") -> Iterator[HostNS]:
     _sh("ip", "netns", "add", name)
     etc = Path("/etc/netns") / name
     etc.mkdir(parents=True, exist_ok=True)
-    h = HostNS(name=name, state=tempfile.mkdtemp(prefix=f"{name}-", dir="/run"), etc=etc)
+    h = HostNS(name=name, state=pwstate.private_state_dir(f"{name}-", "/run"), etc=etc)
     try:
         h._guard()
         h.run("ip", "link", "set", "lo", "up")

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from pwutil import docker_user_rules, free_port
 
+import pwstate
 from conftest import External, need, sh
 from portwright.cni import protocol as p
 from portwright.cni.holder import holder_pids
@@ -323,13 +324,15 @@ def test_del_without_prev_result_netns_gone_state_wiped(rig: Rig, tmp_path: Any)
     assert rig.add(c, [{"hostPort": port, "containerPort": 80}])[0] == 0
     assert entries(c.owner)
     sh("ip", "netns", "del", c.ns)
-    os.environ["PORTWRIGHT_STATE_DIR"], old = str(tmp_path / "wiped"), os.environ["PORTWRIGHT_STATE_DIR"]
+    wiped = pwstate.register(str(tmp_path / "wiped"))
+    os.environ["PORTWRIGHT_STATE_DIR"], old = wiped, os.environ["PORTWRIGHT_STATE_DIR"]
     try:
         rc, out = rig.pw("DEL", rig.pw_conf(None, []), c)  # netns path no longer exists
         assert (rc, out) == (0, None)
         assert rig.pw("DEL", rig.pw_conf(None, []), c, netns="") == (0, None)
     finally:
         os.environ["PORTWRIGHT_STATE_DIR"] = old
+        pwstate.remove(wiped)
     assert entries(c.owner) == [] and holders_of(c.owner) == []
 
 

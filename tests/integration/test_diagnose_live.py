@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 from pwutil import free_port, pw, uniq, wait_tcp
 
+import pwstate
 from conftest import sh
 from portwright.diagnose import audit as audit_mod
 from portwright.diagnose.nsenter import listeners_in, netns_path_for
@@ -344,18 +344,18 @@ AUDIT_IN_NS = (
 
 
 def audit_in(ns: str) -> list[dict[str, object]]:
-    env = {
-        **os.environ,
-        "PORTWRIGHT_STATE_DIR": tempfile.mkdtemp(prefix="pwt-diag-"),
-        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
-    }
-    p = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", AUDIT_IN_NS],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    state = pwstate.private_state_dir("pwt-diag-")
+    env = {**os.environ, "PORTWRIGHT_STATE_DIR": state, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    try:
+        p = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", AUDIT_IN_NS],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        pwstate.discard(state)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)["findings"]  # type: ignore[no-any-return]
 

@@ -20,6 +20,8 @@ import pytest
 from proxynet import wait_until
 from pwutil import free_port, inspect, link_names, netns_names, ps_json, pw, temp_network, uniq
 
+import pwstate
+
 pytestmark = pytest.mark.integration
 
 
@@ -235,7 +237,7 @@ def test_failed_run_keeps_a_netns_it_did_not_create() -> None:
 def test_long_state_directory_works_end_to_end() -> None:
     """sun_path holds 107 bytes; a deep PORTWRIGHT_STATE_DIR once left CMD orphaned."""
     base = tempfile.mkdtemp(prefix="pw-long-")
-    deep = os.path.join(base, *(["d" * 40] * 3))
+    deep = pwstate.register(os.path.join(base, *(["d" * 40] * 3)))
     env = {**os.environ, "PORTWRIGHT_STATE_DIR": deep}
     name = uniq("ls")
     marker = f"{random.randint(100000, 999999)}.75"
@@ -257,6 +259,7 @@ def test_long_state_directory_works_end_to_end() -> None:
         cli("rm", "-f", name)
         for pid in _pids_with(f"sleep {marker}"):
             os.kill(pid, signal.SIGKILL)
+        pwstate.remove(deep)
         subprocess.run(["rm", "-rf", base], check=False)
 
 
