@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from portwright.bench.proxydropin import KEYS, _sched, parse_schedstat, per_request_us, table
+from portwright.bench.proxydropin import KEYS, _sched, classify, parse_schedstat, per_request_us, table
 
 
 def test_parse_schedstat() -> None:
@@ -34,3 +34,28 @@ def test_table_has_the_efficiency_columns() -> None:
     row = {k: 1.0 for k in KEYS} | {"mech": "docker-proxy", "ports": 200}
     text = table([row, row | {"cpu_us_first": 3.0}])
     assert "cpu_us_first" in text and "runq_four" in text and "| docker-proxy | 200 |" in text
+
+
+NAMES = (b"/tmp/pwb/portwright-proxy-1w/portwright-proxy", b"/tmp/pwb/portwright-proxy-1w/run")
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (
+            [b"/venv/bin/python", b"-I", b"-m", b"portwright.proxy.shared", b"serve", b"--dir", NAMES[1]],
+            "relay",
+        ),
+        ([NAMES[0], b"-proto", b"tcp", b"-host-port", b"20000"], "proxy"),
+        ([b"/usr/sbin/dockerd", b"--userland-proxy-path=" + NAMES[0]], None),  # dockerd is not a proxy
+        ([b"/venv/bin/python", b"-m", b"portwright.proxy.shared", b"serve", b"--dir", b"/run/other"], None),
+        ([], None),
+    ],
+)
+def test_classify_tells_the_relay_from_the_waiters(argv: list[bytes], kind: str | None) -> None:
+    assert classify(argv, NAMES) == kind
+
+
+def test_classify_counts_docker_proxy_by_its_program_name() -> None:
+    assert classify([b"/usr/bin/docker-proxy", b"-proto", b"tcp"], (b"docker-proxy",)) == "proxy"
+    assert classify([b"/usr/bin/dockerd"], (b"docker-proxy",)) is None

@@ -6,7 +6,9 @@ goes first from round to round, and for each port range ``-p B-(B+N-1):8000-(800
 
 - ``publish_s``: how long ``docker run -d`` took (dockerd starts every proxy before it returns);
 - ``pss_mb``: the total PSS of every process the proxies cost (docker-proxy processes; or the
-  waiters plus the relay and its workers);
+  waiters plus the relay and its workers); ``pss_relay_mb``: the relay's and its workers' share.
+  PSS splits a shared page among the processes that map it, so the relay's share of the Python
+  binary and libraries falls when other Python processes run: the figure is of this machine;
 - ``bulk_first``/``bulk_last`` (MB/s): one curl download of a 256 MiB file through the first and
   the last port; ``bulk_four``: four at once on four ports, added up;
 - ``conn_first``/``conn_last`` (requests/s): wrk, 32 connections, ``Connection: close``;
@@ -74,16 +76,26 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def _proxy_pids(names: tuple[bytes, ...]) -> list[int]:
-    """Processes whose program (argv[0]) is one of ``names``, or the shared relay of the
-    directory ``names`` lists (never dockerd, whose flags name the waiter too)."""
+def classify(argv: list[bytes], names: tuple[bytes, ...]) -> str | None:
+    """ "relay" for the shared relay (or one of its workers) of a directory ``names`` lists,
+    "proxy" for a process whose program (argv[0]) is one of ``names`` (a docker-proxy or a
+    waiter), else None (dockerd too, whose flags name the waiter)."""
+    if not argv:
+        return None
+    if b"portwright.proxy.shared" in argv and any(n in argv for n in names):
+        return "relay"
+    prog = os.path.basename(argv[0])
+    return "proxy" if any(prog == os.path.basename(n) for n in names) else None
+
+
+def _proxy_pids(names: tuple[bytes, ...], kind: str | None = None) -> list[int]:
+    """The pids ``classify`` names (only those of ``kind`` when given)."""
     from ..kernel.proc import argvs
 
     out = []
     for pid, argv in argvs():
-        prog = os.path.basename(argv[0])
-        relay = b"portwright.proxy.shared" in argv and any(n in argv for n in names)
-        if relay or any(prog == os.path.basename(n) for n in names):
+        k = classify(argv, names)
+        if k is not None and kind in (None, k):
             out.append(pid)
     return out
 
@@ -212,6 +224,8 @@ def _one(
             row["error"] = "the container's servers did not answer"
             return row
         row["pss_mb"] = round(sum(_pss_kb(p) for p in _proxy_pids(names)) / 1024, 1)
+        # of which the shared relay and its workers (the rest: the waiters; docker-proxy: 0)
+        row["pss_relay_mb"] = round(sum(_pss_kb(p) for p in _proxy_pids(names, "relay")) / 1024, 1)
         row["processes"] = len(_proxy_pids(names))
         row["bulk_first"] = round(_curl_mbps(base), 1)
         row["bulk_last"] = round(_curl_mbps(last), 1)
@@ -288,6 +302,7 @@ def measure(
 KEYS = (
     "publish_s",
     "pss_mb",
+    "pss_relay_mb",
     "bulk_first",
     "bulk_last",
     "bulk_four",
