@@ -75,6 +75,25 @@ def _sweep() -> None:
         nft.remove_table()  # refuses while any owner or network remains (another user's, say)
     except PortwrightError:
         pass
+    _drop_unused_antispoof()
+
+
+def _drop_unused_antispoof() -> None:
+    """``table bridge portwright_antispoof`` is the host's, shared by every state dir: the last
+    protected sandbox's teardown deletes it, and this deletes one an earlier version left empty.
+    Any element (another user's sandbox) keeps it; decided and applied under the table lock."""
+    from portwright.errors import PortwrightError
+    from portwright.firewall import antispoof
+    from portwright.firewall.backend import default_firewall
+
+    backend = default_firewall().backend
+    try:
+        with backend.lock():
+            cmds = antispoof.delete_if_unused(backend.read_table(antispoof.FAMILY, antispoof.TABLE))
+            if cmds:
+                backend.apply(cmds)
+    except PortwrightError as e:
+        _findings.append(f"table bridge portwright_antispoof left: {e}")
 
 
 #: Problems the session end found, printed in the terminal summary.

@@ -149,3 +149,57 @@ def test_nft_creates_the_typeof_set_from_text_and_the_rest_from_json() -> None:
             "add set bridge portwright_antispoof port_nd { typeof iifname . @th,64,128 ; }",
         )
     ]
+
+
+# --- the table goes with the last protected port --------------------------------------------------
+
+DELETE_TABLE = {"delete": {"table": {"family": a.FAMILY, "name": a.TABLE}}}
+
+
+def test_the_last_owner_out_deletes_the_table_and_the_next_sandbox_recreates_it() -> None:
+    backend = FakeBackend()
+    fw = Firewall(backend)
+    one, two = sb(), sb("bbbbbbbbbbbb", "pwvbbbbbbbbbbb", 3)
+    fw.ensure_antispoof(one)
+    fw.ensure_antispoof(two)
+    fw.remove_antispoof("pw:aaaaaaaaaaaa")
+    assert backend.dump(a.FAMILY, a.TABLE) != {}  # still protecting two
+    fw.remove_antispoof("pw:bbbbbbbbbbbb")
+    assert backend.dump(a.FAMILY, a.TABLE) == {}  # no empty table (and base chain) left behind
+    fw.remove_antispoof("pw:bbbbbbbbbbbb")  # idempotent on an absent table
+    assert fw.ensure_antispoof(one)[0] == "table bridge portwright_antispoof"
+    assert fw.antispoof_owners() == {"pw:aaaaaaaaaaaa"}
+
+
+def test_remove_commands_delete_an_already_empty_table_but_never_an_absent_one() -> None:
+    backend = FakeBackend()
+    backend.apply(a.base_commands())  # left empty by an earlier version
+    empty = backend.dump(a.FAMILY, a.TABLE)
+    assert a.remove_commands("pw:aaaaaaaaaaaa", empty) == [DELETE_TABLE]
+    assert a.remove_commands("pw:aaaaaaaaaaaa", {}) == []
+    assert a.delete_if_unused(empty) == [DELETE_TABLE] and a.delete_if_unused({}) == []
+
+
+def test_an_element_of_another_owner_or_untagged_keeps_the_table() -> None:
+    backend = FakeBackend()
+    fw = Firewall(backend)
+    fw.ensure_antispoof(sb())
+    backend.apply(
+        [
+            {
+                "add": {
+                    "element": {
+                        "family": a.FAMILY,
+                        "table": a.TABLE,
+                        "name": a.SET_PORTS,
+                        "elem": ["pwvhandmade"],
+                    }
+                }
+            }
+        ]
+    )
+    cmds = a.remove_commands("pw:aaaaaaaaaaaa", backend.dump(a.FAMILY, a.TABLE))
+    assert cmds and DELETE_TABLE not in cmds
+    assert a.delete_if_unused(backend.dump(a.FAMILY, a.TABLE)) == []
+    fw.remove_antispoof("pw:aaaaaaaaaaaa")
+    assert a.ports(backend.dump(a.FAMILY, a.TABLE)) == {"pwvhandmade": ""}

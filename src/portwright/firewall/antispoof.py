@@ -253,13 +253,35 @@ def _set_elems(table_json: dict[str, Any]) -> Iterable[tuple[str, Any, str | Non
 
 
 def remove_commands(owner: str, table_json: dict[str, Any]) -> list[Cmd]:
-    """Delete every element tagged ``owner`` (none: no command)."""
+    """Delete every element tagged ``owner``, or instead the whole table when no other element is
+    in it (also when it is empty already); no command when the table is absent.
+
+    The table is the host's, shared by every state directory, and every protected port of any of
+    them has elements in it: no element left means no sandbox anywhere is protected, so the base
+    chain (a lookup on every bridged frame) has nothing to do. The caller holds the table lock,
+    under which ``ensure_antispoof`` creates the table again for the next sandbox."""
     tag = nft_comment(owner)
     by_set: dict[str, list[Any]] = {}
+    others = 0
     for name, key, comment in _set_elems(table_json):
         if comment == tag:
             by_set.setdefault(name, []).append(key)
+        else:
+            others += 1
+    if table_json and not others:
+        return [_delete_table()]
     return [{"delete": _obj("element", name=n, elem=keys)} for n, keys in by_set.items()]
+
+
+def _delete_table() -> Cmd:
+    return {"delete": {"table": {"family": FAMILY, "name": TABLE}}}
+
+
+def delete_if_unused(table_json: dict[str, Any]) -> list[Cmd]:
+    """Delete the table when it exists and holds no element of anyone (else no command)."""
+    if not table_json or next(iter(_set_elems(table_json)), None) is not None:
+        return []
+    return [_delete_table()]
 
 
 def owners(table_json: dict[str, Any]) -> set[str]:
