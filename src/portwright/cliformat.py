@@ -16,7 +16,7 @@ from typing import Any
 
 from . import gotemplate
 from .errors import BadInput
-from .model import Mapping, Network
+from .model import Mapping, Network, address_text
 from .state import SandboxRecord
 
 KERNEL_PATH_MODES = ("nat", "ebpf")  # publishers that serve [::]:P in the kernel and relay only ::1
@@ -85,21 +85,21 @@ def _span(lo: int, hi: int) -> str:
 def ports_column(mappings: Sequence[Mapping]) -> str:
     """The PORTS column: consecutive mappings of one address and protocol whose host and
     container ports both step by one are one range (``0.0.0.0:8000-8099->8000-8099/tcp``)."""
-    order = sorted(
-        set(mappings),
-        key=lambda m: (m.host_ip.version, str(m.host_ip), m.proto, m.host_port, m.container_port),
+    # Keys are built once (address_text formats each address once): 20,000 mappings at 10,000
+    # ports (#11). The index breaks ties between mappings that differ only in their target.
+    uniq = set(mappings)
+    keyed = sorted(
+        ((m.host_ip.version, address_text(m.host_ip), m.proto, m.host_port, m.container_port), i, m)
+        for i, m in enumerate(uniq)
     )
     runs: list[list[Mapping]] = []
-    for m in order:
-        last = runs[-1][-1] if runs else None
-        if (
-            last is not None
-            and (last.host_ip, last.proto) == (m.host_ip, m.proto)
-            and (m.host_port, m.container_port) == (last.host_port + 1, last.container_port + 1)
-        ):
+    last: tuple[Any, ...] | None = None
+    for key, _, m in keyed:
+        if last is not None and last[1:3] == key[1:3] and (key[3], key[4]) == (last[3] + 1, last[4] + 1):
             runs[-1].append(m)
         else:
             runs.append([m])
+        last = key
     return ", ".join(
         f"{_binding_host(r[0])}:{_span(r[0].host_port, r[-1].host_port)}"
         f"->{_span(r[0].container_port, r[-1].container_port)}/{r[0].proto}"

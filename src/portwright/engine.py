@@ -32,6 +32,7 @@ from . import ipam
 from .dns.records import Entry, alias_clash
 from .dns.service import Dns, LiveDns, NoDns
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
+from .firewall.memofile import MEMO_NAME
 from .kernel.host import Host, LinuxHost
 from .kernel.logcollect import records_path
 from .kernel.spawn import stderr_path
@@ -142,6 +143,9 @@ class Engine:
             from .firewall.backend import default_firewall
 
             self._fw = default_firewall()
+        # The state directory keeps what the table was last seen to hold (firewall.verified), so
+        # every command's check costs no read of a table that did not change.
+        self._fw.remember_in(os.path.join(self.state.dir, MEMO_NAME))
         return self._fw
 
     # ------------------------------------------------------------------ networks
@@ -524,7 +528,12 @@ class Engine:
         sb = rec.sandbox
         steps: list[tuple[str, object]] = []
         if firewall:
-            steps.append(("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id), known=known)))
+            # nat and ebpf add no tagged rules: their recorded elements may go by key, when the
+            # verified record vouches for them (ops.Firewall.unpublish).
+            recorded = sb.mappings if sb.publish_mode in ("nat", "ebpf") else None
+            steps.append(
+                ("nft", lambda: self.fw.unpublish(sandbox_owner(sb.id), known=known, recorded=recorded))
+            )
         if sb.veth:
             steps.append(("anti-spoofing", lambda: self.fw.remove_antispoof(sandbox_owner(sb.id))))
             steps.append((f"veth {sb.veth}", lambda: self.host.delete_link(sb.veth or "")))
@@ -757,7 +766,12 @@ class Engine:
         for rec in recs:
             rec2 = self.state.find_sandbox(rec.id)
             if rec2 is not None:
-                self.teardown(rec2)
+                # One that ran until just now was torn down by whoever marked it exited (its
+                # supervisor, the fork server's reaper, or reconcile above): a second teardown
+                # would read a table of up to 20,000 elements for nothing (#11). One that had
+                # exited before gets its teardown again, in case its first one failed.
+                if rec.status == "exited" or rec2.status != "exited":
+                    self.teardown(rec2)
                 with self.state.tx():
                     self.state.remove_sandbox(rec.id)
             _unlink_quietly(rec.log_path)

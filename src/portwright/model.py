@@ -62,7 +62,9 @@ class Mapping:
 
     @property
     def wildcard(self) -> bool:
-        return self.host_ip.is_unspecified
+        # 0.0.0.0 and :: are the addresses whose integer is 0; ``is_unspecified`` compares whole
+        # address objects, which 20,000 mappings' rules ask three times each (#11).
+        return not int(self.host_ip)
 
     @property
     def loopback(self) -> bool:
@@ -85,6 +87,15 @@ class Mapping:
             "container_ip": address_text(self.container_ip),
             "container_port": self.container_port,
         }
+
+    @classmethod
+    def from_row(
+        cls, proto: str, host_ip: str, host_port: int, container_ip: str, container_port: int
+    ) -> Mapping:
+        """A stored row (``state``'s ports table), read back without building a dict first."""
+        if proto not in PROTOS:
+            raise ValueError(f"bad proto {proto!r}")
+        return cls(proto, _address(host_ip), int(host_port), _address(container_ip), int(container_port))
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> Mapping:

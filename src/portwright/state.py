@@ -54,7 +54,6 @@ MIGRATIONS = (
     ("started", "REAL"),  # when CMD last started (run or `start`): "Up 3 seconds", State.StartedAt
 )
 
-_PORT_COLUMNS = ("proto", "host_ip", "host_port", "container_ip", "container_port")
 # Mappings already decoded, by their row: one command reads a sandbox back many times (reconcile,
 # restore, teardown, each `_serving` check), and decoding a 10,000-port sandbox's 20,000 rows each
 # time was most of `run -d` and `rm -f` at that size (#11). Mappings are frozen, so sharing is safe.
@@ -67,7 +66,7 @@ def _mapping(row: tuple[Any, ...]) -> Mapping:
     if m is None:
         if len(_MAPPING_MEMO) >= _MAPPING_MEMO_MAX:
             _MAPPING_MEMO.clear()
-        m = _MAPPING_MEMO[row] = Mapping.from_json(dict(zip(_PORT_COLUMNS, row, strict=True)))
+        m = _MAPPING_MEMO[row] = Mapping.from_row(*row)
     return m
 
 
@@ -234,6 +233,8 @@ class State:
         if not os.access(self.dir, os.R_OK | os.W_OK | os.X_OK):  # root-only since issue 13
             raise NeedRoot(f"reading state under {self.dir}")
         self.path = os.path.join(self.dir, "state.db")
+        self._ports_cache: dict[str, tuple[Mapping, ...]] = {}  # sandbox id -> its mappings
+        self._ports_version: object = None  # PRAGMA data_version when the cache was filled
         try:
             self._open()
         except sqlite3.DatabaseError as e:
@@ -321,6 +322,7 @@ class State:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._ports_cache.clear()  # it may hold rows of the transaction that was undone
             raise
         else:
             self.db.execute("COMMIT")
@@ -375,15 +377,30 @@ class State:
         self.db.execute("DELETE FROM networks WHERE name=?", (name,))
 
     # ---- sandboxes
-    def _record(self, row: sqlite3.Row) -> SandboxRecord:
-        maps = tuple(
-            _mapping(tuple(r))
-            for r in self.db.execute(
+    def _ports_of(self, sid: str) -> tuple[Mapping, ...]:
+        """A sandbox's mappings, read once per change: one command reads its sandboxes many
+        times (reconcile, restore, teardown, ``ps``), and 20,000 rows cost a tenth of a second a
+        time (#11). ``PRAGMA data_version`` moves when another connection commits; this one's
+        own writes drop what they change (``set_ports``, ``remove_sandbox``, a rollback)."""
+        version = self.db.execute("PRAGMA data_version").fetchall()[0][0]  # all rows: the statement ends
+        if version != self._ports_version:
+            self._ports_cache.clear()
+            self._ports_version = version
+        maps = self._ports_cache.get(sid)
+        if maps is None:
+            cur = self.db.cursor()
+            cur.row_factory = None  # plain tuples: the memo's keys, with no Row to build and copy
+            rows = cur.execute(
                 "SELECT proto, host_ip, host_port, container_ip, container_port FROM ports "
                 "WHERE sandbox_id=? ORDER BY rowid",
-                (row["id"],),
-            )
-        )
+                (sid,),
+            ).fetchall()
+            known = _MAPPING_MEMO.get
+            maps = self._ports_cache[sid] = tuple(known(r) or _mapping(r) for r in rows)
+        return maps
+
+    def _record(self, row: sqlite3.Row) -> SandboxRecord:
+        maps = self._ports_of(row["id"])
         sb = Sandbox(
             id=row["id"],
             name=row["name"],
@@ -461,21 +478,18 @@ class State:
         self.db.execute(f"UPDATE sandboxes SET {cols} WHERE id=?", (*vals, sid))
 
     def set_ports(self, sid: str, mappings: list[Mapping]) -> None:
+        self._ports_cache.pop(sid, None)
         self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
-        self.db.executemany(
-            "INSERT INTO ports VALUES (?,?,?,?,?,?)",
-            [
-                (
-                    sid,
-                    m.proto,
-                    address_text(m.host_ip),
-                    m.host_port,
-                    address_text(m.container_ip),
-                    m.container_port,
-                )
-                for m in mappings
-            ],
-        )
+        rows = [
+            (m.proto, address_text(m.host_ip), m.host_port, address_text(m.container_ip), m.container_port)
+            for m in mappings
+        ]
+        self.db.executemany("INSERT INTO ports VALUES (?,?,?,?,?,?)", [(sid, *r) for r in rows])
+        # Whoever writes them reads them back next (``Engine.started``): the rows are these
+        # mappings, so they need no decoding. The memo is by row, and sharing frozen objects is safe.
+        if len(_MAPPING_MEMO) + len(rows) < _MAPPING_MEMO_MAX:
+            _MAPPING_MEMO.update(zip(rows, mappings, strict=True))
+        self._ports_cache[sid] = tuple(mappings)  # rowid order is this order
 
     def sandboxes(self) -> list[SandboxRecord]:
         return [self._record(r) for r in self.db.execute("SELECT * FROM sandboxes ORDER BY created")]
@@ -507,6 +521,7 @@ class State:
         )
 
     def remove_sandbox(self, sid: str) -> None:
+        self._ports_cache.pop(sid, None)
         self.db.execute("DELETE FROM ports WHERE sandbox_id=?", (sid,))
         self.db.execute("DELETE FROM sandboxes WHERE id=?", (sid,))
 

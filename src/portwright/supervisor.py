@@ -405,13 +405,19 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
             _send(mine, {"ok": True, "hold": hold, "children": _children(os.getpid())})
             mine.close()
             _become_tini(plan, logs)  # never returns
-        held = _receive(msg, fds)
+        held, relays = _receive(msg, fds)
         _send(mine, {"ok": True})
     except (OSError, ValueError, KeyError, PortwrightError) as e:
         _send_quietly(mine, {"error": str(e)})
         mine.close()
         os.waitpid(builder, 0)  # it rolled back (CMD included) and told the CLI why
         return 1
+    if held.publisher is not None and relays:
+        # Served once the builder has its answer, while it records CMD: adopting 10,000
+        # listeners takes a third of a second, and a connection that comes meanwhile waits in
+        # its listener's backlog (#11). A failure here ends this process, and the fork server's
+        # reaper tears the sandbox down: no relay is left half-alive.
+        held.publisher.serve(relays)
     verdict = _recv(mine)[0]
     mine.close()
     os.waitpid(builder, 0)  # CMD is our child from here on
@@ -636,9 +642,9 @@ def _send_quietly(chan: socket.socket, msg: dict[str, Any]) -> None:
         pass
 
 
-def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
-    """In the Python holder: take the builder's sockets; start the userland relays here (the
-    spec is read only then)."""
+def _receive(msg: dict[str, Any], fds: list[int]) -> tuple[Held, dict[Mapping, socket.socket]]:
+    """In the Python holder: take the builder's sockets, and make the publisher that serves the
+    userland relays (the spec is read only then); returns the relays for it to serve."""
     socks = [socket.socket(fileno=fd) for fd in fds]
     ctl, rest = socks[0], socks[1:]
     if "relay_fd" in msg:  # index of each mapping's socket: a dual-stack one serves two mappings
@@ -651,8 +657,7 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
     if relays and spec is not None and mode is not None:
         ctx = registry.PublishContext(spec, sandbox_owner(msg["sid"]), default_firewall())
         publisher = registry.create(mode, ctx)
-        publisher.serve(relays)
-    return Held(
+    held = Held(
         msg["sid"],
         spec,
         state_dir(),
@@ -663,27 +668,28 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> Held:
         pid=int(msg["pid"]),
         sockets=rest[len(relays) :],
     )
+    return held, relays if publisher is not None else {}
 
 
 def _finish_detached(held: Held, code: int) -> int:
     close_control(held.ctl, held.state_dir, held.sid)
     engine = Engine(State(held.state_dir))
     engine.mark_removing(held.sid)  # nothing restores its rules from here on (issue 13)
-    # The relays' sockets stay bound (dup'ed) until the NAT elements are gone: with every host
-    # binding held, no other owner can hold those keys, so they go by key with no read of a
-    # table that may hold 20,000 elements (#11).
-    keep = [s.dup() for s in _relay_sockets(held)]
-    errors = held.publisher.unpublish() if held.publisher is not None else []
     rec = engine.state.find_sandbox(held.sid)
+    errors: list[str] = []
     if rec is not None:
+        # The NAT elements go first, while the relays still hold their bindings: with every host
+        # binding held, no other owner can hold those keys, so they go by key with no read of a
+        # table that may hold 20,000 elements (#11). (Holding them with dup()s instead needed a
+        # second descriptor per relay: 10,000 relays then ran out of descriptors, EMFILE.)
         known = None
         if rec.sandbox.publish_mode in ("nat", "ebpf"):  # their publisher adds elements, no rules
             nat_maps = [m for m in rec.sandbox.mappings if rules.nat_capable(m)]
-            known = known_if_held(nat_maps, held_bindings(held.sockets + keep))
+            known = known_if_held(nat_maps, held_bindings(held.sockets + _relay_sockets(held)))
         errors += engine.teardown(rec, known=known)
+    errors += held.publisher.unpublish() if held.publisher is not None else []
+    if rec is not None:
         engine.mark_exited(rec, code)
-    for s in keep:
-        s.close()
     for problem in errors:
         print(f"portwright: teardown of {held.sid}: {problem}", file=sys.stderr)
     return code

@@ -1,7 +1,7 @@
 """The firewall seam: what a kernel backend must do, and the one ``Firewall`` built over it.
 
 ``Backend`` is the kernel side, as small as it can be: apply one atomic batch of nft JSON
-commands, read the table back, hold the host-wide table lock, flush conntrack entries, and keep
+commands, say the ruleset generation, read the table back, hold the host-wide table lock, flush conntrack entries, and keep
 dockerd's DOCKER-USER chain open for our bridges. Two implement it: ``nft.NftBackend`` (the nft,
 conntrack and iptables tools) and ``fake.FakeBackend`` (an in-memory table that records every
 transaction, for tests without root). ``Firewall`` (written in ``ops``) is every high-level
@@ -23,9 +23,15 @@ __all__ = ["Backend", "Firewall", "default_firewall"]
 class Backend(Protocol):
     """The kernel operations ``Firewall`` needs, for the one table ``inet portwright``."""
 
-    def apply(self, cmds: list[dict[str, Any]]) -> None:
+    def apply(self, cmds: list[dict[str, Any]]) -> int:
         """Apply ``cmds`` (libnftables JSON commands) as ONE atomic transaction: all or nothing.
-        Raises KernelError (or NeedRoot, MissingTool) when the kernel refuses any of them."""
+        Raises KernelError (or NeedRoot, MissingTool) when the kernel refuses any of them.
+        Returns how many commits that took in the kernel (``generation`` moved by that much)."""
+        ...
+
+    def generation(self) -> tuple[int, int] | None:
+        """(namespace cookie, ruleset generation): the same pair twice means nothing was committed
+        in between (``verified``). None when it cannot be known (then every check reads)."""
         ...
 
     def read(self) -> dict[str, Any]:

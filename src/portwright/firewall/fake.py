@@ -34,6 +34,7 @@ from . import rules
 Cmd = dict[str, Any]
 Predicate = Callable[[list[Cmd]], bool]
 WHAT = "nft -j -f -"  # the command a real failure names
+FAKE_COOKIE = 1  # the one namespace of the in-memory table (generation() pairs it with the count)
 
 
 class _Refused(Exception):
@@ -107,10 +108,12 @@ class FakeBackend:
         self._lock = threading.Lock()
         self._lock_holder: int | None = None
         self._table_handles = 0
+        self.gen = 0  # committed batches: the ruleset generation (a test bumps it for a foreign commit)
+        self.generation_known = True
 
     # --- Backend --------------------------------------------------------------------------------
 
-    def apply(self, cmds: list[Cmd]) -> None:
+    def apply(self, cmds: list[Cmd]) -> int:
         self.calls.append("apply")
         batch = copy.deepcopy(cmds)
         injected = self._injected(batch)
@@ -126,6 +129,12 @@ class FakeBackend:
             self.rejected.append(batch)
             raise KernelError(WHAT, str(e), e.errno) from None
         self.transactions.append(batch)
+        self.gen += 1
+        return 1
+
+    def generation(self) -> tuple[int, int] | None:
+        """(1, the number of committed batches); ``generation_known`` False: None."""
+        return (FAKE_COOKIE, self.gen) if self.generation_known else None
 
     def read(self) -> dict[str, Any]:
         self.calls.append("read")

@@ -37,10 +37,10 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from portwright.errors import KernelError, NeedRoot
+from portwright.errors import KernelError, NeedRoot, PortwrightError
 from portwright.firewall import hostfw, rules
 from portwright.firewall.ops import Firewall
-from portwright.kernel import runner
+from portwright.kernel import netlink, netns, nftevents, runner
 from portwright.model import Mapping, Network
 
 __all__ = [
@@ -125,10 +125,12 @@ def _prelude_text(cmd: dict[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
-    """Apply ``cmds`` as ONE atomic nft transaction (nothing changes if any command fails)."""
+def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> int:
+    """Apply ``cmds`` as ONE atomic nft transaction (nothing changes if any command fails).
+    Returns the number of kernel commits made: 2 when concatenated maps were created first."""
     if not cmds:
-        return
+        return 0
+    commits = 0
     pre = [t for t in (_prelude_text(c) for c in cmds) if t]
     if pre:
         tables = sorted({(f, t) for f, t, _ in pre})
@@ -136,11 +138,13 @@ def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> None:
         p = runner.run(["nft", "-f", "-"], input=text, netns=_netns(netns), timeout=NFT_TIMEOUT)
         if p.returncode != 0:
             raise _nft_error(p, "nft add map")
+        commits += 1
         cmds = [c for c in cmds if not _prelude_text(c)]
     payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
     p = runner.run(["nft", "-j", "-f", "-"], input=payload, netns=_netns(netns), timeout=NFT_TIMEOUT)
     if p.returncode != 0:
         raise _nft_error(p, "nft -j -f -")
+    return commits + 1
 
 
 def table_json(
@@ -260,8 +264,17 @@ class NftBackend:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
-    def apply(self, cmds: list[dict[str, Any]]) -> None:
-        run(cmds, netns=self.netns)
+    def apply(self, cmds: list[dict[str, Any]]) -> int:
+        return run(cmds, netns=self.netns)
+
+    def generation(self) -> tuple[int, int] | None:
+        ns = _netns(self.netns)
+        if ns is None:
+            return nftevents.generation()
+        try:
+            return netns.run_in(netlink.netns_path(ns), nftevents.generation)
+        except PortwrightError:
+            return None  # the namespace is gone: the next transaction will say so
 
     def read(self) -> dict[str, Any]:
         return table_json(netns=self.netns)

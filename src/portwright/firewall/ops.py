@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput, Conflict, KernelError, PortInUse
 from ..model import Mapping, Network, Sandbox
-from . import antispoof, health, rules
+from . import antispoof, health, rules, verified
+from .memofile import MemoFile
 
 if TYPE_CHECKING:
     from .backend import Backend
 
 Cmd = dict[str, Any]
+Change = Callable[[verified.Verified], verified.Verified]
 
 
 def _check_owner_rules(owner: str, extra: Sequence[Cmd]) -> list[Cmd]:
@@ -50,6 +52,11 @@ def _check_owner_rules(owner: str, extra: Sequence[Cmd]) -> list[Cmd]:
     return list(extra)
 
 
+def _inet_untouched(v: verified.Verified) -> verified.Verified:
+    """The record after a transaction of the bridge table only (anti-spoofing): unchanged."""
+    return v
+
+
 class Firewall:
     """The operations of portwright's one nftables table, over ``backend``.
 
@@ -57,8 +64,37 @@ class Firewall:
     from ``backend.default_firewall()``, a test one from ``Firewall(FakeBackend())``.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, memo: MemoFile | None = None) -> None:
         self.backend = backend
+        # What the table was last seen to hold, by ruleset generation (``verified``): lets the
+        # every-command check skip its read. None: every check reads the table.
+        self.memo = memo
+
+    def remember_in(self, path: str) -> None:
+        """Keep the ``verified`` record in ``path`` (a state directory's), unless one is set."""
+        if self.memo is None:
+            self.memo = MemoFile(path)
+
+    # --- the verified record -------------------------------------------------------------------
+
+    def _vouched(self) -> verified.Verified | None:
+        """The record, when it is for the generation the namespace is at now."""
+        if self.memo is None:
+            return None
+        where = self.backend.generation()
+        v = self.memo.load() if where is not None else None
+        return v if v is not None and v.where == where else None
+
+    def _apply(self, cmds: list[Cmd], change: Change | None = None) -> None:
+        """Apply ``cmds`` (the caller holds the lock). With ``change``, a record current just
+        before is carried forward, when our commits were the only ones (``verified.advanced``);
+        without, the record goes out of date by itself (the generation moves)."""
+        before = self._vouched() if change is not None else None
+        commits = self.backend.apply(cmds)
+        if before is not None and change is not None and self.memo is not None:
+            after = self.backend.generation()
+            if verified.advanced(before.where, commits, after):
+                self.memo.save(change(before).at(after or before.where))
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -81,7 +117,8 @@ class Firewall:
 
     def ensure_base(self) -> None:
         """Create (or refresh) the table, chains, sets, maps and fixed rules; keeps all elements."""
-        self.backend.apply(rules.base_commands())
+        with self.backend.lock():
+            self._apply(rules.base_commands(), lambda v: v)  # adds and refreshes; deletes nothing
 
     def add_network(self, net: Network) -> None:
         """Install ``net``'s rules, replacing any it already had (one transaction)."""
@@ -89,7 +126,10 @@ class Firewall:
         with self.backend.lock():
             current = self.backend.read()
             base = rules.base_commands() if not current else []
-            self.backend.apply(base + rules.remove_network_commands(net.name, current, net) + cmds)
+            self._apply(
+                base + rules.remove_network_commands(net.name, current, net) + cmds,
+                lambda v: verified.with_network(v, net, bool(base)),
+            )
 
     def remove_network(self, name: str, net: Network | None = None) -> None:
         """Remove the rules and bridge element of network ``name`` (only ``net``'s own, when
@@ -99,7 +139,7 @@ class Firewall:
             current = self.backend.read()
             cmds = rules.remove_network_commands(name, current, net) if current else []
             if cmds:
-                self.backend.apply(cmds)
+                self._apply(cmds, lambda v: verified.without_network(v, name))
 
     def remove_table(self, force: bool = False) -> None:
         """Delete the whole table. Refused while an owner or a network still has entries there."""
@@ -114,7 +154,7 @@ class Firewall:
                         f"table inet portwright still holds {', '.join(left[:5])}"
                         f"{' ...' if len(left) > 5 else ''}; remove those first or pass force=True"
                     )
-            self.backend.apply(rules.table_commands_delete())
+            self._apply(rules.table_commands_delete(), lambda v: verified.Verified(v.where))
 
     # --- publishing ------------------------------------------------------------------------------
 
@@ -153,11 +193,23 @@ class Firewall:
                 cmds += rules.remove_owner_rules_commands(owner, current) + extra
             if not current:
                 cmds = rules.base_commands() + cmds
-            self.backend.apply(cmds)
+            # Tagged rules are not part of the record: an owner with some is never vouched for.
+            self._apply(
+                cmds,
+                (lambda v: verified.without_owner(v, owner))
+                if extra
+                else (lambda v: verified.with_publication(v, owner, mappings, not current)),
+            )
         if flush:
             self.backend.flush_conntrack_ports("udp", udp_ports)
 
-    def unpublish(self, owner: str, known: Sequence[Mapping] | None = None) -> None:
+    def unpublish(
+        self,
+        owner: str,
+        known: Sequence[Mapping] | None = None,
+        *,
+        recorded: Sequence[Mapping] | None = None,
+    ) -> None:
         """Remove every element and rule tagged ``owner``; idempotent (a no-op when none is left).
 
         Elements are deleted by key, so the read and the delete share the table lock: no other
@@ -165,22 +217,31 @@ class Firewall:
 
         ``known``: every mapping ``owner`` published, from a caller that still holds their host
         bindings (reservation sockets, so no other owner can have published those keys) and that
-        added no tagged rules. They are then deleted by key in one transaction with no read: a
-        10,000-port table costs about a second of nft and JSON per read (#11). If that fails
-        (something is already gone, after a firewall reload), the tagged read below runs."""
+        added no tagged rules. ``recorded``: the mappings the state records for ``owner``, from a
+        caller that holds nothing (its supervisor is gone); they count as known only while the
+        verified record vouches, at the generation the table is at now, that exactly these
+        elements of ``owner``'s are there (then they are ours, and no one else's key). Either way
+        they are deleted by key in one transaction with no read: a 10,000-port table costs about
+        a second of nft and JSON per read (#11). If that fails (something is already gone, after
+        a firewall reload), the tagged read below runs."""
         rules.owner_tag(owner)  # validates before taking the lock
-        fast = rules.delete_elements_commands(known) if known else []
+        gone: Change = lambda v: verified.without_owner(v, owner)  # noqa: E731
         with self.backend.lock():
+            if not known and recorded:
+                v = self._vouched()
+                if v is not None and v.pubs.get(owner) == verified.pub_digest(recorded):
+                    known = recorded
+            fast = rules.delete_elements_commands(known) if known else []
             if fast:
                 try:
-                    self.backend.apply(fast)
+                    self._apply(fast, gone)
                     return
                 except KernelError:
                     pass  # an element is missing: nothing was changed; decide from the table
             current = self.backend.read()
             cmds = rules.unpublish_commands(owner, current) if current else []
             if cmds:
-                self.backend.apply(cmds)
+                self._apply(cmds, gone)
 
     # --- recovery: put back what a firewall reload took ------------------------------------------
 
@@ -237,14 +298,21 @@ class Firewall:
         net_cmds = {n.name: rules.network_commands(n) for n in nets}  # validates first
         for owner, _, _ in pubs:
             rules.owner_tag(owner)
+        plain = [(owner, ms) for owner, ms, _ in pubs]
+        where = self.backend.generation() if self.memo is not None else None
+        if self.memo is not None and verified.covers(self.memo.load(), where, nets, plain):
+            return []  # the common case: nothing was committed since the table was seen whole
         if self._all_whole(nets, pubs, self.backend.read()):
-            return []  # the common case (every command's reconcile): one read, no lock held
+            self._seen_whole(where, nets, plain)
+            return []  # one read, no lock held
         # Built only now: 10,000 mappings' commands cost half a second, and a whole table needs none.
         pub_cmds = {owner: rules.publish_commands(owner, ms) for owner, ms, _ in pubs}
         out: list[tuple[str, list[str]]] = []
         with self.backend.lock():
+            where = self.backend.generation() if self.memo is not None else None
             current = self.backend.read()
             cmds: list[Cmd] = []
+            skipped: set[str] = set()
             base_gone = health.missing_base(current)
             if base_gone:
                 out.append(("table", base_gone))
@@ -255,18 +323,42 @@ class Firewall:
                     out.append((f"network {n.name}", gone))
             for owner, ms, wanted in pubs:
                 gone = health.missing_publication(owner, ms, current)
-                if not gone or not pub_cmds[owner] or not wanted():
+                if not gone or not pub_cmds[owner]:
+                    continue
+                if not wanted():
+                    skipped.add(owner)
                     continue
                 clashes = rules.conflicts(owner, ms, current)
                 if clashes:
                     m, other = clashes[0]
                     out.append((owner, [f"{m.host_binding()}/{m.proto} is taken by {other}"]))
+                    skipped.add(owner)
                     continue
                 cmds += pub_cmds[owner]
                 out.append((owner, gone))
             if base_gone or cmds:
-                self.backend.apply((rules.base_commands() if base_gone else []) + cmds)
+                commits = self.backend.apply((rules.base_commands() if base_gone else []) + cmds)
+                after = self.backend.generation() if where is not None else None
+                if where is not None and after is not None and verified.advanced(where, commits, after):
+                    self._seen_whole(after, nets, [p for p in plain if p[0] not in skipped])
         return out
+
+    def _seen_whole(
+        self,
+        where: verified.Where | None,
+        nets: Sequence[Network],
+        pubs: Sequence[tuple[str, Sequence[Mapping]]],
+    ) -> None:
+        """Record that the table held the base, ``nets`` and ``pubs`` at ``where``, if the
+        namespace is still there now (so the read that found them was of that generation).
+        What an earlier record at the same generation vouched for is kept."""
+        if self.memo is None or where is None or self.backend.generation() != where:
+            return
+        new = verified.whole(where, nets, pubs)
+        old = self.memo.load()
+        if old is not None and old.where == where:
+            new = verified.Verified(where, True, {**old.nets, **new.nets}, {**old.pubs, **new.pubs})
+        self.memo.save(new)
 
     @staticmethod
     def _all_whole(
@@ -317,7 +409,7 @@ class Firewall:
                 return []
             if gone:
                 base = antispoof.base_commands() if any(not g.startswith("port") for g in gone) else []
-                self.backend.apply(base + antispoof.add_commands(port))
+                self._apply(base + antispoof.add_commands(port), _inet_untouched)
         return gone
 
     def ensure_antispoof_all(
@@ -345,7 +437,7 @@ class Firewall:
                 cmds += antispoof.add_commands(port)
                 out.append((sb, gone))
             if cmds:
-                self.backend.apply((antispoof.base_commands() if base else []) + cmds)
+                self._apply((antispoof.base_commands() if base else []) + cmds, _inet_untouched)
         return out
 
     def remove_antispoof(self, owner: str) -> None:
@@ -354,7 +446,7 @@ class Firewall:
         with self.backend.lock():
             cmds = antispoof.remove_commands(owner, self._bridge_table())
             if cmds:
-                self.backend.apply(cmds)
+                self._apply(cmds, _inet_untouched)
 
     def antispoof_owners(self) -> set[str]:
         """Owner tags with elements in the anti-spoofing table (reconcile removes dead ones)."""

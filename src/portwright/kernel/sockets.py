@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass, replace
 
-from ..model import IPAddress, bindings_clash
+from ..model import IPAddress, address_text, bindings_clash
 from .proc import argv_text
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN == 10
@@ -301,11 +301,11 @@ def _new_socket(proto: str, fam: int) -> socket.socket:
     return socket.socket(fam, socket.SOCK_STREAM)
 
 
-def _set_bind_options(s: socket.socket, proto: str, v6only: bool) -> None:
+def _set_bind_options(s: socket.socket, proto: str, v6only: bool, fam: int) -> None:
     """SO_REUSEADDR for stream sockets only (see the module docstring), IPV6_V6ONLY as asked."""
     if proto != "udp":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if s.family == socket.AF_INET6:
+    if fam == socket.AF_INET6:  # not s.family: that builds an enum, 10,000 times for a range (#11)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
 
 
@@ -319,10 +319,11 @@ def bind_socket(
     address (see the module docstring). Raises OSError (EADDRINUSE etc.) for the caller to turn
     into PortInUse with the owner.
     """
-    s = _new_socket(proto, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    s = _new_socket(proto, fam)
     try:
-        _set_bind_options(s, proto, v6only)
-        s.bind((str(ip), port))
+        _set_bind_options(s, proto, v6only, fam)
+        s.bind((address_text(ip), port))
         if listen and proto != "udp":
             s.listen(BACKLOG)
     except BaseException:
@@ -335,12 +336,13 @@ def port_free(proto: str, ip: IPAddress, port: int) -> bool:
     """Can we bind ip:port/proto right now? Tries a real bind (the kernel is the judge), with
     ``bind_socket``'s options: on UDP without SO_REUSEADDR, which would let the test bind share
     the port with a holder that set it too."""
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     try:
-        s = _new_socket(proto, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+        s = _new_socket(proto, fam)
     except OSError:
         return True
     try:
-        _set_bind_options(s, proto, True)
+        _set_bind_options(s, proto, True, fam)
         s.bind((str(ip), port))
         if proto == "tcp":
             s.listen(1)

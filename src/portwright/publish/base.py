@@ -199,11 +199,15 @@ def allocate(
     out: Bound = []
     taken_here: _Taken = {}
     avoid = set((prefer or {}).values())
+    ephemeral: tuple[int, ...] | None = None  # built once: -P or -p 80 x many, 28,000 ports each
     try:
         for spec in specs:
+            halves = host_ips(spec, target, ipv6_host)  # the same for each port of a spec
+            sock_halves = _socket_halves(halves, dual_stack)
             for cport, candidates in spec.requests():
-                halves = host_ips(spec, target, ipv6_host)
-                pool = candidates or tuple(p for p in range(lo, hi + 1) if p not in reserved)
+                if not candidates and ephemeral is None:
+                    ephemeral = tuple(p for p in range(lo, hi + 1) if p not in reserved)
+                pool = candidates or ephemeral or ()
                 if avoid and len(pool) > 1:  # a port drawn again keeps off the others' old ports
                     pool = tuple(p for p in pool if p not in avoid) or pool
                 args = (halves, dual_stack, holders, taken_here, len(out))
@@ -216,7 +220,7 @@ def allocate(
                 port, socks = got or _bind_one(spec, halves, pool, not candidates, *args[1:])
                 for (hip, cip), sock in zip(halves, socks, strict=True):
                     out.append((Mapping(spec.proto, hip, port, cip, cport), sock))
-                for hip, is_dual in _socket_halves(halves, dual_stack):
+                for hip, is_dual in sock_halves:
                     taken_here.setdefault((spec.proto, port), []).append((spec.text, hip, is_dual))
     except BaseException:
         for _, sock in out:

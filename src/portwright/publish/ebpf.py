@@ -188,7 +188,8 @@ class RewriteSet:
 
     def remove_owner(self, maps: Maps, owner: int) -> int:
         """Delete ``owner``'s svc entries (a batch read and a batch delete); how many."""
-        keys = [k for k, v in maps.svc.items_batch() if ep.entry_owner(v) == owner]
+        mine, at = ep.owner_bytes(owner), ep.OWNER_AT
+        keys = [k for k, v in maps.svc.items_batch() if v[at : at + 8] == mine]
         maps.svc.delete_batch(keys)
         return len(keys)
 
@@ -312,8 +313,10 @@ def sweep(owners: set[str], rewrites: RewriteSet | None = None) -> list[str]:
             maps = rw.open_maps()
             if maps is None:
                 return rw.detach_all()
-            keep = {owner_hash(o) for o in owners}
-            stale = {o for _, v in maps.svc.items_batch() if (o := ep.entry_owner(v)) not in keep}
+            keep = {ep.owner_bytes(owner_hash(o)) for o in owners}
+            at = ep.OWNER_AT
+            present = {v[at : at + 8] for _, v in maps.svc.items_batch()}
+            stale = {int.from_bytes(o, "little") for o in present - keep}
             for o in stale:
                 n = rw.remove_owner(maps, o)
                 lines.append(f"ebpf: removed {n} rewrite entries of a sandbox that is gone")

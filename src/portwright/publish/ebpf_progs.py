@@ -86,9 +86,19 @@ class SvcEntry:
     owner: int
 
 
+#: Where a raw svc value keeps its owner tag (the layout above): a u64, little-endian.
+OWNER_AT = 24
+
+
 def entry_owner(value: bytes) -> int:
     """The owner tag of a raw svc value (without decoding the rest)."""
-    return int(struct.unpack_from("<Q", value, 24)[0])
+    return int(struct.unpack_from("<Q", value, OWNER_AT)[0])
+
+
+def owner_bytes(owner: int) -> bytes:
+    """``owner`` as the 8 bytes a raw svc value holds at ``OWNER_AT``: comparing bytes, 40,000
+    entries of a 10,000-port sandbox are sorted by owner with no decoding (#11)."""
+    return owner.to_bytes(8, "little")
 
 
 def _unmap(raw: bytes) -> IPAddress:
