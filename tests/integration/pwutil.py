@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,18 @@ def port_is_free(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def within(seconds: float, probe: Callable[[], object]) -> bool:
+    """Whether ``probe()`` turns true within ``seconds`` (asked every 0.1 s, and once more at the
+    deadline, so a slow probe still gets its last chance)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if probe():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 _handed_out: set[int] = set()

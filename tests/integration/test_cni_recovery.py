@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import time
 
-from pwutil import free_port
+from pwutil import free_port, within
 from test_cni import curl, entries, new_rig
 
 from conftest import sh
 from portwright.firewall import nft, rules
 
 BUDGET = 3.0
-
-
-def _within(seconds: float, probe: object) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        if probe():  # type: ignore[operator]
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
 
 
 def test_holder_restores_a_deleted_element_and_rule_and_del_ends_it() -> None:
@@ -41,7 +31,7 @@ def test_holder_restores_a_deleted_element_and_rule_and_del_ends_it() -> None:
         # one element of this attachment
         sh("nft", "delete", "element", "inet", "portwright", rules.MAP_ANY4, f"{{ tcp . {port} }}")
         assert sorted(entries(c.owner)) != whole
-        assert _within(BUDGET, lambda: sorted(entries(c.owner)) == whole), entries(c.owner)
+        assert within(BUDGET, lambda: sorted(entries(c.owner)) == whole), entries(c.owner)
         assert "hello" in curl(f"http://127.0.0.1:{port}/")
         # one rule of this attachment (its masquerade for a bridge portwright did not create)
         mine = [
@@ -49,7 +39,7 @@ def test_holder_restores_a_deleted_element_and_rule_and_del_ends_it() -> None:
         ]
         r = mine[0]
         sh("nft", "delete", "rule", "inet", "portwright", r["chain"], "handle", str(r["handle"]))
-        assert _within(BUDGET, lambda: sorted(entries(c.owner)) == whole), entries(c.owner)
+        assert within(BUDGET, lambda: sorted(entries(c.owner)) == whole), entries(c.owner)
         assert "hello" in curl(f"http://127.0.0.1:{port}/")
         rc, out = rig.pw("DEL", rig.pw_conf(None, []), c)
         assert rc == 0, out

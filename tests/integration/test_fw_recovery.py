@@ -18,11 +18,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 from hostns import HostNS, host_namespace
+from pwutil import within
 
 from portwright.firewall.rules import published
 
@@ -76,16 +76,6 @@ def _curl(argv_prefix: list[str], url: str, timeout: float) -> bool:
     return p.returncode == 0 and p.stdout == "200"
 
 
-def _within(seconds: float, probe: object) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        if probe():  # type: ignore[operator]
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-
-
 def _sandbox_pid(h: HostNS, name: str) -> int:
     doc = json.loads(h.pw("inspect", name).stdout)
     return int((doc[0] if isinstance(doc, list) else doc)["State"]["Pid"])
@@ -102,7 +92,7 @@ def _world(h: HostNS) -> Iterator[tuple[str, str, str]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert _within(10, lambda: _curl(["ip", "netns", "exec", xns], f"http://{x4}:18999/", 1))
+        assert within(10, lambda: _curl(["ip", "netns", "exec", xns], f"http://{x4}:18999/", 1))
         yield xns, x4, host4
     finally:
         srv.kill()
@@ -113,16 +103,16 @@ def _paths(h: HostNS, name: str, port: int, world: tuple[str, str, str], externa
     """Each path, given RECOVERY_BUDGET seconds to answer."""
     xns, x4, host4 = world
     out = {
-        "127.0.0.1": _within(
+        "127.0.0.1": within(
             RECOVERY_BUDGET, lambda: _curl(["ip", "netns", "exec", h.name], f"http://127.0.0.1:{port}/", 1)
         ),
-        "egress": _within(
+        "egress": within(
             RECOVERY_BUDGET,
             lambda: _curl(["nsenter", "-t", str(_sandbox_pid(h, name)), "-n"], f"http://{x4}:18999/", 1),
         ),
     }
     if external:
-        out["external"] = _within(
+        out["external"] = within(
             RECOVERY_BUDGET, lambda: _curl(["ip", "netns", "exec", xns], f"http://{host4}:{port}/", 1)
         )
     return out
@@ -180,7 +170,7 @@ def test_detached_sandboxes_come_back(disruption: str) -> None:
         assert all(after.values()), f"{disruption}: not back within {RECOVERY_BUDGET}s: {after}"
         # served by kernel NAT again, not by the [::] relay socket that also answers IPv4 when the
         # element is gone (the silent degradation of the issue)
-        assert _within(RECOVERY_BUDGET, lambda: ("0.0.0.0", "tcp", 18080) in _nat(h))
+        assert within(RECOVERY_BUDGET, lambda: ("0.0.0.0", "tcp", 18080) in _nat(h))
         assert ("127.0.0.1", "tcp", 18081) in _nat(h)
         # whole again, nothing doubled: each network rule once
         table = json.loads(h.run("nft", "-j", "list", "table", "inet", "portwright").stdout)["nftables"]
@@ -222,7 +212,7 @@ def test_foreground_supervisor_puts_its_rules_back() -> None:
             text=True,
         )
         try:
-            assert _within(15, lambda: _curl(["ip", "netns", "exec", h.name], "http://127.0.0.1:18080/", 1))
+            assert within(15, lambda: _curl(["ip", "netns", "exec", h.name], "http://127.0.0.1:18080/", 1))
             h.run("nft", "flush", "ruleset")
             after = _paths(h, names["fg"], 18080, world, external=False)
             assert all(after.values()), after
@@ -294,7 +284,7 @@ def test_audit_and_ports_name_a_lost_publication_and_prune_repairs_it() -> None:
         )
         with open(os.path.join(h.state, "ctl", "zygote.pid")) as f:
             os.kill(int(f.read().strip()), signal.SIGTERM)
-        assert _within(10, lambda: not os.path.exists(os.path.join(h.state, "ctl", "zygote.pid")))
+        assert within(10, lambda: not os.path.exists(os.path.join(h.state, "ctl", "zygote.pid")))
         audit = json.loads(h.pw("audit", "--json", check=False).stdout)
         assert "degraded" not in {f["code"] for f in audit["findings"]}
         h.run("nft", "delete", "element", "inet", "portwright", "pub4_any", "{ tcp . 18080 }")
