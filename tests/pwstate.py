@@ -2,7 +2,7 @@
 
 Publish mode ``ebpf`` (the default where the kernel allows it) and ``host-remap`` pin maps and
 links under ``/sys/fs/bpf/portwright/<hash of the state dir>/`` (``kernel.bpf.fs.pin_dir``), and
-the CNI plugin does the same for ``STATE/cni``. Those links sit at the machine's cgroup2 root and
+the CNI plugin does the same for ``STATE/cni``. ebpf's links sit at the machine's cgroup2 root and
 outlive the state directory: a test that deletes a private state dir without removing its pins
 leaves programs attached to every socket on the machine. So every state directory a test makes
 comes from ``private_state_dir`` (or is ``register``-ed) and goes with ``discard``; the session
