@@ -21,6 +21,7 @@ PURE_CORE = (
     "portwright.errors",
     "portwright.owners",
     "portwright.firewall.rules",
+    "portwright.firewall.verified",
 )
 IMPURE_STDLIB = {"subprocess", "socket", "ctypes", "fcntl", "select", "sqlite3", "threading", "os", "signal"}
 IMPURE_OURS = (
