@@ -12,6 +12,9 @@ that tag in their command line. DEL and GC therefore work with no prevResult, no
 portwright state directory, and GC of one network tells its attachments from another network's
 by the tag alone, holder or not. Tags of the earlier ``cni:<containerID>:<ifname>`` form are
 still removed by DEL, accepted by CHECK and collected by GC when their holder names the network.
+One thing is per bridge, not per attachment: dockerd's DOCKER-USER accept for a runtime's bridge.
+A DEL whose prevResult names the bridge and its veth removes it when no other interface is left on
+the bridge (the runtime deletes the bridge later, with no plugin call after it).
 """
 
 from __future__ import annotations
