@@ -463,7 +463,7 @@ def trim_file_pages() -> int:
     """Give back this process's pages of read-only files (``clean_file_ranges``); the bytes of
     address space advised. Most of libpython's code that the relay runs once (imports, the first
     registrations) is resident only in the relay on a host with no other Python process: about
-    1.5 MB of its PSS there, which the pages it keeps using come back from the page cache."""
+    1.5 MB of its PSS there. A page it uses again comes back from the page cache."""
     try:
         with open("/proc/self/smaps") as f:
             ranges = clean_file_ranges(f.read())
