@@ -131,6 +131,10 @@ def test_dockerd_range_through_the_shared_relay() -> None:
             total_kb = sum(_pss_kb(p) for p in waiters + relays)
             print(f"{len(waiters)} waiters + {len(relays)} relay processes: PSS {total_kb / 1024:.1f} MB")
             assert 0 < total_kb < PSS_LIMIT_KB
+            # under dockerd's environment too, each waiter keeps one private page (two when its
+            # frames do not fit under its argument strings): no data segment, old stack given back
+            worst = max(_pss_kb(p) for p in waiters)
+            assert worst <= 8, f"a waiter holds {worst} KB PSS"
 
             # two worker processes both serve, as their counters show
             def burst() -> None:
