@@ -314,7 +314,8 @@ class Engine:
         self._protect(spec, sb, stack)
         if net is not None:
             stack.callback(self.dns.detach, sb)
-            self.dns.attach(sb, net)  # resolv.conf, resolver running, records reloaded
+            self.dns.attach(sb, net)  # resolv.conf; the resolver starts or reloads meanwhile
+            stack.callback(self.dns.settle)  # a failure below still waits for it, then undoes
         live = Live(sandbox=sb, spec=spec, log_path=self._log_path(spec, sid))
         mode = registry.mode_for(spec)
         if mode is not None:
@@ -330,6 +331,7 @@ class Engine:
                 live.publisher.serve()
         live.cgroup = self.host.cgroup_create(sid)
         stack.callback(self.host.cgroup_kill, live.cgroup)
+        self.dns.settle()  # CMD, which starts next, may ask for names at once
         return live
 
     def _record(

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any, Protocol
 
@@ -65,6 +66,7 @@ def resolver_alive(state_dir: str) -> bool:
 
 class Dns(Protocol):
     def attach(self, sb: Sandbox, net: Network) -> None: ...
+    def settle(self) -> None: ...
     def detach(self, sb: Sandbox) -> None: ...
     def changed(self) -> None: ...
     def reconcile(self, needed: bool) -> None: ...
@@ -74,6 +76,9 @@ class NoDns:
     """No resolver (unit tests with a fake host)."""
 
     def attach(self, sb: Sandbox, net: Network) -> None:
+        pass
+
+    def settle(self) -> None:
         pass
 
     def detach(self, sb: Sandbox) -> None:
@@ -93,8 +98,13 @@ def _warn(what: str, e: Exception) -> None:
 class LiveDns:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
+        self._pending: threading.Thread | None = None
 
     def attach(self, sb: Sandbox, net: Network) -> None:
+        """Write the sandbox's resolv.conf, then start the resolver (or have it reload) in the
+        background: starting one is a Python start-up, about half a second, which the rest of
+        the sandbox's creation (addresses, ports) overlaps. ``settle`` waits for it, before CMD
+        starts and asks."""
         if sb.netns is None:
             return
         try:
@@ -104,10 +114,26 @@ class LiveDns:
             with open(tmp, "w") as f:
                 f.write(resolv_conf(net))
             os.rename(tmp, os.path.join(d, "resolv.conf"))
-            self.ensure_running()
-            self.ask("reload")
-        except (OSError, PortwrightError) as e:
+        except OSError as e:
             _warn(f"sandbox {sb.name}", e)
+            return
+
+        def start() -> None:
+            try:
+                self.ensure_running()
+                self.ask("reload")
+            except (OSError, PortwrightError) as e:
+                _warn(f"sandbox {sb.name}", e)
+
+        self.settle()  # one at a time
+        self._pending = threading.Thread(target=start, name="pw-dns-start", daemon=True)
+        self._pending.start()
+
+    def settle(self) -> None:
+        """Wait until the resolver that ``attach`` started (or asked to reload) answers."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join()
 
     def detach(self, sb: Sandbox) -> None:
         if sb.netns is None:
