@@ -32,6 +32,7 @@ from . import ipam
 from .dns.records import Entry, alias_clash
 from .dns.service import Dns, LiveDns, NoDns
 from .errors import BadInput, Conflict, KernelError, NotFound, PortwrightError
+from .firewall import verified
 from .firewall.memofile import MEMO_NAME
 from .kernel.host import Host, LinuxHost
 from .kernel.logcollect import records_path
@@ -349,7 +350,9 @@ class Engine:
                         f"network {net.name!r} was removed while this sandbox was starting; "
                         f"create it again with 'portwright network create {net.name}'"
                     )
-                others = [r.sandbox for r in self.state.sandboxes() if r.sandbox.network == net.name]
+                others = [
+                    r.sandbox for r in self.state.sandboxes(ports=False) if r.sandbox.network == net.name
+                ]
                 self._refuse_name_clash(spec, name, net.name)
                 want = spec.extra.get(RESUME) or {}  # `start`: the addresses it had, if still free
                 ip4 = _preferred(want.get("ip4"), net.subnet4, [s.ip4 for s in others if s.ip4])
@@ -407,7 +410,7 @@ class Engine:
         """An alias may not shadow another live sandbox's name on its network, nor a name an alias."""
         live = [
             Entry(r.sandbox.network, r.name, r.spec.aliases)
-            for r in self.state.sandboxes()
+            for r in self.state.sandboxes(ports=False)
             if r.status != "exited" and r.sandbox.network == network
         ]
         why = alias_clash(name, spec.aliases, network, live)
@@ -593,9 +596,12 @@ class Engine:
         at 10,000 ports)."""
         self._rebuild_if_needed()
         cleaned = []
-        for rec in self.state.sandboxes():
-            if rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
+        for lean in self.state.sandboxes(ports=False):
+            if lean.status == "exited" or pid_alive(lean.supervisor_pid, lean.supervisor_start):
                 continue
+            rec = self.state.find_sandbox(lean.id)  # with its mappings: teardown may need them
+            if rec is None or rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
+                continue  # gone, or started again meanwhile
             if being_reaped(rec.supervisor_pid):
                 continue  # the fork server has CMD's exit code and tears down itself
             if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
@@ -618,11 +624,13 @@ class Engine:
             for line in self.restore():
                 print(f"portwright: {line}", file=sys.stderr)
         # ebpf's shared maps: entries of sandboxes that are gone go, detached programs come back.
-        live = {sandbox_owner(r.id) for r in self.state.sandboxes() if r.status != "exited"}
+        live = {sandbox_owner(r.id) for r in self.state.sandboxes(ports=False) if r.status != "exited"}
         for line in registry.sweep(live):
             print(f"portwright: {line}", file=sys.stderr)
         # A resolver killed (-9) is started again while sandboxes need it (dns/service.py).
-        self.dns.reconcile(any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes()))
+        self.dns.reconcile(
+            any(r.status != "exited" and r.spec.bridged for r in self.state.sandboxes(ports=False))
+        )
         return cleaned
 
     def _rebuild_if_needed(self) -> None:
@@ -645,34 +653,43 @@ class Engine:
         running sandboxes (only those in ``sids`` when given). Idempotent and quiet when the
         table is whole. Returns one line per repair or failure; raises nothing."""
         lines: list[str] = []
+        running = [
+            r
+            for r in self.state.sandboxes(ports=False)
+            if r.status == "running" and (sids is None or r.id in sids)
+        ]
         try:
             with self._network_lock():  # 'network rm' holds it: no network comes back as it goes
-                nat = [
-                    r
-                    for r in self.state.sandboxes()
-                    if r.status == "running"
-                    and (sids is None or r.id in sids)
-                    and r.sandbox.publish_mode in ("nat", "ebpf")
-                    and r.sandbox.mappings
-                ]
-                pubs = [
-                    (sandbox_owner(r.id), r.sandbox.mappings, functools.partial(self._serving, r.id))
-                    for r in nat
-                ]
-                repaired = self.fw.ensure_all(self.state.networks(), pubs)
-            names = {sandbox_owner(r.id): f"sandbox {r.name}" for r in nat}
-            lines += [f"{names.get(what, what)}: restored {', '.join(gone[:4])}" for what, gone in repaired]
+                lines += self._restore_nat([r for r in running if r.sandbox.publish_mode in ("nat", "ebpf")])
         except PortwrightError as e:
             lines.append(f"firewall: not restored: {e}")
-        running = [
-            r for r in self.state.sandboxes() if r.status == "running" and (sids is None or r.id in sids)
-        ]
         lines += self._restore_antispoof(running)
         if self.state.networks():
             # The same reload may have taken the host firewall's accepts for our bridges (ufw
             # reload, firewall-cmd --reload, iptables-restore): put them back too (issue 16).
             self.sync_docker_user()
         return lines
+
+    def _restore_nat(self, recs: list[SandboxRecord]) -> list[str]:
+        """The NAT half of ``restore``, for these running nat/ebpf sandboxes (read without their
+        mappings). When the verified record vouches for every one of them by its stored rows,
+        nothing is decoded and the table is not read (#11): the usual case, every command."""
+        nets = self.state.networks()
+        rows = {r.id: self.state.port_rows(r.id) for r in recs}
+        digests = {sandbox_owner(sid): verified.row_digest(rs) for sid, rs in rows.items() if rs}
+        if self.fw.vouched_whole(nets, digests):
+            return []
+        nat = [
+            full
+            for r in recs
+            if rows[r.id] and (full := self.state.find_sandbox(r.id)) is not None and full.sandbox.mappings
+        ]
+        pubs = [
+            (sandbox_owner(r.id), r.sandbox.mappings, functools.partial(self._serving, r.id)) for r in nat
+        ]
+        repaired = self.fw.ensure_all(nets, pubs)
+        names = {sandbox_owner(r.id): f"sandbox {r.name}" for r in nat}
+        return [f"{names.get(what, what)}: restored {', '.join(gone[:4])}" for what, gone in repaired]
 
     def _restore_antispoof(self, recs: list[SandboxRecord]) -> list[str]:
         """Put back running sandboxes' anti-spoofing elements (issue 19), as their NAT ones: one

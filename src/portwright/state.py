@@ -399,8 +399,19 @@ class State:
             maps = self._ports_cache[sid] = tuple(known(r) or _mapping(r) for r in rows)
         return maps
 
-    def _record(self, row: sqlite3.Row) -> SandboxRecord:
-        maps = self._ports_of(row["id"])
+    def port_rows(self, sid: str) -> list[tuple[str, str, int, str, int]]:
+        """A sandbox's port rows as stored (proto, host address, host port, sandbox address,
+        sandbox port), undecoded: enough to tell whether they changed (``verified.row_digest``)."""
+        cur = self.db.cursor()
+        cur.row_factory = None
+        return cur.execute(
+            "SELECT proto, host_ip, host_port, container_ip, container_port FROM ports "
+            "WHERE sandbox_id=? ORDER BY rowid",
+            (sid,),
+        ).fetchall()
+
+    def _record(self, row: sqlite3.Row, ports: bool = True) -> SandboxRecord:
+        maps = self._ports_of(row["id"]) if ports else ()
         sb = Sandbox(
             id=row["id"],
             name=row["name"],
@@ -491,8 +502,11 @@ class State:
             _MAPPING_MEMO.update(zip(rows, mappings, strict=True))
         self._ports_cache[sid] = tuple(mappings)  # rowid order is this order
 
-    def sandboxes(self) -> list[SandboxRecord]:
-        return [self._record(r) for r in self.db.execute("SELECT * FROM sandboxes ORDER BY created")]
+    def sandboxes(self, ports: bool = True) -> list[SandboxRecord]:
+        """Every sandbox. ``ports`` False: without their mappings (``mappings`` is empty), for
+        callers that need names, addresses and states only: a 10,000-port sandbox's 20,000 rows
+        are then not read (#11). Never hand such a record to teardown."""
+        return [self._record(r, ports) for r in self.db.execute("SELECT * FROM sandboxes ORDER BY created")]
 
     def find_sandbox(self, name_or_id: str) -> SandboxRecord | None:
         row = self.db.execute(

@@ -255,3 +255,59 @@ def test_seeded_random_operations_never_let_a_missing_element_pass(tmp_path: Pat
                     f"seed {seed} step {step} {o2}"
                 )
     assert reads["skipped"] > 0 and reads["read"] > 0, f"seed {seed}: {dict(reads)}"
+
+
+def test_stored_rows_give_the_digest_their_mappings_give() -> None:
+    loop6 = ipaddress.IPv6Address("::1")
+    m = (*maps(8000, 4), Mapping("tcp", loop6, 8000, IP4, 80), Mapping("udp", ANY6, 53, IP4, 53))
+    rows = [
+        (
+            x.proto,
+            verified.address_text(x.host_ip),
+            x.host_port,
+            verified.address_text(x.container_ip),
+            x.container_port,
+        )
+        for x in m
+    ]
+    assert verified.row_digest(rows) == verified.pub_digest(list(m))
+    assert [verified.row_nat_capable(r) for r in rows] == [rules.nat_capable(x) for x in m]
+
+
+def test_vouches_takes_digests_as_covers_takes_mappings() -> None:
+    v = verified.whole((7, 100), [NET], [("pw:a", maps(8000, 2))])
+    good = {"pw:a": verified.pub_digest(maps(8000, 2))}
+    assert verified.vouches(v, (7, 100), [NET], good)
+    assert verified.vouches(v, (7, 100), [NET], {})
+    assert not verified.vouches(v, (7, 101), [NET], good)
+    assert not verified.vouches(v, (7, 100), [NET], {"pw:a": verified.pub_digest(maps(8000, 3))})
+    assert not verified.vouches(None, (7, 100), [], {})
+
+
+def test_the_host_firewall_is_looked_at_again_only_after_a_commit(fw: tuple[Firewall, FakeBackend]) -> None:
+    f, backend = fw
+    f.add_network(NET)
+
+    def looks() -> int:
+        return sum(c.startswith("docker-user") for c in backend.calls)
+
+    f.sync_docker_user(["pwbr-v"])
+    f.sync_docker_user(["pwbr-v"])
+    assert looks() == 1  # found in place, nothing committed since: not again
+    f.publish("pw:a", maps(8000, 3))  # our own commit: the host's tables are untouched
+    f.sync_docker_user(["pwbr-v"])
+    assert looks() == 1
+    f.sync_docker_user(["pwbr-v", "pwbr-w"])  # another set of bridges: look
+    assert looks() == 2
+    backend.apply([{"add": {"table": {"family": "ip", "name": "filter"}}}])  # dockerd, ufw, a reload
+    f.sync_docker_user(["pwbr-v", "pwbr-w"])
+    assert looks() == 3
+
+
+def test_iptables_legacy_is_always_looked_at(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.host_rules_counted = False  # its changes do not move the nftables generation
+    f = Firewall(backend, MemoFile(str(tmp_path / "m.json")))
+    for _ in range(3):
+        f.sync_docker_user(["pwbr-v"])
+    assert sum(c.startswith("docker-user") for c in backend.calls) == 3

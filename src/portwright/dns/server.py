@@ -70,7 +70,7 @@ def load(state: State) -> tuple[list[Entry], dict[str, list[tuple[str, Subnet]]]
             nets[n.name].append((str(n.gateway6), n.subnet6))
     entries = [
         Entry(r.sandbox.network, r.name, r.spec.aliases, r.sandbox.ip4, r.sandbox.ip6)
-        for r in state.sandboxes()
+        for r in state.sandboxes(ports=False)  # names and addresses: no port rows to read
         if r.status != "exited" and r.sandbox.network in nets and (r.sandbox.ip4 or r.sandbox.ip6)
     ]
     return entries, nets

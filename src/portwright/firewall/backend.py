@@ -64,6 +64,12 @@ class Backend(Protocol):
         """Make DOCKER-USER (where dockerd made it) accept exactly ``bridges``."""
         ...
 
+    def host_rules_in_nftables(self) -> bool:
+        """Does every change to what ``docker_user_sync`` reads (iptables rules, firewalld's
+        table) move ``generation``? Then a sync that changed nothing need not run again until
+        the generation moves."""
+        ...
+
 
 def default_firewall(netns: str | None = None) -> Firewall:
     """The kernel firewall: nftables in this network namespace, or in ``netns`` (or in the one

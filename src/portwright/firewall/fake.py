@@ -110,6 +110,7 @@ class FakeBackend:
         self._table_handles = 0
         self.gen = 0  # committed batches: the ruleset generation (a test bumps it for a foreign commit)
         self.generation_known = True
+        self.host_rules_counted = True  # False: as iptables-legacy, whose changes the generation misses
 
     # --- Backend --------------------------------------------------------------------------------
 
@@ -176,6 +177,9 @@ class FakeBackend:
     def docker_user_sync(self, bridges: list[str]) -> None:
         self.calls.append(f"docker-user {','.join(sorted(set(bridges)))}")
         self.docker_user = sorted(set(bridges))
+
+    def host_rules_in_nftables(self) -> bool:
+        return self.host_rules_counted
 
     # --- fault injection ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ Pure parsing (``forward_needs_accept``, ``ours``) is separate from the tool call
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -201,6 +202,17 @@ def sync(bridges: Sequence[str], *, netns: str | None = None) -> None:
             _checked(tool, ["-t", "filter", "-D", FORWARD, *spec], netns)
         for spec in insert:
             _checked(tool, ["-t", "filter", "-I", FORWARD, "1", *spec], netns)
+
+
+def rules_in_nftables() -> bool:
+    """Do iptables and ip6tables here write nftables (iptables-nft, Debian's default since 10),
+    so that every change to the rules ``sync`` reads moves the ruleset generation? With
+    iptables-legacy (or a tool of unknown kind) they do not, and ``sync`` must always look."""
+    for tool in FAMILIES:
+        path = runner.resolved(tool)
+        if path is not None and "nft" not in os.path.basename(path):
+            return False
+    return True
 
 
 def _checked(tool: str, args: list[str], netns: str | None) -> None:

@@ -298,6 +298,9 @@ class NftBackend:
         # DOCKER-USER where dockerd made it, else the host's filter FORWARD when it drops (ufw).
         hostfw.sync(bridges, netns=self.netns)
 
+    def host_rules_in_nftables(self) -> bool:
+        return hostfw.rules_in_nftables()
+
 
 # ------------------------------------------------------------------------------------------------
 # Compatibility surface: the Firewall operations as module functions (see the module docstring)

@@ -19,6 +19,7 @@ use it while ``backend.default_firewall`` builds the nft one, without an import 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -285,6 +286,16 @@ class Firewall:
                 self.backend.apply(base + cmds)
         return missing
 
+    def vouched_whole(self, nets: Sequence[Network], digests: dict[str, str]) -> bool:
+        """Does the verified record say, for the generation the table is at now, that the base,
+        ``nets`` and each owner's publication (by ``verified.row_digest``) are in place? Then
+        ``ensure_all`` would find nothing to do, and its caller need not even decode what it
+        would ask for."""
+        if self.memo is None:
+            return False
+        where = self.backend.generation()
+        return where is not None and verified.vouches(self.memo.load(), where, nets, digests)
+
     def ensure_all(
         self,
         nets: Sequence[Network],
@@ -357,7 +368,7 @@ class Firewall:
         new = verified.whole(where, nets, pubs)
         old = self.memo.load()
         if old is not None and old.where == where:
-            new = verified.Verified(where, True, {**old.nets, **new.nets}, {**old.pubs, **new.pubs})
+            new = verified.Verified(where, True, {**old.nets, **new.nets}, {**old.pubs, **new.pubs}, old.host)
         self.memo.save(new)
 
     @staticmethod
@@ -385,8 +396,20 @@ class Firewall:
         self.backend.flush_conntrack_addrs(list(addrs))
 
     def sync_docker_user(self, bridges: Sequence[str]) -> None:
-        """Make dockerd's DOCKER-USER chain accept exactly ``bridges`` (none: remove ours)."""
-        self.backend.docker_user_sync(list(bridges))
+        """Make dockerd's DOCKER-USER chain accept exactly ``bridges`` (none: remove ours).
+        Every command asks, and each look is several iptables and nft runs: when the verified
+        record says these exact bridges were found in place and nothing was committed since,
+        it is skipped (only where iptables writes nftables: ``host_rules_in_nftables``)."""
+        want = tuple(sorted(set(bridges)))
+        v = self._vouched()
+        if v is not None and v.host == want:
+            return
+        where = v.where if v is not None else (self.backend.generation() if self.memo is not None else None)
+        self.backend.docker_user_sync(list(want))
+        if self.memo is None or where is None or not self.backend.host_rules_in_nftables():
+            return
+        if self.backend.generation() == where:  # it found everything in place and wrote nothing
+            self.memo.save(dataclasses.replace(v or verified.Verified(where), host=want))
 
     # --- anti-spoofing: table bridge portwright (firewall.antispoof) ------------------------------
 

@@ -70,6 +70,12 @@ def available(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def resolved(tool: str) -> str | None:
+    """The file ``tool`` runs in the end (symlinks and Debian's alternatives followed), or None."""
+    path = shutil.which(tool)
+    return os.path.realpath(path) if path is not None else None
+
+
 def require(tool: str) -> None:
     """Raise MissingTool (naming the package) unless ``tool`` is available."""
     if not available(tool):
