@@ -36,7 +36,7 @@ from .firewall import rules
 from .firewall.backend import default_firewall
 from .kernel import caps, cgroup, netns, spawn, tty
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
-from .model import Mapping
+from .model import Mapping, address_text
 from .owners import sandbox_owner
 from .publish import registry
 from .publish.base import Publisher
@@ -623,7 +623,17 @@ def _hand_to_python(
             "name": held.name,
             "cgroup": live.cgroup,
             "pid": pid,
-            "relays": [m.to_json() for m in order],
+            # Rows, not objects: 10,000 relays are read back by the holder (Mapping.from_row).
+            "relays": [
+                [
+                    m.proto,
+                    address_text(m.host_ip),
+                    m.host_port,
+                    address_text(m.container_ip),
+                    m.container_port,
+                ]
+                for m in order
+            ],
             "relay_fd": [at[id(relays[m])] for m in order],
             "spec": req["spec"] if order else None,
         },
@@ -648,9 +658,9 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> tuple[Held, dict[Mapping, s
     socks = [socket.socket(fileno=fd) for fd in fds]
     ctl, rest = socks[0], socks[1:]
     if "relay_fd" in msg:  # index of each mapping's socket: a dual-stack one serves two mappings
-        relays = {Mapping.from_json(m): rest[i] for m, i in zip(msg["relays"], msg["relay_fd"], strict=True)}
+        relays = {Mapping.from_row(*m): rest[i] for m, i in zip(msg["relays"], msg["relay_fd"], strict=True)}
     else:
-        relays = {Mapping.from_json(m): s for m, s in zip(msg["relays"], rest, strict=False)}
+        relays = {Mapping.from_row(*m): s for m, s in zip(msg["relays"], rest, strict=False)}
     publisher = None
     spec = SandboxSpec.from_json(msg["spec"]) if msg.get("spec") else None
     mode = registry.mode_for(spec) if spec is not None else None

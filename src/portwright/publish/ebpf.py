@@ -25,6 +25,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -220,9 +221,28 @@ class EbpfPublisher(NatPublisher):
         self.in_bpf = False
 
     def publish(self, bound: Bound) -> None:
-        super().publish(bound)
-        self.in_bpf = True  # unpublish cleans up even after a partial add
-        self.in_bpf = add(self.ctx.owner, [m for m, _ in bound], self.rewrites)
+        """NAT (the nft transaction, a subprocess) and the rewrite entries, at the same time:
+        at 10,000 ports each takes a few tenths of a second, and the nft half mostly waits (#11).
+        Either order is safe for a client: each path alone reaches the sandbox."""
+        self.in_bpf = True  # unpublish cleans up even after a partial add, or a failed NAT half
+        box: dict[str, object] = {}
+
+        def fill() -> None:
+            try:
+                box["added"] = add(self.ctx.owner, [m for m, _ in bound], self.rewrites)
+            except BaseException as e:  # raised again in the caller's thread
+                box["error"] = e
+
+        filler = threading.Thread(target=fill, name="pw-ebpf-fill", daemon=True)
+        filler.start()
+        try:
+            super().publish(bound)
+        finally:
+            filler.join()
+        error = box.get("error")
+        if isinstance(error, BaseException):
+            raise error
+        self.in_bpf = bool(box.get("added"))
 
     def unpublish(self) -> list[str]:
         errs: list[str] = []
