@@ -4,6 +4,7 @@ many relays, whose teardown ran out of descriptors (EMFILE) at 10,000 ports."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -16,9 +17,10 @@ from pwutil import nft_owner_elements, within
 
 import pwstate
 from portwright.errors import KernelError
-from portwright.firewall import rules
+from portwright.firewall import nft, nfttext, rules
 from portwright.firewall.nft import NftBackend
 from portwright.kernel import nftevents
+from portwright.model import ANY4, ANY6, Mapping
 
 
 @pytest.fixture
@@ -98,3 +100,30 @@ def test_a_holder_of_many_relays_tears_down_itself_within_its_descriptor_limit()
             subprocess.run(["pkill", "-f", pat], check=False)
         time.sleep(0.2)
         pwstate.discard(state)
+
+
+def test_elements_as_text_make_the_table_json_makes(netns: str) -> None:
+    """The text path (firewall/nfttext.py) against nft's JSON path, on real nftables: the same
+    elements with the same owner tags, and the same all-or-nothing deletes."""
+    ip4, ip6 = ipaddress.IPv4Address("198.18.44.2"), ipaddress.IPv6Address("2001:2:0:44::2")
+    maps = [Mapping("tcp", ANY4, p, ip4, p + 1) for p in range(30000, 30200)]
+    maps += [Mapping("udp", ANY6, p, ip6, 53) for p in range(30000, 30100)]
+    maps += [Mapping("tcp", ipaddress.IPv4Address("127.0.0.1"), 30500, ip4, 80)]
+    maps += [Mapping("tcp", ipaddress.IPv6Address("2001:2:0:44::1"), 30501, ip6, 443)]
+    be = NftBackend(netns)
+    be.apply(rules.base_commands())
+    cmds = rules.publish_commands("pw:0123456789ab", maps)
+    assert nfttext.elements_text(cmds) is not None  # this batch goes as text
+    be.apply(cmds)
+    by_text = sorted(map(str, rules.published(be.read())))
+    be.apply(rules.unpublish_commands("pw:0123456789ab", be.read()))
+    assert rules.published(be.read()) == []
+    nft.run([*cmds, rules.base_commands()[0]], netns=netns)  # with a non-element command: JSON
+    by_json = sorted(map(str, rules.published(be.read())))
+    assert by_text == by_json and len(by_text) == len(maps)
+    before = be.generation()
+    missing = rules.delete_elements_commands([*maps[:5], Mapping("tcp", ANY4, 31999, ip4, 1)])
+    with pytest.raises(KernelError):  # one key absent: nothing deleted (what unpublish falls back on)
+        be.apply(missing)
+    assert be.generation() == before
+    assert sorted(map(str, rules.published(be.read()))) == by_json

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from portwright.errors import KernelError, NeedRoot, PortwrightError
-from portwright.firewall import hostfw, rules
+from portwright.firewall import hostfw, nfttext, rules
 from portwright.firewall.ops import Firewall
 from portwright.kernel import netlink, netns, nftevents, runner
 from portwright.model import Mapping, Network
@@ -130,6 +130,12 @@ def run(cmds: list[dict[str, Any]], *, netns: str | None = None) -> int:
     Returns the number of kernel commits made: 2 when concatenated maps were created first."""
     if not cmds:
         return 0
+    text = nfttext.elements_text(cmds)  # elements only: nft reads its text syntax faster (#11)
+    if text is not None:
+        p = runner.run(["nft", "-f", "-"], input=text, netns=_netns(netns), timeout=NFT_TIMEOUT)
+        if p.returncode != 0:
+            raise _nft_error(p, "nft -f -")
+        return 1
     commits = 0
     pre = [t for t in (_prelude_text(c) for c in cmds) if t]
     if pre:
