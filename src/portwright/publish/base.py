@@ -150,15 +150,21 @@ def _first_holder(
 
 def _socket_halves(halves: list[tuple[IPAddress, IPAddress]], dual: bool) -> list[tuple[IPAddress, bool]]:
     """The sockets a request binds: (host address, dual-stack?) per socket."""
-    if dual and [h for h, _ in halves] == [ANY4, ANY6]:
+    if dual and len(halves) == 2 and _is(halves[0][0], ANY4) and _is(halves[1][0], ANY6):
         return [(ANY6, True)]
     return [(h, False) for h, _ in halves]
+
+
+def _is(ip: IPAddress, wildcard: IPAddress) -> bool:
+    """``ip == wildcard``, by identity first: ``host_ips`` hands out the constants themselves,
+    and an address comparison is Python code, asked twice per port of a 10,000-port range."""
+    return ip is wildcard or ip == wildcard
 
 
 def _try_bind(
     proto: Proto, halves: list[tuple[IPAddress, IPAddress]], port: int, dual: bool
 ) -> tuple[list[socket.socket | None], tuple[IPAddress, OSError] | None]:
-    if _socket_halves(halves, dual) == [(ANY6, True)]:
+    if dual and len(halves) == 2 and _is(halves[0][0], ANY4) and _is(halves[1][0], ANY6):
         # One dual-stack [::]:P socket holds the port in both families: half the descriptors,
         # so 10,000 published ports fit in a 20,000-descriptor limit.
         try:
