@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..model import Mapping
+from ..model import Mapping, address_text
 from . import proxyproto
 from .counters import ACTIVE, ERRORS, TOTAL
 from .loop import EventLoop
@@ -58,12 +58,12 @@ class Listener:
         self.mapping = mapping
         self.sock = sock
         self.ctr = ctr
-        self.backend = (str(mapping.container_ip), mapping.container_port)
+        self.backend = (address_text(mapping.container_ip), mapping.container_port)
         self.bfamily = socket.AF_INET if mapping.container_ip.version == 4 else socket.AF_INET6
         # A dual-stack [::] socket also serves its IPv4 twin: IPv4 clients (seen as ::ffff:a.b.c.d)
         # go to the twin's backend, as they would through the NAT path.
         four = twin or mapping
-        self.backend4 = (str(four.container_ip), four.container_port)
+        self.backend4 = (address_text(four.container_ip), four.container_port)
         self.bfamily4 = socket.AF_INET if four.container_ip.version == 4 else socket.AF_INET6
         self.bproto = _proto_number(mapping.proto)
         self.proxy_protocol = proxy_protocol

@@ -23,7 +23,7 @@ from typing import Protocol
 from ..errors import BadInput, Conflict, PortInUse, PortwrightError
 from ..kernel import sockets as ksockets
 from ..kernel import sysctl
-from ..model import ANY4, ANY6, IPAddress, Mapping, Proto, bindings_clash
+from ..model import ANY4, ANY6, IPAddress, Mapping, Proto, address_text, bindings_clash
 from ..spec import PortSpec
 from .reserve import bind_socket
 
@@ -217,7 +217,9 @@ def allocate(
                 if avoid and len(pool) > 1:  # a port drawn again keeps off the others' old ports
                     pool = tuple(p for p in pool if p not in avoid) or pool
                 args = (halves, dual_stack, holders, taken_here, len(out))
-                want = (prefer or {}).get((spec.proto, str(halves[0][0]), cport)) if halves else None
+                want = (
+                    prefer.get((spec.proto, address_text(halves[0][0]), cport)) if prefer and halves else None
+                )
                 if want is not None and not (
                     want in candidates if candidates else lo <= want <= hi and want not in reserved
                 ):
