@@ -67,3 +67,21 @@ def test_a_row_read_back_equals_the_mapping_written() -> None:
     assert Mapping.from_row("udp", "2001:2::5", 5353, "2001:2::6", 53) == m
     with pytest.raises(ValueError):
         Mapping.from_row("icmp", "2001:2::5", 1, "2001:2::6", 1)
+
+
+def test_an_older_files_unused_port_index_is_dropped(tmp_path: os.PathLike[str]) -> None:
+    """Writing 20,000 port rows paid for an index no query used (#11); older files lose it."""
+    import sqlite3
+
+    State(str(tmp_path)).close()
+    path = os.path.join(str(tmp_path), "state.db")
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX ports_by_port ON ports(proto, host_port)")
+    db.commit()
+    db.close()
+    st = State(str(tmp_path))
+    names = {r[0] for r in st.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "ports_by_port" not in names
+    _sandbox(st)
+    st.set_ports(SID, _maps(8000, 2))
+    assert st.sandbox(SID).sandbox.mappings == tuple(_maps(8000, 2))
