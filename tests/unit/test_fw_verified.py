@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from nftdata import WEB
 
 from portwright.errors import KernelError
 from portwright.firewall import health, rules, verified
@@ -20,16 +21,9 @@ from portwright.firewall.fake import FakeBackend
 from portwright.firewall.memofile import MemoFile
 from portwright.model import ANY4, ANY6, Mapping, Network
 
-NET = Network(
-    name="pwv",
-    bridge="pwbr-v",
-    subnet4=ipaddress.IPv4Network("198.18.40.0/24"),
-    gateway4=ipaddress.IPv4Address("198.18.40.1"),
-    subnet6=ipaddress.IPv6Network("2001:2:0:40::/64"),
-    gateway6=ipaddress.IPv6Address("2001:2:0:40::1"),
-)
-IP4 = ipaddress.IPv4Address("198.18.40.2")
-IP6 = ipaddress.IPv6Address("2001:2:0:40::2")
+NET = WEB  # nftdata's network: its subnets hold the addresses below
+IP4 = ipaddress.IPv4Address("198.18.5.2")
+IP6 = ipaddress.IPv6Address("2001:2:5::2")
 
 
 def maps(first: int, n: int, ip4: ipaddress.IPv4Address = IP4) -> tuple[Mapping, ...]:
@@ -48,7 +42,7 @@ def test_the_digest_ignores_order_and_what_nat_cannot_serve() -> None:
     assert verified.pub_digest(m) == verified.pub_digest(list(reversed(m)))
     assert verified.pub_digest([*m, relay_only]) == verified.pub_digest(m)
     assert verified.pub_digest(m) != verified.pub_digest(m[:-1])
-    other_target = maps(8000, 3, ipaddress.IPv4Address("198.18.40.3"))
+    other_target = maps(8000, 3, ipaddress.IPv4Address("198.18.5.3"))
     assert verified.pub_digest(m) != verified.pub_digest(other_target)
 
 
@@ -70,7 +64,7 @@ def test_covers_needs_the_same_place_the_base_and_every_fact() -> None:
     assert not verified.covers(None, (7, 100), [], [])
     assert not verified.covers(v, (7, 100), [NET], [("pw:a", maps(8000, 3))])  # other mappings
     assert not verified.covers(v, (7, 100), [NET], [("pw:b", maps(8000, 2))])
-    renamed = Network(**{**{f: getattr(NET, f) for f in NET.__dataclass_fields__}, "bridge": "pwbr-w"})
+    renamed = Network(**{**{f: getattr(NET, f) for f in NET.__dataclass_fields__}, "bridge": "pwbr9"})
     assert not verified.covers(v, (7, 100), [renamed], [])
     assert not verified.covers(verified.Verified((7, 100)), (7, 100), [], [])  # no base
 
@@ -88,11 +82,11 @@ def test_each_transaction_changes_the_facts_it_touches() -> None:
     v = verified.Verified((1, 5), base=True)
     v = verified.with_publication(v, "pw:a", maps(8000, 1), base_added=False)
     v = verified.with_network(v, NET, base_added=False)
-    assert set(v.pubs) == {"pw:a"} and set(v.nets.values()) == {"pwv"}
+    assert set(v.pubs) == {"pw:a"} and set(v.nets.values()) == {"web"}
     assert verified.without_owner(v, "pw:a").pubs == {}
-    assert verified.without_network(v, "pwv").nets == {}
+    assert verified.without_network(v, "web").nets == {}
     again = verified.with_network(v, NET, base_added=False)
-    assert list(again.nets.values()) == ["pwv"]  # replaced, not added twice
+    assert list(again.nets.values()) == ["web"]  # replaced, not added twice
     assert verified.with_publication(verified.Verified((1, 5)), "pw:b", (), base_added=True).base
 
 
@@ -146,10 +140,10 @@ def test_our_own_publish_and_unpublish_keep_the_record_current(fw: tuple[Firewal
     f.add_network(NET)
     f.ensure_all([NET], [])  # seen whole: recorded
     f.publish("pw:a", maps(8000, 20))
-    f.publish("pw:b", maps(9000, 20, ipaddress.IPv4Address("198.18.40.3")))
+    f.publish("pw:b", maps(9000, 20, ipaddress.IPv4Address("198.18.5.3")))
     f.unpublish("pw:a", known=list(maps(8000, 20)))
     del backend.calls[:]
-    b = maps(9000, 20, ipaddress.IPv4Address("198.18.40.3"))
+    b = maps(9000, 20, ipaddress.IPv4Address("198.18.5.3"))
     assert f.ensure_all([NET], _pubs(("pw:b", b))) == []  # type: ignore[arg-type]
     assert "read" not in backend.calls
     # pw:a's elements are gone, so the record must not vouch for them: asking reads, and repairs.
@@ -218,7 +212,7 @@ def test_seeded_random_operations_never_let_a_missing_element_pass(tmp_path: Pat
     f = Firewall(backend, MemoFile(str(tmp_path / "m.json")))
     f.add_network(NET)
     owners = {
-        f"pw:{k}": maps(10000 + 100 * k, 5, ipaddress.IPv4Address(f"198.18.40.{10 + k}")) for k in range(6)
+        f"pw:{k}": maps(10000 + 100 * k, 5, ipaddress.IPv4Address(f"198.18.5.{10 + k}")) for k in range(6)
     }
     live: set[str] = set()
     reads = Counter[str]()
@@ -291,16 +285,16 @@ def test_the_host_firewall_is_looked_at_again_only_after_a_commit(fw: tuple[Fire
     def looks() -> int:
         return sum(c.startswith("docker-user") for c in backend.calls)
 
-    f.sync_docker_user(["pwbr-v"])
-    f.sync_docker_user(["pwbr-v"])
+    f.sync_docker_user(["pwbr0"])
+    f.sync_docker_user(["pwbr0"])
     assert looks() == 1  # found in place, nothing committed since: not again
     f.publish("pw:a", maps(8000, 3))  # our own commit: the host's tables are untouched
-    f.sync_docker_user(["pwbr-v"])
+    f.sync_docker_user(["pwbr0"])
     assert looks() == 1
-    f.sync_docker_user(["pwbr-v", "pwbr-w"])  # another set of bridges: look
+    f.sync_docker_user(["pwbr0", "pwbr9"])  # another set of bridges: look
     assert looks() == 2
     backend.apply([{"add": {"table": {"family": "ip", "name": "filter"}}}])  # dockerd, ufw, a reload
-    f.sync_docker_user(["pwbr-v", "pwbr-w"])
+    f.sync_docker_user(["pwbr0", "pwbr9"])
     assert looks() == 3
 
 
@@ -309,5 +303,5 @@ def test_iptables_legacy_is_always_looked_at(tmp_path: Path) -> None:
     backend.host_rules_counted = False  # its changes do not move the nftables generation
     f = Firewall(backend, MemoFile(str(tmp_path / "m.json")))
     for _ in range(3):
-        f.sync_docker_user(["pwbr-v"])
+        f.sync_docker_user(["pwbr0"])
     assert sum(c.startswith("docker-user") for c in backend.calls) == 3
