@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -414,12 +415,12 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
         mine.close()
         os.waitpid(builder, 0)  # it rolled back (CMD included) and told the CLI why
         return 1
-    if held.publisher is not None and relays:
+    if held.publisher is not None:
         # Served once the builder has its answer, while it records CMD: adopting 10,000
         # listeners takes a third of a second, and a connection that comes meanwhile waits in
         # its listener's backlog (#11). A failure here ends this process, and the fork server's
         # reaper tears the sandbox down: no relay is left half-alive.
-        held.publisher.serve(relays)
+        held.publisher.serve(relays())
     gc.freeze()  # what serving needs lives as long as we do: later collections skip it
     gc.enable()
     verdict = _recv(mine)[0]
@@ -660,19 +661,19 @@ def _send_quietly(chan: socket.socket, msg: dict[str, Any]) -> None:
         pass
 
 
-def _receive(msg: dict[str, Any], fds: list[int]) -> tuple[Held, dict[Mapping, socket.socket]]:
+def _receive(msg: dict[str, Any], fds: list[int]) -> tuple[Held, Callable[[], dict[Mapping, socket.socket]]]:
     """In the Python holder: take the builder's sockets, and make the publisher that serves the
-    userland relays (the spec is read only then); returns the relays for it to serve."""
-    socks = [socket.socket(fileno=fd) for fd in fds]
-    ctl, rest = socks[0], socks[1:]
-    if "relay_fd" in msg:  # index of each mapping's socket: a dual-stack one serves two mappings
-        relays = {Mapping.from_row(*m): rest[i] for m, i in zip(msg["relays"], msg["relay_fd"], strict=True)}
-    else:
-        relays = {Mapping.from_row(*m): s for m, s in zip(msg["relays"], rest, strict=False)}
+    userland relays (the spec is read only then). The relays themselves are made into objects
+    only when the returned function is called, after the builder has its answer: 10,000 of
+    them (a socket object and a mapping each) are a tenth of a second of ``run -d`` (#11)."""
+    ctl, rest = socket.socket(fileno=fds[0]), fds[1:]
+    rows: list[list[Any]] = msg["relays"]
+    index: list[int] = msg.get("relay_fd") or list(range(len(rows)))  # a dual-stack socket serves two
+    unique = max(index) + 1 if index else 0  # the relays' sockets come first, each once
     publisher = None
     spec = SandboxSpec.from_json(msg["spec"]) if msg.get("spec") else None
     mode = registry.mode_for(spec) if spec is not None else None
-    if relays and spec is not None and mode is not None:
+    if rows and spec is not None and mode is not None:
         ctx = registry.PublishContext(spec, sandbox_owner(msg["sid"]), default_firewall())
         publisher = registry.create(mode, ctx)
     held = Held(
@@ -684,9 +685,14 @@ def _receive(msg: dict[str, Any], fds: list[int]) -> tuple[Held, dict[Mapping, s
         name=msg["name"],
         ctl=ctl,
         pid=int(msg["pid"]),
-        sockets=rest[len(relays) :],
+        sockets=[socket.socket(fileno=fd) for fd in rest[unique:]],
     )
-    return held, relays if publisher is not None else {}
+
+    def relays() -> dict[Mapping, socket.socket]:
+        socks = [socket.socket(fileno=fd) for fd in rest[:unique]]
+        return {Mapping.from_row(*row): socks[i] for row, i in zip(rows, index, strict=True)}
+
+    return held, relays if publisher is not None else lambda: {}
 
 
 def _finish_detached(held: Held, code: int) -> int:
