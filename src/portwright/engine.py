@@ -501,6 +501,9 @@ class Engine:
         )
         if rec is None:
             return None
+        # A Python supervisor killed with -9 leaves CMD running: where there is no cgroup to kill
+        # (inside 'ip netns exec', whose /sys has no cgroup2), only its process group goes.
+        _kill_cmd_group(rec)
         for problem in self.teardown(rec):
             print(f"portwright: teardown of {rec.name}: {problem}", file=sys.stderr)
         self.mark_exited(rec, exit_code)
@@ -606,14 +609,7 @@ class Engine:
                 continue  # the fork server has CMD's exit code and tears down itself
             if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
                 continue  # just being recorded by a live process that has not set its pid yet
-            # teardown kills the sandbox's cgroup; the process group is the fallback on hosts
-            # without cgroup2, and only while the recorded pid is provably still CMD (a pid
-            # that was reused by an unrelated process has another start time).
-            if rec.cmd_pid and rec.cmd_start is not None and pid_alive(rec.cmd_pid, rec.cmd_start):
-                try:
-                    os.killpg(rec.cmd_pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            _kill_cmd_group(rec)
             self.teardown(rec)
             self.mark_exited(rec, None)
             cleaned.append(rec.name)
@@ -796,6 +792,17 @@ class Engine:
             _unlink_quietly(rec.log_path)
         self.dns.changed()
         return out
+
+
+def _kill_cmd_group(rec: SandboxRecord) -> None:
+    """Kill CMD's process group, when the recorded pid is provably still CMD (a pid reused by an
+    unrelated process has another start time). teardown kills the sandbox's cgroup; this is the
+    fallback where there is none."""
+    if rec.cmd_pid and rec.cmd_start is not None and pid_alive(rec.cmd_pid, rec.cmd_start):
+        try:
+            os.killpg(rec.cmd_pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _collect(*steps: tuple[str, object]) -> list[str]:

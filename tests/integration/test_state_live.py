@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 
 from hostns import HostNS, host_namespace
+from pwutil import within
 
 SLEEPER = ("--", "sleep", "300")
 
@@ -149,3 +150,19 @@ def test_secrets_on_disk_are_root_only_and_ctl_sockets_go_with_rm() -> None:
         h.pw("rm", "-f", a, b)
         left = [s for s in socks.values() if os.path.exists(s)]
         assert not left, left
+        # Inside 'ip netns exec' there is no cgroup2 to kill: CMD's process group must go too,
+        # whether reconcile or the fork server's reaper tears the sandbox down (both CMDs stayed).
+        marker = "echo DB_PASSWORD=$DB_PASSWORD; sleep 300"
+        assert within(5, lambda: not _cmdline_pids(marker)), _cmdline_pids(marker)
+
+
+def _cmdline_pids(text: str) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return out
