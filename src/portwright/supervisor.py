@@ -702,7 +702,8 @@ def _finish_detached(held: Held, code: int) -> int:
 
 
 def _relay_sockets(held: Held) -> list[socket.socket]:
-    return list(held.publisher.relays().values()) if held.publisher is not None else []
+    relays = getattr(held.publisher, "relays", None)
+    return list(relays().values()) if callable(relays) else []
 
 
 def _send(chan: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
