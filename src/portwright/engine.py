@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -491,23 +492,58 @@ class Engine:
     def reap(self, supervisor_pid: int, exit_code: int | None) -> str | None:
         """A supervisor that cannot tear down itself (the tiny one, tini) has exited with CMD's
         code: tear its sandbox down now. Returns the sandbox's name, None if it had none."""
-        rec = next(
+        lean = next(
             (
                 r
-                for r in self.state.sandboxes()
+                for r in self.state.sandboxes(ports=False)
                 if r.supervisor_pid == supervisor_pid and r.status != "exited"
             ),
             None,
         )
-        if rec is None:
+        if lean is None:
             return None
-        # A Python supervisor killed with -9 leaves CMD running: where there is no cgroup to kill
-        # (inside 'ip netns exec', whose /sys has no cgroup2), only its process group goes.
-        _kill_cmd_group(rec)
-        for problem in self.teardown(rec):
-            print(f"portwright: teardown of {rec.name}: {problem}", file=sys.stderr)
-        self.mark_exited(rec, exit_code)
-        return rec.name
+        problems = self._tear_down_dead(lean.id, supervisor_pid, exit_code)
+        for problem in problems or ():
+            print(f"portwright: teardown of {lean.name}: {problem}", file=sys.stderr)
+        return lean.name if problems is not None else None
+
+    def _tear_down_dead(
+        self, sid: str, supervisor_pid: int | None, exit_code: int | None
+    ) -> list[str] | None:
+        """Tear down a sandbox whose supervisor is gone, and mark it exited: once, by whoever comes
+        first of the fork server's reaper and any command's reconcile. Returns the teardown's
+        problems, or None when there was nothing to do (done meanwhile, or started again).
+
+        Both may find the same dead supervisor (the reaper has collected it, so it is no longer a
+        zombie that ``being_reaped`` recognises). Unserialised, the slower one went on tearing
+        down after the faster one had marked the sandbox exited and ``restart`` had started it
+        again under the same ID: it deleted the new netns and marked the new run exited, leaving
+        its CMD running unrecorded. Under the lock, the second one finds it exited, or run by
+        another supervisor, and leaves it."""
+        with self._reap_lock(sid):
+            rec = self.state.find_sandbox(sid)  # with its mappings: teardown may need them
+            if (
+                rec is None
+                or rec.status == "exited"
+                or rec.supervisor_pid != supervisor_pid
+                or pid_alive(rec.supervisor_pid, rec.supervisor_start)
+            ):
+                return None
+            # A Python supervisor killed with -9 leaves CMD running: where there is no cgroup to
+            # kill (inside 'ip netns exec', whose /sys has no cgroup2), only its process group goes.
+            _kill_cmd_group(rec)
+            problems = self.teardown(rec)
+            self.mark_exited(rec, exit_code)
+            return problems
+
+    @contextlib.contextmanager
+    def _reap_lock(self, sid: str) -> Iterator[None]:
+        """One sandbox's teardown-after-death at a time: a POSIX lock on one byte of
+        ``reap.lock`` chosen by the ID (two IDs sharing a byte only wait for each other). No file
+        per sandbox is left behind, and the kernel drops the lock of a process that dies."""
+        with open(os.path.join(self.state.dir, "reap.lock"), "a") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX, 1, zlib.crc32(sid.encode()) & 0x7FFFFFFF, os.SEEK_SET)
+            yield
 
     def finish(self, live: Live, exit_code: int | None) -> list[str]:
         """CMD is gone: undo the publication and everything else; collect every error."""
@@ -609,10 +645,8 @@ class Engine:
                 continue  # the fork server has CMD's exit code and tears down itself
             if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
                 continue  # just being recorded by a live process that has not set its pid yet
-            _kill_cmd_group(rec)
-            self.teardown(rec)
-            self.mark_exited(rec, None)
-            cleaned.append(rec.name)
+            if self._tear_down_dead(rec.id, rec.supervisor_pid, None) is not None:
+                cleaned.append(rec.name)
         if restore and self.state.networks():
             # A firewall reload may have taken our table: every command puts it back (issue 13).
             # restore also makes sure dockerd's DOCKER-USER hook accepts our bridges (dockerd may
