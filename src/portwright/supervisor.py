@@ -320,7 +320,6 @@ class Supervisor:
         check_command(self.spec)
         with ExitStack() as stack:
             live = self.live = self.engine.create(self.spec, stack, supervisor_pid=os.getpid())
-            set_process_title(f"portwright _supervise {live.sandbox.name}")
             held = self.held = Held(
                 live.sandbox.id,
                 self.spec,
@@ -354,6 +353,10 @@ def run(spec: SandboxSpec) -> int:
     raise_fd_limit()
     sup = Supervisor(spec)
     sup.setup()
+    assert sup.live is not None
+    # Named here, where this process is ours: Supervisor is also used in-process (by tests), and a
+    # library call that renames its caller makes `who` take that caller for portwright.
+    set_process_title(f"portwright _supervise {sup.live.sandbox.name}")
     code: int | None = None
     try:
         with tty.foreground_back() if spec.extra.get("tty") else contextlib.nullcontext():

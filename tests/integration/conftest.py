@@ -40,6 +40,23 @@ def _pins_watch(request: pytest.FixtureRequest) -> Iterator[None]:
     pwstate.note(before, pwstate.pin_dirs(), request.node.nodeid)
 
 
+def _identity() -> tuple[bytes, bytes]:
+    """This (the test) process's comm and command line, as `who`, ps and ss -p read them."""
+    with open("/proc/self/comm", "rb") as c, open("/proc/self/cmdline", "rb") as a:
+        return c.read(), a.read()
+
+
+@pytest.fixture(autouse=True)
+def _identity_kept() -> Iterator[None]:
+    """A test that calls portwright in-process must not rename the test process: once it is
+    titled ``portwright ...``, `who` rightly reports later tests' own sockets as portwright's. Fail
+    the test that did it, not the later one that trips over it."""
+    before = _identity()
+    yield
+    after = _identity()
+    assert after == before, f"the test renamed the test process: {before!r} -> {after!r}"
+
+
 def sh(
     *args: str, check: bool = True, ns: str | None = None, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
