@@ -17,7 +17,7 @@ import pytest
 
 from portwright.cni import plugin
 from portwright.cni import protocol as p
-from portwright.cni.holder import Binding
+from portwright.cni.holder import Binding, told_message
 from portwright.cni.kernel import KernelBackend
 from portwright.errors import KernelError, MissingTool, PortInUse
 from portwright.firewall import rules
@@ -52,6 +52,7 @@ class FakeHost:
         self.fail_holder: str | None = None
         self.fail_sysctl = False
         self.rewrites: dict[str, tuple[Mapping, ...]] = {}  # owner -> connect-time rewrites (ebpf)
+        self.told: dict[str, bytes] = {}  # owner -> what ADD told its holder it published
 
     def rewrite(self, owner: str, mappings: Sequence[Mapping]) -> None:
         if mappings:
@@ -89,6 +90,10 @@ class FakeHost:
         if self.fail_holder:
             raise PortInUse(self.fail_holder, "pid 1 (nginx: nginx)")
         self.held[owner] = (4242, network, tuple(bindings))
+
+    def tell_holder(self, owner: str, nat: Sequence[Mapping], extra_rules: Sequence[dict[str, Any]]) -> None:
+        if owner in self.held:
+            self.told[owner] = told_message(nat, extra_rules)
 
     def holders(self) -> dict[str, tuple[int, str]]:
         return {k: (v[0], v[1]) for k, v in self.held.items()}

@@ -12,11 +12,14 @@ The process is found again without any state file: its command line carries the 
 (``cni:<containerID>:<ifname>:<network>``) and the network name, and DEL/GC kill it by pid after
 reading /proc.
 
-It also keeps its attachment's firewall entries (issue 13): once it has seen them in the table
-(``Keeper``: the NAT elements and rules tagged with its owner, published by ADD right after the
-holder is ready), it watches nftables events and puts back whatever a firewall reload removed,
-through the same ``Firewall`` as ADD. DEL and a failed ADD stop the holder before removing the
-entries, so it never restores what is being taken down.
+It also keeps its attachment's firewall entries (issue 13). ADD publishes them right after the
+holder is ready, then writes exactly what it published (the NAT mappings and the tagged rules) to
+a pipe the holder reads (``--entries-fd``, ``told_message``). The holder subscribes to nftables
+events before it reads that message, compares the table with it (``Keeper``) and from then on puts
+back whatever a firewall reload removed, through the same ``Firewall`` as ADD. It is told rather
+than left to learn its entries from its first look at the table: an entry deleted between ADD's
+commit and that first look would otherwise never be known, so never restored. DEL and a failed ADD
+stop the holder before removing the entries, so it never restores what is being taken down.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PortwrightError
 from ..firewall import health, rules
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--network", default="", help="CNI network name (for operators)")
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--bindings", required=True, help="JSON list of bindings")
+    p.add_argument("--entries-fd", type=int, required=True, help="ADD writes what it published here")
     a = p.parse_args(argv)
     set_process_name(COMM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -141,51 +145,84 @@ def main(argv: list[str] | None = None) -> int:
         start_relay(relayed)
     ready.write("OK\n")
     ready.close()
-    keep_firewall(a.owner)
+    keep_firewall(a.owner, a.entries_fd)
     return 0
 
 
-class Keeper:
-    """An attachment's firewall entries, as first seen in the table, and putting them back."""
+Cmd = dict[str, Any]
 
-    def __init__(self, owner: str, fw: Firewall) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """What ADD published for the attachment: its NAT mappings and its tagged rules (the
+    commands ``Firewall.publish`` was given as ``extra_rules``)."""
+
+    nat: tuple[Mapping, ...]
+    rules: tuple[Cmd, ...]
+
+
+def told_message(nat: Sequence[Mapping], extra_rules: Sequence[Cmd]) -> bytes:
+    """ADD's message to the holder (pure): one JSON object."""
+    return json.dumps({"nat": [m.to_json() for m in nat], "rules": list(extra_rules)}).encode()
+
+
+def parse_told(data: bytes) -> Told | None:
+    """The message read back (pure); None when ADD wrote nothing (it published no NAT, or it
+    failed before publishing: the holder is then stopped) or something malformed."""
+    if not data.strip():
+        return None
+    try:
+        d = json.loads(data)
+        nat = tuple(Mapping.from_json(m) for m in d["nat"])
+        extra = d["rules"]
+        if not isinstance(extra, list) or not all(isinstance(c, dict) for c in extra):
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Told(nat, tuple(extra))
+
+
+class Keeper:
+    """An attachment's firewall entries, as ADD published them, and putting back what is gone."""
+
+    def __init__(self, owner: str, fw: Firewall, told: Told) -> None:
         self.owner = owner
         self.fw = fw
-        self.nat: list[Mapping] = []
-        self.rules: list[dict[str, object]] = []
-        self.armed = False
+        self.nat = list(told.nat)
+        self.rules = list(told.rules)
 
     def check(self) -> list[str]:
-        """Arm on the first complete sight of the entries; afterwards re-apply what is missing.
-        Returns what was put back."""
+        """Re-apply the entries if any is missing from the table; returns what was put back."""
         table = self.fw.table()
-        tag = rules.owner_tag(self.owner)
-        if not self.armed:
-            self.nat = [p.mapping() for p in rules.published(table) if p.owner == tag]
-            self.rules = [
-                {k: r[k] for k in ("family", "table", "chain", "expr", "comment")}
-                for r in rules.owner_rules(table, self.owner)
-            ]
-            self.armed = bool(self.nat or self.rules)
-            return []
         missing = health.missing_base(table) + health.missing_publication(self.owner, self.nat, table)
         if len(rules.owner_rules(table, self.owner)) < len(self.rules):
-            missing.append(f"{len(self.rules)} rule(s) tagged {tag}")
+            missing.append(f"{len(self.rules)} rule(s) tagged {rules.owner_tag(self.owner)}")
         if missing:
             self.fw.ensure_base()
-            self.fw.publish(
-                self.owner, self.nat, flush_udp=False, extra_rules=[{"add": {"rule": r}} for r in self.rules]
-            )
+            self.fw.publish(self.owner, self.nat, flush_udp=False, extra_rules=self.rules)
         return missing
 
 
-def keep_firewall(owner: str) -> None:
+def read_all(fd: int) -> bytes:
+    """Everything written to ``fd`` until its writer closes it (or exits)."""
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def keep_firewall(owner: str, entries_fd: int) -> None:
     """Wait for SIGTERM, putting back the attachment's entries when nftables changes."""
     from ..firewall.backend import default_firewall
 
-    keeper = Keeper(owner, default_firewall())
+    # Subscribed before the message is read and the table is first compared with it: every
+    # change after that first read is an event, every change before it is seen by the read.
     watch = FirewallWatch()
-    watch.due = 0.0  # look once at the start: ADD may have published already
+    told = parse_told(read_all(entries_fd))
+    if told is None or not (told.nat or told.rules):
+        watch.close()
+        while True:  # nothing of ours in the table to keep: only the sockets, until SIGTERM
+            signal.pause()
+    keeper = Keeper(owner, default_firewall(), told)
+    watch.due = 0.0  # compare now: a reload may already have taken something
     while True:
         ready, _, _ = select.select(list(watch.fds()), [], [], max(0.0, watch.due - time.monotonic()))
         watch.ready(ready)

@@ -13,7 +13,9 @@ on such a bridge this module adds, in the same transaction as its elements and u
 owner tag (so unpublish removes them too), the masquerade rules of
 ``rules.bridge_masquerade_commands`` (host-local sources and hairpin traffic DNATed to the
 container), and then sets ``route_localnet=1`` on the bridge, so the kernel routes a DNATed
-127.0.0.1 out of it at all.
+127.0.0.1 out of it at all. Once they are committed it tells the attachment's holder exactly
+what it published (a pipe the holder was started with), so the holder keeps that and does not
+have to learn it from a table someone may already have changed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..kernel import proc, runner, sysctl
 from ..kernel import sockets as ksockets
 from ..model import Mapping
 from . import protocol as p
-from .holder import HOLDER_MODULE, Binding, holder_pids
+from .holder import HOLDER_MODULE, Binding, holder_pids, told_message
 
 HOLDER_READY_TIMEOUT = 10.0  # seconds for a holder to bind its sockets
 HOLDER_STOP_TIMEOUT = 3.0
@@ -43,6 +45,10 @@ HOLDER_STOP_TIMEOUT = 3.0
 
 class Host:
     """The host side of the CNI backend: everything but the nftables table."""
+
+    def __init__(self) -> None:
+        # owner -> the write end of its holder's --entries-fd, until ADD tells it what it published
+        self._told: dict[str, int] = {}
 
     def rewrite(self, owner: str, mappings: Sequence[Mapping]) -> None:
         """Local clients connect straight to the container (publish mode ebpf's shared maps, in a
@@ -92,6 +98,7 @@ class Host:
 
     def start_holder(self, owner: str, network: str, bindings: Sequence[Binding]) -> None:
         r, w = os.pipe()
+        told_r, told_w = os.pipe()  # ours: close-on-exec, so no other child holds the write end
         try:
             pid = runner.spawn_detached(
                 [
@@ -106,22 +113,28 @@ class Host:
                     str(w),
                     "--bindings",
                     json.dumps([b.to_json() for b in bindings]),
+                    "--entries-fd",
+                    str(told_r),
                 ],
                 log_path=None,
-                pass_fds=(w,),
+                pass_fds=(w, told_r),
                 what="starting the portwright-cni holder process",
             )
         except BaseException:
             os.close(r)
+            os.close(told_w)
             raise
         finally:
             os.close(w)
+            os.close(told_r)
         try:
             line = _read_ready(r)
         finally:
             os.close(r)
         if line.startswith("OK"):
+            self._told[owner] = told_w
             return
+        os.close(told_w)
         self._kill(pid)
         parts = line.split(None, 3)
         if len(parts) >= 3 and parts[1] == "EADDRINUSE":
@@ -141,6 +154,21 @@ class Host:
         raise KernelError(
             "the portwright-cni holder process", line.strip() or "exited before binding its ports"
         )
+
+    def tell_holder(self, owner: str, nat: Sequence[Mapping], extra_rules: Sequence[dict[str, Any]]) -> None:
+        """Tell the holder this process started what ADD published, so it keeps exactly that.
+        A holder that is gone meanwhile cannot be told (CHECK reports it missing)."""
+        fd = self._told.pop(owner, None)
+        if fd is None:
+            return
+        try:
+            data = memoryview(told_message(nat, extra_rules))
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _kill(pid: int) -> None:
@@ -169,6 +197,9 @@ class Host:
         return out
 
     def stop_holder(self, owner: str) -> None:
+        fd = self._told.pop(owner, None)
+        if fd is not None:
+            os.close(fd)
         for pid, _ in list(holder_pids(owner)):
             self._kill(pid)
 
@@ -228,6 +259,7 @@ class KernelBackend:
         self._table = None
         # The plugin flushes UDP conntrack itself, once every rule of the attachment is in.
         self.fw.publish(owner, mappings, flush_udp=False, extra_rules=extra)
+        self.host.tell_holder(owner, mappings, extra)
         if bridge and foreign:
             if snat and any(m.host_ip.version == 4 for m in mappings):
                 self.host.enable_route_localnet(bridge)
