@@ -10,14 +10,17 @@ rules stayed). Driven here through the real CNI backend over the in-memory firew
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from test_cni_plugin import OWNER, Rig, call, env, stdin
 
 from portwright.cni.holder import Keeper, Told, parse_told, told_message
-from portwright.errors import PortInUse
+from portwright.errors import PortInUse, PortwrightError
 from portwright.firewall import rules
 from portwright.model import Mapping
+
+TABLE = {"family": "inet", "table": "portwright"}
 
 
 def added(be: Rig) -> Told:
@@ -30,7 +33,7 @@ def added(be: Rig) -> Told:
 
 
 def whole(be: Rig) -> tuple[list[str], int]:
-    return [m.docker_format() for m in be.elements.get(OWNER, [])], len(be.masquerade(OWNER))
+    return sorted(m.docker_format() for m in be.elements.get(OWNER, [])), len(be.masquerade(OWNER))
 
 
 def test_add_tells_the_holder_exactly_what_it_published() -> None:
@@ -123,3 +126,47 @@ def test_a_failed_add_and_an_add_without_nat_tell_nothing() -> None:
     # Only a relay of [::1] (NAT cannot serve it): the holder exists, no NAT was published.
     assert call(be, env("ADD"), stdin([{"hostPort": 8080, "containerPort": 80, "hostIP": "::1"}]))[0] == 0
     assert OWNER in be.held and be.fake_host.told == {}
+
+
+def test_keeper_stress_random_deletions_and_failed_restores() -> None:
+    """Bounded, seeded: random faults (elements, rules, the whole table deleted; another owner's
+    commits; a restore that fails) and the keeper's checks, in any order. After every check that
+    did not fail, exactly ADD's entries are there, and the other owner's are untouched."""
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    be = Rig()
+    ports = [
+        {"hostPort": 8080 + i, "containerPort": 80 + i, "protocol": rnd.choice(["tcp", "udp"])}
+        for i in range(6)
+    ]
+    assert call(be, env("ADD"), stdin(ports))[0] == 0
+    told = parse_told(be.fake_host.told[OWNER])
+    assert told is not None and len(told.nat) == 6
+    keeper, before = Keeper(OWNER, be.fw, told), whole(be)
+    other = [Mapping.from_row("tcp", "0.0.0.0", 9000 + i, "198.18.200.9", 80) for i in range(3)]
+    be.fw.publish("sandbox-x", other)
+    for _ in range(60):
+        fault = rnd.randrange(6)
+        if fault == 0:
+            be.fw.backend.apply(rules.delete_elements_commands(rnd.sample(list(told.nat), rnd.randint(1, 6))))
+        elif fault == 1:
+            r = rnd.choice(rules.owner_rules(be.fw.table(), OWNER))
+            be.fw.backend.apply([{"delete": {"rule": {**TABLE, "chain": r["chain"], "handle": r["handle"]}}}])
+        elif fault == 2:
+            be.fw.backend.apply([{"delete": {"table": {"family": "inet", "name": "portwright"}}}])
+        elif fault == 3:
+            be.fw.unpublish("sandbox-x")
+            be.fw.publish("sandbox-x", other)
+        elif fault == 4:  # the restore itself fails once; the next check repairs
+            be.fw.backend.apply(rules.delete_elements_commands([rnd.choice(told.nat)]))
+            be.fake.fail_next(lambda cmds: True)
+            with pytest.raises(PortwrightError):
+                keeper.check()
+        if fault == 2:
+            be.fw.publish("sandbox-x", other)  # its own restorer's work, not the keeper's
+        keeper.check()
+        assert whole(be) == before, f"seed {seed}"
+        assert sorted(m.host_port for m in be.elements[rules.owner_tag("sandbox-x")]) == [9000, 9001, 9002]
+        n = len(be.fake.transactions)
+        assert keeper.check() == [] and len(be.fake.transactions) == n, f"seed {seed}"
