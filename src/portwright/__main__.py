@@ -1,7 +1,8 @@
-"""``python -m portwright``: the CLI (and the detached supervisor's entry point)."""
+"""``python -m portwright``: the CLI (and the detached supervisor's entry point), through
+``entry``, which starts the fork server early for a detached run."""
 
 import sys
 
-from .cli import main
+from .entry import main
 
 sys.exit(main())

@@ -38,6 +38,7 @@ from .firewall import rules
 from .firewall.backend import default_firewall
 from .kernel import caps, cgroup, netns, spawn, tty
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
+from .kernel.unixpath import unix_op
 from .model import Mapping, address_text
 from .owners import sandbox_owner
 from .publish import registry
@@ -85,17 +86,6 @@ def check_command(spec: SandboxSpec) -> None:
 
 def control_path(state_dir: str, sid: str) -> str:
     return os.path.join(state_dir, "ctl", f"{sid}.sock")
-
-
-def unix_op(sock: socket.socket, path: str, op: str) -> None:
-    """bind or connect a unix socket to ``path`` however long its directory is: sun_path holds
-    only 107 bytes, so the directory is reached through /proc/self/fd/N, a short magic link."""
-    directory, base = os.path.split(path)
-    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        getattr(sock, op)(f"/proc/self/fd/{fd}/{base}")
-    finally:
-        os.close(fd)
 
 
 def query_stats(state: State, sid: str) -> dict[str, dict[str, int]]:

@@ -7,7 +7,7 @@ it writes. ``gc.freeze()`` before each fork keeps the collector from touching (a
 shared objects.
 
 The server listens on ``STATE/ctl/zygote.sock``. ``spawn`` (the CLI's ``run -d``) connects (starting
-the server if none answers), sends a token naming the code on disk on the first line and the request
+the server if none runs or is starting: ``zygotestart``, whose lock the server holds), sends a token naming the code on disk on the first line and the request
 as JSON after it (the spec and the caller's environment), and reads back the supervisor's one line:
 ``ok ID`` or ``err CODE MESSAGE``. The server forks at once and does nothing else: the child checks
 the token and hands the unread request to the supervisor (``supervisor.hold_detached``). A server whose token differs (portwright was upgraded under it)
@@ -34,25 +34,18 @@ from typing import Any
 
 from .engine import Engine
 from .errors import KernelError, PortwrightError
-from .kernel import runner
 from .kernel.proc import set_process_name, set_process_title
+from .kernel.unixpath import unix_op
 from .recovery import SETTLE_SECONDS, FirewallWatch
 from .spec import SandboxSpec
 from .state import State
-from .supervisor import DOCKER_USER_RECHECK_SECONDS, hold_detached, unix_op
+from .supervisor import DOCKER_USER_RECHECK_SECONDS, hold_detached
+from .zygotestart import hold_lock, pid_path, socket_path, start_unless_running, try_connect
 
 NAME = "pw-zygote"
 IDLE_SECONDS = 30.0  # a server with no sandbox left exits after this long
 START_TIMEOUT = 15.0  # seconds a new server may take to answer
 REQUEST_LIMIT = 4 << 20  # bytes: a request is a spec and an environment
-
-
-def socket_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "ctl", "zygote.sock")
-
-
-def pid_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "ctl", "zygote.pid")
 
 
 def code_token() -> str:
@@ -120,45 +113,22 @@ def _read_all(conn: socket.socket) -> bytes:
     return data
 
 
-def _try_connect(state_dir: str) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        unix_op(s, socket_path(state_dir), "connect")
-        return s
-    except OSError:
-        s.close()
-        return None
-
-
 def _connect(state_dir: str) -> socket.socket:
-    s = _try_connect(state_dir)
-    if s is not None:
-        return s
-    _start_server(state_dir)
+    """A connection to the server, starting one if none runs or is starting (``zygotestart``):
+    while another process's server is starting, wait for it rather than start a second."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        s = _try_connect(state_dir)
+    while True:
+        s = try_connect(state_dir)
         if s is not None:
             return s
+        start_unless_running(state_dir)
+        if time.monotonic() > deadline:
+            raise KernelError(
+                "starting the fork server",
+                f"no answer on {socket_path(state_dir)} after "
+                f"{START_TIMEOUT:.0f}s; see {os.path.join(state_dir, 'logs', 'supervisors.log')}",
+            )
         time.sleep(0.01)
-    raise KernelError(
-        "starting the fork server",
-        f"no answer on {socket_path(state_dir)} after "
-        f"{START_TIMEOUT:.0f}s; see {os.path.join(state_dir, 'logs', 'supervisors.log')}",
-    )
-
-
-def _start_server(state_dir: str) -> None:
-    os.makedirs(os.path.join(state_dir, "ctl"), exist_ok=True)
-    # -I and cwd=/: it imports only the installed package, never a stray module that happens to sit
-    # in the user's directory (CMD still runs in the spec's cwd).
-    runner.spawn_detached(
-        [sys.executable, "-I", "-m", "portwright", "_zygote", state_dir],
-        log_path=os.path.join(state_dir, "logs", "supervisors.log"),
-        cwd="/",
-        env={**os.environ, "PORTWRIGHT_STATE_DIR": state_dir},
-        what="the fork server",
-    )
 
 
 def _wait_gone(state_dir: str) -> None:
@@ -192,11 +162,12 @@ class Server:
         self.next_docker_check = 0.0
         self.restorer: int | None = None  # the child putting back what a firewall reload took
         self.watch: FirewallWatch | None = None
+        self.lock: int | None = None  # zygotestart's lock, held for the server's whole life
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         path = socket_path(state_dir)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # Only one server per state directory: a live one answers, a dead one's socket is stale.
-        probe = _try_connect(state_dir)
+        probe = try_connect(state_dir)
         if probe is not None:
             probe.close()
             raise SystemExit(0)
@@ -328,8 +299,12 @@ class Server:
 
     def _close_in_child(self) -> None:
         """A child keeps neither the listening socket nor the event subscription (whose unread
-        events would pile up in it)."""
+        events would pile up in it), nor the server's lock (a sandbox that outlives the server
+        must not make it look alive)."""
         self.sock.close()
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
         if self.watch is not None:
             self.watch.close()
 
@@ -398,6 +373,9 @@ def main(argv: list[str]) -> int:
     state_dir = argv[0] if argv else State().dir
     set_process_name(NAME)
     set_process_title(f"{NAME} {state_dir}")
+    lock = hold_lock(state_dir)
+    if lock is None:
+        return 0  # another server runs, or is starting, for this state directory
     warm_up()
     gc.collect()
     try:
@@ -406,5 +384,6 @@ def main(argv: list[str]) -> int:
         if e.errno == errno.EADDRINUSE:
             return 0
         raise
+    srv.lock = lock
     srv.serve()
     return 0
