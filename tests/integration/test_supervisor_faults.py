@@ -20,6 +20,8 @@ import pytest
 from proxynet import wait_until
 from pwutil import free_port, link_names, netns_names, nft_owner_elements, pw, uniq
 
+from portwright.engine import NETNS_PREFIX, VETH_PREFIX
+
 pytestmark = pytest.mark.integration
 
 SHAPES = {
@@ -104,7 +106,6 @@ def test_detached_sandboxes_survive_random_faults_and_leave_nothing() -> None:
     seed = int(os.environ.get("PW_FAULT_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     print(f"seed {seed} (replay with PW_FAULT_SEED={seed})")
-    before = (netns_names(), _veths(), _cgroups())
     names = {uniq("sf"): rng.choice(list(SHAPES)) for _ in range(8)}
     ports = {n: free_port() for n in names}
     results: dict[str, int] = {}
@@ -151,10 +152,13 @@ def test_detached_sandboxes_survive_random_faults_and_leave_nothing() -> None:
     assert all(pw("inspect", n, check=False).returncode != 0 for n in names), (
         f"seed {seed}: a record survived"
     )
-    assert wait_until(lambda: _cgroups() <= before[2], timeout=10), (
-        f"seed {seed}: cgroups left {_cgroups() - before[2]}"
+    # Only this test's own: other tests (and other users) may make and remove theirs meanwhile.
+    mine = set(ids.values())
+    assert wait_until(lambda: not _cgroups() & mine, timeout=10), (
+        f"seed {seed}: cgroups left {_cgroups() & mine}"
     )
-    assert netns_names() <= before[0] and _veths() <= before[1], f"seed {seed}: netns or veth left"
+    assert not netns_names() & {NETNS_PREFIX + n for n in names}, f"seed {seed}: netns left"
+    assert not _veths() & {VETH_PREFIX + sid[:11] for sid in mine}, f"seed {seed}: veth left"
     assert all(not _port_pids(ports[n]) for n in names), f"seed {seed}: a port is still held"
     leftovers = [e for sid in ids.values() for e in nft_owner_elements(f"pw:{sid}")]
     assert leftovers == []
