@@ -10,12 +10,15 @@ rules stayed). Driven here through the real CNI backend over the in-memory firew
 from __future__ import annotations
 
 import json
+import os
 import random
+import threading
 
 import pytest
 from test_cni_plugin import OWNER, Rig, call, env, stdin
 
-from portwright.cni.holder import Keeper, Told, parse_told, told_message
+from portwright.cni.holder import Keeper, Told, parse_told, read_all, told_message
+from portwright.cni.kernel import Host
 from portwright.errors import PortInUse, PortwrightError
 from portwright.firewall import rules
 from portwright.model import Mapping
@@ -170,3 +173,45 @@ def test_keeper_stress_random_deletions_and_failed_restores() -> None:
         assert sorted(m.host_port for m in be.elements[rules.owner_tag("sandbox-x")]) == [9000, 9001, 9002]
         n = len(be.fake.transactions)
         assert keeper.check() == [] and len(be.fake.transactions) == n, f"seed {seed}"
+
+
+def _reader(fd: int) -> tuple[threading.Thread, list[bytes]]:
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(read_all(fd)))
+    t.start()
+    return t, got
+
+
+def test_the_message_bigger_than_a_pipe_arrives_whole_and_the_pipe_is_closed() -> None:
+    host = Host()
+    r, w = os.pipe()
+    host._told[OWNER] = w
+    nat = [Mapping.from_row("tcp", "0.0.0.0", 10000 + i, "198.18.200.5", 80) for i in range(3000)]
+    t, got = _reader(r)
+    host.tell_holder(OWNER, nat, [])
+    t.join(10)
+    assert len(got[0]) > 65536 and parse_told(got[0]) == Told(tuple(nat), ())
+    assert OWNER not in host._told
+    with pytest.raises(OSError):
+        os.fstat(w)
+    host.tell_holder(OWNER, nat, [])  # told once only: nothing left to write to
+
+
+def test_a_holder_gone_before_it_is_told_costs_add_nothing() -> None:
+    host = Host()
+    r, w = os.pipe()
+    os.close(r)  # the holder died
+    host._told[OWNER] = w
+    host.tell_holder(OWNER, [Mapping.from_row("tcp", "0.0.0.0", 8080, "198.18.200.5", 80)], [])
+    assert OWNER not in host._told
+
+
+def test_stopping_an_untold_holder_closes_its_pipe() -> None:
+    """A failed ADD: the holder reads end-of-file, so it keeps nothing while it is stopped."""
+    host = Host()
+    r, w = os.pipe()
+    host._told[OWNER] = w
+    t, got = _reader(r)
+    host.stop_holder(OWNER)  # no such holder process: only the pipe is there to close
+    t.join(10)
+    assert got == [b""] and parse_told(got[0]) is None and OWNER not in host._told
