@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pwutil import free_port, inspect, pw, temp_network, uniq, wait_tcp
+from pwutil import free_port, inspect, port_is_free, pw, temp_network, uniq, wait_tcp
 
 pytestmark = pytest.mark.integration
 PW = f"{sys.executable} -m portwright"
@@ -23,17 +23,33 @@ def sh(script: str) -> str:
     return p.stdout
 
 
+def run_web(name: str, net: str) -> int:
+    """Start the sandbox on a block of 10 host ports; the first port. The machine is shared: any
+    client's ephemeral port may sit inside a block that was free a moment ago (seen: "host port
+    127.0.0.1:40614/tcp is already in use by another socket"), so a taken block is drawn again."""
+    for _ in range(5):
+        base = free_port()
+        base = base - base % 10
+        if not all(port_is_free(p) for p in range(base, base + 10)):
+            continue
+        r = pw(
+            "run", "-d", "--name", name, "--network", net,
+            "-p", f"127.0.0.1:{base}-{base + 9}:8000-8009",
+            "--", sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8003",
+            check=False,
+        )  # fmt: skip
+        if r.returncode == 0:
+            return base
+        assert r.returncode == 4 and "already in use" in r.stderr, r.stderr  # only a taken port is retried
+    raise AssertionError("no free block of 10 host ports in 5 draws")
+
+
 @pytest.fixture(scope="module")
 def web() -> Iterator[tuple[str, str, int]]:
     """A detached http.server on ports 8000-8009 published as one range; (name, network, first host port)."""
     with temp_network(prefix="sc") as net:
-        name, base = uniq("sc"), free_port()
-        base = base - base % 10  # keep the range inside one free block most of the time
-        pw(
-            "run", "-d", "--name", name, "--network", net,
-            "-p", f"127.0.0.1:{base}-{base + 9}:8000-8009",
-            "--", sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8003",
-        )  # fmt: skip
+        name = uniq("sc")
+        base = run_web(name, net)
         try:
             wait_tcp(None, inspect(name)["NetworkSettings"]["IPAddress"], 8003)
             yield name, net, base
