@@ -19,7 +19,6 @@ beside them. Errors raise OSError with the call's name; the child reports them t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 
@@ -45,7 +44,8 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 CAP_LAST_CAP_PATH = "/proc/sys/kernel/cap_last_cap"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") ran `ldconfig -p` at every import.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]

@@ -7,7 +7,6 @@ dedicated short-lived thread, never on a long-lived thread that serves other wor
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
@@ -32,7 +31,8 @@ def refused(what: str, path: str) -> PortwrightError:
     )
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") ran `ldconfig -p` at every import.
+_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
