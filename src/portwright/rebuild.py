@@ -68,14 +68,6 @@ def _argv(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in proc.argv(pid) or [] if a]
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
 def _netns_ino(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -140,7 +132,7 @@ def _sid_in(path: str, state_dir: str) -> str | None:
 def _collector_sid(sup: int, state_dir: str) -> str | None:
     """The sandbox id in the records file ``STATE/logs/<id>.records`` that the supervisor's log
     collector names on its command line (CMD then writes into the collector's pipes)."""
-    for c in _children(sup):
+    for c in proc.children(sup) or []:
         argv = _argv(c)
         if len(argv) > 1 and _program(argv) == COLLECTOR:
             sid = _sid_in(argv[1], state_dir)
@@ -158,7 +150,7 @@ def _program(argv: list[str]) -> str:
 def _cmd_child(sup: int) -> int | None:
     """A supervisor's CMD: its child that is not the socket holder (tini's other child), the log
     collector or the resolver (a daemon whose parent exited is the subreaper's child)."""
-    for c in _children(sup):
+    for c in proc.children(sup) or []:
         argv = _argv(c)
         if argv and not argv[0].startswith(TINI_PREFIX) and _program(argv) not in HELPERS:
             return c

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Conflict, NeedRoot, NotFound, PortwrightError
+from .kernel.proc import comm
 from .model import Mapping, Network, Sandbox, address_text
 from .spec import SandboxSpec
 
@@ -147,13 +148,7 @@ def being_reaped(pid: int | None) -> bool:
     """Has pid exited, with its parent — the fork server — about to collect its exit status and
     tear its sandbox down? (A zombie whose parent is ``pw-zygote``.) Others must leave it be."""
     fields = _proc_stat(pid) if pid else None
-    if not fields or fields[0] != "Z":
-        return False
-    try:
-        with open(f"/proc/{fields[1]}/comm") as f:
-            return f.read().strip() == "pw-zygote"
-    except OSError:
-        return False
+    return fields is not None and fields[0] == "Z" and comm(int(fields[1])) == "pw-zygote"
 
 
 def _spec(text: str, cmd: str) -> SandboxSpec:

@@ -36,7 +36,7 @@ from .engine import Engine, Live
 from .errors import BadInput, KernelError, PortwrightError
 from .firewall import rules
 from .firewall.backend import default_firewall
-from .kernel import caps, cgroup, netns, spawn, tty
+from .kernel import caps, cgroup, netns, proc, spawn, tty
 from .kernel.proc import set_child_subreaper, set_parent_death_signal, set_process_name, set_process_title
 from .kernel.unixpath import unix_op
 from .model import Mapping, address_text
@@ -397,7 +397,7 @@ def hold_detached(request: bytes, reply_fd: int) -> int:
             # too: start it before answering, and name every child we have, so that the builder
             # takes none of them for CMD, which tini starts after the exec.
             logs = spawn.log_fds(plan["log"]) if plan["log"] else None
-            _send(mine, {"ok": True, "hold": hold, "children": _children(os.getpid())})
+            _send(mine, {"ok": True, "hold": hold, "children": proc.children(os.getpid()) or []})
             mine.close()
             _become_tini(plan, logs)  # never returns
         gc.disable()  # 10,000 relays' objects, alive as long as this process: walked for nothing
@@ -559,38 +559,19 @@ def _hand_to_tini(
     return _child_of(holder, exclude=exclude)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(k) for k in f.read().split()]
-    except OSError:
-        return []
-
-
 #: Our own helpers that can become the holder's children after it answered (it is a subreaper:
 #: a daemon's intermediate process may exit late); never CMD.
 HELPER_COMMS = ("pw-dns", "portwright-logs")
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _child_of(pid: int, exclude: set[int], timeout: float = 5.0) -> int | None:
     """The first child of ``pid`` other than ``exclude`` (tini's CMD), waiting up to ``timeout``."""
     deadline = time.monotonic() + timeout
-    path = f"/proc/{pid}/task/{pid}/children"
     while time.monotonic() < deadline:
-        try:
-            with open(path) as f:
-                kids = [int(k) for k in f.read().split() if int(k) not in exclude]
-        except OSError:
+        found = proc.children(pid)
+        if found is None:
             return None  # tini is gone: CMD came and went
-        kids = [k for k in kids if _comm(k) not in HELPER_COMMS]
+        kids = [k for k in found if k not in exclude and proc.comm(k) not in HELPER_COMMS]
         if kids:
             return kids[0]
         time.sleep(0.005)

@@ -1,5 +1,5 @@
-"""Process identity: the short name (comm) that ps, top and ``ss -p`` show, and every process's
-command line (``argvs``) for finding processes by what they run.
+"""Process identity: the short name (comm) that ps, top and ``ss -p`` show, every process's
+command line (``argvs``) for finding processes by what they run, and a process's children.
 
 Every long-lived portwright process names itself, so that whoever reads ``ss -ntlp`` sees who
 holds a port: the supervisor ("portwright"), the docker-proxy drop-in, the CNI port holder.
@@ -61,6 +61,25 @@ def set_parent_death_signal(signum: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def comm(pid: int) -> str | None:
+    """``pid``'s short name (what ps shows); None when the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def children(pid: int) -> list[int] | None:
+    """The pids of ``pid``'s children (its main thread's, as /proc lists them); None when the
+    process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(k) for k in f.read().split()]
+    except OSError:
+        return None
 
 
 def argv(pid: int) -> list[bytes] | None:

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, replace
 
 from ..model import IPAddress, address_text, bindings_clash
-from .proc import argv_text
+from .proc import argv_text, comm
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN == 10
 UDP_UNCONN = "07"  # an unconnected (bound) UDP socket shows TCP_CLOSE == 7
@@ -116,13 +116,9 @@ def socket_inodes_by_pid() -> dict[int, list[int]]:
 
 
 def process(pid: int) -> Process | None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            comm = f.read().strip()
-    except OSError:
-        return None
-    cmdline = argv_text(pid)
-    return None if cmdline is None else Process(pid, comm, cmdline)
+    name = comm(pid)
+    cmdline = argv_text(pid) if name is not None else None
+    return None if name is None or cmdline is None else Process(pid, name, cmdline)
 
 
 # ---- sock_diag netlink (linux/inet_diag.h, linux/sock_diag.h)
