@@ -53,8 +53,9 @@ def _check_owner_rules(owner: str, extra: Sequence[Cmd]) -> list[Cmd]:
     return list(extra)
 
 
-def _inet_untouched(v: verified.Verified) -> verified.Verified:
-    """The record after a transaction of the bridge table only (anti-spoofing): unchanged."""
+def _unchanged(v: verified.Verified) -> verified.Verified:
+    """The record after a transaction that takes nothing it vouches for: one of the bridge table
+    only (anti-spoofing), or the base's refresh (it adds, and rewrites only the fixed chains)."""
     return v
 
 
@@ -119,7 +120,7 @@ class Firewall:
     def ensure_base(self) -> None:
         """Create (or refresh) the table, chains, sets, maps and fixed rules; keeps all elements."""
         with self.backend.lock():
-            self._apply(rules.base_commands(), lambda v: v)  # adds and refreshes; deletes nothing
+            self._apply(rules.base_commands(), _unchanged)
 
     def add_network(self, net: Network) -> None:
         """Install ``net``'s rules, replacing any it already had (one transaction)."""
@@ -291,10 +292,8 @@ class Firewall:
         ``nets`` and each owner's publication (by ``verified.row_digest``) are in place? Then
         ``ensure_all`` would find nothing to do, and its caller need not even decode what it
         would ask for."""
-        if self.memo is None:
-            return False
-        where = self.backend.generation()
-        return where is not None and verified.vouches(self.memo.load(), where, nets, digests)
+        v = self._vouched()
+        return v is not None and verified.vouches(v, v.where, nets, digests)
 
     def ensure_all(
         self,
@@ -432,7 +431,7 @@ class Firewall:
                 return []
             if gone:
                 base = antispoof.base_commands() if any(not g.startswith("port") for g in gone) else []
-                self._apply(base + antispoof.add_commands(port), _inet_untouched)
+                self._apply(base + antispoof.add_commands(port), _unchanged)
         return gone
 
     def ensure_antispoof_all(
@@ -460,7 +459,7 @@ class Firewall:
                 cmds += antispoof.add_commands(port)
                 out.append((sb, gone))
             if cmds:
-                self._apply((antispoof.base_commands() if base else []) + cmds, _inet_untouched)
+                self._apply((antispoof.base_commands() if base else []) + cmds, _unchanged)
         return out
 
     def remove_antispoof(self, owner: str) -> None:
@@ -469,7 +468,7 @@ class Firewall:
         with self.backend.lock():
             cmds = antispoof.remove_commands(owner, self._bridge_table())
             if cmds:
-                self._apply(cmds, _inet_untouched)
+                self._apply(cmds, _unchanged)
 
     def antispoof_owners(self) -> set[str]:
         """Owner tags with elements in the anti-spoofing table (reconcile removes dead ones)."""

@@ -121,9 +121,14 @@ def advanced(before: Where, commits: int, after: Where | None) -> bool:
     return after is not None and after[0] == before[0] and after[1] == (before[1] + commits) % GEN_MODULUS
 
 
+def _current(v: Verified | None, where: Where | None) -> bool:
+    return v is not None and where is not None and v.where == where and v.base
+
+
 def vouches(v: Verified | None, where: Where | None, nets: Sequence[Network], pubs: dict[str, str]) -> bool:
-    """``covers``, with each owner's publication given by its digest (``row_digest``)."""
-    if v is None or where is None or v.where != where or not v.base:
+    """Does ``v`` vouch, at ``where`` (now), for the base, every network and each owner's
+    publication, given by its digest (``pub_digest`` or ``row_digest``)?"""
+    if v is None or not _current(v, where):
         return False
     return all(net_digest(n) in v.nets for n in nets) and all(v.pubs.get(o) == d for o, d in pubs.items())
 
@@ -134,12 +139,9 @@ def covers(
     nets: Sequence[Network],
     pubs: Sequence[tuple[str, Sequence[Mapping]]],
 ) -> bool:
-    """Does ``v`` vouch, at ``where`` (now), for the base, every network and every publication?"""
-    if v is None or where is None or v.where != where or not v.base:
-        return False
-    return all(net_digest(n) in v.nets for n in nets) and all(
-        v.pubs.get(owner) == pub_digest(ms) for owner, ms in pubs
-    )
+    """``vouches``, with each publication given by its mappings (digested only when the record
+    is current: 20,000 mappings are worth digesting only then)."""
+    return _current(v, where) and vouches(v, where, nets, {owner: pub_digest(ms) for owner, ms in pubs})
 
 
 def whole(where: Where, nets: Sequence[Network], pubs: Sequence[tuple[str, Sequence[Mapping]]]) -> Verified:
