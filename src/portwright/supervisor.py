@@ -695,8 +695,7 @@ def _finish_detached(held: Held, code: int) -> int:
 
 
 def _relay_sockets(held: Held) -> list[socket.socket]:
-    relays = getattr(held.publisher, "relays", None)
-    return list(relays().values()) if callable(relays) else []
+    return list(held.publisher.relays().values()) if held.publisher is not None else []
 
 
 def _send(chan: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
