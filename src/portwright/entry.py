@@ -90,18 +90,17 @@ def state_dir() -> str:
 
 
 def prestart(words: Sequence[str]) -> bool:
-    """Start the fork server now if this command will need it, it is not running, and portwright
-    has run here before (a first run's state directory is created by the CLI). True if started."""
+    """Start the fork server now if this command will need it and it is not running; True if
+    started. A command the CLI then refuses (bad input) leaves a server with nothing to do, which
+    exits on its own after ``zygote.IDLE_SECONDS``."""
     if not hands_to_fork_server(words) or os.geteuid() != 0:
-        return False
-    directory = state_dir()
-    if not os.path.isdir(os.path.join(directory, "ctl")):
-        return False
+        return False  # not root: the CLI says so in one line
     from .errors import PortwrightError
     from .zygotestart import start_unless_running
 
     try:
-        return start_unless_running(directory)
+        os.makedirs(state_dir(), mode=0o700, exist_ok=True)  # root-only, as State makes it
+        return start_unless_running(state_dir())
     except (PortwrightError, OSError):
         return False  # the CLI starts it when it needs it, and says what fails
 

@@ -91,11 +91,15 @@ def test_prestart_starts_only_when_it_should(monkeypatch: pytest.MonkeyPatch, tm
     started = _no_start(monkeypatch)
     monkeypatch.setenv("PORTWRIGHT_STATE_DIR", str(tmp_path))
     monkeypatch.setattr(entry.os, "geteuid", lambda: 0)
-    assert not entry.prestart(["run", "-d", "sh"])  # no state directory yet: the CLI makes it
-    (tmp_path / "ctl").mkdir()
     assert not entry.prestart(["run", "sh"])  # a foreground run needs no fork server
     assert not entry.prestart(["ps"])
     assert entry.prestart(["run", "-d", "sh"]) and started == [str(tmp_path)]
+    fresh = tmp_path / "first-use"  # a first run: the state directory is made root-only
+    monkeypatch.setenv("PORTWRIGHT_STATE_DIR", str(fresh))
+    assert entry.prestart(["restart", "web"]) and started[-1] == str(fresh)
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("PORTWRIGHT_STATE_DIR", str(tmp_path))
+    started.pop()
     monkeypatch.setattr(entry.os, "geteuid", lambda: 1000)
     assert not entry.prestart(["run", "-d", "sh"])  # the CLI says it needs root
     assert started == [str(tmp_path)]
