@@ -118,7 +118,13 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
                     "dataDir": str(base / "ipam"),
                 },
             },
-            {"type": "portwright-cni", "capabilities": {"portMappings": True}, "reserveHostPort": False},
+            {
+                "type": "portwright-cni",
+                "capabilities": {"portMappings": True},
+                "reserveHostPort": False,
+                # conmon's cleanup runs DEL with none of our environment (PORTWRIGHT_STATE_DIR)
+                "stateDir": os.environ["PORTWRIGHT_STATE_DIR"],
+            },
         ],
     }
     (base / "net.d" / f"{network}.conflist").write_text(json.dumps(conflist, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -674,3 +675,33 @@ def test_del_reports_a_failed_forget_after_removing_everything_else() -> None:
     assert be.elements == {} and be.held == {}  # the attachment itself is gone all the same
     be.fake_host.fail_forget = False
     assert call(be, env("DEL"), stdin()) == (0, None) and be.fake_host.docker_user == []
+
+
+def test_state_dir_from_the_configuration_reaches_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Podman's DEL from conmon's cleanup comes with none of the runtime's environment: the
+    configuration's stateDir is what ADD and that DEL both see (the rewrite pins live there)."""
+    from portwright.cni.kernel import cni_rewrite_state
+
+    monkeypatch.delenv("PORTWRIGHT_STATE_DIR", raising=False)
+    seen: list[str] = []
+
+    def factory() -> object:
+        seen.append(cni_rewrite_state())
+        return Rig().backend()
+
+    for cmd in ("ADD", "DEL"):
+        code, out = plugin.run(env(cmd), stdin(stateDir="/run/pw-cni-test"), factory)  # type: ignore[arg-type]
+        assert code == 0, out
+    assert seen == ["/run/pw-cni-test/cni", "/run/pw-cni-test/cni"]
+
+
+@pytest.mark.parametrize("bad", ["relative/dir", 7, ""])
+def test_a_bad_state_dir_is_refused_and_changes_nothing(monkeypatch: pytest.MonkeyPatch, bad: object) -> None:
+    monkeypatch.delenv("PORTWRIGHT_STATE_DIR", raising=False)
+    be = Rig()
+    code, out = call(be, env("ADD"), stdin(stateDir=bad))
+    assert (
+        code == 1 and out is not None and "stateDir" in str(out["msg"]) and "absolute path" in str(out["msg"])
+    )
+    assert "PORTWRIGHT_STATE_DIR" not in os.environ
+    assert be.elements == {}

@@ -385,6 +385,8 @@ def run(
             return 0, json.dumps(p.version_result(version))
         conf = p.parse_config(stdin, env.command)
         version = conf.cni_version
+        if conf.state_dir is not None:  # read by everything below (state.state_dir)
+            os.environ["PORTWRIGHT_STATE_DIR"] = conf.state_dir
         backend = backend_factory()
         if env.command == "ADD":
             return 0, json.dumps(cmd_add(env, conf, backend))

@@ -216,6 +216,10 @@ class Config:
     reserve_host_port: bool = True
     snat: bool = True
     firewall: str = "forward"  # "host": non-loopback ports are relayed, so INPUT rules apply (issue 16)
+    # portwright's state directory for this network (its rewrite pins live under STATE/cni): the
+    # configuration, unlike the environment, is the same for every call. Runtimes do not pass
+    # their environment on consistently: Podman's DEL from conmon's cleanup has none of it.
+    state_dir: str | None = None
     port_mappings: tuple[PortMapping, ...] = ()
     prev_result: dict[str, Any] | None = None
     valid_attachments: tuple[Attachment, ...] | None = None
@@ -280,6 +284,15 @@ def _choice_opt(conf: AbcMapping[str, Any], key: str, choices: tuple[str, ...], 
     if value not in choices:
         raise CniError(E_INVALID_CONFIG, f"option {key} is {value!r}; set it to one of {', '.join(choices)}")
     return str(value)
+
+
+def _path_opt(conf: AbcMapping[str, Any], key: str) -> str | None:
+    value = conf.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise CniError(E_INVALID_CONFIG, f"option {key} is {value!r}; set it to an absolute path")
+    return value
 
 
 def _bool_opt(conf: AbcMapping[str, Any], key: str, default: bool) -> bool:
@@ -359,6 +372,7 @@ def parse_config(raw_stdin: bytes | str, command: str) -> Config:
         reserve_host_port=_bool_opt(conf, "reserveHostPort", True),
         snat=_bool_opt(conf, "snat", True),
         firewall=_choice_opt(conf, "firewall", ("forward", "host"), "forward"),
+        state_dir=_path_opt(conf, "stateDir"),
         port_mappings=parse_port_mappings(runtime.get("portMappings")),
         prev_result=prev,
         valid_attachments=parse_valid_attachments(conf) if command == "GC" else None,
