@@ -222,13 +222,16 @@ class Engine:
             self.state.remove_network(name)
 
     def ensure_network(self, name: str) -> Network:
-        net = self.state.find_network(name)
-        if net is not None:
+        if self.state.find_network(name) is not None:
             # The kernel is the truth: a firewall reload ('nft flush ruleset') or someone else's
             # 'nft delete table' may have taken any part of the network's rules; put them back.
             with self._network_lock():
-                self.fw.ensure_network(net)
-            return net
+                # Looked up again under the lock: a 'network rm' that held it meanwhile has
+                # removed the network, and putting its rules back would leave them for good.
+                net = self.state.find_network(name)
+                if net is not None:
+                    self.fw.ensure_network(net)
+                    return net
         if name != DEFAULT_NETWORK:
             raise NotFound(
                 f"network {name!r} not found; create it with 'portwright network create {name}' "

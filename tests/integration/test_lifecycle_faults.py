@@ -19,7 +19,17 @@ import time
 
 import pytest
 from proxynet import wait_until
-from pwutil import free_port, inspect, link_names, netns_names, ps_json, pw, temp_network, uniq
+from pwutil import (
+    free_port,
+    inspect,
+    link_names,
+    netns_names,
+    nft_owner_elements,
+    ps_json,
+    pw,
+    temp_network,
+    uniq,
+)
 
 import pwstate
 
@@ -101,8 +111,10 @@ def test_network_rm_racing_run_never_loses_a_sandbox() -> None:
     # Ours, by name: the machine is shared, and a diff of every pw-* netns and link also caught
     # another session's sandbox (seen: pw-big). A veth dies with its sandbox's netns.
     mine: set[str] = set()
+    nets: list[str] = []
     for _ in range(10):
         net = uniq("rr")
+        nets.append(net)
         pw("network", "create", net)
         name = uniq("rs")
         mine |= {f"pw-{name}", json.loads(pw("network", "inspect", net).stdout)[0]["Bridge"]}
@@ -135,6 +147,10 @@ def test_network_rm_racing_run_never_loses_a_sandbox() -> None:
             assert "network" in results["run"].stderr, msg
             assert pw("inspect", name, check=False).returncode != 0, msg
     assert not mine & (netns_names() | link_names()), f"seed {seed}: leaked netns, bridge or veth"
+    # nor their nft rules: a run that lost the race must not put back the removed network's rules
+    assert not [n for n in nets if nft_owner_elements(f'"pw-net:{n}"')], (
+        f"seed {seed}: a removed network's rules came back"
+    )
 
 
 def _udp_sender(port: int, stop: threading.Event, src: socket.socket) -> None:

@@ -4,6 +4,8 @@ simulated crash, and a failure at any step leaving nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -153,6 +155,29 @@ def test_run_on_a_network_removed_meanwhile_is_refused(parts: tuple[Engine, Fake
     with pytest.raises(NotFound, match="was removed while"):
         eng._record(spec, "abcdef012345", "x", net, None)
     assert net.bridge not in host.links and eng.state.sandboxes() == []
+
+
+def test_a_network_removed_while_run_waits_for_the_lock_gets_no_rules_back(
+    parts: tuple[Engine, FakeBackend, FakeHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'network rm' holds the network lock while run's ensure_network waits for it: run must not
+    put back the rules of the network rm has just removed (CI's racing test left them)."""
+    eng, backend, host = parts
+    eng.create_network("n9")
+    real_lock = eng._network_lock
+
+    @contextlib.contextmanager
+    def rm_got_there_first() -> Iterator[None]:
+        monkeypatch.setattr(eng, "_network_lock", real_lock)
+        eng.remove_network("n9")  # it held the lock first and finished
+        with real_lock():
+            yield
+
+    monkeypatch.setattr(eng, "_network_lock", rm_got_there_first)
+    with pytest.raises(NotFound, match="network 'n9' not found"):
+        eng.ensure_network("n9")
+    assert "n9" not in Firewall(backend).networks()
+    assert not [i for i in json.dumps(backend.read()).split('"') if i == "pw-net:n9"]
 
 
 def test_remove_network_in_use_refuses(parts: tuple[Engine, FakeBackend, FakeHost]) -> None:
