@@ -641,15 +641,14 @@ class Engine:
         for lean in self.state.sandboxes(ports=False):
             if lean.status == "exited" or pid_alive(lean.supervisor_pid, lean.supervisor_start):
                 continue
-            rec = self.state.find_sandbox(lean.id)  # with its mappings: teardown may need them
-            if rec is None or rec.status == "exited" or pid_alive(rec.supervisor_pid, rec.supervisor_start):
-                continue  # gone, or started again meanwhile
-            if being_reaped(rec.supervisor_pid):
+            if being_reaped(lean.supervisor_pid):
                 continue  # the fork server has CMD's exit code and tears down itself
-            if rec.status == "creating" and time.time() - rec.created < 2 and rec.supervisor_pid is None:
+            if lean.status == "creating" and time.time() - lean.created < 2 and lean.supervisor_pid is None:
                 continue  # just being recorded by a live process that has not set its pid yet
-            if self._tear_down_dead(rec.id, rec.supervisor_pid, None) is not None:
-                cleaned.append(rec.name)
+            # Read again there, with its mappings, under the lock: gone or started again
+            # meanwhile, it is left alone.
+            if self._tear_down_dead(lean.id, lean.supervisor_pid, None) is not None:
+                cleaned.append(lean.name)
         if restore and self.state.networks():
             # A firewall reload may have taken our table: every command puts it back (issue 13).
             # restore also makes sure dockerd's DOCKER-USER hook accepts our bridges (dockerd may

@@ -98,9 +98,10 @@ def prestart(words: Sequence[str]) -> bool:
     from .errors import PortwrightError
     from .zygotestart import start_unless_running
 
+    directory = state_dir()
     try:
-        os.makedirs(state_dir(), mode=0o700, exist_ok=True)  # root-only, as State makes it
-        return start_unless_running(state_dir())
+        os.makedirs(directory, mode=0o700, exist_ok=True)  # root-only, as State makes it
+        return start_unless_running(directory)
     except (PortwrightError, OSError):
         return False  # the CLI starts it when it needs it, and says what fails
 

@@ -7,14 +7,15 @@ it writes. ``gc.freeze()`` before each fork keeps the collector from touching (a
 shared objects.
 
 The server listens on ``STATE/ctl/zygote.sock``. ``spawn`` (the CLI's ``run -d``) connects (starting
-the server if none runs or is starting: ``zygotestart``, whose lock the server holds), sends a token naming the code on disk on the first line and the request
-as JSON after it (the spec and the caller's environment), and reads back the supervisor's one line:
-``ok ID`` or ``err CODE MESSAGE``. The server forks at once and does nothing else: the child checks
-the token and hands the unread request to the supervisor (``supervisor.hold_detached``). A server whose token differs (portwright was upgraded under it)
-answers ``stale`` and exits; ``spawn`` starts a new one. The server is single-threaded (it must be:
-it forks), reaps its children, re-checks Docker's DOCKER-USER hook for all of them, and exits
-after ``IDLE_SECONDS`` with no child left. Killing it harms no sandbox: supervisors are already
-their own sessions.
+the server if none runs or is starting: ``zygotestart``, whose lock the server holds), sends a token
+naming the code on disk on the first line and the request as JSON after it (the spec and the
+caller's environment), and reads back the supervisor's one line: ``ok ID`` or ``err CODE MESSAGE``.
+The server forks at once and does nothing else: the child checks the token and hands the unread
+request to the supervisor (``supervisor.hold_detached``). A server whose token differs (portwright
+was upgraded under it) answers ``stale`` and exits; ``spawn`` starts a new one. The server is
+single-threaded (it must be: it forks), reaps its children, re-checks Docker's DOCKER-USER hook for
+all of them, and exits after ``IDLE_SECONDS`` with no child left. Killing it harms no sandbox:
+supervisors are already their own sessions.
 """
 
 from __future__ import annotations
